@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The pipeline on real X-rays: the all-public configuration (Cohen + Actualmed) from the
+# downscaled copies in ../shared/data, EfficientNet-Lite0 with its offline ImageNet weights,
+# last-layer fine-tuning as in the paper; then the regression check against its own baseline.
+# Runs in a scratch copy of the repository so the committed default results stay untouched.
+#   usage: .ci/real_data.sh [SHARED_DATA_DIR]   (default ../shared/data)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$(pwd)"
+shared="$(cd "${1:-../shared/data}" && pwd)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export PATH="$repo/.venv/bin:$PATH" DVC_NO_ANALYTICS=1 MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
+
+git ls-files -z | xargs -0 -I{} cp --parents {} "$work"/
+cd "$work"
+git init -q && git add -A && git -c user.name=ci -c user.email=ci@localhost commit -qm snapshot
+python - "$shared" <<'PY'
+import sys, yaml
+shared = sys.argv[1]
+p = yaml.safe_load(open("params.yaml"))
+p["dataset"] = "public"
+p["fetch"]["cohen"]["local_dir"] = f"{shared}/cohen"
+p["fetch"]["actualmed"]["local_dir"] = f"{shared}/actualmed"
+p["model"], p["weights"] = "efficientnet_lite0", "imagenet"
+p["train"].update(mode="last_layer", image_size=224, epochs=100, lr=0.0001)
+yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
+PY
+dvc repro
+python stages/check_regression.py --baseline "$repo/metrics/baseline/public.json" "${@:2}"
+if [ "${WRITE_BASELINE:-0}" = 1 ]; then
+    cp metrics/evaluate.json "$repo/metrics/baseline/public.json"
+    echo "wrote $repo/metrics/baseline/public.json"
+fi

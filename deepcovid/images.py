@@ -1,0 +1,98 @@
+"""Decode any source image into the uniform cache format: 8-bit, 3 channels, square.
+
+Images are opened by content, never by extension (upstream has PNG files named ``.jpg``).
+Handled modes: 1, L, LA, P/PA (palette, with or without transparency), RGB, RGBA, CMYK,
+YCbCr, I;16 / I;16B / I (16-bit and 32-bit integer grey), F (float).
+
+- Integer images deeper than 8 bits are scaled linearly from their own minimum and
+  maximum to 0..255 (a 12-bit radiograph stored in 16 bits would otherwise be nearly black).
+- Transparency is composited onto black (the background of a radiograph).
+- With ``grayscale=True`` colour images (tinted scans, figure panels) are converted to
+  luminance and replicated into 3 channels, so colour cannot become a shortcut.
+
+Unreadable or truncated files raise :class:`ImageReadError` with a one-line reason; the
+preprocess stage lists them in a rejected table and carries on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+# Never accept silently truncated files.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+RESIZE_MODES = ("stretch", "pad")
+
+
+class ImageReadError(Exception):
+    """A source image cannot be decoded."""
+
+
+def _to_uint8_gray_from_int(img: Image.Image) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.ndim == 3:  # defensive: multi-channel integer image
+        arr = arr[..., 0]
+    arr = arr.astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def to_rgb8(img: Image.Image, grayscale: bool = True) -> Image.Image:
+    """Convert a decoded Pillow image of any supported mode to 8-bit RGB."""
+    img = ImageOps.exif_transpose(img) if img.format == "JPEG" else img
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        rgb = Image.fromarray(_to_uint8_gray_from_int(img), mode="L").convert("RGB")
+    elif mode in ("P", "PA", "LA", "RGBA", "La", "RGBa") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        rgb = Image.alpha_composite(black, rgba).convert("RGB")
+    else:
+        rgb = img.convert("RGB")
+    if grayscale:
+        rgb = rgb.convert("L").convert("RGB")
+    return rgb
+
+
+def read_image(path: str | Path, grayscale: bool = True) -> Image.Image:
+    """Open ``path`` by content and return an 8-bit RGB image, or raise ImageReadError."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return to_rgb8(img, grayscale=grayscale)
+    except FileNotFoundError:
+        raise ImageReadError("file not found") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError("not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(f"image too large ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"cannot decode: {reason}") from None
+
+
+def resize_square(img: Image.Image, size: int, mode: str = "stretch") -> Image.Image:
+    """Resize to ``size`` x ``size``: ``stretch`` ignores aspect, ``pad`` letterboxes on black."""
+    if mode == "stretch":
+        return img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    if mode == "pad":
+        fitted = ImageOps.contain(img, (size, size), Image.Resampling.BICUBIC)
+        canvas = Image.new("RGB", (size, size), (0, 0, 0))
+        canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
+        return canvas
+    raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(RESIZE_MODES)}")
+
+
+def load_cached(path: str | Path) -> np.ndarray:
+    """Read a cached image back as a uint8 HxWx3 array."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))

@@ -1,0 +1,158 @@
+"""Tolerant readers of the sources' metadata, normalised to one schema.
+
+Cohen-style tables (covid-chestxray-dataset and Actualmed) are read with every column as
+text. Column names vary across dataset versions (``filename`` vs ``imagename``,
+``patientid`` vs ``patient_id``...), the Cohen header ends with a comma (an empty
+``Unnamed: 28`` column), findings may be empty or ``todo``. They are normalised to:
+
+    source, relpath, patient, finding, view, modality, offset
+
+CheXpert (``train.csv``/``valid.csv`` of CheXpert-v1.0 or -small) is normalised to:
+
+    source, relpath, patient, frontal, view, csv, <14 category columns as float (NaN = blank)>
+
+``relpath`` is relative to the source's root folder, ``patient`` is the upstream id as text.
+A missing required column raises :class:`MetadataError` naming the file and the column.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CHEXPERT_CATEGORIES = [
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+    "Pleural Other", "Fracture", "Support Devices",
+]
+
+# normalised column name -> accepted spellings (compared lower-case, without spaces, _ and -)
+_COHEN_ALIASES = {
+    "filename": ["filename", "imagename", "image", "file", "imagefile", "imagepath"],
+    "patient": ["patientid", "patient", "patientnumber", "id"],
+    "finding": ["finding", "findings", "label", "diagnosis"],
+    "view": ["view", "projection", "viewposition"],
+    "modality": ["modality"],
+    "folder": ["folder", "imagefolder"],
+    "offset": ["offset", "daysoffset"],
+}
+_COHEN_REQUIRED = ("filename", "patient", "finding", "view")
+
+
+class MetadataError(ValueError):
+    """A metadata file cannot be used."""
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[\s_\-/]+", "", str(name).strip().lower())
+
+
+def read_csv_text(path: Path) -> pd.DataFrame:
+    """Read a CSV with every cell as stripped text (empty cells are "")."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
+                            encoding_errors="replace", skipinitialspace=False)
+    except FileNotFoundError:
+        raise MetadataError(f"{path}: metadata file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError) as exc:
+        raise MetadataError(f"{path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
+    frame = frame.loc[:, [c for c in frame.columns if not str(c).startswith("Unnamed:")]]
+    return frame.apply(lambda col: col.astype(str).str.strip())
+
+
+def read_cohen_style(path: str | Path, source: str, images_dir: str = "images") -> pd.DataFrame:
+    """Read a Cohen- or Actualmed-style ``metadata.csv`` into the normalised schema."""
+    path = Path(path)
+    raw = read_csv_text(path)
+    found: dict[str, str] = {}
+    keys = {_key(c): c for c in raw.columns}
+    for norm, aliases in _COHEN_ALIASES.items():
+        for alias in aliases:
+            if alias in keys:
+                found[norm] = keys[alias]
+                break
+    missing = [c for c in _COHEN_REQUIRED if c not in found]
+    if missing:
+        raise MetadataError(
+            f"{path}: required column {missing[0]!r} not found "
+            f"(accepted names: {', '.join(_COHEN_ALIASES[missing[0]])})"
+        )
+    out = pd.DataFrame({
+        "source": source,
+        "filename": raw[found["filename"]],
+        "patient": raw[found["patient"]],
+        "finding": raw[found["finding"]],
+        "view": raw[found["view"]],
+        # Older versions have no modality column: they held X-rays only.
+        "modality": raw[found["modality"]] if "modality" in found else "X-ray",
+        "offset": raw[found["offset"]] if "offset" in found else "",
+    })
+    folder = raw[found["folder"]] if "folder" in found else pd.Series(images_dir, index=raw.index)
+    folder = folder.where(folder != "", images_dir)
+    out.insert(1, "relpath", [f"{d}/{f}" if f else "" for d, f in zip(folder, out["filename"])])
+    return out.drop(columns="filename")
+
+
+# --- CheXpert -------------------------------------------------------------------------------
+
+def chexpert_root(path: str | Path) -> Path:
+    """The folder holding train.csv for a user-given CheXpert path.
+
+    Accepts the folder itself (``CheXpert-v1.0-small``) or its parent.
+    """
+    path = Path(path)
+    if (path / "train.csv").is_file():
+        return path
+    for name in ("CheXpert-v1.0-small", "CheXpert-v1.0"):
+        if (path / name / "train.csv").is_file():
+            return path / name
+    raise MetadataError(
+        f"{path}: no CheXpert train.csv found there (expected CheXpert-v1.0[-small]/train.csv); "
+        "check parameter fetch.chexpert.path"
+    )
+
+
+def _chexpert_relpath(root: Path, value: str) -> str:
+    """CSV ``Path`` values start with the dataset folder name: make them relative to root."""
+    parts = Path(value).parts
+    if parts and parts[0].startswith("CheXpert-v1.0"):
+        parts = parts[1:]
+    return Path(*parts).as_posix() if parts else ""
+
+
+def read_chexpert(root: str | Path, include_valid: bool = True) -> pd.DataFrame:
+    """Read CheXpert train.csv (and valid.csv) into the normalised schema."""
+    root = Path(root)
+    frames = []
+    for name in ("train.csv", "valid.csv") if include_valid else ("train.csv",):
+        path = root / name
+        if name == "valid.csv" and not path.is_file():
+            continue
+        raw = read_csv_text(path)
+        for col in ["Path", "Frontal/Lateral", *CHEXPERT_CATEGORIES]:
+            if col not in raw.columns:
+                raise MetadataError(f"{path}: required column {col!r} not found")
+        frame = pd.DataFrame({
+            "source": "chexpert",
+            "relpath": [_chexpert_relpath(root, v) for v in raw["Path"]],
+            "patient": raw["Path"].str.extract(r"(patient\d+)", expand=False).fillna(""),
+            "frontal": raw["Frontal/Lateral"].str.lower().eq("frontal"),
+            "view": raw["AP/PA"] if "AP/PA" in raw.columns else "",
+            "csv": name,
+        })
+        for cat in CHEXPERT_CATEGORIES:
+            values = pd.to_numeric(raw[cat].replace("", np.nan), errors="coerce")
+            bad = raw[cat].ne("") & values.isna()
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+                raise MetadataError(f"{path}: line {row}: column {cat!r} holds {raw[cat].iloc[row - 2]!r}, "
+                                    "expected 1.0, 0.0, -1.0 or blank")
+            frame[cat] = values.to_numpy()
+        if (frame["patient"] == "").any():
+            row = int(np.flatnonzero((frame["patient"] == "").to_numpy())[0]) + 2
+            raise MetadataError(f"{path}: line {row}: no patientNNNNN in Path {raw['Path'].iloc[row - 2]!r}")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,34 @@
+"""Where each raw source lives once the fetch stage has run.
+
+The fetch stage writes ``data/raw/sources.json``: the dataset it prepared, the root folder of
+each source (CheXpert stays where the user keeps it) and the fetch records (commit, digest).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+SOURCES_FILE = RAW_DIR / "sources.json"
+
+
+def read_sources(raw_dir: str | Path = RAW_DIR) -> dict:
+    path = Path(raw_dir) / "sources.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: run the fetch stage first (dvc repro fetch)") from None
+
+
+def source_root(sources: dict, name: str, raw_dir: str | Path = RAW_DIR) -> Path:
+    """Root folder of source ``name``; relative roots are relative to ``raw_dir``."""
+    try:
+        root = Path(sources["roots"][name])
+    except KeyError:
+        raise KeyError(f"source {name!r} was not fetched for dataset {sources.get('dataset')!r}") from None
+    return root if root.is_absolute() else Path(raw_dir) / root
+
+
+def image_path(sources: dict, source: str, relpath: str, raw_dir: str | Path = RAW_DIR) -> Path:
+    return source_root(sources, source, raw_dir) / relpath

@@ -1,0 +1,154 @@
+"""Patient-level split into train / val / test, and the manifest every later stage reads.
+
+Images are grouped so that nothing about one person can sit in two parts:
+
+- two images of the same (source, patient) share a group;
+- one image file listed under two patient ids (the Cohen data has such rows) joins them;
+- byte-identical files (the same radiograph under two names) join their groups.
+
+COVID test images are drawn group by group until ``covid_test_images`` is reached; the
+remaining COVID groups and the negatives' training pool are split into train and val by
+``val_fraction``; the negatives' test pool goes to test. A group holding a COVID image
+follows the COVID assignment. :func:`check_no_leak` verifies the result independently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+MANIFEST_COLUMNS = [
+    "image_id", "source", "relpath", "patient", "split_group", "label", "group", "category",
+    "finding", "view", "pool", "split", "sha256",
+]
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(RuntimeError):
+    """The split would leak a patient between parts, or cannot be made."""
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a, b) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def group_images(table: pd.DataFrame) -> pd.Series:
+    """A ``split_group`` label per row (connected patients / files / identical content)."""
+    uf = _UnionFind()
+    for source, patient, image_id, digest in zip(table["source"], table["patient"], table["image_id"], table["sha256"]):
+        p = ("patient", source, patient)
+        uf.union(p, ("image", image_id))
+        if digest:
+            uf.union(p, ("content", digest))
+    roots = [uf.find(("patient", s, p)) for s, p in zip(table["source"], table["patient"])]
+    names = {}
+    for root in roots:
+        names.setdefault(root, f"g{len(names):05d}")
+    return pd.Series([names[r] for r in roots], index=table.index)
+
+
+def _take_groups_until(sizes: pd.Series, target: int, rng: np.random.Generator) -> list:
+    """Pick groups (in random order) whose sizes sum to ``target``, or as close below as possible."""
+    order = sizes.index[rng.permutation(len(sizes))]
+    taken, total = [], 0
+    for g in order:
+        if total >= target:
+            break
+        if total + sizes[g] <= target:
+            taken.append(g)
+            total += sizes[g]
+    return taken
+
+
+def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_images: int,
+               val_fraction: float, seed: int) -> tuple[pd.DataFrame, dict]:
+    """Build the manifest from the positives and negatives (both with ``sha256``)."""
+    rng = np.random.default_rng(seed)
+    pos = positives.assign(pool="")
+    table = pd.concat([pos, negatives], ignore_index=True)
+    table["image_id"] = table["source"] + "/" + table["relpath"]
+    duplicated = table["image_id"].duplicated(keep="first")
+    n_listed_twice = int(duplicated.sum())
+    table["split_group"] = group_images(table)
+    table = table[~duplicated].reset_index(drop=True)
+    if table["image_id"].duplicated().any():  # pragma: no cover - guarded above
+        raise SplitError("duplicate image ids after de-duplication")
+
+    covid_groups = set(table.loc[table["label"] == 1, "split_group"])
+    split_of: dict[str, str] = {}
+    covid_sizes = table[table["label"] == 1].groupby("split_group").size().sort_index()
+    for g in _take_groups_until(covid_sizes, covid_test_images, rng):
+        split_of[g] = "test"
+    rest = covid_sizes.drop(index=[g for g in split_of])
+    for g in _take_groups_until(rest, int(round(val_fraction * rest.sum())), rng):
+        split_of[g] = "val"
+    for g in rest.index:
+        split_of.setdefault(g, "train")
+
+    neg_only = table[~table["split_group"].isin(covid_groups)]
+    pools = neg_only.groupby("split_group")["pool"].agg(lambda p: "test" if (p == "test").any() else "train")
+    for g in pools.index[pools == "test"]:
+        split_of[g] = "test"
+    train_pool = neg_only[neg_only["split_group"].isin(pools.index[pools == "train"])]
+    sizes = train_pool.groupby("split_group").size().sort_index()
+    for g in _take_groups_until(sizes, int(round(val_fraction * sizes.sum())), rng):
+        split_of[g] = "val"
+    for g in sizes.index:
+        split_of.setdefault(g, "train")
+
+    table["split"] = table["split_group"].map(split_of)
+    moved = int(((table["label"] == 0) & table["split_group"].isin(covid_groups)).sum())
+    manifest = table.reindex(columns=MANIFEST_COLUMNS).fillna("")
+    manifest["label"] = manifest["label"].astype(int)
+    manifest = manifest.sort_values(["split", "label", "image_id"], ascending=[True, False, True]).reset_index(drop=True)
+    check_no_leak(manifest)
+    report = summarize(manifest)
+    report["rows_listed_twice"] = n_listed_twice
+    report["negatives_following_a_covid_patient"] = moved
+    report["covid_test_images_asked"] = int(covid_test_images)
+    return manifest, report
+
+
+def check_no_leak(manifest: pd.DataFrame) -> None:
+    """Fail loudly if a patient, group or image appears in two parts."""
+    if manifest["image_id"].duplicated().any():
+        dup = manifest.loc[manifest["image_id"].duplicated(), "image_id"].iloc[0]
+        raise SplitError(f"image {dup} appears twice in the manifest")
+    bad = set(manifest["split"]) - set(SPLITS)
+    if bad:
+        raise SplitError(f"unknown split values {sorted(bad)}")
+    for key in (["source", "patient"], ["split_group"]):
+        parts = manifest.groupby(key)["split"].nunique()
+        if (parts > 1).any():
+            who = parts.index[parts > 1][0]
+            raise SplitError(f"{'/'.join(map(str, np.atleast_1d(who)))} appears in more than one split")
+    if "sha256" in manifest and (manifest["sha256"] != "").all():
+        parts = manifest.groupby("sha256")["split"].nunique()
+        if (parts > 1).any():
+            raise SplitError(f"identical image content {parts.index[parts > 1][0][:12]} appears in more than one split")
+
+
+def summarize(manifest: pd.DataFrame) -> dict:
+    """Counts of images and patients per split and group (JSON-friendly)."""
+    out = {}
+    for split in SPLITS:
+        part = manifest[manifest["split"] == split]
+        out[split] = {
+            "images": int(len(part)),
+            "patients": int(part[["source", "patient"]].drop_duplicates().shape[0]),
+            **{g: int((part["group"] == g).sum()) for g in ("covid", "normal", "other-disease")},
+        }
+    return out

@@ -1,0 +1,276 @@
+"""Training loops, plain and explicit (in the style of torchvision's references).
+
+- :func:`train_head`: the paper's last-layer fine-tuning. The head trains on inputs that
+  are either cached backbone features, or images passed through ``encode`` (the frozen
+  backbone) every batch -- the paper's code path. Both consume the same random numbers in
+  the same order, so from the same seed they give the same head (tested to 1e-5).
+- :func:`train_full`: end-to-end fine-tuning with a DataLoader, AMP and channels_last on
+  CUDA, a checkpoint every epoch and exact resume, DistributedDataParallel under torchrun.
+
+Both keep the state of the epoch with the lowest validation loss (never test data).
+Randomness is re-seeded from (seed, epoch) at every epoch, so a resumed run draws the
+same batches, augmentations and dropout masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, then MPS, then CPU; or an explicit torch device string."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"parameter train.device: {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"parameter train.device is {name!r} but CUDA is not available")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ValueError(f"parameter train.device is {name!r} but MPS is not available")
+    return device
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % (2**63 - 1)
+
+
+@torch.no_grad()
+def _mean_loss(head: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, encode: Callable | None) -> float:
+    head.eval()
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        if encode is not None:
+            xb = encode(xb)
+        total += F.cross_entropy(head(xb), y[i:i + batch_size], reduction="sum").item()
+    return total / max(len(x), 1)
+
+
+def train_head(head: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
+               val_y: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int,
+               weight_decay: float = 0.0, patience: int = 0, encode: Callable | None = None,
+               on_epoch: Callable[[EpochLog], None] | None = None) -> tuple[nn.Module, list[EpochLog], int]:
+    """Train ``head`` with Adam and cross-entropy; return (head at best epoch, history, best epoch).
+
+    ``train_x``/``val_x`` are features, or images when ``encode`` (the frozen backbone in
+    eval mode) is given. ``patience`` > 0 stops after that many epochs without a better
+    validation loss; 0 trains all ``epochs`` (the paper) and still keeps the best epoch.
+    """
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    train_y, val_y = train_y.long(), val_y.long()
+    history: list[EpochLog] = []
+    best = (math.inf, 0, copy.deepcopy(head.state_dict()))
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        torch.manual_seed(_epoch_seed(seed, epoch) + 1)  # dropout in the head
+        order = torch.randperm(len(train_x), generator=gen)
+        head.train()
+        total = 0.0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            xb = train_x[idx]
+            if encode is not None:
+                with torch.no_grad():
+                    xb = encode(xb)
+            loss = F.cross_entropy(head(xb), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        val_loss = _mean_loss(head, val_x, val_y, 256, encode) if len(val_x) else math.nan
+        entry = EpochLog(epoch, total / len(order), val_loss, time.perf_counter() - start)
+        history.append(entry)
+        if on_epoch:
+            on_epoch(entry)
+        if len(val_x) == 0 or val_loss < best[0]:
+            best = (val_loss, epoch, copy.deepcopy(head.state_dict()))
+        elif patience and epoch - best[1] >= patience:
+            log.info("early stop at epoch %d (best %d)", epoch, best[1])
+            break
+    head.load_state_dict(best[2])
+    head.eval()
+    return head, history, best[1]
+
+
+# --------------------------------------------------------------------------- full fine-tuning
+
+def _is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if _is_distributed() else 0
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _is_distributed():
+        return _is_distributed()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return True
+
+
+def _save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, epoch: int, device: torch.device):
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+    sampler = None
+    if _is_distributed():
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False)
+        sampler.set_epoch(epoch)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers, generator=gen, pin_memory=device.type == "cuda",
+                      persistent_workers=False)
+
+
+def _evaluate_loss(model: nn.Module, loader, device: torch.device, channels_last: bool, amp: bool) -> float:
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, enabled=amp):
+                logits = model(images)
+            total[0] += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+            total[1] += len(labels)
+    if _is_distributed():
+        torch.distributed.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size: int, lr: float, seed: int,
+               device: torch.device, checkpoint: Path | None = None, num_workers: int = 0,
+               weight_decay: float = 0.0, patience: int = 0, amp: bool | None = None,
+               channels_last: bool | None = None,
+               on_epoch: Callable[[EpochLog], None] | None = None) -> tuple[nn.Module, list[EpochLog], int]:
+    """End-to-end fine-tuning; resumes from ``checkpoint`` when it exists.
+
+    AMP (bfloat16/float16 autocast) and channels_last are on by default on CUDA only. Under
+    torchrun the model is wrapped in DistributedDataParallel and rank 0 writes checkpoints.
+    Returns the model (unwrapped, at its best validation epoch), the history and that epoch.
+    """
+    cuda = device.type == "cuda"
+    amp = cuda if amp is None else amp
+    channels_last = cuda if channels_last is None else channels_last
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and cuda)
+    history: list[EpochLog] = []
+    best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
+    start_epoch = 1
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        history = [EpochLog(**h) for h in state["history"]]
+        best_loss, best_epoch, best_state = state["best_loss"], state["best_epoch"], state["best_state"]
+        start_epoch = state["epoch"] + 1
+        log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+    net = model
+    if _is_distributed():
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    for epoch in range(start_epoch, epochs + 1):
+        if patience and best_epoch and epoch - best_epoch > patience:
+            log.info("early stop before epoch %d (best %d)", epoch, best_epoch)
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(_epoch_seed(seed, epoch) + 1 + _rank())
+        net.train()
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        for images, labels in _loader(train_set, batch_size, True, num_workers, seed, epoch, device):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, enabled=amp):
+                loss = F.cross_entropy(net(images).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total[0] += loss.detach().double() * len(labels)
+            total[1] += len(labels)
+        if _is_distributed():
+            torch.distributed.all_reduce(total)
+        val_loss = _evaluate_loss(net, _loader(val_set, batch_size, False, num_workers, seed, epoch, device),
+                                  device, channels_last, amp) if len(val_set) else math.nan
+        entry = EpochLog(epoch, (total[0] / total[1]).item(), val_loss, time.perf_counter() - t0)
+        history.append(entry)
+        if len(val_set) == 0 or val_loss < best_loss:
+            best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
+        if on_epoch and _rank() == 0:
+            on_epoch(entry)
+        if checkpoint is not None and _rank() == 0:
+            _save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scaler": scaler.state_dict(), "history": [asdict(h) for h in history],
+                          "best_loss": best_loss, "best_epoch": best_epoch, "best_state": best_state},
+                         Path(checkpoint))
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, history, best_epoch
+
+
+@torch.no_grad()
+def predict_scores(model: nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> np.ndarray:
+    """COVID probability (softmax of class 1) for every item of ``dataset``."""
+    from torch.utils.data import DataLoader
+
+    model = model.eval().to(device)
+    out = []
+    for images, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+        out.append(torch.softmax(model(images.to(device)).float(), dim=1)[:, 1].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)

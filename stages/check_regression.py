@@ -1,0 +1,138 @@
+"""Regression check: fail when a metric of metrics/evaluate.json is worse than a committed baseline.
+
+    python stages/check_regression.py                     # compare; exit 1 on a regression
+    python stages/check_regression.py --write-baseline    # (re)create the baseline from the current metrics
+
+Tolerances come from params.yaml (section `regression`): `tolerances` maps metrics (nested as in
+the metrics file, or dotted like test.auc) to the largest allowed drop; `lower_is_better` lists
+the metrics whose increase is the regression (e.g. test.ece). A metric missing from either file
+fails too. Prints a table (metric, baseline, current, drop, tolerance, status) either way.
+Exit status: 0 pass, 1 regression, 2 usage error (missing file, bad parameter).
+
+Plain Python (json, PyYAML): starts fast, suitable for a CI step or a git hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from deepcovid import cli, io
+from deepcovid.params import ParamsError, get, load_params
+
+log = logging.getLogger("check_regression")
+HEADER = ("metric", "baseline", "current", "drop", "tolerance", "status")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"test": {"auc": 0.9}}`` -> ``{"test.auc": 0.9}`` (keys already dotted are kept)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def regression_rows(current: dict, baseline: dict, tolerances: dict, lower_is_better=()) -> list[dict]:
+    """One row per toleranced metric: ``metric, baseline, current, drop, tolerance, status``.
+
+    ``drop`` is how much worse the current value is: ``baseline - current``, or ``current -
+    baseline`` for the metrics in ``lower_is_better``; negative means better. Status ``FAIL``
+    when ``drop > tolerance``, ``MISSING`` when the metric is absent (or not a number) in either file.
+    """
+    cur, base, tol = flatten(current), flatten(baseline), flatten(tolerances)
+    lower = set(lower_is_better or ())
+    unknown = lower - set(tol)
+    if unknown:
+        raise ParamsError(f"parameter regression.lower_is_better names metrics without a tolerance: "
+                          f"{', '.join(sorted(unknown))}")
+    rows = []
+    for metric, t in tol.items():
+        if not _number(t) or t < 0:
+            raise ParamsError(f"parameter regression.tolerances.{metric} must be a number >= 0, got {t!r}")
+        b, c = base.get(metric), cur.get(metric)
+        row = {"metric": metric, "baseline": b, "current": c, "drop": None, "tolerance": float(t),
+               "lower_is_better": metric in lower, "status": "MISSING"}
+        if _number(b) and _number(c):
+            drop = (c - b) if metric in lower else (b - c)
+            row.update(drop=float(drop), status="FAIL" if drop > t + 1e-12 else "ok")
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """An aligned plain-text table (metric, baseline, current, drop, tolerance, status)."""
+    def cell(v, signed=False):
+        if v is None:
+            return "-"
+        if not _number(v):
+            return repr(v)
+        return f"{v:+.4f}" if signed else f"{v:.4f}"
+
+    body = [[r["metric"] + (" (lower is better)" if r["lower_is_better"] else ""), cell(r["baseline"]),
+             cell(r["current"]), cell(r["drop"], signed=True), cell(r["tolerance"]), r["status"]] for r in rows]
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(HEADER)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        hint = " (create it with --write-baseline)" if what == "baseline" else " (run: dvc repro evaluate)"
+        raise FileNotFoundError(f"{path}: {what} metrics file not found{hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--metrics", default="metrics/evaluate.json", help="current metrics")
+    ap.add_argument("--baseline", default=None, help="baseline metrics (default: regression.baseline in params)")
+    ap.add_argument("--write-baseline", action="store_true", help="copy the current metrics to the baseline")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    baseline = Path(args.baseline or get(params, "regression.baseline"))
+    current = _read_json(Path(args.metrics), "current")
+    if args.write_baseline:
+        io.write_json(baseline, current)
+        log.info("wrote baseline %s from %s", baseline, args.metrics)
+        return
+    tolerances = get(params, "regression.tolerances")
+    if not isinstance(tolerances, dict) or not tolerances:
+        raise ParamsError("parameter regression.tolerances must be a non-empty mapping of metric to tolerance")
+    lower = get(params, "regression.lower_is_better", [])
+    if not isinstance(lower, list):
+        raise ParamsError("parameter regression.lower_is_better must be a list of metric names")
+    rows = regression_rows(current, _read_json(baseline, "baseline"), tolerances, lower)
+    print(f"regression check: {args.metrics} against {baseline}")
+    print(format_rows(rows))
+    failed = [r["metric"] for r in rows if r["status"] != "ok"]
+    if failed:
+        print(f"REGRESSION: {', '.join(failed)}: worse than the baseline by more than the tolerance, or missing")
+        sys.exit(1)
+    print("ok: no metric is worse than the baseline by more than its tolerance")
+
+
+if __name__ == "__main__":
+    cli.run(main, "check_regression")

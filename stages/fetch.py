@@ -1,0 +1,66 @@
+"""Stage fetch: bring the raw sources of the chosen dataset into data/raw.
+
+synthetic: generate Cohen-style and CheXpert-style data; paper: download Cohen at the pinned
+commit and check the user's CheXpert path; public: download Cohen and Actualmed.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+from deepcovid import cli, io
+from deepcovid.metadata import chexpert_root
+from deepcovid.params import ParamsError, get, load_params, needed_sources, validate_data_params
+
+log = logging.getLogger("fetch")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", default="data/raw")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    validate_data_params(params)
+    dataset = params["dataset"]
+    sources = needed_sources(params)
+    roots, records = {}, {}
+
+    # Check what needs no download first, so a missing CheXpert stops at once.
+    if "chexpert" in sources and dataset != "synthetic":
+        path = get(params, "fetch.chexpert.path", None)
+        if not path:
+            raise ParamsError(
+                f"dataset={dataset} needs CheXpert: set parameter fetch.chexpert.path to your "
+                "CheXpert-v1.0-small (or CheXpert-v1.0) folder"
+            )
+        if not Path(path).exists():
+            raise ParamsError(f"parameter fetch.chexpert.path: {path} does not exist")
+        roots["chexpert"] = str(chexpert_root(path).resolve())
+        records["chexpert"] = {"name": "chexpert", "method": "user_path", "path": roots["chexpert"]}
+
+    with io.atomic_path(args.out) as tmp:
+        tmp.mkdir()
+        if dataset == "synthetic":
+            from deepcovid import synthetic
+
+            seed = int(params["seed"])
+            records["cohen"] = synthetic.generate_cohen(tmp / "cohen", get(params, "synthetic.cohen"), seed)
+            records["chexpert"] = synthetic.generate_chexpert(tmp / "chexpert", get(params, "synthetic.chexpert"), seed + 1)
+            roots["cohen"] = "cohen"
+            roots["chexpert"] = "chexpert/CheXpert-v1.0-small"
+        else:
+            from deepcovid.fetch import fetch_source
+
+            for name in sources:
+                if name == "chexpert":
+                    continue
+                records[name] = fetch_source(name, get(params, f"fetch.{name}"), tmp / name, log=log.info)
+                roots[name] = name
+        io.write_json(tmp / "sources.json", {"dataset": dataset, "roots": roots, "records": records})
+    log.info("dataset %s: fetched %s into %s", dataset, ", ".join(sorted(roots)), args.out)
+
+
+if __name__ == "__main__":
+    cli.run(main, "fetch")

@@ -1,0 +1,37 @@
+"""Shared pytest fixtures.
+
+Real-data tests use ``../shared/data`` (a downscaled subset of the Cohen and Actualmed
+datasets). In a user's clone it is usually absent and those tests skip; CI sets
+``DEEPCOVID_REQUIRE_SHARED=1`` so that a missing folder fails instead of skipping.
+Override the location with ``DEEPCOVID_SHARED_DATA``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("DEEPCOVID_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of the real test data folder (holding cohen/ and actualmed/)."""
+    path = _shared_data_dir()
+    if not (path / "cohen" / "metadata.csv").is_file():
+        if os.environ.get("DEEPCOVID_REQUIRE_SHARED") == "1":
+            pytest.fail(f"real test data required but not found at {path}")
+        pytest.skip(f"real test data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT

@@ -1,0 +1,104 @@
+"""The featurize and train stages on tiny synthetic data: outputs, MLflow, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from workspace import TINY, error_line, make_workspace, read, run_stage
+
+DATA_STAGES = ["fetch", "filter", "negatives", "split", "preprocess", "augment"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("tiny"), **TINY)
+    for stage in DATA_STAGES:
+        run_stage(ws, stage)
+    return ws
+
+
+def _with(ws_src, dst, **overrides):
+    shutil.copytree(ws_src, dst)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    for key, value in overrides.items():
+        node = params
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dst
+
+
+def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
+    ws = _with(tiny_data, tmp_path / "ws", **{"train.mode": "last_layer"})
+    db = tmp_path / "mlflow.db"
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{db}", "DVC_EXP_NAME": "unit-exp"}
+    run_stage(ws, "featurize")
+    meta = json.loads((ws / "data/features/meta.json").read_text())
+    assert meta["model"] == "resnet18" and meta["provenance"]["weights"] == "none"
+    run_stage(ws, "train", env=env)
+
+    pred = read(ws / "data/predictions.csv")
+    assert list(pred.columns) == ["image_id", "source", "patient", "label", "group", "category", "split", "score"]
+    manifest = read(ws / "data/manifest.csv")
+    held_out = manifest[manifest["split"].isin(["val", "test"])]
+    assert set(pred["image_id"]) == set(held_out["image_id"])  # every val/test image, no augmented copy
+    scores = pred["score"].astype(float)
+    assert scores.between(0, 1).all()
+    model = json.loads((ws / "models/model.json").read_text())
+    assert model["architecture"] == "resnet18" and model["weights"]["weights"] == "none"
+    assert model["classes"] == ["non-COVID", "COVID-19"]
+    curve = pd.read_csv(ws / "plots/train_loss.csv")
+    assert list(curve["epoch"]) == [1, 2, 3]
+    metrics = json.loads((ws / "metrics/train.json").read_text())
+    assert 1 <= metrics["best_epoch"] <= 3 and metrics["device"] == "cpu"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("deep-covid")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["model"] == "resnet18" and run.data.params["train.epochs"] == "3"
+    assert run.data.params["train.mode"] == "last_layer"
+    assert run.data.tags["dvc_exp_name"] == "unit-exp"
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert run.data.metrics["test_auc"] == pytest.approx(metrics["test_auc"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"train_loss.csv", "model.json"} <= artifacts
+
+
+def test_full_mode_skips_features_and_cleans_checkpoint(tiny_data, tmp_path):
+    ws = _with(tiny_data, tmp_path / "ws", **{"train.mode": "full", "train.epochs": 2})
+    run_stage(ws, "featurize")
+    assert json.loads((ws / "data/features/meta.json").read_text())["skipped"] is True
+    run_stage(ws, "train", args=("--no-mlflow",))
+    assert len(pd.read_csv(ws / "plots/train_loss.csv")) == 2
+    assert not any((ws / "checkpoints").glob("*.pt"))  # removed after a completed run
+    assert len(read(ws / "data/predictions.csv")) > 0
+
+
+def test_unknown_model_lists_valid_names(tiny_data, tmp_path):
+    ws = _with(tiny_data, tmp_path / "ws", model="vgg16")
+    proc = run_stage(ws, "featurize", check=False)
+    assert proc.returncode == 2
+    line = error_line(proc)
+    assert "vgg16" in line and "resnet18" in line and "squeezenet" in line and "efficientnet_lite0" in line
+
+
+def test_features_from_other_weights_refused(tiny_data, tmp_path):
+    ws = _with(tiny_data, tmp_path / "ws", **{"train.mode": "last_layer"})
+    run_stage(ws, "featurize")
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["seed"] = params["seed"] + 1  # another random init: cached features no longer match
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run_stage(ws, "train", check=False, args=("--no-mlflow",))
+    assert proc.returncode == 2 and "other backbone weights" in error_line(proc)
