@@ -111,3 +111,15 @@ def validate_data_params(params: dict) -> None:
         raise ParamsError("parameter filter.frontal_views must be a non-empty list of view names")
     if any(str(v).strip().upper() in {"L", "LATERAL"} for v in views):
         raise ParamsError("parameter filter.frontal_views must not contain a lateral view")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"test": {"auc": 0.9}}`` -> ``{"test.auc": 0.9}`` (keys already dotted are kept)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

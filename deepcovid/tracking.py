@@ -12,6 +12,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from deepcovid.params import flatten  # noqa: F401  (used as tracking.flatten by the train stage)
+
 
 def repository_root(cwd: str | Path | None = None) -> Path:
     """The user's repository root, also from inside a DVC experiment's temporary copy."""
@@ -38,16 +40,6 @@ def git_revision(cwd: str | Path | None = None) -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
 
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def start_run(experiment: str, configured_uri: str = "", run_name: str | None = None):

@@ -22,22 +22,11 @@ import sys
 from pathlib import Path
 
 from deepcovid import cli, io
-from deepcovid.params import ParamsError, get, load_params
+from deepcovid.params import ParamsError, flatten, get, load_params
 
 log = logging.getLogger("check_regression")
 HEADER = ("metric", "baseline", "current", "drop", "tolerance", "status")
 
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """``{"test": {"auc": 0.9}}`` -> ``{"test.auc": 0.9}`` (keys already dotted are kept)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _number(v) -> bool:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workspace import TINY, error_line, make_workspace, read, run_stage
+from workspace import TINY, error_line, make_workspace, override_params, read, run_stage
 
 DATA_STAGES = ["fetch", "filter", "negatives", "split", "preprocess", "augment"]
 
@@ -24,14 +24,7 @@ def tiny_data(tmp_path_factory):
 
 def _with(ws_src, dst, **overrides):
     shutil.copytree(ws_src, dst)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for key, value in overrides.items():
-        node = params
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    override_params(dst / "params.yaml", dst / "params.yaml", overrides)
     return dst
 
 

@@ -14,16 +14,21 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_workspace(tmp: Path, **overrides) -> Path:
-    """A copy of the project's configuration in ``tmp``, with dotted-key overrides."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+def override_params(source: Path, target: Path, overrides: dict) -> None:
+    """Write ``source`` (a params.yaml) to ``target`` with dotted-key overrides applied."""
+    params = yaml.safe_load(source.read_text())
     for key, value in overrides.items():
         node = params
         *parents, last = key.split(".")
         for part in parents:
             node = node[part]
         node[last] = value
-    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    target.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_workspace(tmp: Path, **overrides) -> Path:
+    """A copy of the project's configuration in ``tmp``, with dotted-key overrides."""
+    override_params(REPO / "params.yaml", tmp / "params.yaml", overrides)
     shutil.copytree(REPO / "curation", tmp / "curation")
     return tmp
 
