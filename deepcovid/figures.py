@@ -60,7 +60,7 @@ def score_histograms(scores, groups, threshold: float, path, bins: int = 20, tit
         ax.set_ylabel("images")
         ax.set_xlim(0.0, 1.0)
     axes[-1].set_xlabel(f"predicted COVID-19 probability (dashed: threshold {threshold:.3g})")
-    fig.suptitle(title or "Test-set score distribution by group")
+    fig.suptitle(title or "Test-set score distribution by group", fontsize=11)
     fig.tight_layout()
     return save(fig, path)
 
@@ -170,7 +170,7 @@ def evaluation_figures(result, out_dir) -> list[Path]:
     return [
         score_histograms(test["score"], test["group"], thr, out / "score_histograms.png",
                          bins=len(result.scores),
-                         title=f"Predicted COVID-19 probability on the test set (threshold {thr:.3g}, {where})"),
+                         title=f"Predicted COVID-19 probability on the test set\nthreshold {thr:.3g} ({where})"),
         confusion_matrix(t, thr, out / "confusion_matrix.png",
                          title=f"Test confusion matrix, threshold {thr:.3g} ({where})\n"
                                f"sensitivity {t['sensitivity']:.3f}, specificity {t['specificity']:.3f}"),
