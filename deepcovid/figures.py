@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from deepcovid.evaluation import CLASS_NAMES, GROUP_LABELS, group_order
 
@@ -58,6 +59,7 @@ def score_histograms(scores, groups, threshold: float, path, bins: int = 20, tit
         ax.set_title(f"{label} (n = {vals.size}): {above} at or above the threshold, {vals.size - above} below",
                      fontsize=10)
         ax.set_ylabel("images")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(0.0, 1.0)
     axes[-1].set_xlabel(f"predicted COVID-19 probability (dashed: threshold {threshold:.3g})")
     fig.suptitle(title or "Test-set score distribution by group", fontsize=11)
