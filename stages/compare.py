@@ -64,9 +64,12 @@ def _state(group: dict) -> str | None:
     return executor
 
 
-def dvc_experiments(repo: str, path: str, include_baseline: bool = True) -> list[dict]:
-    """``[{"name", "rev", "model"}]`` of the baseline commit(s) and finished experiments holding ``path``."""
-    cmd = [dvc_binary(), "exp", "show", "--json"]
+def dvc_experiments(repo: str, path: str, include_baseline: bool = True, commits: int = 1) -> list[dict]:
+    """``[{"name", "rev", "model"}]`` of the baseline commit(s) and finished experiments holding ``path``.
+
+    ``commits``: experiments based on the last N commits of HEAD (``dvc exp show -n N``).
+    """
+    cmd = [dvc_binary(), "exp", "show", "--json", "-n", str(commits)]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -126,6 +129,8 @@ def main() -> None:
     ap.add_argument("--from-dvc-exps", action="store_true",
                     help="add the baseline commit and every finished experiment of `dvc exp show`")
     ap.add_argument("--no-baseline", action="store_true", help="with --from-dvc-exps: experiments only")
+    ap.add_argument("--commits", type=int, default=1,
+                    help="with --from-dvc-exps: experiments of the last N commits (default 1: HEAD)")
     ap.add_argument("--repo", default=".", help="DVC repository for --from-dvc-exps (default: .)")
     ap.add_argument("--predictions-path", default="data/predictions.csv",
                     help="the predictions output inside each experiment")
@@ -149,7 +154,8 @@ def main() -> None:
         runs[name], models[name] = frame, model
 
     if args.from_dvc_exps:
-        exps = dvc_experiments(args.repo, args.predictions_path, include_baseline=not args.no_baseline)
+        exps = dvc_experiments(args.repo, args.predictions_path, include_baseline=not args.no_baseline,
+                               commits=args.commits)
         for e in exps:
             log.info("reading %s at %s (%s)", args.predictions_path, e["name"], e["rev"][:7])
             try:
