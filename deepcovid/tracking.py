@@ -12,8 +12,6 @@ import os
 import subprocess
 from pathlib import Path
 
-from deepcovid.params import flatten  # noqa: F401  (used as tracking.flatten by the train stage)
-
 
 def repository_root(cwd: str | Path | None = None) -> Path:
     """The user's repository root, also from inside a DVC experiment's temporary copy."""
@@ -39,7 +37,6 @@ def git_revision(cwd: str | Path | None = None) -> str:
                               timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
-
 
 
 def start_run(experiment: str, configured_uri: str = "", run_name: str | None = None):

@@ -28,7 +28,6 @@ log = logging.getLogger("check_regression")
 HEADER = ("metric", "baseline", "current", "drop", "tolerance", "status")
 
 
-
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

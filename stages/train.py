@@ -19,7 +19,7 @@ from deepcovid import cli, io, tracking
 from deepcovid.features import state_digest
 from deepcovid.data import ImageDataset, load_table, normalize_transform, train_transform
 from deepcovid.models import build_model, preprocessing, split_backbone_head
-from deepcovid.params import get, load_params
+from deepcovid.params import flatten, get, load_params
 from deepcovid.trainparams import validate_train_params
 from deepcovid.training import (init_distributed, predict_scores, resolve_device, seed_everything, train_full,
                                 train_head)
@@ -73,7 +73,7 @@ def main() -> None:
     if run is not None:
         import mlflow
 
-        mlflow.log_params({k: v for k, v in tracking.flatten({"model": name, "weights": weights, "seed": seed,
+        mlflow.log_params({k: v for k, v in flatten({"model": name, "weights": weights, "seed": seed,
                                                               "dataset": params.get("dataset"), "train": cfg}).items()})
         mlflow.log_params({"device": str(device), "weights_source": provenance["weights_source"]})
 
