@@ -1,64 +1,122 @@
 """Offline augmentation of COVID training images (the paper: 5 copies each).
 
-Flips, small rotations, small affine and elastic distortions with torchvision transforms v2,
-each copy seeded from (seed, parent image id, copy number) so that results do not depend on
-the order or the number of worker processes.
+A horizontal flip, a small rotation / translation / scale / shear (the parameters of
+``torchvision.transforms.v2.RandomAffine``) and a smooth elastic distortion, composed into
+one sampling map and applied with bilinear interpolation. Each copy is seeded from (seed,
+parent image id, copy number), so results do not depend on order or worker count.
+
+The warp is computed here rather than with torchvision because the augmented PNGs are DVC
+outputs that must be byte-identical on every CPU: torch's ``affine_grid`` / ``grid_sample``
+use instruction-set-specific (FMA) kernels. The sampling coordinates use only exactly
+rounded operations (:mod:`deepcovid.portable`), and are then rounded to 1/256 pixel; the
+interpolation itself is integer arithmetic.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
-from torchvision.transforms import v2
+
+from . import portable
 
 
 class AugmentError(RuntimeError):
     """An augmented image would leak into validation or test."""
 
 
-class SmoothElastic(torch.nn.Module):
-    """Small elastic distortion: a random displacement field on a coarse ``grid`` x ``grid``
-    lattice, upsampled bicubically (so it is smooth) and scaled to at most ``alpha`` pixels,
-    applied with ``torchvision.transforms.v2.functional.elastic``.
+@dataclass(frozen=True)
+class Augmentation:
+    """The random transformation of the augment stage (parameters as in params.yaml).
 
-    torchvision's ``ElasticTransform`` blurs a full-resolution noise field with a large
-    Gaussian kernel (about 0.2 s per 256 px image on one core) and its ``alpha`` has no direct
-    unit; this field has the same role, an explicit amplitude in pixels, and costs ~1 ms.
+    ``rotation_degrees``, ``shear_degrees``: uniform in [-v, v] (shear along x, as
+    RandomAffine with one shear value); ``translate``: uniform shift up to this fraction of
+    the width / height, rounded to whole pixels (as RandomAffine); ``scale``: uniform in
+    [low, high]; ``elastic_alpha``: a displacement field drawn on an ``elastic_grid`` x
+    ``elastic_grid`` lattice (uniform in [-1, 1]), upsampled bicubically and scaled to at
+    most this many pixels; 0 switches it off. Pixels mapped from outside the image are black.
     """
 
-    def __init__(self, alpha: float, grid: int = 5) -> None:
-        super().__init__()
-        self.alpha, self.grid = float(alpha), int(grid)
+    hflip_p: float = 0.5
+    rotation_degrees: float = 0.0
+    translate: float = 0.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    shear_degrees: float = 0.0
+    elastic_alpha: float = 0.0
+    elastic_grid: int = 5
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if self.alpha <= 0:
-            return img
-        height, width = img.shape[-2:]
-        coarse = torch.rand(1, 2, self.grid, self.grid) * 2 - 1
-        field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
-        field = field.clamp(-1, 1) * self.alpha  # pixels, (dx, dy)
-        scale = torch.tensor([2.0 / width, 2.0 / height]).view(1, 2, 1, 1)
-        displacement = (field * scale).permute(0, 2, 3, 1)  # normalised units, [1, H, W, 2]
-        return v2.functional.elastic(img, displacement, interpolation=v2.InterpolationMode.BILINEAR)
+    def source_coordinates(self, height: int, width: int, rng: portable.Rng) -> tuple[np.ndarray, np.ndarray]:
+        """For every output pixel, the (x, y) of the input point it samples (pixel centres
+        at integers), drawing this copy's parameters from ``rng``."""
+        flip = rng.random() < self.hflip_p
+        angle = math.radians(rng.uniform(-self.rotation_degrees, self.rotation_degrees))
+        tx = float(round(rng.uniform(-self.translate * width, self.translate * width)))
+        ty = float(round(rng.uniform(-self.translate * height, self.translate * height)))
+        s = rng.uniform(self.scale[0], self.scale[1])
+        shear = math.radians(rng.uniform(-self.shear_degrees, self.shear_degrees))
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+        if self.elastic_alpha > 0:
+            g = int(self.elastic_grid)
+            coarse = rng.uniform(-1.0, 1.0, size=(2, g, g))
+            dx = np.clip(portable.resample(coarse[0], width, height, "bicubic"), -1, 1) * self.elastic_alpha
+            dy = np.clip(portable.resample(coarse[1], width, height, "bicubic"), -1, 1) * self.elastic_alpha
+            xx, yy = xx + dx, yy + dy
+        # forward map q = c + t + R(angle) Sh(shear) s (p - c); invert it for each output q
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        ca, sa = portable.cos(angle), portable.sin(angle)
+        sh = portable.sin(shear) / portable.cos(shear)
+        a, b = s * ca, s * (ca * sh - sa)           # L = R @ [[1, sh], [0, 1]] * s
+        c, d = s * sa, s * (sa * sh + ca)
+        det = a * d - b * c
+        qx, qy = xx - (cx + tx), yy - (cy + ty)
+        px = (d * qx - b * qy) / det + cx
+        py = (-c * qx + a * qy) / det + cy
+        if flip:
+            px = (width - 1) - px
+        return px, py
+
+    def __call__(self, image: np.ndarray, rng: portable.Rng) -> np.ndarray:
+        height, width = image.shape[:2]
+        px, py = self.source_coordinates(height, width, rng)
+        return bilinear_sample(image, px, py)
 
 
-def build_transform(cfg: dict) -> v2.Compose:
+def bilinear_sample(image: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Sample a uint8 H x W (x C) image at float coordinates, bilinearly, with black outside.
+    Coordinates are rounded to 1/256 pixel; the blend is integer arithmetic."""
+    height, width = image.shape[:2]
+    fx = np.rint(px * 256.0).astype(np.int64)
+    fy = np.rint(py * 256.0).astype(np.int64)
+    x0, y0 = fx >> 8, fy >> 8
+    wx, wy = fx & 255, fy & 255
+    img = image.astype(np.int64)
+    if img.ndim == 2:
+        img = img[..., None]
+    acc = np.zeros((height, width, img.shape[2]), dtype=np.int64)
+    for dy, wgt_y in ((0, 256 - wy), (1, wy)):
+        for dx, wgt_x in ((0, 256 - wx), (1, wx)):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+            pix = img[np.clip(yi, 0, height - 1), np.clip(xi, 0, width - 1)]
+            acc += np.where(inside, wgt_x * wgt_y, 0)[..., None] * pix
+    out = ((acc + (1 << 15)) >> 16).astype(np.uint8)
+    return out[..., 0] if image.ndim == 2 else out
+
+
+def build_transform(cfg: dict) -> Augmentation:
     scale = cfg.get("scale", [1.0, 1.0])
-    return v2.Compose([
-        v2.RandomHorizontalFlip(p=float(cfg["hflip_p"])),
-        v2.RandomAffine(
-            degrees=float(cfg["rotation_degrees"]),
-            translate=(float(cfg.get("translate", 0.0)),) * 2,
-            scale=(float(scale[0]), float(scale[1])),
-            shear=float(cfg.get("shear_degrees", 0.0)),
-            interpolation=v2.InterpolationMode.BILINEAR,
-        ),
-        SmoothElastic(alpha=float(cfg.get("elastic_alpha", 0.0)), grid=int(cfg.get("elastic_grid", 5))),
-    ])
+    return Augmentation(
+        hflip_p=float(cfg["hflip_p"]),
+        rotation_degrees=float(cfg["rotation_degrees"]),
+        translate=float(cfg.get("translate", 0.0)),
+        scale=(float(scale[0]), float(scale[1])),
+        shear_degrees=float(cfg.get("shear_degrees", 0.0)),
+        elastic_alpha=float(cfg.get("elastic_alpha", 0.0)),
+        elastic_grid=int(cfg.get("elastic_grid", 5)),
+    )
 
 
 def copy_seed(seed: int, image_id: str, copy: int) -> int:
@@ -66,13 +124,9 @@ def copy_seed(seed: int, image_id: str, copy: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def augment_image(image: np.ndarray, transform: v2.Compose, seed: int) -> np.ndarray:
-    """Apply ``transform`` to a uint8 HxWx3 array with its own seeded generator state."""
-    tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        out = transform(tensor)
-    return out.permute(1, 2, 0).contiguous().numpy()
+def augment_image(image: np.ndarray, transform: Augmentation, seed: int) -> np.ndarray:
+    """Apply ``transform`` to a uint8 H x W x 3 array with its own seeded generator."""
+    return transform(np.asarray(image, dtype=np.uint8), portable.Rng(seed))
 
 
 def check_augmented(augmented: pd.DataFrame, manifest: pd.DataFrame) -> None:

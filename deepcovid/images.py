@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from . import portable
+
 # Never accept silently truncated files.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -81,15 +83,25 @@ def read_image(path: str | Path, grayscale: bool = True) -> Image.Image:
 
 
 def resize_square(img: Image.Image, size: int, mode: str = "stretch") -> Image.Image:
-    """Resize to ``size`` x ``size``: ``stretch`` ignores aspect, ``pad`` letterboxes on black."""
+    """Resize to ``size`` x ``size``: ``stretch`` ignores aspect, ``pad`` letterboxes on black.
+
+    Bicubic and antialiased, in integer arithmetic (:func:`deepcovid.portable.resize_uint8`),
+    so the cached bytes are the same on every CPU.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(RESIZE_MODES)}")
+    arr = np.asarray(img.convert("RGB"))
     if mode == "stretch":
-        return img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    if mode == "pad":
-        fitted = ImageOps.contain(img, (size, size), Image.Resampling.BICUBIC)
-        canvas = Image.new("RGB", (size, size), (0, 0, 0))
-        canvas.paste(fitted, ((size - fitted.width) // 2, (size - fitted.height) // 2))
-        return canvas
-    raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(RESIZE_MODES)}")
+        return Image.fromarray(portable.resize_uint8(arr, size, size), "RGB")
+    height, width = arr.shape[:2]
+    if width >= height:
+        new_w, new_h = size, max(1, round(height * size / width))
+    else:
+        new_w, new_h = max(1, round(width * size / height)), size
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top:top + new_h, left:left + new_w] = portable.resize_uint8(arr, new_w, new_h)
+    return Image.fromarray(canvas, "RGB")
 
 
 def load_cached(path: str | Path) -> np.ndarray:

@@ -58,9 +58,13 @@ one distribution for every source and label; only ``style_shift`` > 0 changes it
 for shortcut audits. The RNG draws do not depend on ``style_shift``: the same seed gives the
 same anatomy and findings with or without it.
 
-Determinism: all randomness comes from ``numpy.random.Generator`` seeded from ``seed`` and
-the image's index; encoders run with fixed options, so the same seed gives byte-identical
-files (with the same numpy / Pillow / zlib builds).
+Determinism, on any CPU: all randomness comes from :class:`deepcovid.portable.Rng` seeded from
+``seed`` and the image's index, and every value that decides a pixel is computed with exactly
+rounded operations only (:mod:`deepcovid.portable`: its own exp/log/sin/cos/power, Gaussian
+blur, resampling and line drawing instead of NumPy's CPU-dispatched transcendentals, SciPy's
+and Pillow's float filters). Encoders run with fixed options (libjpeg-turbo's integer DCT, whose
+SIMD paths are bit-exact, and zlib-ng), so the same seed gives byte-identical files on every
+machine with the pinned Pillow (``tests/test_cross_cpu.py``).
 """
 
 from __future__ import annotations
@@ -74,9 +78,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
-from scipy import ndimage
+from PIL import Image
 
+from . import portable as pm
 from .io import atomic_path
 
 __all__ = [
@@ -144,10 +148,9 @@ def _sstep(e0: float, e1: float, x):
     return t * t * (3.0 - 2.0 * t)
 
 
-def _resize_f(arr: np.ndarray, width: int, height: int, resample=Image.Resampling.BICUBIC) -> np.ndarray:
-    """Resize a float array with Pillow (mode F)."""
-    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
-    return np.array(img.resize((width, height), resample), dtype=np.float32)
+def _resize_f(arr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bicubic, antialiased resize of a float array (portable: exact operations only)."""
+    return pm.resample(np.asarray(arr, dtype=np.float32), width, height, "bicubic")
 
 
 @functools.lru_cache(maxsize=64)
@@ -162,13 +165,17 @@ def _taps(n_out: int, n_in: int, cubic: bool) -> tuple[np.ndarray, np.ndarray]:
     if cubic:
         offsets = np.arange(-1, 3)
         d = np.abs(f[:, None] - offsets[None, :])
-        w = np.where(d < 1, 1.5 * d ** 3 - 2.5 * d ** 2 + 1,
-                     np.where(d < 2, -0.5 * d ** 3 + 2.5 * d ** 2 - 4 * d + 2, 0.0))
+        d2 = d * d
+        w = np.where(d < 1, 1.5 * d2 * d - 2.5 * d2 + 1,
+                     np.where(d < 2, -0.5 * d2 * d + 2.5 * d2 - 4 * d + 2, 0.0))
     else:
         offsets = np.arange(0, 2)
         w = np.stack([1 - f, f], axis=1)
     idx = np.clip(base[:, None] + offsets[None, :], 0, n_in - 1)
-    w = w / w.sum(axis=1, keepdims=True)
+    total = w[:, 0].copy()
+    for j in range(1, w.shape[1]):  # fixed order, elementwise (no reduction kernel)
+        total = total + w[:, j]
+    w = w / total[:, None]
     return idx, w.astype(np.float32)
 
 
@@ -211,7 +218,7 @@ def _upsample(arr: np.ndarray, n: int, cubic: bool = False) -> np.ndarray:
     return arr if arr.shape[0] == n else _upsample_taps(arr, n, False)
 
 
-def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
+def _smooth_noise(rng: pm.Rng, n: int, cells: int) -> np.ndarray:
     """Smooth random field (unit variance at the knots) with ``cells`` features across n x n."""
     return _upsample(rng.standard_normal((cells + 1, cells + 1), dtype=np.float32), n, cubic=True)
 
@@ -236,8 +243,8 @@ class _Frame:
     """
 
     def __init__(self, n: int, angle: float, scale: float, tx: float, ty: float):
-        self.n, self.scale, self.tx, self.ty = n, scale, tx, ty
-        self.ca, self.sa = math.cos(angle), math.sin(angle)
+        self.n, self.angle, self.scale, self.tx, self.ty = n, float(angle), scale, tx, ty
+        self.ca, self.sa = pm.cos(self.angle), pm.sin(self.angle)
         c = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
         uu, vv = np.meshgrid(c, c)
         self.U = ((self.ca * (uu - tx) + self.sa * (vv - ty)) / scale).astype(np.float32)
@@ -245,7 +252,7 @@ class _Frame:
 
     def half(self) -> "_Frame":
         """The same placement on a grid of half the resolution."""
-        return _Frame(self.n // 2, math.atan2(self.sa, self.ca), self.scale, self.tx, self.ty)
+        return _Frame(self.n // 2, self.angle, self.scale, self.tx, self.ty)
 
     def upsample(self, arr: np.ndarray) -> np.ndarray:
         """Bilinear upsampling of a half-resolution field to this grid."""
@@ -292,11 +299,11 @@ class _Canvas:
             return
         du = self.f.U[win] - u
         dv = self.f.V[win] - v
-        ca, sa = math.cos(angle), math.sin(angle)
+        ca, sa = pm.cos(angle), pm.sin(angle)
         a = (ca * du + sa * dv) / su
         b = (-sa * du + ca * dv) / sv
         r2 = a * a + b * b
-        g = _sstep(1.15, 0.85, np.sqrt(r2)) if sharp else np.exp(-0.5 * r2)
+        g = _sstep(1.15, 0.85, np.sqrt(r2)) if sharp else pm.exp(-0.5 * r2)
         if confine:
             g = g * self.lung[win]
         d = amp * g * ((1 - texture) + texture * self.texture[win])
@@ -312,12 +319,7 @@ class _Canvas:
 
 def _draw_polylines(n: int, lines: list[tuple[list[tuple[float, float]], float]]) -> np.ndarray:
     """Rasterise pixel-space polylines [(points, width_px)] into a 0..1 float array."""
-    img = Image.new("L", (n, n), 0)
-    draw = ImageDraw.Draw(img)
-    for pts, width in lines:
-        draw.line([(float(x), float(y)) for x, y in pts], fill=255, width=max(1, int(round(width))),
-                  joint="curve")
-    return np.asarray(img, dtype=np.float32) / 255.0
+    return pm.draw_polylines((n, n), [(pts, max(1, int(round(width)))) for pts, width in lines])
 
 
 def _normalise_findings(findings: Sequence[str]) -> list[str]:
@@ -339,7 +341,7 @@ def _normalise_findings(findings: Sequence[str]) -> list[str]:
 class _Anatomy:
     """Random proportions of one frontal chest (anatomy coordinates)."""
 
-    def __init__(self, rng: np.random.Generator, view: str):
+    def __init__(self, rng: pm.Rng, view: str):
         u = rng.uniform
         self.body_w = u(0.84, 0.95)
         self.med = u(0.10, 0.13)
@@ -378,7 +380,7 @@ class _Anatomy:
         return self.lat_max * np.sqrt(1.0 - (1.0 - t) ** 2) - 0.05 * np.clip(V - self.lat_peak_v, 0, None)
 
     def medial_edge(self, V, S):
-        knob = np.where(S > 0, 0.05 * np.exp(-((V + 0.36) / 0.07) ** 2), 0.0)
+        knob = np.where(S > 0, 0.05 * pm.exp(-((V + 0.36) / 0.07) ** 2), 0.0)
         return (self.med + self.mediast_extra * _sstep(0.15, -0.15, V) + knob
                 + 0.22 * _sstep(-0.45, -0.85, V))
 
@@ -390,7 +392,7 @@ class _Anatomy:
     def heart_e(self, U, V):
         h = self.heart
         du, dv = U - h["cx"], V - h["cy"]
-        ca, sa = math.cos(h["tilt"]), math.sin(h["tilt"])
+        ca, sa = pm.cos(h["tilt"]), pm.sin(h["tilt"])
         a = (ca * du + sa * dv) / (h["w"] * self.heart_scale)
         b = (-sa * du + ca * dv) / (h["h"] * math.sqrt(self.heart_scale))
         return a * a + b * b
@@ -415,7 +417,7 @@ def _rib_curve(an: _Anatomy, X):
     return -0.45 * an.rib_k * X + 1.6 * an.rib_k * np.clip(X - 0.5, 0, None) ** 2
 
 
-def _frontal_fields(frame: _Frame, an: _Anatomy, rng: np.random.Generator):
+def _frontal_fields(frame: _Frame, an: _Anatomy, rng: pm.Rng):
     """Return (base image, soft lung field, lung darkness at half resolution, vessel field).
 
     Smooth structures (body, heart, lungs, trachea, spine) are computed on a half-resolution
@@ -430,10 +432,10 @@ def _frontal_fields(frame: _Frame, an: _Anatomy, rng: np.random.Generator):
     w = 0.25 + (an.body_w + 0.04 - 0.25) * _sstep(-1.1, -0.72, V) - 0.04 * _sstep(-0.72, -0.3, V)
     body = _sstep(0.035, -0.035, X - w)
     img = 0.05 + 0.40 * body
-    img += body * (0.10 * np.exp(-(U / 0.28) ** 2) + 0.07 * _sstep(0.3, 0.9, V))
+    img += body * (0.10 * pm.exp(-(U / 0.28) ** 2) + 0.07 * _sstep(0.3, 0.9, V))
     # humeral heads
     for s in (-1, 1):
-        d = np.hypot(U - s * (an.body_w - 0.02), V + 0.80)
+        d = pm.hypot(U - s * (an.body_w - 0.02), V + 0.80)
         img += 0.10 * _sstep(0.12, 0.09, d) * body
 
     # heart and lungs
@@ -457,7 +459,7 @@ def _frontal_fields(frame: _Frame, an: _Anatomy, rng: np.random.Generator):
     img -= 0.09 * tr * body
     # spine with faint vertebral segmentation
     spine = _sstep(0.075, 0.05, X) * body
-    img += spine * (0.04 + 0.02 * np.cos(2 * np.pi * V / 0.11)) * (1 - 0.5 * lung)
+    img += spine * (0.04 + 0.02 * pm.cos(2 * np.pi * V / 0.11)) * (1 - 0.5 * lung)
     # stomach bubble under the left dome; breast shadows over the lower lungs
     if an.bubble:
         db = ((U - 0.40) / 0.09) ** 2 + ((V - an.cp[1] + 0.02) / 0.05) ** 2
@@ -470,7 +472,7 @@ def _frontal_fields(frame: _Frame, an: _Anatomy, rng: np.random.Generator):
             * _sstep(cpmax + 0.12, cpmax, V) * _sstep(0.04, 0.09, X))
     thor *= 0.45 + 0.55 * lung  # ribs show best over the lungs
     fade = thor * (1 - 0.45 * _sstep(0.45, 0.85, X / np.maximum(lat, 0.3)))  # posterior ribs fade laterally
-    img += 0.05 * lung * np.exp(-((X - 0.17) ** 2 + (V + 0.02) ** 2) / 0.0049)  # hilar shadows
+    img += 0.05 * lung * pm.exp(-((X - 0.17) ** 2 + (V + 0.02) ** 2) / 0.0049)  # hilar shadows
     dark_half = an.lung_depth * lung * profile
 
     # vessels fanning out of the hila (radial streaks, modulated by smooth noise)
@@ -478,9 +480,9 @@ def _frontal_fields(frame: _Frame, an: _Anatomy, rng: np.random.Generator):
     n_mid = _smooth_noise(rng, hf.n, 28)
     dx, dy = (U - S * 0.17) * S, V + 0.02
     r = np.sqrt(dx * dx + dy * dy)
-    p = 0.5 + 0.5 * np.cos(an.vessel_n * _atan2(dy, dx) + 3.0 * n_low + 6.0 * r)
+    p = 0.5 + 0.5 * pm.cos(an.vessel_n * _atan2(dy, dx) + 3.0 * n_low + 6.0 * r)
     p2 = p * p
-    vessel = (p2 * p2 * p * np.exp(-r / 0.42) * _sstep(0.03, 0.12, r)
+    vessel = (p2 * p2 * p * pm.exp(-r / 0.42) * _sstep(0.03, 0.12, r)
               * np.clip(0.6 + 0.6 * n_mid, 0, 1.5) * lung)
 
     up = frame.upsample
@@ -510,7 +512,7 @@ def _frontal_fields(frame: _Frame, an: _Anatomy, rng: np.random.Generator):
         img -= 0.05 * gap * thor
     rows = frame.rows(-0.95, -0.45)  # clavicles: only the rows that can hold them
     x, Vc = X[rows] - 0.06, V[rows]
-    vc = -0.63 - 0.20 * x + 0.06 * np.sin(np.pi * np.clip(x, 0, 0.7) / 0.7)
+    vc = -0.63 - 0.20 * x + 0.06 * pm.sin(np.pi * np.clip(x, 0, 0.7) / 0.7)
     dc = np.abs(Vc - vc)
     ccx = np.clip(1 - ((dc - 0.026) / 0.009) ** 2, 0, 1)
     clav = (_sstep(0.032, 0.02, dc) + 0.5 * ccx * ccx) * _sstep(-0.02, 0.03, x) * _sstep(0.70, 0.62, x)
@@ -635,7 +637,7 @@ def _f_pneumothorax(cv, an, rng, sev, vessel_mult):
     edge = an.lateral_edge(V - 0.6 * c) - c  # the collapsed lung's edge, also lower at the apex
     on_side = np.sign(U) == side
     space = _sstep(-0.01, 0.01, X - edge) * cv.lung * on_side
-    line = np.exp(-((X - edge) / 0.006) ** 2) * cv.lung * on_side * _sstep(0.0, 0.05, edge)
+    line = pm.exp(-((X - edge) / 0.006) ** 2) * cv.lung * on_side * _sstep(0.0, 0.05, edge)
     vessel_mult *= 1 - space
     cv.field(-0.05 * space + 0.08 * line, space > 0.5)
 
@@ -669,7 +671,7 @@ def _f_pleural_other(cv, an, rng, sev):
     cv.field(0.7 * an.lung_depth * band, band > 0.5)
 
 
-def _devices(frame: _Frame, rng: np.random.Generator) -> np.ndarray:
+def _devices(frame: _Frame, rng: pm.Rng) -> np.ndarray:
     """Tubes, lines, ECG leads and a pacemaker, as a 0..1 field."""
     tp = frame.to_pixel
     n = frame.n
@@ -690,7 +692,7 @@ def _devices(frame: _Frame, rng: np.random.Generator) -> np.ndarray:
         for _ in range(int(rng.integers(2, 5))):
             u, v = rng.uniform(-0.8, 0.8), rng.uniform(-0.7, 0.6)
             c, r = tp(u, v), 0.03 * px
-            lines.append(([(c[0] + r * math.cos(a), c[1] + r * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 13)],
+            lines.append(([(c[0] + r * pm.cos(a), c[1] + r * pm.sin(a)) for a in np.linspace(0, 2 * math.pi, 13)],
                           0.008 * px))
             lines.append(([c, tp(u + rng.uniform(-0.5, 0.5), v + rng.uniform(0.3, 0.8))], 0.006 * px))
     if "pacer" in kinds:
@@ -772,19 +774,19 @@ def _render_ct(frame, rng, findings, sev):
     lung = np.zeros_like(U)
     for s in (-1, 1):
         e = ((U - s * 0.36) / u(0.27, 0.31)) ** 2 + ((V - 0.03) / u(0.38, 0.44)) ** 2
-        notch = _sstep(0.14, 0.08, np.hypot(U - s * 0.1, V + 0.02))
+        notch = _sstep(0.14, 0.08, pm.hypot(U - s * 0.1, V + 0.02))
         lung = np.maximum(lung, _sstep(1.05, 0.95, e) * (1 - notch))
     heart = _sstep(1.1, 0.9, ((U - 0.05) / 0.24) ** 2 + ((V + 0.12) / 0.2) ** 2)
     lung = lung * (1 - heart)
     img -= 0.5 * lung
-    spine = np.hypot(U, V - 0.40)
+    spine = pm.hypot(U, V - 0.40)
     img += 0.35 * _sstep(0.11, 0.09, spine) - 0.15 * _sstep(0.07, 0.05, spine)
-    img += 0.15 * _sstep(0.075, 0.06, np.hypot(U - 0.12, V - 0.24))  # aorta
+    img += 0.15 * _sstep(0.075, 0.06, pm.hypot(U - 0.12, V - 0.24))  # aorta
     # ribs: bright dots just inside the body outline
     for k in range(14):
         a = 2 * np.pi * (k + u(-0.2, 0.2)) / 14
-        ru, rv = 0.9 * bw * math.cos(a), 0.02 + 0.88 * bh * math.sin(a)
-        img += 0.4 * _sstep(0.035, 0.02, np.hypot(U - ru, V - rv))
+        ru, rv = 0.9 * bw * pm.cos(a), 0.02 + 0.88 * bh * pm.sin(a)
+        img += 0.4 * _sstep(0.035, 0.02, pm.hypot(U - ru, V - rv))
     texture = np.clip(0.5 + 0.5 * _smooth_noise(rng, frame.n, 30), 0, 1)
     img += 0.08 * lung * np.clip(texture - 0.75, 0, None)  # vessels
     cv = _Canvas(frame, lung, texture)
@@ -794,7 +796,7 @@ def _render_ct(frame, rng, findings, sev):
             s = int(rng.choice([-1, 1]))
             a = rng.uniform(-0.2, 1.2) * np.pi if covid else rng.uniform(0, 2 * np.pi)
             rr = rng.uniform(0.7, 0.95) if covid else rng.uniform(0.2, 0.9)
-            cu, cvv = s * 0.36 + s * 0.26 * rr * math.cos(a), 0.03 + 0.38 * rr * abs(math.sin(a))
+            cu, cvv = s * 0.36 + s * 0.26 * rr * pm.cos(a), 0.03 + 0.38 * rr * abs(pm.sin(a))
             cv.blob(cu, cvv, 0.06 + 0.04 * sev, 0.05 + 0.04 * sev, (0.10 + 0.2 * sev) * rng.uniform(0.7, 1.1))
     return img + cv.density, lung, cv.lesion
 
@@ -878,19 +880,19 @@ def _render_frontal(frame, rng, findings, sev, view):
     return img, lung, cv.lesion
 
 
-def _style(img: np.ndarray, rng: np.random.Generator, n: int, style: dict | None) -> np.ndarray:
+def _style(img: np.ndarray, rng: pm.Rng, n: int, style: dict | None) -> np.ndarray:
     """Blur, vignetting, noise, global tone; then the optional source-specific shift."""
-    img = ndimage.gaussian_filter(img, rng.uniform(0.5, 0.9), mode="nearest")
+    img = pm.gaussian_filter(img, rng.uniform(0.5, 0.9))
     c = (np.arange(n, dtype=np.float32) + 0.5) / n * 2 - 1
     r2 = c[None, :] ** 2 + c[:, None] ** 2
     img = img * (1 - rng.uniform(0.03, 0.15) * r2) + 0.02 * _smooth_noise(rng, n, 3)
     img = img + np.float32(rng.uniform(0.008, 0.022)) * rng.standard_normal((n, n), dtype=np.float32)
     contrast, bright, gamma = rng.uniform(0.85, 1.2), rng.uniform(-0.05, 0.05), rng.uniform(0.8, 1.25)
-    img = np.clip((img - 0.4) * contrast + 0.4 + bright, 0, 1) ** gamma
+    img = pm.power(np.clip((img - 0.4) * contrast + 0.4 + bright, 0, 1), gamma)
     if style:
         ss = float(style.get("shift", 0.0))
         if ss > 0 and style.get("kind") == "cohen":
-            img = ndimage.gaussian_filter(img, 1.2 * ss, mode="nearest")
+            img = pm.gaussian_filter(img, 1.2 * ss)
             img = (img - 0.5) * (1 + 0.3 * ss) + 0.5 + 0.08 * ss
         elif ss > 0:
             img = (img - 0.5) * (1 - 0.25 * ss) + 0.5 - 0.08 * ss
@@ -907,29 +909,28 @@ _GLYPHS = {
 }
 
 
-def _draw_glyph(draw: ImageDraw.ImageDraw, letter: str, x: float, y: float, size: float, fill: int):
+def _draw_glyph(img: np.ndarray, letter: str, x: float, y: float, size: float, fill: int) -> np.ndarray:
+    """Burn a stroke letter into a uint8 image (returns a new array)."""
     w = max(1, int(round(size / 7)))
-    for stroke in _GLYPHS[letter]:
-        draw.line([(x + px * size, y + py * size) for px, py in stroke], fill=fill, width=w, joint="curve")
+    mask = pm.draw_polylines(img.shape, [([(x + px * size, y + py * size) for px, py in stroke], w)
+                                         for stroke in _GLYPHS[letter]]) > 0
+    return np.where(mask, np.uint8(fill), img)
 
 
-def _laterality_marker(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _laterality_marker(img: np.ndarray, rng: pm.Rng) -> np.ndarray:
     """A burned-in "R"/"L" marker in an upper corner (same rate for every source and label)."""
     h, w = img.shape
     size = rng.uniform(0.04, 0.07) * min(h, w)
     x = rng.uniform(0.04, 0.12) * w if rng.random() < 0.5 else w - size - rng.uniform(0.04, 0.12) * w
     y = rng.uniform(0.03, 0.1) * h
-    pil = Image.fromarray(img)
-    _draw_glyph(ImageDraw.Draw(pil), str(rng.choice(["R", "L"])), x, y, size, int(rng.integers(215, 256)))
-    return np.asarray(pil)
+    return _draw_glyph(img, str(rng.choice(["R", "L"])), x, y, size, int(rng.integers(215, 256)))
 
 
 def _resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
-    img = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L")
-    return np.asarray(img.resize((width, height), Image.Resampling.BILINEAR)) > 127
+    return pm.resample(mask.astype(np.float32), width, height, "bilinear") > 0.5
 
 
-def _render(rng: np.random.Generator, height: int, width: int, findings: Sequence[str], severity: float,
+def _render(rng: pm.Rng, height: int, width: int, findings: Sequence[str], severity: float,
             view: str = "PA", style: dict | None = None) -> Radiograph:
     if height < 8 or width < 8:
         raise ValueError(f"image size {width}x{height} is too small")
@@ -961,7 +962,7 @@ def _render(rng: np.random.Generator, height: int, width: int, findings: Sequenc
     return Radiograph(image=image, lung_mask=lung_mask, lesion_mask=lesion_mask)
 
 
-def render_radiograph(rng: np.random.Generator, height: int, width: int, findings: Sequence[str],
+def render_radiograph(rng: pm.Rng, height: int, width: int, findings: Sequence[str],
                       severity: float, view: str = "PA") -> Radiograph:
     """Render one synthetic image of ``height`` x ``width`` pixels.
 
@@ -1045,13 +1046,13 @@ def _merge_cfg(defaults: dict, cfg: dict | None, name: str) -> dict:
     return out
 
 
-def _severity(rng: np.random.Generator, lo: float, hi: float) -> float:
+def _severity(rng: pm.Rng, lo: float, hi: float) -> float:
     """Per-patient severity: skewed towards mild, so a good share of cases is subtle."""
     return float(lo + (hi - lo) * rng.beta(1.2, 1.8))
 
 
-def _image_rng(seed: int, source: int, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), source, index]))
+def _image_rng(seed: int, source: int, index: int) -> pm.Rng:
+    return pm.Rng(np.random.SeedSequence([int(seed), source, index]))
 
 
 # --- Cohen-style ---------------------------------------------------------------------------
@@ -1097,7 +1098,7 @@ def generate_cohen(root: Path, cfg: dict | None = None, seed: int = 0) -> dict:
     """
     cfg = _merge_cfg(DEFAULT_COHEN_CFG, cfg, "cohen")
     root = Path(root)
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1000]))
+    rng = pm.Rng(np.random.SeedSequence([int(seed), 1000]))
     lo_sev, hi_sev = cfg["severity"]
 
     # patients and their findings (the "other" list: 2 empty, 1 todo, then cycle)
@@ -1177,7 +1178,7 @@ def generate_cohen(root: Path, cfg: dict | None = None, seed: int = 0) -> dict:
         drawn = info["drawn"]
         sev = 0.0 if drawn == "No Finding" else float(np.clip(info["severity"] + irng.normal(0, 0.08), lo_sev, hi_sev))
         long_side = int(irng.integers(cfg["size_range"][0], cfg["size_range"][1] + 1))
-        aspect = 1.0 if im["modality"] == "CT" else float(np.exp(irng.uniform(np.log(0.8), np.log(1.3))))
+        aspect = 1.0 if im["modality"] == "CT" else float(pm.exp(irng.uniform(pm.log(0.8), pm.log(1.3))))
         h, w = (long_side, max(8, int(round(long_side / aspect)))) if aspect >= 1 else \
             (max(8, int(round(long_side * aspect))), long_side)
         rad = _render(irng, h, w, [drawn], sev, im["view"], style)
@@ -1232,27 +1233,26 @@ def generate_cohen(root: Path, cfg: dict | None = None, seed: int = 0) -> dict:
     }
 
 
-def _figure_marks(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _figure_marks(image: np.ndarray, lung: np.ndarray, rng: pm.Rng) -> np.ndarray:
     """Burn in an arrow pointing into a lung and a panel letter, as in figures of papers."""
     h, w = image.shape
-    pil = Image.fromarray(image)
-    draw = ImageDraw.Draw(pil)
+    lines = []
     ys, xs = np.nonzero(lung)
     if len(xs):
         j = int(rng.integers(0, len(xs)))
         tx, ty = float(xs[j]), float(ys[j])
         ang = rng.uniform(0, 2 * np.pi)
         length = 0.12 * min(h, w)
-        sx, sy = tx + length * math.cos(ang), ty + length * math.sin(ang)
+        sx, sy = tx + length * pm.cos(ang), ty + length * pm.sin(ang)
         width = max(2, int(min(h, w) / 120))
-        draw.line([(sx, sy), (tx, ty)], fill=255, width=width)
+        lines.append(([(sx, sy), (tx, ty)], width))
         for da in (0.5, -0.5):
-            hx = tx + 0.35 * length * math.cos(ang + da)
-            hy = ty + 0.35 * length * math.sin(ang + da)
-            draw.line([(tx, ty), (hx, hy)], fill=255, width=width)
+            hx = tx + 0.35 * length * pm.cos(ang + da)
+            hy = ty + 0.35 * length * pm.sin(ang + da)
+            lines.append(([(tx, ty), (hx, hy)], width))
+    image = np.where(pm.draw_polylines(image.shape, lines) > 0, np.uint8(255), image)
     size = 0.08 * min(h, w)
-    _draw_glyph(draw, str(rng.choice(["A", "B", "C"])), 0.04 * w, 0.04 * h, size, 255)
-    return np.asarray(pil)
+    return _draw_glyph(image, str(rng.choice(["A", "B", "C"])), 0.04 * w, 0.04 * h, size, 255)
 
 
 # --- CheXpert-style ------------------------------------------------------------------------
@@ -1266,7 +1266,7 @@ _SHARE_MULTI = 0.12
 _SHARE_UNCERTAIN = 0.06
 
 
-def _label_profiles(rng: np.random.Generator, n: int, valid: bool) -> list[tuple[str, list[str]]]:
+def _label_profiles(rng: pm.Rng, n: int, valid: bool) -> list[tuple[str, list[str]]]:
     """Quota list of (kind, positive categories) for ``n`` frontal studies, shuffled."""
     profiles: list[tuple[str, list[str]]] = []
     profiles += [("single", ["No Finding"])] * int(round(_SHARE_NO_FINDING * n))
@@ -1284,7 +1284,7 @@ def _label_profiles(rng: np.random.Generator, n: int, valid: bool) -> list[tuple
     return [profiles[i] for i in rng.permutation(n)]
 
 
-def _random_profile(rng: np.random.Generator, valid: bool) -> tuple[str, list[str]]:
+def _random_profile(rng: pm.Rng, valid: bool) -> tuple[str, list[str]]:
     r = rng.random()
     if r < 0.35:
         return ("single", ["No Finding"])
@@ -1295,7 +1295,7 @@ def _random_profile(rng: np.random.Generator, valid: bool) -> tuple[str, list[st
     return ("uncertain", [])
 
 
-def _label_values(rng: np.random.Generator, kind: str, positives: list[str], valid: bool) -> dict[str, str]:
+def _label_values(rng: pm.Rng, kind: str, positives: list[str], valid: bool) -> dict[str, str]:
     """Label cells as upstream writes them: "1.0", "0.0", "-1.0" or "" (not mentioned)."""
     values = {}
     for cat in CHEXPERT_CATEGORIES:
@@ -1325,7 +1325,7 @@ def plan_chexpert(cfg: dict | None = None, seed: int = 0) -> list[dict]:
     ``severity`` (0 when nothing is drawn) and ``index`` (the image's RNG stream).
     """
     cfg = _merge_cfg(DEFAULT_CHEXPERT_CFG, cfg, "chexpert")
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2000]))
+    rng = pm.Rng(np.random.SeedSequence([int(seed), 2000]))
     lo_sev, hi_sev = cfg["severity"]
     plan: list[dict] = []
     for split in ("train", "valid"):

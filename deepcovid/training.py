@@ -6,15 +6,29 @@
   the same order, so from the same seed they give the same head (tested to 1e-5).
 - :func:`train_full`: end-to-end fine-tuning with a DataLoader, AMP and channels_last on
   CUDA, a checkpoint every epoch and exact resume, DistributedDataParallel under torchrun.
+  Checkpoints hold only state_dicts, tensors and plain numbers/lists, and are read with
+  ``torch.load(weights_only=True)``; an unreadable one is set aside (``<name>.corrupt``)
+  and training starts over.
 
 Both keep the state of the epoch with the lowest validation loss (never test data).
 Randomness is re-seeded from (seed, epoch) at every epoch, so a resumed run draws the
 same batches, augmentations and dropout masks as an uninterrupted one.
+
+Reproducibility: :func:`seed_everything` seeds Python, NumPy and torch and (by default)
+calls :func:`enable_determinism`, which makes torch use deterministic algorithms strictly:
+an operation without a deterministic implementation raises instead of silently varying
+(``DEEPCOVID_DETERMINISTIC=warn`` turns that into a warning, recorded as such). Results
+are then bitwise identical on the same machine, software and thread count;
+:func:`compute_environment` records what they still depend on (thread count, the CPU
+kernels in use). :func:`checkpoint_inputs` / :func:`checkpoint_key` name a full
+fine-tuning checkpoint after everything that changes the result.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import os
@@ -22,12 +36,14 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from deepcovid.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +56,132 @@ class EpochLog:
     seconds: float
 
 
-def seed_everything(seed: int) -> None:
+DETERMINISM_ENV = "DEEPCOVID_DETERMINISTIC"
+_DETERMINISM_MODES = {"strict": False, "warn": True}
+
+
+def enable_determinism() -> str:
+    """Make torch use deterministic algorithms; return the mode ("strict" or "warn").
+
+    Strict by default: an operation that only has a nondeterministic implementation (some
+    CUDA backward passes, see ``torch.use_deterministic_algorithms``) raises a RuntimeError
+    rather than quietly giving other numbers on every run. ``DEEPCOVID_DETERMINISTIC=warn``
+    lets such a run proceed with a warning (and :func:`compute_environment` records
+    ``deterministic_algorithms: warn``). On CPU every operation used here has a
+    deterministic implementation. Also: cuDNN autotuning off, cuDNN deterministic, and the
+    fixed cuBLAS workspace that deterministic CUDA matrix products need (set before cuBLAS
+    starts, unless the environment already sets it).
+    """
+    mode = (os.environ.get(DETERMINISM_ENV) or "strict").strip().lower()
+    if mode not in _DETERMINISM_MODES:
+        raise ValueError(f"environment variable {DETERMINISM_ENV}={mode!r}: expected one of "
+                         f"{', '.join(_DETERMINISM_MODES)}")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=_DETERMINISM_MODES[mode])
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    return mode
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python's ``random``, NumPy and torch (CPU and every CUDA device); with
+    ``deterministic`` (the default) also :func:`enable_determinism`."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if deterministic:
+        enable_determinism()
+
+
+def compute_environment() -> dict:
+    """What a bitwise result still depends on besides data, code and parameters.
+
+    ``torch_threads`` (reductions split differently with another thread count),
+    ``cpu_capability`` (the ATen CPU kernels in use: DEFAULT, AVX2, AVX512...), the
+    ``ONEDNN_MAX_CPU_ISA`` and ``ATEN_CPU_CAPABILITY`` environment variables that cap them
+    (None when unset), and ``deterministic_algorithms`` (strict, warn or off). Recorded in
+    metrics/train.json and MLflow -- never in a DVC output, which must not differ between
+    machines.
+    """
+    if not torch.are_deterministic_algorithms_enabled():
+        deterministic = "off"
+    else:
+        deterministic = "warn" if torch.is_deterministic_algorithms_warn_only_enabled() else "strict"
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY"),
+        "deterministic_algorithms": deterministic,
+    }
+
+
+# --------------------------------------------------------------------------- checkpoint key
+
+def tree_digest(folder: str | os.PathLike) -> str | None:
+    """SHA-256 over the sorted (relative path, size, sha256) of every file under ``folder``
+    (None when it does not exist). Independent of where the folder lies and of file dates."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    files = sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*") if p.is_file())
+    for rel, path in files:
+        h.update(json.dumps([rel, path.stat().st_size, sha256_file(path)]).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _file_digest(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+CODE_FILES = ("training.py", "models.py", "data.py")  # the train stage's code dependencies in deepcovid/
+
+
+def checkpoint_inputs(params: dict, provenance: dict, *, manifest: str | os.PathLike,
+                      preprocessed: str | os.PathLike, augmented: str | os.PathLike | None,
+                      device: str | torch.device = "cpu", world_size: int = 1,
+                      code_files: Iterable[str | os.PathLike] = ()) -> dict:
+    """Everything that changes the result of full fine-tuning, as a JSON-able dict.
+
+    Parameters (model, weights, seed and the train, augment and preprocess sections), the
+    sha256 of the weights file (``provenance["weights_sha256"]`` from ``build_model``), the
+    data (sha256 of the manifest and of the preprocessed and augmented index.csv files, plus
+    a :func:`tree_digest` of both folders), the device type, the number of DDP processes,
+    the torch version and the sha256 of the code (``CODE_FILES`` of this package and
+    ``code_files``, by file name).
+    """
+    preprocessed = Path(preprocessed)
+    augmented = Path(augmented) if augmented is not None else None
+    package = Path(__file__).resolve().parent
+    code = [package / name for name in CODE_FILES] + [Path(p) for p in code_files]
+    return {
+        "model": params["model"],
+        "weights": str(params["weights"]),
+        "weights_sha256": provenance.get("weights_sha256"),
+        "seed": int(params["seed"]),
+        "train": params["train"],
+        "augment": params.get("augment"),
+        "preprocess": params.get("preprocess"),
+        "data": {
+            "manifest": sha256_file(Path(manifest)),
+            "preprocessed_index": _file_digest(preprocessed / "index.csv"),
+            "preprocessed_files": tree_digest(preprocessed),
+            "augmented_index": _file_digest(augmented / "index.csv") if augmented is not None else None,
+            "augmented_files": tree_digest(augmented) if augmented is not None else None,
+        },
+        "device": torch.device(device).type,
+        "world_size": int(world_size),
+        "torch": torch.__version__,
+        "code": {p.name: _file_digest(p) for p in code},
+    }
+
+
+def checkpoint_key(inputs: dict) -> str:
+    """SHA-256 (hex) of ``inputs`` (see :func:`checkpoint_inputs`) as canonical JSON: any
+    change to any input gives another key, and so another checkpoint file."""
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -157,6 +295,59 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line; for a refused weights-only load, the unpickler's reason
+    (e.g. ``Unsupported global: GLOBAL foo.Bar``) rather than torch's long explanation."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation of torch.load")[0]
+        text = "weights-only load refused: " + text.split(" was not an allowed global")[0]
+    text = " ".join(text.split())
+    text = f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (empty or cut short?)"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def set_aside(path: Path, reason: str) -> Path:
+    """Rename an unusable checkpoint to ``<name>.corrupt`` (replacing an older one) and log why."""
+    path = Path(path)
+    target = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        raise RuntimeError(f"checkpoint {path} cannot be used ({reason}) and cannot be set aside "
+                           f"({_one_line(exc)}): remove it") from None
+    log.warning("checkpoint %s cannot be used (%s); set aside as %s, training starts over", path, reason, target)
+    return target
+
+
+def _same_layout(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        isinstance(a[k], torch.Tensor) and a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a)
+
+
+def _restore(state, model: nn.Module, optimizer, scaler, epochs: int) -> tuple[list[EpochLog], float, int, dict, int]:
+    """Load a checkpoint's contents into model, optimizer and scaler; raise on anything unexpected."""
+    if not isinstance(state, dict):
+        raise TypeError(f"expected a dict, found {type(state).__name__}")
+    missing = {"epoch", "model", "optimizer", "scaler", "history", "best_loss", "best_epoch",
+               "best_state"} - state.keys()
+    if missing:
+        raise KeyError(f"missing entries {sorted(missing)}")
+    epoch, best_epoch = state["epoch"], state["best_epoch"]
+    if not isinstance(epoch, int) or not isinstance(best_epoch, int) or not 1 <= epoch <= epochs \
+            or not 0 <= best_epoch <= epoch:
+        raise ValueError(f"epoch {epoch!r} / best epoch {best_epoch!r} out of range for {epochs} epochs")
+    history = [EpochLog(**h) for h in state["history"]]
+    if [h.epoch for h in history] != list(range(1, epoch + 1)):
+        raise ValueError("history does not match the epoch count")
+    if not _same_layout(state["best_state"], model.state_dict()):
+        raise ValueError("best_state does not fit the model")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return history, float(state["best_loss"]), best_epoch, state["best_state"], epoch + 1
+
+
 def _loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, epoch: int, device: torch.device):
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
@@ -195,6 +386,9 @@ def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size:
                on_epoch: Callable[[EpochLog], None] | None = None) -> tuple[nn.Module, list[EpochLog], int]:
     """End-to-end fine-tuning; resumes from ``checkpoint`` when it exists.
 
+    The checkpoint is read with ``weights_only=True``; one that cannot be read or does not
+    fit (truncated, garbage, another format or model) is renamed to ``<name>.corrupt`` with
+    a one-line warning, and training starts over from the given model.
     AMP (bfloat16/float16 autocast) and channels_last are on by default on CUDA only. Under
     torchrun the model is wrapped in DistributedDataParallel and rank 0 writes checkpoints.
     Returns the model (unwrapped, at its best validation epoch), the history and that epoch.
@@ -213,14 +407,26 @@ def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size:
     best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
     start_epoch = 1
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        history = [EpochLog(**h) for h in state["history"]]
-        best_loss, best_epoch, best_state = state["best_loss"], state["best_epoch"], state["best_state"]
-        start_epoch = state["epoch"] + 1
-        log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+        initial = best_state
+        try:
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+            history, best_loss, best_epoch, best_state, start_epoch = _restore(state, model, optimizer, scaler,
+                                                                               epochs)
+        except Exception as exc:  # anything in the file: set it aside, start over
+            if _rank() == 0:
+                set_aside(Path(checkpoint), _one_line(exc))
+            model.load_state_dict(initial)  # undo a partial restore
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+            scaler = torch.amp.GradScaler(device.type, enabled=amp and cuda)
+            history, best_loss, best_epoch, best_state, start_epoch = [], math.inf, 0, initial, 1
+        else:
+            log.info("resumed from %s at epoch %d", checkpoint, start_epoch)
+    if _is_distributed():  # every rank must have resumed from the same epoch
+        check = torch.tensor([start_epoch, -start_epoch], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(check, op=torch.distributed.ReduceOp.MAX)
+        if check[0].item() != -check[1].item():
+            raise RuntimeError(f"the processes resumed from different epochs ({-check[1].item():.0f} to "
+                               f"{check[0].item():.0f}); remove {checkpoint} and start again")
     net = model
     if _is_distributed():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)

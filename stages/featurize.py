@@ -2,6 +2,10 @@
 
 In full fine-tuning mode the backbone changes while training, so nothing can be cached:
 the stage then records that it was skipped.
+
+Seeded, with deterministic algorithms (strictly): a rerun on the same machine with the same
+thread count writes bitwise identical features. The thread count and CPU kernels in use are
+logged, not written to meta.json: that is a DVC output and must not differ between machines.
 """
 
 import argparse
@@ -15,7 +19,7 @@ from deepcovid.features import extract_features, state_digest
 from deepcovid.models import build_model, preprocessing, split_backbone_head
 from deepcovid.params import load_params
 from deepcovid.trainparams import validate_train_params
-from deepcovid.training import resolve_device, seed_everything
+from deepcovid.training import compute_environment, resolve_device, seed_everything
 
 log = logging.getLogger("featurize")
 
@@ -39,7 +43,8 @@ def main() -> None:
                                               "reason": "full fine-tuning changes the backbone; nothing to cache"})
             log.info("train.mode=%s: no features to cache", mode)
             return
-        seed_everything(int(params["seed"]))
+        seed_everything(int(params["seed"]))  # and deterministic algorithms
+        log.info("compute environment: %s", ", ".join(f"{k}={v}" for k, v in compute_environment().items()))
         model, provenance = build_model(name, params["weights"])
         backbone, _ = split_backbone_head(model, name)
         device = resolve_device(params["train"]["device"])

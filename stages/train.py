@@ -1,11 +1,16 @@
 """Stage train: fine-tune the chosen architecture; score every validation and test image.
 
 last_layer: the head trains on the cached backbone features (the paper's method).
-full: the whole network trains end to end, with a checkpoint every epoch (resumes).
+full: the whole network trains end to end, with a checkpoint every epoch (resumes). The
+checkpoint is named after everything that changes the result (parameters, weights file,
+data, code: deepcovid.training.checkpoint_inputs), so a run never resumes from stale state.
+
+Randomness is seeded and torch uses deterministic algorithms (strictly): a rerun on the same
+machine with the same thread count gives bitwise identical outputs. The thread count and the
+CPU kernels in use (deepcovid.training.compute_environment) go to metrics/train.json and MLflow.
 """
 
 import argparse
-import hashlib
 import json
 import logging
 import time
@@ -21,8 +26,8 @@ from deepcovid.data import ImageDataset, load_table, normalize_transform, train_
 from deepcovid.models import build_model, preprocessing, split_backbone_head
 from deepcovid.params import flatten, get, load_params
 from deepcovid.trainparams import validate_train_params
-from deepcovid.training import (init_distributed, predict_scores, resolve_device, seed_everything, train_full,
-                                train_head)
+from deepcovid.training import (checkpoint_inputs, checkpoint_key, compute_environment, init_distributed,
+                                predict_scores, resolve_device, seed_everything, train_full, train_head)
 
 log = logging.getLogger("train")
 PRED_COLUMNS = ["image_id", "source", "patient", "label", "group", "category", "split", "score"]
@@ -57,7 +62,9 @@ def main() -> None:
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
 
-    seed_everything(seed)
+    seed_everything(seed)  # and deterministic algorithms
+    environment = compute_environment()
+    log.info("compute environment: %s", ", ".join(f"{k}={v}" for k, v in environment.items()))
     model, provenance = build_model(name, weights)
     prep = preprocessing(name)
     size = cfg["image_size"]
@@ -76,6 +83,7 @@ def main() -> None:
         mlflow.log_params({k: v for k, v in flatten({"model": name, "weights": weights, "seed": seed,
                                                               "dataset": params.get("dataset"), "train": cfg}).items()})
         mlflow.log_params({"device": str(device), "weights_source": provenance["weights_source"]})
+        mlflow.log_params(environment)
 
     def on_epoch(entry):
         log.info("epoch %3d  train loss %.4f  val loss %.4f  (%.1f s)", entry.epoch, entry.train_loss,
@@ -107,9 +115,16 @@ def main() -> None:
         train_set = ImageDataset(parts["train"]["file"], parts["train"]["label"],
                                  train_transform(prep, size, params["augment"]))
         val_set = ImageDataset(parts["val"]["file"], parts["val"]["label"], evaluate)
-        key = json.dumps({"model": name, "weights": weights, "seed": seed, "train": cfg,
-                          "manifest": io.sha256_file(args.manifest)}, sort_keys=True)
-        checkpoint = Path(cfg["checkpoint_dir"]) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        inputs = checkpoint_inputs(params, provenance, manifest=args.manifest, preprocessed=args.cache,
+                                   augmented=args.augmented, device=device,
+                                   world_size=torch.distributed.get_world_size() if distributed else 1,
+                                   code_files=[__file__])
+        checkpoint = Path(cfg["checkpoint_dir"]) / f"{name}-{checkpoint_key(inputs)[:16]}.pt"
+        log.info("checkpoint %s", checkpoint)
+        others = sorted(p for p in checkpoint.parent.glob("*.pt*") if p != checkpoint and not p.name.endswith(".tmp"))
+        if others and rank0:  # kept: switching parameters back resumes them; remove them by hand
+            log.info("%s also holds %d other checkpoint file(s) (%.0f MB) that this run does not use",
+                     checkpoint.parent, len(others), sum(p.stat().st_size for p in others) / 1e6)
         model, history, best_epoch = train_full(model, train_set, val_set, epochs=cfg["epochs"],
                                                 batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
                                                 device=device, checkpoint=checkpoint,
@@ -133,6 +148,7 @@ def main() -> None:
         "test_auc": _auc(parts["test"]["label"], scores["test"]),
         "train_images": int(len(parts["train"])),
         "shuffled_labels": bool(cfg["shuffle_labels"]),
+        **environment,  # what bitwise equality depends on (compared across machines within a tolerance)
     }
     # wall time goes to the log and MLflow only: metrics/ must be identical on a rerun
     log.info("best epoch %d; val AUC %s, test AUC %s; %.1f s", best_epoch, metrics["val_auc"], metrics["test_auc"],
@@ -154,7 +170,7 @@ def main() -> None:
     io.write_json(args.metrics, metrics)
     if run is not None:
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                            and v is not None})
+                            and v is not None and k not in environment})  # the environment: params
         mlflow.log_metric("train_seconds", round(seconds, 1))
         mlflow.log_artifact(args.plot)
         mlflow.log_artifact(str(model_dir / "model.json"))

@@ -1,22 +1,29 @@
-"""The featurize and train stages on tiny synthetic data: outputs, MLflow, errors."""
+"""The featurize and train stages on tiny synthetic data: outputs, MLflow, the compute
+environment record, bitwise reruns, the full-training checkpoint, errors."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from workspace import TINY, error_line, make_workspace, override_params, read, run_stage
+from workspace import REPO, TINY, error_line, make_workspace, override_params, read, run_stage
 
 DATA_STAGES = ["fetch", "filter", "negatives", "split", "preprocess", "augment"]
+# the tests' model, whatever params.yaml's default: random init (offline, fast)
+MODEL = {"model": "resnet18", "weights": "none"}
+ENVIRONMENT_KEYS = ["torch_threads", "cpu_capability", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                    "deterministic_algorithms"]
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("tiny"), **TINY)
+    ws = make_workspace(tmp_path_factory.mktemp("tiny"), **TINY, **MODEL)
     for stage in DATA_STAGES:
         run_stage(ws, stage)
     return ws
@@ -51,6 +58,11 @@ def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
     assert list(curve["epoch"]) == [1, 2, 3]
     metrics = json.loads((ws / "metrics/train.json").read_text())
     assert 1 <= metrics["best_epoch"] <= 3 and metrics["device"] == "cpu"
+    # what bitwise results depend on: in metrics/train.json and MLflow, never in a DVC output
+    assert metrics["torch_threads"] >= 1 and metrics["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert metrics["deterministic_algorithms"] == "strict"
+    assert {"ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"} <= metrics.keys()
+    assert not {"torch_threads", "cpu_capability"} & (set(meta) | set(model))
 
     from mlflow.tracking import MlflowClient
 
@@ -61,6 +73,9 @@ def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
     run = runs[0]
     assert run.data.params["model"] == "resnet18" and run.data.params["train.epochs"] == "3"
     assert run.data.params["train.mode"] == "last_layer"
+    for key in ENVIRONMENT_KEYS:
+        assert run.data.params[key] == str(metrics[key]), key
+        assert key not in run.data.metrics
     assert run.data.tags["dvc_exp_name"] == "unit-exp"
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2, 3]
@@ -69,14 +84,56 @@ def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
     assert {"train_loss.csv", "model.json"} <= artifacts
 
 
+def test_last_layer_stages_are_bitwise_reproducible(tiny_data, tmp_path):
+    """featurize and train twice, in two copies: every output byte for byte the same."""
+    outputs = ["data/features/features.npy", "data/features/index.csv", "data/features/meta.json",
+               "models/model.pt", "models/model.json", "data/predictions.csv", "plots/train_loss.csv",
+               "metrics/train.json"]
+    runs = []
+    for name in ("a", "b"):
+        ws = _with(tiny_data, tmp_path / name, **{"train.mode": "last_layer"})
+        run_stage(ws, "featurize")
+        run_stage(ws, "train", args=("--no-mlflow",))
+        runs.append({out: (ws / out).read_bytes() for out in outputs})
+    for out in outputs:
+        assert runs[0][out] == runs[1][out], out
+
+
+def _checkpoint_path(ws: Path) -> Path:
+    """Where the train stage keeps its full-training checkpoint for this workspace (CPU)."""
+    from deepcovid.models import build_model
+    from deepcovid.params import load_params
+    from deepcovid.training import checkpoint_inputs, checkpoint_key
+
+    params = load_params(ws / "params.yaml")
+    _, provenance = build_model(params["model"], params["weights"])
+    inputs = checkpoint_inputs(params, provenance, manifest=ws / "data/manifest.csv",
+                               preprocessed=ws / "data/preprocessed", augmented=ws / "data/augmented",
+                               device="cpu", code_files=[REPO / "stages/train.py"])
+    return ws / params["train"]["checkpoint_dir"] / f"{params['model']}-{checkpoint_key(inputs)[:16]}.pt"
+
+
 def test_full_mode_skips_features_and_cleans_checkpoint(tiny_data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("the checkpoint's name depends on the device; this test assumes CPU")
     ws = _with(tiny_data, tmp_path / "ws", **{"train.mode": "full", "train.epochs": 2})
     run_stage(ws, "featurize")
     assert json.loads((ws / "data/features/meta.json").read_text())["skipped"] is True
-    run_stage(ws, "train", args=("--no-mlflow",))
+    # a checkpoint left broken by an earlier run: set aside with one warning line, not a traceback
+    ckpt = _checkpoint_path(ws)
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"PK\x03\x04 cut short")
+    proc = run_stage(ws, "train", args=("--no-mlflow",))
+    assert f"checkpoint {ckpt.relative_to(ws)}" in proc.stderr  # the stage logs where it checkpoints
+    warnings = [line for line in proc.stderr.splitlines() if "set aside" in line]
+    assert len(warnings) == 1 and "training starts over" in warnings[0], proc.stderr[-3000:]
+    assert ckpt.with_name(ckpt.name + ".corrupt").read_bytes() == b"PK\x03\x04 cut short"
+    assert "resumed" not in proc.stderr and "Traceback" not in proc.stderr
     assert len(pd.read_csv(ws / "plots/train_loss.csv")) == 2
     assert not any((ws / "checkpoints").glob("*.pt"))  # removed after a completed run
     assert len(read(ws / "data/predictions.csv")) > 0
+    metrics = json.loads((ws / "metrics/train.json").read_text())
+    assert metrics["mode"] == "full" and metrics["deterministic_algorithms"] == "strict"
 
 
 def test_unknown_model_lists_valid_names(tiny_data, tmp_path):

@@ -1,5 +1,6 @@
 """Tests of deepcovid.training: cached-feature head training, best-epoch selection, the
-shuffled-label control, exact resume after a SIGKILL, DDP on CPU, device resolution.
+shuffled-label control, exact resume after a SIGKILL, checkpoints read with
+weights_only=True (an unusable one is set aside), DDP on CPU, device resolution.
 
 Everything is small (random-init networks, tiny images) and runs on 1-2 CPU threads.
 The full fine-tuning runs happen in subprocesses (tests/_full_train_script.py).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import signal
@@ -25,7 +27,7 @@ from torch.utils.data import TensorDataset
 
 from deepcovid.features import extract_features
 from deepcovid.models import build_model, split_backbone_head
-from deepcovid.training import resolve_device, train_head
+from deepcovid.training import resolve_device, train_full, train_head
 
 torch.set_num_threads(2)
 
@@ -208,7 +210,7 @@ def _cmd(data: Path, out: Path, epochs: int, num_workers: int = 0) -> list[str]:
 
 def _checkpoint_epoch(path: Path) -> int:
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
     except (FileNotFoundError, EOFError, RuntimeError):
         return 0
 
@@ -299,8 +301,8 @@ def test_full_training_resumes_exactly_after_sigkill(resume_runs, num_workers):
     assert f"resumed from {run_out / 'ckpt.pt'} at epoch {done + 1}" in resumed.stderr
     assert _epochs_run(resumed.stdout) == list(range(done + 1, RESUME_EPOCHS + 1))
 
-    got = torch.load(run_out / "final.pt", weights_only=False)
-    want = torch.load(res["ref_out"] / "final.pt", weights_only=False)
+    got = torch.load(run_out / "final.pt", weights_only=True)
+    want = torch.load(res["ref_out"] / "final.pt", weights_only=True)
     assert [h["epoch"] for h in got["history"]] == list(range(1, RESUME_EPOCHS + 1))
     for a, b in zip(got["history"], want["history"], strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-9)
@@ -308,8 +310,8 @@ def test_full_training_resumes_exactly_after_sigkill(resume_runs, num_workers):
     assert got["best_epoch"] == want["best_epoch"]
     assert _max_diff(got["state"], want["state"]) <= 1e-6  # in practice bit-identical on CPU
     # the last epoch's weights and optimiser state too, not only the best epoch's
-    last = torch.load(run_out / "ckpt.pt", weights_only=False)
-    last_ref = torch.load(res["ref_out"] / "ckpt.pt", weights_only=False)
+    last = torch.load(run_out / "ckpt.pt", weights_only=True)  # plain tensors and numbers only
+    last_ref = torch.load(res["ref_out"] / "ckpt.pt", weights_only=True)
     assert last["epoch"] == last_ref["epoch"] == RESUME_EPOCHS
     assert _max_diff(last["model"], last_ref["model"]) <= 1e-6
     for pa, pb in zip(last["optimizer"]["state"].values(), last_ref["optimizer"]["state"].values(), strict=True):
@@ -328,14 +330,115 @@ def test_ddp_on_cpu_with_torchrun(png_data, tmp_path):
     assert reports[0]["checkpoint_saves"] == 2 and reports[1]["checkpoint_saves"] == 0
     assert reports[0]["on_epoch_calls"] == 2 and reports[1]["on_epoch_calls"] == 0
     assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "final.pt", "ranks"]
-    assert torch.load(out / "ckpt.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(out / "ckpt.pt", weights_only=True)["epoch"] == 2
     # DDP keeps the replicas identical; the losses are all-reduced, so equal on both ranks
     assert reports[0]["state_sha256"] == reports[1]["state_sha256"]
     assert reports[0]["history"] == reports[1]["history"]
-    final = torch.load(out / "final.pt", weights_only=False)
+    final = torch.load(out / "final.pt", weights_only=True)
     assert [h["epoch"] for h in final["history"]] == [1, 2]
     assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in final["history"])
     assert all(torch.isfinite(v).all() for v in final["state"].values() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------ e2. checkpoints in one process
+
+@pytest.fixture
+def deterministic():
+    """Deterministic algorithms, as the stages run (restored afterwards: the mode is global)."""
+    from deepcovid.training import enable_determinism
+
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    enable_determinism()
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _tiny_run(checkpoint: Path | None, epochs: int):
+    """A small conv net (batch norm, dropout) trained with train_full on random tensors."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(36, 3, 12, 12, generator=gen)
+    labels = torch.arange(36) % 2
+    images[labels == 1, 0] += 0.5
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Dropout(0.3), nn.Linear(6, 2))
+    return train_full(model, TensorDataset(images[:28], labels[:28]), TensorDataset(images[28:], labels[28:]),
+                      epochs=epochs, batch_size=8, lr=1e-2, seed=3, device=torch.device("cpu"),
+                      checkpoint=checkpoint)
+
+
+def _assert_same_run(a, b) -> None:
+    (model_a, hist_a, best_a), (model_b, hist_b, best_b) = a, b
+    assert best_a == best_b
+    assert [(h.epoch, h.train_loss, h.val_loss) for h in hist_a] == [(h.epoch, h.train_loss, h.val_loss)
+                                                                      for h in hist_b]
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # bitwise
+
+
+def test_resume_in_process_is_bitwise_identical(tmp_path, one_thread, deterministic, caplog):
+    reference = _tiny_run(tmp_path / "ref.pt", 4)
+    ckpt = tmp_path / "ckpt.pt"
+    _tiny_run(ckpt, 2)  # an interrupted run: its checkpoint holds epoch 2
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 2
+    # plain contents: state_dicts of tensors, numbers, lists
+    assert isinstance(state["history"], list) and isinstance(state["best_loss"], float)
+    with caplog.at_level(logging.INFO, logger="deepcovid.training"):
+        resumed = _tiny_run(ckpt, 4)
+    assert f"resumed from {ckpt} at epoch 3" in caplog.text
+    assert [h.epoch for h in resumed[1]] == [1, 2, 3, 4]
+    _assert_same_run(resumed, reference)
+    last, last_ref = torch.load(ckpt, weights_only=True), torch.load(tmp_path / "ref.pt", weights_only=True)
+    assert all(torch.equal(last["model"][k], last_ref["model"][k]) for k in last["model"])
+
+
+class _NotAllowed:  # a pickled object that weights_only=True refuses
+    pass
+
+
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+BAD_CHECKPOINTS = {
+    "truncated": _truncated,
+    "garbage": lambda path: path.write_bytes(b"\x00\x01 not a checkpoint " * 50),
+    "empty": lambda path: path.write_bytes(b""),
+    "arbitrary object": lambda path: torch.save({"epoch": 1, "model": _NotAllowed()}, path),
+    "other structure": lambda path: torch.save({"epoch": 1, "weights": torch.zeros(3)}, path),
+    "other model": lambda path: torch.save({**torch.load(path, weights_only=True),
+                                            "model": {"w": torch.zeros(2)}}, path),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CHECKPOINTS))
+def test_unusable_checkpoint_is_set_aside_and_training_starts_over(kind, tmp_path, one_thread, deterministic,
+                                                                   caplog):
+    reference = _tiny_run(None, 3)
+    ckpt = tmp_path / "ckpt.pt"
+    _tiny_run(ckpt, 2)
+    BAD_CHECKPOINTS[kind](ckpt)
+    bad = ckpt.read_bytes()
+    with caplog.at_level(logging.INFO, logger="deepcovid.training"):
+        result = _tiny_run(ckpt, 3)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "resumed" not in caplog.text
+    message = warnings[0].getMessage()
+    assert "\n" not in message and f"set aside as {ckpt}.corrupt" in message and "training starts over" in message
+    assert (tmp_path / "ckpt.pt.corrupt").read_bytes() == bad  # kept for inspection
+    _assert_same_run(result, reference)  # a fresh run, not a partial resume
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 3  # a new, good checkpoint
+
+    # the next run resumes from that one without complaint (and an older .corrupt is replaced later)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="deepcovid.training"):
+        again = _tiny_run(ckpt, 3)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"resumed from {ckpt} at epoch 4" in caplog.text
+    _assert_same_run(again, reference)
 
 
 # ------------------------------------------------------------------ f. devices

@@ -1,0 +1,76 @@
+"""deepcovid.reproduction and stages/check_reproduction.py: exact data outputs, toleranced metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from deepcovid.reproduction import compare_metrics, compare_outputs, flatten_numbers
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lock(**hashes):
+    return {"schema": "2.0", "stages": {stage: {"outs": [{"path": f"data/{stage}", "md5": h, "size": 1,
+                                                           "nfiles": 2}]}
+                                        for stage, h in hashes.items()}}
+
+
+def test_compare_outputs():
+    committed = _lock(fetch="a", split="b", train="c")
+    assert compare_outputs(committed, _lock(fetch="a", split="b", train="OTHER"), ["fetch", "split"]) == []
+    problems = compare_outputs(committed, _lock(fetch="a", split="X", train="c"), ["fetch", "split"])
+    assert len(problems) == 1 and problems[0].startswith("split: data/split differs")
+    assert compare_outputs(committed, _lock(fetch="a"), ["split"]) == ["split: not in the rebuilt dvc.lock"]
+
+
+def test_compare_metrics_tolerances_and_coverage():
+    committed = {"test": {"auc": 0.9, "n_pos": 100, "sens": 0.5}, "torch_threads": 2, "flag": True}
+    tol = {"torch_threads": None, "*.n_pos": 0, "test.*": 0.01}
+    rows = {r["metric"]: r for r in compare_metrics(committed, {**committed, "torch_threads": 8,
+                                                              "test": {"auc": 0.905, "n_pos": 100, "sens": 0.52}}, tol)}
+    assert set(rows) == {"test.auc", "test.n_pos", "test.sens"}          # threads ignored, bools skipped
+    assert rows["test.auc"]["status"] == "ok" and abs(rows["test.auc"]["difference"] - 0.005) < 1e-12
+    assert rows["test.sens"]["status"] == "FAIL"
+    rows = compare_metrics(committed, {"test": {"auc": 0.9, "n_pos": 101}}, tol)
+    assert {r["metric"]: r["status"] for r in rows} == {"test.auc": "ok", "test.n_pos": "FAIL", "test.sens": "MISSING"}
+    # a metric no pattern covers is reported, never silently skipped
+    assert compare_metrics({"val": {"auc": 1.0}}, {"val": {"auc": 1.0}}, tol)[0]["status"] == "NO TOLERANCE"
+    assert flatten_numbers({"a": {"b": 1, "c": "x", "d": False}}) == {"a.b": 1.0}
+
+
+def test_check_reproduction_script(tmp_path):
+    committed = tmp_path / "committed"
+    current = tmp_path / "metrics"
+    committed.mkdir(), current.mkdir()
+    evaluate = {"test": {"auc": 0.9, "n_pos": 100}}
+    train = {"test_auc": 0.9, "torch_threads": 2, "best_epoch": 10}
+    for d in (committed, current):
+        (d / "evaluate.json").write_text(json.dumps(evaluate))
+        (d / "train.json").write_text(json.dumps(train))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stages = params["reproduction"]["exact_stages"]
+    (tmp_path / "a.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages}, train="1")))
+    (tmp_path / "b.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages}, train="2")))
+
+    def run(lock="b.lock"):
+        return subprocess.run([sys.executable, str(REPO / "stages/check_reproduction.py"), "--committed-lock",
+                               "a.lock", "--lock", lock, "--committed-metrics", "committed"],
+                              cwd=tmp_path, capture_output=True, text=True)
+
+    ok = run()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (current / "train.json").write_text(json.dumps({**train, "test_auc": 0.95, "torch_threads": 1}))
+    bad = run()
+    assert bad.returncode == 1 and "test_auc" in bad.stdout and "torch_threads" not in bad.stdout
+    (current / "train.json").write_text(json.dumps(train))
+    (tmp_path / "c.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages[:-1]}, **{stages[-1]: "z"})))
+    bad = run("c.lock")
+    assert bad.returncode == 1 and f"{stages[-1]}: data/{stages[-1]} differs" in bad.stdout
+    missing = run("nope.lock")
+    assert missing.returncode == 2 and "nope.lock: dvc.lock not found" in missing.stderr
