@@ -579,8 +579,8 @@ def paired_bootstrap_auc(y_true, scores_a, scores_b, n_resamples: int = 1000, se
 def _bin_edges(prob: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
     if int(n_bins) != n_bins or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
-    if strategy == "uniform":
-        return np.linspace(0.0, 1.0, int(n_bins) + 1)
+    if strategy == "uniform":  # rounded: a score of exactly 0.3 belongs to [0.3, 0.4), as in the histograms
+        return np.round(np.linspace(0.0, 1.0, int(n_bins) + 1), 12)
     if strategy == "quantile":
         edges = np.unique(np.quantile(prob, np.linspace(0.0, 1.0, int(n_bins) + 1)))
         if edges.size == 1:  # every probability identical

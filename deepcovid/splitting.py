@@ -61,7 +61,9 @@ def group_images(table: pd.DataFrame) -> pd.Series:
 
 
 def _take_groups_until(sizes: pd.Series, target: int, rng: np.random.Generator) -> list:
-    """Pick groups (in random order) whose sizes sum to ``target``, or as close below as possible."""
+    """Pick groups in one pass in random order, taking each one that still fits under ``target``,
+    until the target is reached. Never above it; may stop below it even when another choice of
+    groups would reach it exactly (a large group drawn early can block a closer fit)."""
     order = sizes.index[rng.permutation(len(sizes))]
     taken, total = [], 0
     for g in order:

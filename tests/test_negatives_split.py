@@ -81,8 +81,11 @@ def test_split_counts_and_no_leak():
     manifest, report = make_split(_positives(), _negatives(), covid_test_images=40, val_fraction=0.25, seed=3)
     check_no_leak(manifest)
     assert report["test"]["covid"] == 40
-    assert report["val"]["covid"] == pytest.approx(20, abs=2)
-    assert report["train"]["covid"] + report["val"]["covid"] == 80
+    # whole two-image patients, target round(0.25 * 80) = 20 images: reached exactly
+    assert report["val"]["covid"] == 20 and report["train"]["covid"] == 60
+    # negatives: 27 in the test pool (p % 3 == 0) all to test; of the 53 in the training pool
+    # round(0.25 * 53) = 13 to val (one-image patients: exactly)
+    assert report["test"]["normal"] == 27 and report["val"]["normal"] == 13 and report["train"]["normal"] == 40
     assert (manifest.loc[manifest["pool"] == "test", "split"] == "test").all()
     assert set(manifest["split"]) == {"train", "val", "test"}
     assert manifest["image_id"].is_unique
