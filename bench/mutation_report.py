@@ -14,27 +14,19 @@ import io
 import re
 import tokenize
 from collections import Counter, defaultdict
-from pathlib import Path
 
 
 def mutant_results():
     """(name, status, diff or None) of every mutant, through mutmut's own API (pinned version)."""
-    import libcst as cst
     from mutmut.__main__ import SourceFileMutationData, status_by_exit_code, walk_mutatable_files
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
     for path in walk_mutatable_files():
         data = SourceFileMutationData(path=path)
         data.load()
-        module = None
         for name, code in data.exit_code_by_key.items():
             status = status_by_exit_code[code]
-            diff = None
-            if status == "survived":
-                if module is None:
-                    module = (Path("mutants") / path).read_text()
-                diff = get_diff_for_mutant(name, source=module, path=path)
-            yield name, status, diff
+            yield name, status, get_diff_for_mutant(name, path=path) if status == "survived" else None
 
 
 def _tokens(code: str) -> list[tuple[int, str]]:
@@ -60,7 +52,7 @@ def main() -> None:
     counts: dict[str, Counter] = defaultdict(Counter)
     survivors = []
     for name, status, diff in mutant_results():
-        module = re.sub(r"\.x_.*$", "", name)
+        module = re.sub(r"\.x[_\u01c1].*$", "", name)
         if status == "survived":
             kind = "survived (message only)" if message_only(diff) else "survived"
             counts[module][kind] += 1
@@ -69,23 +61,25 @@ def main() -> None:
         else:
             counts[module][status] += 1
     total = Counter()
-    print(f"{'module':28} {'mutants':>8} {'killed':>7} {'survived':>9} {'msg-only':>9} {'score':>7} {'score*':>7}")
+    print(f"{'module':24} {'checked':>8} {'killed':>7} {'survived':>9} {'msg-only':>9} {'no test':>8} "
+          f"{'score':>7} {'score*':>7}")
     for module, c in sorted(counts.items()):
         total.update(c)
         _row(module, c)
     _row("all", total)
-    print("score: killed / all mutants; score*: killed / mutants that change more than a message text")
+    print("killed includes timeouts; 'no test': mutants in code no selected test runs (counted as not killed);\n"
+          "score: killed / checked mutants; score*: the same without the survivors that change only a message text")
     if args.list:
         for name, diff in survivors:
             print(f"\n# {name}\n{diff}")
 
 
 def _row(module: str, c: Counter) -> None:
-    n = sum(c.values())
+    checked = sum(v for k, v in c.items() if k != "not checked")
     msg = c["survived (message only)"]
     killed = c["killed"] + c["timeout"]
-    print(f"{module:28} {n:8d} {killed:7d} {c['survived']:9d} {msg:9d} {killed / max(n, 1):7.1%} "
-          f"{killed / max(n - msg, 1):7.1%}")
+    print(f"{module:24} {checked:8d} {killed:7d} {c['survived']:9d} {msg:9d} {c['no tests']:8d} "
+          f"{killed / max(checked, 1):7.1%} {killed / max(checked - msg, 1):7.1%}")
 
 
 if __name__ == "__main__":
