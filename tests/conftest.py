@@ -35,3 +35,26 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+def evaluate_to(root: Path, frame, cfg):
+    """Run a predictions table through the evaluate stage's steps (load_predictions, evaluate,
+    write_outputs) under ``root``; return (loaded frame, result, output paths)."""
+    from deepcovid.evaluation import OutputPaths, evaluate, load_predictions, write_outputs
+
+    path = root / "predictions.csv"
+    frame.to_csv(path, index=False)
+    df = load_predictions(path)
+    result = evaluate(df, cfg, name=str(path))
+    paths = OutputPaths.under(root / "out")
+    write_outputs(result, paths)
+    return df, result, paths
+
+
+@pytest.fixture(scope="session")
+def repo_cfg():
+    """The evaluate section of the committed params.yaml."""
+    from deepcovid.evaluation import EvalConfig
+    from deepcovid.params import load_params
+
+    return EvalConfig.from_params(load_params(REPO_ROOT / "params.yaml"))

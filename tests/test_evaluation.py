@@ -21,6 +21,7 @@ import yaml
 from deepcovid import metrics as M
 from deepcovid.evaluation import EvalConfig, OutputPaths, compare_models, evaluate, load_predictions, write_outputs
 from deepcovid.params import ParamsError, load_params
+from conftest import evaluate_to
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -60,18 +61,10 @@ def random_predictions(seed: int, n_val=(30, 120), n_test=(60, 240), shift=2.5) 
 
 
 @pytest.fixture(scope="module")
-def repo_cfg() -> EvalConfig:
-    return EvalConfig.from_params(load_params(REPO / "params.yaml"))
-
-
-@pytest.fixture(scope="module")
 def planted(tmp_path_factory, repo_cfg):
     """The planted table evaluated in-process and written under a temporary root."""
     root = tmp_path_factory.mktemp("planted")
-    path = root / "predictions.csv"
-    planted_predictions().to_csv(path, index=False)
-    result = evaluate(load_predictions(path), repo_cfg, name=str(path))
-    write_outputs(result, OutputPaths.under(root / "out"))
+    _, result, _ = evaluate_to(root, planted_predictions(), repo_cfg)
     return root, result
 
 

@@ -24,9 +24,8 @@ from sklearn.calibration import calibration_curve
 from statsmodels.stats.proportion import proportion_confint
 
 from deepcovid import metrics as M
-from deepcovid.evaluation import (EvalConfig, OutputPaths, calibration_frame, evaluate, load_predictions,
-                                  score_histogram, threshold_rows, write_outputs)
-from deepcovid.params import load_params
+from deepcovid.evaluation import EvalConfig, calibration_frame, evaluate, score_histogram, threshold_rows
+from conftest import evaluate_to
 
 REPO = Path(__file__).resolve().parents[1]
 Z95 = float(norm.ppf(0.975))  # 1.959963984540054
@@ -128,21 +127,14 @@ def paper_bounds(k, n, z=Z95):
 
 
 @pytest.fixture(scope="module")
-def cfg() -> EvalConfig:
-    return EvalConfig.from_params(load_params(REPO / "params.yaml"))
+def cfg(repo_cfg) -> EvalConfig:
+    return repo_cfg
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, cfg):
     """value_predictions() through load_predictions, evaluate and write_outputs (the evaluate stage)."""
-    root = tmp_path_factory.mktemp("values")
-    path = root / "predictions.csv"
-    value_predictions().to_csv(path, index=False)
-    df = load_predictions(path)
-    result = evaluate(df, cfg, name=str(path))
-    paths = OutputPaths.under(root / "out")
-    write_outputs(result, paths)
-    return df, result, paths
+    return evaluate_to(tmp_path_factory.mktemp("values"), value_predictions(), cfg)
 
 
 # --------------------------------------------------------------------------- the data is discriminating
