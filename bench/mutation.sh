@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing (mutmut, configured in pyproject.toml [tool.mutmut]) of the statistics,
 # evaluation, split and training modules, in a scratch copy of the working tree; then the
-# score per module (bench/mutation_report.py). Takes about half an hour on 2 cores.
+# score per module (bench/mutation_report.py). Takes more than an hour on 2 cores.
 #   usage: bench/mutation.sh [--list]      (--list: print every surviving mutant's diff)
 set -euo pipefail
 cd "$(dirname "$0")/.."
