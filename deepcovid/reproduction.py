@@ -16,6 +16,8 @@ from __future__ import annotations
 import fnmatch
 import math
 
+from .params import flatten
+
 __all__ = ["lock_outputs", "compare_outputs", "compare_metrics", "flatten_numbers"]
 
 
@@ -51,15 +53,10 @@ def compare_outputs(committed: dict, rebuilt: dict, stages: list[str]) -> list[s
     return problems
 
 
-def flatten_numbers(obj, prefix: str = "") -> dict[str, float]:
+def flatten_numbers(obj: dict) -> dict[str, float]:
     """Dotted keys of every numeric leaf (bools excluded) of a nested dict."""
-    out = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten_numbers(v, f"{prefix}{k}."))
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        out[prefix[:-1]] = float(obj)
-    return out
+    return {k: float(v) for k, v in flatten(obj).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def compare_metrics(committed: dict, current: dict, tolerances: dict[str, float | None]) -> list[dict]:
