@@ -32,7 +32,7 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from deepcovid.reproduction import flatten_numbers  # noqa: E402
+from deepcovid.checks.reproduction import flatten_numbers  # noqa: E402
 
 _ONE = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 VARIANTS = {

@@ -1,6 +1,6 @@
 """CPU throughput of backbone feature extraction, next to the machine's fp32 matmul rate.
 
-For each architecture the frozen backbone of :func:`deepcovid.models.split_backbone_head`
+For each architecture the frozen backbone of :func:`deepcovid.model.architectures.split_backbone_head`
 runs under ``torch.inference_mode`` on batches of random 224x224 images. The script
 prints images/s, the achieved GFLOP/s (forward FLOPs of one image counted with
 ``torch.utils.flop_counter.FlopCounterMode``, i.e. convolution and matmul FLOPs, 2 per
@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deepcovid.models import ARCHITECTURES, build_model, split_backbone_head  # noqa: E402
+from deepcovid.model.architectures import ARCHITECTURES, build_model, split_backbone_head  # noqa: E402
 
 REFERENCE = "resnet18"
 

@@ -1,9 +1,9 @@
 """Last-layer training on cached features vs. the paper's code path, on the same images.
 
 - cached (this project): the frozen backbone runs ONCE over every image
-  (:func:`deepcovid.features.extract_features`, channels_last, as the featurize stage),
-  then :func:`deepcovid.training.train_head` trains the head on the feature matrix;
-- naive (the paper's code): :func:`deepcovid.training.train_head` with ``encode=backbone``,
+  (:func:`deepcovid.model.features.extract_features`, channels_last, as the featurize stage),
+  then :func:`deepcovid.model.training.train_head` trains the head on the feature matrix;
+- naive (the paper's code): :func:`deepcovid.model.training.train_head` with ``encode=backbone``,
   i.e. every training and validation image goes through the frozen backbone in every
   epoch (as a model with ``requires_grad=False`` layers trained by a plain loop does).
 
@@ -34,9 +34,9 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deepcovid.features import extract_features  # noqa: E402
-from deepcovid.models import ARCHITECTURES, build_model, split_backbone_head  # noqa: E402
-from deepcovid.training import train_head  # noqa: E402
+from deepcovid.model.features import extract_features  # noqa: E402
+from deepcovid.model.architectures import ARCHITECTURES, build_model, split_backbone_head  # noqa: E402
+from deepcovid.model.training import train_head  # noqa: E402
 
 PAPER_EPOCHS = 100
 

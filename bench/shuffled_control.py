@@ -22,10 +22,10 @@ from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from deepcovid.data import load_table  # noqa: E402
-from deepcovid.models import build_model, split_backbone_head  # noqa: E402
+from deepcovid.model.datasets import load_table  # noqa: E402
+from deepcovid.model.architectures import build_model, split_backbone_head  # noqa: E402
 from deepcovid.params import load_params  # noqa: E402
-from deepcovid.training import seed_everything, train_head  # noqa: E402
+from deepcovid.model.training import seed_everything, train_head  # noqa: E402
 
 
 def main() -> None:

@@ -1,16 +1,7 @@
 """Deep-COVID: a reproducible rebuild of Minaee et al. (2020) as a DVC pipeline.
 
-Modules, each about one thing:
-
-- ``params``      load and validate params.yaml
-- ``io``          atomic file writes, hashing
-- ``images``      decoding any source image into the uniform 8-bit RGB cache
-- ``metadata``    tolerant readers of Cohen / Actualmed / CheXpert metadata
-- ``fetch``       download, integrity check and safe extraction of sources
-- ``synthetic``   the deterministic synthetic radiograph generator
-- ``filtering``, ``negatives``, ``splitting``, ``augment``: data stage logic
-- ``models``, ``features``, ``training``: transfer learning
-- ``metrics``     sensitivity/specificity, intervals, ROC/PR, calibration
+Subpackages follow the pipeline: ``data`` (fetch .. augment), ``synthetic`` (offline stand-in
+data), ``model`` (featurize, train), ``evaluation`` (evaluate, compare) and ``checks`` (CI).
 """
 
 __version__ = "0.1.0"

@@ -9,9 +9,11 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from deepcovid import cli, io
-from deepcovid.augment import augment_image, build_transform, check_augmented, copy_seed
-from deepcovid.images import load_cached
+from deepcovid import runner
+
+from deepcovid import files
+from deepcovid.data.augment import augment_image, build_transform, check_augmented, copy_seed
+from deepcovid.data.images import load_cached
 from deepcovid.params import get, load_params, validate_data_params
 
 log = logging.getLogger("augment")
@@ -35,7 +37,7 @@ def main() -> None:
     parents = rows[(rows["split"] == "train") & (rows["label"] == "1")]
     transform = build_transform(cfg)
     records = []
-    with io.atomic_path(args.out) as tmp:
+    with files.atomic_path(args.out) as tmp:
         (tmp / "images").mkdir(parents=True)
         for row in tqdm(list(parents.itertuples(index=False)), desc="augment", mininterval=2):
             image = load_cached(Path(args.cache) / row.cache_path)
@@ -51,9 +53,9 @@ def main() -> None:
         table = pd.DataFrame(records, columns=["image_id", "parent", "copy", "source", "patient", "split_group",
                                                "label", "group", "category", "split", "cache_path"])
         check_augmented(table, manifest)
-        io.write_csv(tmp / "index.csv", table)
+        files.write_csv(tmp / "index.csv", table)
     log.info("wrote %d augmented copies of %d COVID training images", len(table), len(parents))
 
 
 if __name__ == "__main__":
-    cli.run(main, "augment")
+    runner.run(main, "augment")

@@ -21,7 +21,9 @@ import math
 import sys
 from pathlib import Path
 
-from deepcovid import cli, io
+from deepcovid import runner
+
+from deepcovid import files
 from deepcovid.params import ParamsError, flatten, get, load_params
 
 log = logging.getLogger("check_regression")
@@ -103,7 +105,7 @@ def main() -> None:
     baseline = Path(args.baseline or get(params, "regression.baseline"))
     current = _read_json(Path(args.metrics), "current")
     if args.write_baseline:
-        io.write_json(baseline, current)
+        files.write_json(baseline, current)
         log.info("wrote baseline %s from %s", baseline, args.metrics)
         return
     tolerances = get(params, "regression.tolerances")
@@ -123,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, "check_regression")
+    runner.run(main, "check_regression")

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from deepcovid import cli
+from deepcovid import runner
 from deepcovid.params import ParamsError, get, load_params
-from deepcovid.reproduction import compare_metrics, compare_outputs
+from deepcovid.checks.reproduction import compare_metrics, compare_outputs
 
 log = logging.getLogger("check_reproduction")
 METRIC_FILES = ("evaluate.json", "train.json")
@@ -85,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, "check_reproduction")
+    runner.run(main, "check_reproduction")

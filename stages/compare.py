@@ -7,7 +7,7 @@ Not a pipeline stage: run it after experiments, e.g.
     dvc queue start --jobs 1 && dvc queue status      # wait until they are done
     python stages/compare.py --from-dvc-exps           # baseline commit + every experiment of HEAD
 
-or on any prediction files (columns as in deepcovid/evaluation.py):
+or on any prediction files (columns as in deepcovid/evaluation/evaluate.py):
 
     python stages/compare.py --run resnet18=a/predictions.csv --run squeezenet=b/predictions.csv
 
@@ -38,8 +38,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepcovid import cli, figures, io
-from deepcovid.evaluation import (EvalConfig, comparison_markdown, compare_models, load_predictions,
+from deepcovid import runner
+
+from deepcovid.evaluation import figures
+
+from deepcovid import files
+from deepcovid.evaluation.evaluate import (EvalConfig, comparison_markdown, compare_models, load_predictions,
                                   read_predictions)
 from deepcovid.params import load_params
 
@@ -178,9 +182,9 @@ def main() -> None:
     markdown = comparison_markdown(table, cfg, paired=args.paired_test)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    io.write_text(out / "table.md", markdown)
-    io.write_csv(out / "table.csv", table)
-    io.write_json(out / "compare.json", {
+    files.write_text(out / "table.md", markdown)
+    files.write_csv(out / "table.csv", table)
+    files.write_json(out / "compare.json", {
         "reference": str(table.loc[table["reference"], "run"].iloc[0]),
         "paired_test": args.paired_test,
         "runs": {name: {"model": models.get(name, ""), **results[name].details} for name in runs},
@@ -216,4 +220,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, "compare")
+    runner.run(main, "compare")

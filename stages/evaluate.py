@@ -13,15 +13,15 @@ score; group optional), all outputs go under --out-dir:
 
 The operating point is chosen on the validation split; a file holding only a test split
 falls back to the paper-style threshold chosen on the test split (a warning, and
-settings.operating_point_chosen_on = "test" in the metrics). See deepcovid/evaluation.py.
+settings.operating_point_chosen_on = "test" in the metrics). See deepcovid/evaluation/evaluate.py.
 """
 
 import argparse
 import logging
 from pathlib import Path
 
-from deepcovid import cli
-from deepcovid.evaluation import EvalConfig, OutputPaths, evaluate, load_predictions, write_outputs
+from deepcovid import runner
+from deepcovid.evaluation.evaluate import EvalConfig, OutputPaths, evaluate, load_predictions, write_outputs
 from deepcovid.params import load_params
 
 log = logging.getLogger("evaluate")
@@ -48,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, "evaluate")
+    runner.run(main, "evaluate")

@@ -13,13 +13,15 @@ import logging
 
 import numpy as np
 
-from deepcovid import cli, io
-from deepcovid.data import ImageDataset, load_table, normalize_transform
-from deepcovid.features import extract_features, state_digest
-from deepcovid.models import build_model, preprocessing, split_backbone_head
+from deepcovid import runner
+
+from deepcovid import files
+from deepcovid.model.datasets import ImageDataset, load_table, normalize_transform
+from deepcovid.model.features import extract_features, state_digest
+from deepcovid.model.architectures import build_model, preprocessing, split_backbone_head
 from deepcovid.params import load_params
-from deepcovid.trainparams import validate_train_params
-from deepcovid.training import compute_environment, resolve_device, seed_everything
+from deepcovid.model.trainparams import validate_train_params
+from deepcovid.model.training import compute_environment, resolve_device, seed_everything
 
 log = logging.getLogger("featurize")
 
@@ -36,10 +38,10 @@ def main() -> None:
     params = load_params(args.params)
     validate_train_params(params)
     name, mode, size = params["model"], params["train"]["mode"], params["train"]["image_size"]
-    with io.atomic_path(args.out) as tmp:
+    with files.atomic_path(args.out) as tmp:
         tmp.mkdir()
         if mode != "last_layer":
-            io.write_json(tmp / "meta.json", {"mode": mode, "skipped": True,
+            files.write_json(tmp / "meta.json", {"mode": mode, "skipped": True,
                                               "reason": "full fine-tuning changes the backbone; nothing to cache"})
             log.info("train.mode=%s: no features to cache", mode)
             return
@@ -54,8 +56,8 @@ def main() -> None:
         feats = extract_features(backbone, dataset, batch_size=params["train"]["feature_batch_size"],
                                  num_workers=0, device=device, channels_last=True)
         np.save(tmp / "features.npy", feats.astype(np.float32))
-        io.write_csv(tmp / "index.csv", table.drop(columns=["file"]))
-        io.write_json(tmp / "meta.json", {"mode": mode, "skipped": False, "model": name, "image_size": size,
+        files.write_csv(tmp / "index.csv", table.drop(columns=["file"]))
+        files.write_json(tmp / "meta.json", {"mode": mode, "skipped": False, "model": name, "image_size": size,
                                           "preprocessing": prep, "provenance": provenance,
                                           "backbone_sha256": state_digest(backbone), "shape": list(feats.shape),
                                           "device": str(device)})
@@ -63,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, "featurize")
+    runner.run(main, "featurize")

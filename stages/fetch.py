@@ -13,8 +13,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from deepcovid import cli, io
-from deepcovid.metadata import chexpert_root
+from deepcovid import runner
+
+from deepcovid import files
+from deepcovid.data.metadata import chexpert_root
 from deepcovid.params import ParamsError, get, load_params, needed_sources, validate_data_params
 
 log = logging.getLogger("fetch")
@@ -44,7 +46,7 @@ def main() -> None:
     validate_data_params(params)
     params = fetch_params(params)  # from here on, only what the chosen dataset uses
     if args.write_params:
-        io.write_json(args.write_params, params)
+        files.write_json(args.write_params, params)
         return
     dataset, sources = params["dataset"], params.get("sources", [])
     roots, records = {}, {}
@@ -62,7 +64,7 @@ def main() -> None:
         roots["chexpert"] = str(chexpert_root(path).resolve())
         records["chexpert"] = {"name": "chexpert", "method": "user_path", "path": roots["chexpert"]}
 
-    with io.atomic_path(args.out) as tmp:
+    with files.atomic_path(args.out) as tmp:
         tmp.mkdir()
         if dataset == "synthetic":
             from deepcovid import synthetic
@@ -73,16 +75,16 @@ def main() -> None:
             roots["cohen"] = "cohen"
             roots["chexpert"] = "chexpert/CheXpert-v1.0-small"
         else:
-            from deepcovid.fetch import fetch_source
+            from deepcovid.data.fetch import fetch_source
 
             for name in sources:
                 if name == "chexpert":
                     continue
                 records[name] = fetch_source(name, params["fetch"][name], tmp / name, log=log.info)
                 roots[name] = name
-        io.write_json(tmp / "sources.json", {"dataset": dataset, "roots": roots, "records": records})
+        files.write_json(tmp / "sources.json", {"dataset": dataset, "roots": roots, "records": records})
     log.info("dataset %s: fetched %s into %s", dataset, ", ".join(sorted(roots)), args.out)
 
 
 if __name__ == "__main__":
-    cli.run(main, "fetch")
+    runner.run(main, "fetch")

@@ -5,11 +5,13 @@ import logging
 
 import pandas as pd
 
-from deepcovid import cli, io
-from deepcovid.filtering import filter_positives, read_exclusions
-from deepcovid.metadata import read_cohen_style
+from deepcovid import runner
+
+from deepcovid import files
+from deepcovid.data.positives import filter_positives, read_exclusions
+from deepcovid.data.metadata import read_cohen_style
 from deepcovid.params import dataset_sources, get, load_params, validate_data_params
-from deepcovid.sources import read_sources, source_root
+from deepcovid.data.sources import read_sources, source_root
 
 log = logging.getLogger("filter")
 
@@ -35,11 +37,11 @@ def main() -> None:
                  ", ".join(f"{k}: {v}" for k, v in report["removed"].items()))
         kept.append(rows)
         reports.append(report)
-    with io.atomic_path(args.out) as tmp:
+    with files.atomic_path(args.out) as tmp:
         tmp.mkdir()
-        io.write_csv(tmp / "positives.csv", pd.concat(kept, ignore_index=True))
-        io.write_json(tmp / "report.json", {"sources": reports})
+        files.write_csv(tmp / "positives.csv", pd.concat(kept, ignore_index=True))
+        files.write_json(tmp / "report.json", {"sources": reports})
 
 
 if __name__ == "__main__":
-    cli.run(main, "filter")
+    runner.run(main, "filter")

@@ -5,11 +5,13 @@ import logging
 
 import pandas as pd
 
-from deepcovid import cli, io
-from deepcovid.metadata import read_chexpert, read_cohen_style
-from deepcovid.negatives import assign_pools_by_patient, chexpert_single_label, public_negatives, sample_chexpert
+from deepcovid import runner
+
+from deepcovid import files
+from deepcovid.data.metadata import read_chexpert, read_cohen_style
+from deepcovid.data.negatives import assign_pools_by_patient, chexpert_single_label, public_negatives, sample_chexpert
 from deepcovid.params import dataset_sources, get, load_params, validate_data_params
-from deepcovid.sources import read_sources, source_root
+from deepcovid.data.sources import read_sources, source_root
 
 log = logging.getLogger("negatives")
 
@@ -46,11 +48,11 @@ def main() -> None:
     summary = negatives.groupby(["pool", "group"]).size().unstack(fill_value=0)
     log.info("selected %d negatives:\n%s", len(negatives), summary.to_string())
     report["selected"] = {pool: {g: int(v) for g, v in row.items()} for pool, row in summary.iterrows()}
-    with io.atomic_path(args.out) as tmp:
+    with files.atomic_path(args.out) as tmp:
         tmp.mkdir()
-        io.write_csv(tmp / "negatives.csv", negatives)
-        io.write_json(tmp / "report.json", report)
+        files.write_csv(tmp / "negatives.csv", negatives)
+        files.write_json(tmp / "report.json", report)
 
 
 if __name__ == "__main__":
-    cli.run(main, "negatives")
+    runner.run(main, "negatives")

@@ -11,10 +11,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from deepcovid import cli, io
-from deepcovid.images import ImageReadError, read_image, resize_square
+from deepcovid import runner
+
+from deepcovid import files
+from deepcovid.data.images import ImageReadError, read_image, resize_square
 from deepcovid.params import get, load_params, validate_data_params
-from deepcovid.sources import image_path, read_sources
+from deepcovid.data.sources import image_path, read_sources
 
 log = logging.getLogger("preprocess")
 
@@ -46,7 +48,7 @@ def main() -> None:
     grayscale, workers = bool(get(params, "preprocess.grayscale")), get(params, "preprocess.workers")
     sources = read_sources(args.raw)
     manifest = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
-    with io.atomic_path(args.out) as tmp:
+    with files.atomic_path(args.out) as tmp:
         rel = [f"images/{i}.png" for i in manifest["image_id"]]
         jobs = [(image_path(sources, s, r, args.raw), tmp / p, size, mode, grayscale)
                 for s, r, p in zip(manifest["source"], manifest["relpath"], rel)]
@@ -61,9 +63,9 @@ def main() -> None:
         )
         rejected = table[table["reason"] != ""].drop(columns=["cache_path", "width", "height"])
         index = table[table["reason"] == ""].drop(columns="reason")
-        io.write_csv(tmp / "index.csv", index.astype({"width": int, "height": int}))
-        io.write_csv(tmp / "rejected.csv", rejected)
-        io.write_json(tmp / "report.json", {"cache_size": size, "resize": mode, "grayscale": grayscale,
+        files.write_csv(tmp / "index.csv", index.astype({"width": int, "height": int}))
+        files.write_csv(tmp / "rejected.csv", rejected)
+        files.write_json(tmp / "report.json", {"cache_size": size, "resize": mode, "grayscale": grayscale,
                                             "decoded": int(len(index)), "rejected": int(len(rejected))})
     for row in rejected.itertuples():
         log.warning("rejected %s: %s", row.image_id, row.reason)
@@ -71,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, "preprocess")
+    runner.run(main, "preprocess")

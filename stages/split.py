@@ -7,17 +7,19 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 from tqdm import tqdm
 
-from deepcovid import cli, io
+from deepcovid import runner
+
+from deepcovid import files
 from deepcovid.params import get, load_params, validate_data_params
-from deepcovid.sources import image_path, read_sources
-from deepcovid.splitting import make_split
+from deepcovid.data.sources import image_path, read_sources
+from deepcovid.data.split import make_split
 
 log = logging.getLogger("split")
 
 
 def _digest(path) -> str:
     try:
-        return io.sha256_file(path)
+        return files.sha256_file(path)
     except OSError:
         return ""  # missing or unreadable: preprocess rejects it with the reason
 
@@ -54,9 +56,9 @@ def main() -> None:
         log.info("%-5s %5d images, %4d patients (covid %d, normal %d, other disease %d)", split,
                  r["images"], r["patients"], r["covid"], r["normal"], r["other-disease"])
     report = {"dataset": params["dataset"], **report}
-    io.write_csv(args.out, manifest)
-    io.write_json(args.report, report)
+    files.write_csv(args.out, manifest)
+    files.write_json(args.report, report)
 
 
 if __name__ == "__main__":
-    cli.run(main, "split")
+    runner.run(main, "split")

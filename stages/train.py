@@ -3,11 +3,11 @@
 last_layer: the head trains on the cached backbone features (the paper's method).
 full: the whole network trains end to end, with a checkpoint every epoch (resumes). The
 checkpoint is named after everything that changes the result (parameters, weights file,
-data, code: deepcovid.training.checkpoint_inputs), so a run never resumes from stale state.
+data, code: deepcovid.model.training.checkpoint_inputs), so a run never resumes from stale state.
 
 Randomness is seeded and torch uses deterministic algorithms (strictly): a rerun on the same
 machine with the same thread count gives bitwise identical outputs. The thread count and the
-CPU kernels in use (deepcovid.training.compute_environment) go to metrics/train.json and MLflow.
+CPU kernels in use (deepcovid.model.training.compute_environment) go to metrics/train.json and MLflow.
 """
 
 import argparse
@@ -20,13 +20,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deepcovid import cli, io, tracking
-from deepcovid.features import state_digest
-from deepcovid.data import ImageDataset, load_table, normalize_transform, train_transform
-from deepcovid.models import build_model, preprocessing, split_backbone_head
+from deepcovid import runner
+
+from deepcovid import files
+
+from deepcovid import tracking
+from deepcovid.model.features import state_digest
+from deepcovid.model.datasets import ImageDataset, load_table, normalize_transform, train_transform
+from deepcovid.model.architectures import build_model, preprocessing, split_backbone_head
 from deepcovid.params import flatten, get, load_params
-from deepcovid.trainparams import validate_train_params
-from deepcovid.training import (checkpoint_inputs, checkpoint_key, compute_environment, init_distributed,
+from deepcovid.model.trainparams import validate_train_params
+from deepcovid.model.training import (checkpoint_inputs, checkpoint_key, compute_environment, init_distributed,
                                 predict_scores, resolve_device, seed_everything, train_full, train_head)
 
 log = logging.getLogger("train")
@@ -154,20 +158,20 @@ def main() -> None:
     log.info("best epoch %d; val AUC %s, test AUC %s; %.1f s", best_epoch, metrics["val_auc"], metrics["test_auc"],
              seconds)
     model_dir = Path(args.models)
-    with io.atomic_path(model_dir) as tmp:
+    with files.atomic_path(model_dir) as tmp:
         tmp.mkdir()
         torch.save(model.state_dict(), tmp / "model.pt")
-        io.write_json(tmp / "model.json", {
+        files.write_json(tmp / "model.json", {
             "architecture": name, "classes": ["non-COVID", "COVID-19"], "positive_class": 1,
             "preprocessing": {**prep, "input_size": size, "cache_size": params["preprocess"]["cache_size"],
                               "resize": params["preprocess"]["resize"], "grayscale": params["preprocess"]["grayscale"]},
             "weights": provenance, "train": cfg, "seed": seed, "dataset": params.get("dataset"),
             "best_epoch": int(best_epoch), "device": str(device),
         })
-    io.write_csv(args.predictions, predictions)
-    io.write_csv(args.plot, pd.DataFrame([{"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss}
+    files.write_csv(args.predictions, predictions)
+    files.write_csv(args.plot, pd.DataFrame([{"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss}
                                           for h in history]))
-    io.write_json(args.metrics, metrics)
+    files.write_json(args.metrics, metrics)
     if run is not None:
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                             and v is not None and k not in environment})  # the environment: params
@@ -184,4 +188,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, "train")
+    runner.run(main, "train")

@@ -1,6 +1,6 @@
 """Helper for tests/test_training.py: a tiny full fine-tuning run in its own process.
 
-Trains a randomly initialised resnet18 end to end with :func:`deepcovid.training.train_full`
+Trains a randomly initialised resnet18 end to end with :func:`deepcovid.model.training.train_full`
 on the PNGs of ``--data`` (``train/<label>_*.png`` and ``val/<label>_*.png``), with the
 project's augmentation, a checkpoint at ``--checkpoint`` and, under torchrun, DDP (gloo).
 
@@ -46,10 +46,10 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
-    from deepcovid import training
-    from deepcovid.data import ImageDataset, normalize_transform, train_transform
-    from deepcovid.features import state_digest
-    from deepcovid.models import build_model, preprocessing
+    from deepcovid.model import training
+    from deepcovid.model.datasets import ImageDataset, normalize_transform, train_transform
+    from deepcovid.model.features import state_digest
+    from deepcovid.model.architectures import build_model, preprocessing
 
     device = training.resolve_device("cpu")
     distributed = training.init_distributed(device)

@@ -40,7 +40,7 @@ def repo_root() -> Path:
 def evaluate_to(root: Path, frame, cfg):
     """Run a predictions table through the evaluate stage's steps (load_predictions, evaluate,
     write_outputs) under ``root``; return (loaded frame, result, output paths)."""
-    from deepcovid.evaluation import OutputPaths, evaluate, load_predictions, write_outputs
+    from deepcovid.evaluation.evaluate import OutputPaths, evaluate, load_predictions, write_outputs
 
     path = root / "predictions.csv"
     frame.to_csv(path, index=False)
@@ -54,7 +54,7 @@ def evaluate_to(root: Path, frame, cfg):
 @pytest.fixture(scope="session")
 def repo_cfg():
     """The evaluate section of the committed params.yaml."""
-    from deepcovid.evaluation import EvalConfig
+    from deepcovid.evaluation.evaluate import EvalConfig
     from deepcovid.params import load_params
 
     return EvalConfig.from_params(load_params(REPO_ROOT / "params.yaml"))

@@ -1,6 +1,6 @@
 """Values of DeLong's AUC interval, the paired tests and the model comparison (compare_models).
 
-Every expected number is computed here from the definition, without :mod:`deepcovid.metrics`:
+Every expected number is computed here from the definition, without :mod:`deepcovid.evaluation.statistics`:
 DeLong's placement values by a double loop over all positive-negative pairs (1/2 for ties), the
 variances and covariances S10 / m + S01 / n, the two-sided p = 2 sf(|z|), Holm's adjustment by
 statsmodels and by hand. Each test names, in its docstring, the planted bugs it is meant to catch.
@@ -19,8 +19,8 @@ from scipy.stats import mannwhitneyu, norm
 from sklearn import metrics as skm
 from statsmodels.stats.multitest import multipletests
 
-from deepcovid import metrics as M
-from deepcovid.evaluation import EvalConfig, compare_models, comparison_markdown
+from deepcovid.evaluation import statistics as M
+from deepcovid.evaluation.evaluate import EvalConfig, compare_models, comparison_markdown
 from deepcovid.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]

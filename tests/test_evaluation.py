@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from deepcovid import metrics as M
-from deepcovid.evaluation import EvalConfig, OutputPaths, compare_models, evaluate, load_predictions, write_outputs
+from deepcovid.evaluation import statistics as M
+from deepcovid.evaluation.evaluate import EvalConfig, OutputPaths, compare_models, evaluate, load_predictions, write_outputs
 from deepcovid.params import ParamsError, load_params
 from conftest import evaluate_to
 

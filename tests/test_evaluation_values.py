@@ -3,7 +3,7 @@
 The other evaluation tests check column names and finiteness; these check the NUMBERS: each
 value the evaluate stage computes or writes (metrics/evaluate.json, metrics/thresholds.csv,
 plots/{roc,pr,scores,calibration,confusion}.csv) is recomputed here from its definition, by
-hand or with scikit-learn / statsmodels / numpy, never with :mod:`deepcovid.metrics`.
+hand or with scikit-learn / statsmodels / numpy, never with :mod:`deepcovid.evaluation.statistics`.
 
 Each test names, in its docstring, the planted bugs it is meant to catch.
 """
@@ -23,8 +23,8 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 from statsmodels.stats.proportion import proportion_confint
 
-from deepcovid import metrics as M
-from deepcovid.evaluation import EvalConfig, calibration_frame, evaluate, score_histogram, threshold_rows
+from deepcovid.evaluation import statistics as M
+from deepcovid.evaluation.evaluate import EvalConfig, calibration_frame, evaluate, score_histogram, threshold_rows
 from conftest import evaluate_to
 
 REPO = Path(__file__).resolve().parents[1]

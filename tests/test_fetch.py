@@ -1,4 +1,4 @@
-"""Tests of deepcovid.fetch: downloads, retries, safe extraction, tree digests, git and local_dir.
+"""Tests of deepcovid.data.fetch: downloads, retries, safe extraction, tree digests, git and local_dir.
 
 No test reaches the network: downloads come from a scripted HTTP server on 127.0.0.1
 (port 0) and git sources are repositories created in a temporary folder.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-import deepcovid.fetch as fetch_mod
-from deepcovid.fetch import (
+import deepcovid.data.fetch as fetch_mod
+from deepcovid.data.fetch import (
     FetchError,
     download,
     fetch_source,

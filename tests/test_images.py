@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepcovid.images import ImageReadError, read_image, resize_square
+from deepcovid.data.images import ImageReadError, read_image, resize_square
 
 
 def _save(tmp_path, name, img, fmt):

@@ -6,8 +6,8 @@ import io
 import pandas as pd
 import pytest
 
-from deepcovid.filtering import filter_positives, is_frontal, read_exclusions
-from deepcovid.metadata import MetadataError, chexpert_root, read_chexpert, read_cohen_style
+from deepcovid.data.positives import filter_positives, is_frontal, read_exclusions
+from deepcovid.data.metadata import MetadataError, chexpert_root, read_chexpert, read_cohen_style
 
 FRONTAL = ["PA", "AP", "AP Supine", "AP semi erect", "AP erect"]
 COHEN_HEADER = ("patientid,offset,sex,age,finding,survival,intubated,intubation_present,went_icu,in_icu,"

@@ -1,4 +1,4 @@
-"""Tests of deepcovid.metrics against scikit-learn, statsmodels and hand-checked values."""
+"""Tests of deepcovid.evaluation.statistics against scikit-learn, statsmodels and hand-checked values."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as skm
 from statsmodels.stats.proportion import proportion_confint
 
-from deepcovid import metrics as M
+from deepcovid.evaluation import statistics as M
 
 
 def _synthetic(n=300, seed=0, shift=1.0, ties=False):

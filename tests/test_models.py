@@ -1,4 +1,4 @@
-"""Tests of deepcovid.models: construction, weights sources, backbone/head split.
+"""Tests of deepcovid.model.architectures: construction, weights sources, backbone/head split.
 
 Nothing here may reach the network: an autouse fixture makes every socket connection
 to anything but 127.0.0.1 fail, the ImageNet tests use a local TORCH_HOME with a
@@ -25,8 +25,8 @@ import torch
 import torchvision
 from torch import nn
 
-import deepcovid.models as models
-from deepcovid.models import (
+import deepcovid.model.architectures as models
+from deepcovid.model.architectures import (
     ARCHITECTURES,
     ModelError,
     build_model,

@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepcovid.augment import AugmentError, augment_image, build_transform, check_augmented, copy_seed
-from deepcovid.metadata import CHEXPERT_CATEGORIES
-from deepcovid.negatives import chexpert_single_label, sample_chexpert
-from deepcovid.splitting import SplitError, check_no_leak, make_split
+from deepcovid.data.augment import AugmentError, augment_image, build_transform, check_augmented, copy_seed
+from deepcovid.data.metadata import CHEXPERT_CATEGORIES
+from deepcovid.data.negatives import chexpert_single_label, sample_chexpert
+from deepcovid.data.split import SplitError, check_no_leak, make_split
 
 
 def _chexpert_table(n_patients=300, seed=0):

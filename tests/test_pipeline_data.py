@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from deepcovid.splitting import check_no_leak
+from deepcovid.data.split import check_no_leak
 from localserver import github_style_zip, serve_directory
 from workspace import error_line, make_workspace, read, run_stage
 

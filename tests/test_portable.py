@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage, stats
 
 from deepcovid import portable as pm
-from deepcovid.augment import Augmentation, bilinear_sample
+from deepcovid.data.augment import Augmentation, bilinear_sample
 
 
 def _ulps(a, b):

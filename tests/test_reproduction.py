@@ -1,4 +1,4 @@
-"""deepcovid.reproduction and stages/check_reproduction.py: exact data outputs, toleranced metrics."""
+"""deepcovid.checks.reproduction and stages/check_reproduction.py: exact data outputs, toleranced metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from deepcovid.reproduction import compare_metrics, compare_outputs, flatten_numbers
+from deepcovid.checks.reproduction import compare_metrics, compare_outputs, flatten_numbers
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """Exact numbers of the negatives sampling and the patient-level split.
 
-What the code promises (deepcovid/splitting.py, deepcovid/negatives.py), checked to the image:
+What the code promises (deepcovid/data/split.py, deepcovid/data/negatives.py), checked to the image:
 
 - make_split: patients joined by a shared file (same source/relpath) or by identical content
   (same sha256) form one group with ALL their images; groups never cross parts.
@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepcovid.metadata import CHEXPERT_CATEGORIES
-from deepcovid.negatives import assign_pools_by_patient, sample_chexpert
-from deepcovid.splitting import check_no_leak, make_split
+from deepcovid.data.metadata import CHEXPERT_CATEGORIES
+from deepcovid.data.negatives import assign_pools_by_patient, sample_chexpert
+from deepcovid.data.split import check_no_leak, make_split
 from workspace import make_workspace, read, run_stage
 
 # ------------------------------------------------------------------------------ builders

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from deepcovid import synthetic as syn
-from deepcovid.io import sha256_file
+from deepcovid.synthetic import generate as syn
+from deepcovid.files import sha256_file
 
 SMALL_COHEN = dict(covid_patients=8, other_patients=8, images_per_patient=[1, 3], ct_rows=3,
                    size_range=[200, 320])

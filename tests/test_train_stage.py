@@ -101,9 +101,9 @@ def test_last_layer_stages_are_bitwise_reproducible(tiny_data, tmp_path):
 
 def _checkpoint_path(ws: Path) -> Path:
     """Where the train stage keeps its full-training checkpoint for this workspace (CPU)."""
-    from deepcovid.models import build_model
+    from deepcovid.model.architectures import build_model
     from deepcovid.params import load_params
-    from deepcovid.training import checkpoint_inputs, checkpoint_key
+    from deepcovid.model.training import checkpoint_inputs, checkpoint_key
 
     params = load_params(ws / "params.yaml")
     _, provenance = build_model(params["model"], params["weights"])

@@ -1,4 +1,4 @@
-"""Tests of deepcovid.training: cached-feature head training, best-epoch selection, the
+"""Tests of deepcovid.model.training: cached-feature head training, best-epoch selection, the
 shuffled-label control, exact resume after a SIGKILL, checkpoints read with
 weights_only=True (an unusable one is set aside), DDP on CPU, device resolution.
 
@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from deepcovid.features import extract_features
-from deepcovid.models import build_model, split_backbone_head
-from deepcovid.training import resolve_device, train_full, train_head
+from deepcovid.model.features import extract_features
+from deepcovid.model.architectures import build_model, split_backbone_head
+from deepcovid.model.training import resolve_device, train_full, train_head
 
 torch.set_num_threads(2)
 
@@ -345,7 +345,7 @@ def test_ddp_on_cpu_with_torchrun(png_data, tmp_path):
 @pytest.fixture
 def deterministic():
     """Deterministic algorithms, as the stages run (restored afterwards: the mode is global)."""
-    from deepcovid.training import enable_determinism
+    from deepcovid.model.training import enable_determinism
 
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     enable_determinism()
@@ -385,7 +385,7 @@ def test_resume_in_process_is_bitwise_identical(tmp_path, one_thread, determinis
     assert state["epoch"] == 2
     # plain contents: state_dicts of tensors, numbers, lists
     assert isinstance(state["history"], list) and isinstance(state["best_loss"], float)
-    with caplog.at_level(logging.INFO, logger="deepcovid.training"):
+    with caplog.at_level(logging.INFO, logger="deepcovid.model.training"):
         resumed = _tiny_run(ckpt, 4)
     assert f"resumed from {ckpt} at epoch 3" in caplog.text
     assert [h.epoch for h in resumed[1]] == [1, 2, 3, 4]
@@ -422,7 +422,7 @@ def test_unusable_checkpoint_is_set_aside_and_training_starts_over(kind, tmp_pat
     _tiny_run(ckpt, 2)
     BAD_CHECKPOINTS[kind](ckpt)
     bad = ckpt.read_bytes()
-    with caplog.at_level(logging.INFO, logger="deepcovid.training"):
+    with caplog.at_level(logging.INFO, logger="deepcovid.model.training"):
         result = _tiny_run(ckpt, 3)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "resumed" not in caplog.text
@@ -434,7 +434,7 @@ def test_unusable_checkpoint_is_set_aside_and_training_starts_over(kind, tmp_pat
 
     # the next run resumes from that one without complaint (and an older .corrupt is replaced later)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="deepcovid.training"):
+    with caplog.at_level(logging.INFO, logger="deepcovid.model.training"):
         again = _tiny_run(ckpt, 3)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
     assert f"resumed from {ckpt} at epoch 4" in caplog.text

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import math
 
-from .params import flatten
+from deepcovid.params import flatten
 
 __all__ = ["lock_outputs", "compare_outputs", "compare_metrics", "flatten_numbers"]
 

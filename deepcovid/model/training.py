@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepcovid.io import sha256_file
+from deepcovid.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def _file_digest(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
-CODE_FILES = ("training.py", "models.py", "data.py")  # the train stage's code dependencies in deepcovid/
+CODE_FILES = ("training.py", "architectures.py", "datasets.py")  # the train stage's code in deepcovid/model/
 
 
 def checkpoint_inputs(params: dict, provenance: dict, *, manifest: str | os.PathLike,

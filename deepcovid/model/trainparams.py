@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .models import ARCHITECTURES, ModelError
-from .params import ParamsError, get, require_choice, require_float, require_int
+from deepcovid.model.architectures import ARCHITECTURES, ModelError
+from deepcovid.params import ParamsError, get, require_choice, require_float, require_int
 
 MODES = ("last_layer", "full")
 

@@ -19,8 +19,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .filtering import is_covid, is_frontal, is_xray
-from .metadata import CHEXPERT_CATEGORIES
+from deepcovid.data.positives import is_covid, is_frontal, is_xray
+from deepcovid.data.metadata import CHEXPERT_CATEGORIES
 
 log = logging.getLogger(__name__)
 NORMAL = "No Finding"

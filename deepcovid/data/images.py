@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from . import portable
+from deepcovid import portable
 
 # Never accept silently truncated files.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

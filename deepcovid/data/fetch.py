@@ -92,7 +92,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from deepcovid import __version__
-from deepcovid.io import atomic_path, sha256_file
+from deepcovid.files import atomic_path, sha256_file
 
 try:  # progress bars are a nicety, never a requirement
     from tqdm import tqdm as _tqdm

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import portable
+from deepcovid import portable
 
 
 class AugmentError(RuntimeError):

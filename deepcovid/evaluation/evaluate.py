@@ -16,7 +16,7 @@ source, patient, category   no   carried along, not used
 =========  ========  ==================================================================
 
 The **operating point** is the highest threshold reaching ``target_sensitivity`` on the
-validation split (:func:`deepcovid.metrics.threshold_for_sensitivity`), then applied unchanged
+validation split (:func:`deepcovid.evaluation.statistics.threshold_for_sensitivity`), then applied unchanged
 to the test split. The paper chose its thresholds on the test set itself; that choice is
 reported separately and labelled ``paper_style`` (never mixed into the ``test`` numbers).
 A table holding only a test split (or a validation split with a single class) has no honest
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepcovid import metrics as M
+from deepcovid.evaluation import statistics as M
 from deepcovid.params import ParamsError, get
 
 log = logging.getLogger("evaluate")
@@ -279,7 +279,7 @@ def operating_summary(y, s, threshold: float, cfg: EvalConfig) -> dict:
 
 
 def threshold_rows(y, s, cfg: EvalConfig, name: str = "test") -> pd.DataFrame:
-    """:func:`deepcovid.metrics.threshold_table` plus the paper's interval bounds (unclipped, clipped)."""
+    """:func:`deepcovid.evaluation.statistics.threshold_table` plus the paper's interval bounds (unclipped, clipped)."""
     table = M.threshold_table(y, s, cfg.thresholds, method=cfg.ci_method, alpha=cfg.alpha)
     table.insert(0, "ci_method", cfg.ci_method)
     for rate in ("sensitivity", "specificity"):
@@ -528,19 +528,20 @@ def check_finite_frame(frame: pd.DataFrame, what: str) -> None:
 
 def write_outputs(result: EvalResult, paths: OutputPaths) -> None:
     """Write the metrics, plot data and figures (each file atomically; the figures folder as a whole)."""
-    from deepcovid import figures, io
+    from deepcovid.evaluation import figures
+    from deepcovid import files
 
     tables = {paths.thresholds: result.thresholds, paths.roc: result.roc, paths.pr: result.pr,
               paths.confusion: result.confusion, paths.scores: result.scores, paths.calibration: result.calibration}
     for path, frame in tables.items():
         check_finite_frame(frame, str(path))
-    with io.atomic_path(paths.figures) as tmp:
+    with files.atomic_path(paths.figures) as tmp:
         tmp.mkdir()
         figures.evaluation_figures(result, tmp)
     for path, frame in tables.items():
-        io.write_csv(path, frame)
-    io.write_json(paths.details, result.details)
-    io.write_json(paths.metrics, result.metrics)
+        files.write_csv(path, frame)
+    files.write_json(paths.details, result.details)
+    files.write_json(paths.metrics, result.metrics)
 
 
 # --------------------------------------------------------------------------- comparison of models

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metadata import MetadataError, read_csv_text
+from deepcovid.data.metadata import MetadataError, read_csv_text
 
 COVID_PATTERN = re.compile(r"covid[\s\-_]?19", re.IGNORECASE)
 DECISIONS = ("exclude", "include")

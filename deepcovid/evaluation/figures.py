@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from deepcovid.evaluation import CLASS_NAMES, GROUP_LABELS, group_order
+from deepcovid.evaluation.evaluate import CLASS_NAMES, GROUP_LABELS, group_order
 
 DPI = 110
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -138,7 +138,7 @@ def pr_curves(curves: Sequence[dict], path, prevalence: float | None = None,
 def reliability_diagram(table: pd.DataFrame, ece: float, path, title: str = "") -> Path:
     """Reliability diagram (fraction COVID-19 against mean predicted probability per bin) and bin counts.
 
-    ``table``: the non-empty bins of :func:`deepcovid.metrics.reliability_table`.
+    ``table``: the non-empty bins of :func:`deepcovid.evaluation.statistics.reliability_table`.
     """
     fig = _figure(5.5, 6.0)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -161,7 +161,7 @@ def reliability_diagram(table: pd.DataFrame, ece: float, path, title: str = "") 
 
 
 def evaluation_figures(result, out_dir) -> list[Path]:
-    """All figures of one evaluation (:class:`deepcovid.evaluation.EvalResult`) into ``out_dir``."""
+    """All figures of one evaluation (:class:`deepcovid.evaluation.evaluate.EvalResult`) into ``out_dir``."""
     out = Path(out_dir)
     t = result.details["test"]
     thr = t["threshold"]

@@ -80,8 +80,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from . import portable as pm
-from .io import atomic_path
+from deepcovid import portable as pm
+from deepcovid.files import atomic_path
 
 __all__ = [
     "COHEN_COLUMNS", "CHEXPERT_COLUMNS", "CHEXPERT_CATEGORIES", "FINDINGS", "GRID",

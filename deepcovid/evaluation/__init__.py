@@ -1,0 +1,1 @@
+"""Evaluation: statistics, the evaluate stage's metrics and plots, figures, model comparison."""

@@ -1,0 +1,1 @@
+"""Transfer learning: architectures and weights, image datasets, backbone features, training."""
