@@ -30,10 +30,10 @@ PY
 dvc repro
 cat metrics/train.json; echo
 if [ "${WRITE_BASELINE:-0}" = 1 ]; then   # record a new baseline (review and commit it)
-    python stages/check_regression.py --write-baseline --baseline "$repo/metrics/baseline/public.json"
+    deepcovid check-regression --write-baseline --baseline "$repo/metrics/baseline/public.json"
     rm -rf "$repo/reports/public" && mkdir -p "$repo/reports/public"    # the README's real-data results
     cp -r metrics/evaluate.json metrics/train.json metrics/thresholds.csv metrics/data.json plots/figures \
         "$repo/reports/public/"
 else
-    python stages/check_regression.py --baseline "$repo/metrics/baseline/public.json"
+    deepcovid check-regression --baseline "$repo/metrics/baseline/public.json"
 fi

@@ -41,7 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deepcovid.model.architectures import ARCHITECTURES, build_model, split_backbone_head  # noqa: E402
+from deepcovid.model.architectures import ARCHITECTURES, split_backbone_head  # noqa: E402
+from deepcovid.model.weights import build_model  # noqa: E402
 
 REFERENCE = "resnet18"
 

@@ -35,8 +35,9 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deepcovid.model.features import extract_features  # noqa: E402
-from deepcovid.model.architectures import ARCHITECTURES, build_model, split_backbone_head  # noqa: E402
+from deepcovid.model.architectures import ARCHITECTURES, split_backbone_head  # noqa: E402
 from deepcovid.model.training import train_head  # noqa: E402
+from deepcovid.model.weights import build_model  # noqa: E402
 
 PAPER_EPOCHS = 100
 

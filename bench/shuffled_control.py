@@ -23,9 +23,11 @@ from sklearn.metrics import roc_auc_score
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from deepcovid.model.datasets import load_table  # noqa: E402
-from deepcovid.model.architectures import build_model, split_backbone_head  # noqa: E402
+from deepcovid.model.architectures import split_backbone_head  # noqa: E402
 from deepcovid.params import load_params  # noqa: E402
-from deepcovid.model.training import seed_everything, train_head  # noqa: E402
+from deepcovid.model.environment import seed_everything  # noqa: E402
+from deepcovid.model.training import train_head  # noqa: E402
+from deepcovid.model.weights import build_model  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes (nothing half-written survives a crash) and hashing."""
+"""Small file helpers: atomic writes (nothing half-written survives a crash) and hashing
+(of one file, or the content of a folder: :func:`tree_digest`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+class TreeError(ValueError):
+    """A folder holds something its content digest cannot vouch for (a symlink, a device...)."""
 
 
 @contextlib.contextmanager
@@ -61,3 +67,52 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# The tree digest of a folder (recorded as fetch.<source>.tree_sha256 in params.yaml, so its
+# definition must never change):
+#     sha256("".join(sorted(f"{relpath}\0{sha256(file)}\n" for every regular file)))
+# relpath is the POSIX path relative to the folder (UTF-8); anything in a .git folder (or a
+# .git file, as in submodules) is ignored; symlinks and other non-regular files are refused.
+# GitHub's archives are not byte-stable, but an archive, a git checkout and a copy of one
+# commit give the same digest.
+
+
+def tree_digest(folder: str | os.PathLike) -> str:
+    """Content digest of ``folder``: SHA-256 over its sorted ``"<relpath>\\0<sha256>\\n"`` lines."""
+    h = hashlib.sha256()
+    for rel, digest in file_digests(folder).items():
+        h.update(f"{rel}\0{digest}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def file_digests(folder: str | os.PathLike) -> dict[str, str]:
+    """``{posix relpath: sha256}`` of each regular file below ``folder``, sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TreeError(f"{folder} is not a folder")
+    return dict(sorted((rel, sha256_file(full)) for rel, full in walk_files(folder)))
+
+
+def walk_files(folder: str | os.PathLike) -> Iterator[tuple[str, Path]]:
+    """Yield ``(posix relpath, path)`` of the regular files below ``folder``, skipping ``.git``.
+
+    Raises :class:`TreeError` on a symlink or any other non-regular file.
+    """
+    folder = Path(folder)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if d != ".git")
+        for d in dirnames:
+            full = Path(dirpath, d)
+            if full.is_symlink():
+                raise TreeError(f"{full} is a symlink; refusing it in a source tree")
+        for f in sorted(filenames):
+            if f == ".git":
+                continue
+            full = Path(dirpath, f)
+            mode = full.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise TreeError(f"{full} is a symlink; refusing it in a source tree")
+            if not stat.S_ISREG(mode):
+                raise TreeError(f"{full} is not a regular file; refusing it in a source tree")
+            yield full.relative_to(folder).as_posix(), full

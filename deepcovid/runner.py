@@ -1,4 +1,4 @@
-"""Shared plumbing for the stage scripts: logging and one-line errors."""
+"""Shared plumbing for the stage scripts and the ``deepcovid`` command: logging and one-line errors."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from typing import Callable
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, FileNotFoundError, OSError)
 
 
-def run(main: Callable[[], None], stage: str) -> None:
+def run(main: Callable[[], int | None], stage: str) -> None:
+    """Run ``main`` with ``stage: `` logging on stderr. Exits with the status ``main`` returns when it is
+    not 0 / None, with 2 after printing a user error in one line, with 130 when interrupted."""
     logging.basicConfig(level=logging.INFO, format=f"{stage}: %(message)s", stream=sys.stderr)
     try:
-        main()
+        status = main()
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; outputs of earlier runs are untouched", file=sys.stderr)
         sys.exit(130)
@@ -21,3 +23,5 @@ def run(main: Callable[[], None], stage: str) -> None:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"{stage}: error: {message}", file=sys.stderr)
         sys.exit(2)
+    if status:
+        sys.exit(status)

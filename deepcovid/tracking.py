@@ -1,4 +1,5 @@
-"""MLflow tracking: one run per execution of the train stage.
+"""MLflow tracking: one run per execution of the train stage, with its parameters, losses,
+metrics and model.
 
 Default store: ``sqlite:///<repository root>/mlflow.db`` as an absolute URI, so queued
 ``dvc exp run`` executions (which run in a temporary copy under ``.dvc/tmp/exps/``) log to
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+
+from deepcovid.params import flatten, get
 
 
 def repository_root(cwd: str | Path | None = None) -> Path:
@@ -56,3 +59,44 @@ def start_run(experiment: str, configured_uri: str = "", run_name: str | None = 
             "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", "")}
     return mlflow.start_run(run_name=run_name or os.environ.get("DVC_EXP_NAME") or None,
                             tags={k: v for k, v in tags.items() if v})
+
+
+def start_training_run(params: dict, device, provenance: dict, environment: dict):
+    """Start the train stage's run (params ``mlflow``) and log its parameters, device, weights
+    source and compute environment."""
+    import mlflow
+
+    from deepcovid.params import flatten, get
+
+    run = start_run(get(params, "mlflow.experiment"), get(params, "mlflow.tracking_uri", ""))
+    mlflow.log_params(flatten({"model": params["model"], "weights": params["weights"], "seed": int(params["seed"]),
+                               "dataset": params.get("dataset"), "train": params["train"]}))
+    mlflow.log_params({"device": str(device), "weights_source": provenance["weights_source"]})
+    mlflow.log_params(environment)
+    return run
+
+
+def log_epoch(entry) -> None:
+    """The losses of one epoch (a :class:`deepcovid.model.training.EpochLog`)."""
+    import mlflow
+
+    mlflow.log_metrics({"train_loss": entry.train_loss, "val_loss": entry.val_loss}, step=entry.epoch)
+
+
+def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plot, model_json, model) -> None:
+    """Log the numeric metrics (the environment is logged as parameters), the wall time, the
+    loss curve, model.json and the model itself; end the run."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and v is not None and k not in environment})
+    mlflow.log_metric("train_seconds", round(seconds, 1))
+    mlflow.log_artifact(str(plot))
+    mlflow.log_artifact(str(model_json))
+    # pickle format: the pt2 default traces the graph, which needs an input example and
+    # does not support every architecture here (efficientnet-lite's own modules)
+    mlflow.pytorch.log_model(model.cpu(), name="model", serialization_format="pickle",
+                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    mlflow.end_run()

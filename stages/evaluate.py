@@ -21,7 +21,9 @@ import logging
 from pathlib import Path
 
 from deepcovid import runner
-from deepcovid.evaluation.evaluate import EvalConfig, OutputPaths, evaluate, load_predictions, write_outputs
+from deepcovid.evaluation.evaluate import EvalConfig, evaluate
+from deepcovid.evaluation.predictions import load_predictions
+from deepcovid.evaluation.report import OutputPaths, write_outputs
 from deepcovid.params import load_params
 
 log = logging.getLogger("evaluate")

@@ -46,23 +46,25 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
-    from deepcovid.model import training
-    from deepcovid.model.datasets import ImageDataset, normalize_transform, train_transform
+    from deepcovid.model import environment, training
+    from deepcovid.model.architectures import preprocessing
+    from deepcovid.model.datasets import ImageDataset
     from deepcovid.model.features import state_digest
-    from deepcovid.model.architectures import build_model, preprocessing
+    from deepcovid.model.presets import eval_transform, train_transform
+    from deepcovid.model.weights import build_model
 
-    device = training.resolve_device("cpu")
-    distributed = training.init_distributed(device)
+    device = environment.resolve_device("cpu")
+    distributed = environment.init_distributed(device)
     rank = torch.distributed.get_rank() if distributed else 0
 
     saves = {"n": 0}
-    save_atomic = training._save_atomic
+    save_checkpoint = training.save_checkpoint
 
     def counting_save(obj, path):
         saves["n"] += 1
-        save_atomic(obj, path)
+        save_checkpoint(obj, path)
 
-    training._save_atomic = counting_save  # count checkpoint writes of this rank
+    training.save_checkpoint = counting_save  # count checkpoint writes of this rank
 
     sleep = float(os.environ.get("DEEPCOVID_TEST_EPOCH_SLEEP", "0"))
     calls = {"n": 0}
@@ -79,12 +81,13 @@ def main() -> None:
         paths = sorted((data / split).glob("*.png"))
         return [str(p) for p in paths], [int(p.name.split("_")[0]) for p in paths]
 
-    training.seed_everything(args.seed)
+    environment.seed_everything(args.seed)
     model, _ = build_model("resnet18", "none")
     prep = preprocessing("resnet18")
-    aug = {"hflip_p": 0.5, "rotation_degrees": 10, "translate": 0.05, "scale": [0.95, 1.05]}
+    aug = {"hflip_p": 0.5, "rotation_degrees": 10, "translate": 0.05, "scale": [0.95, 1.05], "shear_degrees": 5,
+           "elastic_alpha": 3.0, "elastic_grid": 5}
     train_set = ImageDataset(*files("train"), train_transform(prep, args.image_size, aug))
-    val_set = ImageDataset(*files("val"), normalize_transform(prep, args.image_size))
+    val_set = ImageDataset(*files("val"), eval_transform(prep, args.image_size))
 
     model, history, best_epoch = training.train_full(
         model, train_set, val_set, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

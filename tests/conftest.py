@@ -40,7 +40,9 @@ def repo_root() -> Path:
 def evaluate_to(root: Path, frame, cfg):
     """Run a predictions table through the evaluate stage's steps (load_predictions, evaluate,
     write_outputs) under ``root``; return (loaded frame, result, output paths)."""
-    from deepcovid.evaluation.evaluate import OutputPaths, evaluate, load_predictions, write_outputs
+    from deepcovid.evaluation.evaluate import evaluate
+    from deepcovid.evaluation.predictions import load_predictions
+    from deepcovid.evaluation.report import OutputPaths, write_outputs
 
     path = root / "predictions.csv"
     frame.to_csv(path, index=False)

@@ -1,6 +1,6 @@
 """Values of DeLong's AUC interval, the paired tests and the model comparison (compare_models).
 
-Every expected number is computed here from the definition, without :mod:`deepcovid.evaluation.statistics`:
+Every expected number is computed here from the definition, without the metric modules under test:
 DeLong's placement values by a double loop over all positive-negative pairs (1/2 for ties), the
 variances and covariances S10 / m + S01 / n, the two-sided p = 2 sf(|z|), Holm's adjustment by
 statsmodels and by hand. Each test names, in its docstring, the planted bugs it is meant to catch.
@@ -19,8 +19,10 @@ from scipy.stats import mannwhitneyu, norm
 from sklearn import metrics as skm
 from statsmodels.stats.multitest import multipletests
 
-from deepcovid.evaluation import statistics as M
-from deepcovid.evaluation.evaluate import EvalConfig, compare_models, comparison_markdown
+from deepcovid.evaluation import delong as D
+from deepcovid.evaluation import ranking as R
+from deepcovid.evaluation.compare import compare_models, comparison_markdown
+from deepcovid.evaluation.evaluate import EvalConfig
 from deepcovid.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,14 +115,14 @@ def test_delong_hand_worked_example():
     np.testing.assert_allclose(v01, [1 / 2, 1, 1, 1], atol=1e-15)
     aucs, cov = brute_delong(y, s)
     assert aucs[0] == pytest.approx(7 / 8, abs=1e-15) and cov[0, 0] == pytest.approx(1 / 48, abs=1e-15)
-    res = M.auc_delong(y, s)
+    res = D.auc_delong(y, s)
     assert res["auc"] == pytest.approx(7 / 8, abs=1e-15)
     assert res["variance"] == pytest.approx(1 / 48, abs=1e-15)
     assert res["std"] == pytest.approx(math.sqrt(1 / 48), abs=1e-15)
     assert res["low"] == pytest.approx(7 / 8 - Z95 * math.sqrt(1 / 48), abs=1e-12)  # 0.59210
     assert res["low"] == pytest.approx(0.59210, abs=1e-5)
     assert res["high"] == 1.0  # 7/8 + 0.2829 clipped
-    r90 = M.auc_delong(y, s, alpha=0.1)
+    r90 = D.auc_delong(y, s, alpha=0.1)
     assert r90["low"] == pytest.approx(7 / 8 - float(norm.ppf(0.95)) * math.sqrt(1 / 48), abs=1e-12)
     # Mann-Whitney: U of the positives = 10.5 of 12 pairs
     u = mannwhitneyu(s[y == 1], s[y == 0], alternative="two-sided").statistic
@@ -133,7 +135,7 @@ def test_auc_and_variance_match_definition(seed):
     y, s = _synthetic(n=90, seed=seed)
     m, n = int(y.sum()), int((1 - y).sum())
     aucs, cov = brute_delong(y, s)
-    res = M.auc_delong(y, s)
+    res = D.auc_delong(y, s)
     u = mannwhitneyu(s[y == 1], s[y == 0], alternative="two-sided").statistic
     assert res["auc"] == pytest.approx(u / (m * n), abs=1e-12) == pytest.approx(aucs[0], abs=1e-12)
     assert res["auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
@@ -153,7 +155,7 @@ def test_delong_paired_matches_definition(seed):
     b = np.round(np.clip(a + rng.normal(scale=0.25, size=a.size) - 0.1 * y, 0, 1), 2)
     for first, second in ((a, b), (b, a)):  # both orders: z > 0 and z < 0
         want = brute_paired(y, first, second)
-        res = M.delong_paired_test(y, first, second)
+        res = D.delong_paired_test(y, first, second)
         assert res["difference"] == pytest.approx(want["diff"], abs=1e-12)
         assert res["auc_a"] == pytest.approx(want["auc_a"], abs=1e-12)
         assert res["covariance"] == pytest.approx(want["cov"], abs=1e-12)
@@ -163,7 +165,7 @@ def test_delong_paired_matches_definition(seed):
         assert res["p_value"] == pytest.approx(2 * norm.sf(abs(res["z"])), rel=1e-12)
         # the data makes a one-sided p, or a variance without the covariance, visibly different
         assert 1e-8 < want["p"] < 0.9 and want["cov"] > 0.2 * want["var_no_cov"] / 2
-    assert M.delong_paired_test(y, a, b)["z"] == pytest.approx(-M.delong_paired_test(y, b, a)["z"], rel=1e-12)
+    assert D.delong_paired_test(y, a, b)["z"] == pytest.approx(-D.delong_paired_test(y, b, a)["z"], rel=1e-12)
 
 
 # --------------------------------------------------------------------------- paired bootstrap
@@ -181,19 +183,19 @@ def test_paired_bootstrap_p_value_two_sided():
     strong = np.clip(0.3 + 0.4 * y + rng.normal(scale=0.1, size=y.size), 0, 1)
     noise = rng.uniform(size=y.size)
     for b in (200, 301):
-        res = M.paired_bootstrap_auc(y, strong, noise, n_resamples=b, seed=7)
+        res = R.paired_bootstrap_auc(y, strong, noise, n_resamples=b, seed=7)
         assert res["low"] > 0
         assert res["p_value"] == pytest.approx(2 / (b + 1), abs=1e-15)
-        res = M.paired_bootstrap_auc(y, noise, strong, n_resamples=b, seed=7)
+        res = R.paired_bootstrap_auc(y, noise, strong, n_resamples=b, seed=7)
         assert res["p_value"] == pytest.approx(2 / (b + 1), abs=1e-15)
     shuffled = strong.copy()
     for cls in (0, 1):
         idx = np.flatnonzero(y == cls)
         shuffled[idx] = strong[rng.permutation(idx)]
     assert skm.roc_auc_score(y, shuffled) == skm.roc_auc_score(y, strong)
-    same = M.paired_bootstrap_auc(y, shuffled, strong, n_resamples=400, seed=7)
+    same = R.paired_bootstrap_auc(y, shuffled, strong, n_resamples=400, seed=7)
     assert same["difference"] == 0.0 and same["p_value"] > 0.75
-    assert M.paired_bootstrap_auc(y, strong, strong, n_resamples=50, seed=7)["p_value"] == 1.0
+    assert R.paired_bootstrap_auc(y, strong, strong, n_resamples=50, seed=7)["p_value"] == 1.0
 
 
 # --------------------------------------------------------------------------- compare_models: three models

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from deepcovid.files import sha256_file
-from deepcovid.model.training import tree_digest as folder_digest
+from deepcovid.files import tree_digest as folder_digest
 from workspace import TINY, make_workspace, run_stage
 
 DATA_STAGES = ["fetch", "filter", "negatives", "split", "preprocess", "augment"]

@@ -1,6 +1,7 @@
 """The evaluation: operating point, metrics file, plot files, figures, DVC plots, compare, regression check.
 
-No DVC pipeline runs here: the stage scripts run on small synthetic prediction tables.
+No DVC pipeline runs here: the evaluate stage script and the ``deepcovid`` command run on small
+synthetic prediction tables.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from deepcovid.evaluation import statistics as M
-from deepcovid.evaluation.evaluate import EvalConfig, OutputPaths, compare_models, evaluate, load_predictions, write_outputs
+from deepcovid.checks import regression
+from deepcovid.evaluation import compare
+from deepcovid.evaluation import delong as D
+from deepcovid.evaluation import proportions as P
+from deepcovid.evaluation import ranking as R
+from deepcovid.evaluation.compare import compare_models
+from deepcovid.evaluation.evaluate import EvalConfig, evaluate
+from deepcovid.evaluation.predictions import load_predictions
+from deepcovid.evaluation.report import OutputPaths, write_outputs
 from deepcovid.params import ParamsError, load_params
 from conftest import evaluate_to
 
@@ -82,9 +90,9 @@ def test_planted_operating_point(planted, repo_cfg):
     assert t["threshold"] == m["val"]["threshold"]  # chosen on val, applied unchanged to test
     assert (t["tp"], t["fn"], t["tn"], t["fp"]) == (95, 5, 180, 20)
     assert t["sensitivity"] == 0.95 and t["specificity"] == 0.90
-    assert (t["sensitivity_low"], t["sensitivity_high"]) == pytest.approx(M.proportion_ci(95, 100, "wilson"))
-    assert (t["specificity_low"], t["specificity_high"]) == pytest.approx(M.proportion_ci(180, 200, "wilson"))
-    r = M.paper_radius(0.95, 100)
+    assert (t["sensitivity_low"], t["sensitivity_high"]) == pytest.approx(P.proportion_ci(95, 100, "wilson"))
+    assert (t["specificity_low"], t["specificity_high"]) == pytest.approx(P.proportion_ci(180, 200, "wilson"))
+    r = P.paper_interval(95, 100).radius
     assert (t["paper_sensitivity_low"], t["paper_sensitivity_high"]) == pytest.approx((0.95 - r, 0.95 + r))
     assert t["paper_interval_outside_unit"] is False
     # the paper's choice on test: the 98th highest COVID-19 test score, reported apart
@@ -118,8 +126,9 @@ def test_thresholds_table_matches_metrics(planted, repo_cfg):
     assert table["threshold"].tolist() == list(repo_cfg.thresholds)
     y = planted_predictions().query("split == 'test'")
     for row in table.itertuples():
-        sens, spec = M.sensitivity_specificity(y["label"], y["score"], row.threshold)
-        assert (row.sensitivity, row.specificity) == pytest.approx((sens, spec))
+        c = P.confusion_at_threshold(y["label"], y["score"], row.threshold)
+        assert (row.tp, row.fn, row.tn, row.fp) == (c["tp"], c["fn"], c["tn"], c["fp"])
+        assert (row.sensitivity, row.specificity) == pytest.approx((c["tp"] / 100, c["tn"] / 200))
     assert {"paper_sensitivity_low", "paper_sensitivity_high", "paper_specificity_low_clipped",
             "paper_interval_outside_unit", "sensitivity_low", "specificity_high"} <= set(table.columns)
 
@@ -227,6 +236,16 @@ def test_evaluate_cli_outside_dvc(tmp_path):
     assert not (tmp_path / "metrics").exists()
 
 
+def _cli(args) -> int:
+    """Run ``deepcovid ARGS`` in-process (deepcovid.cli.main); returns its exit status."""
+    from deepcovid import cli
+
+    try:
+        return cli.main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
 def _main(script, args, monkeypatch) -> int:
     """Run a stage script in-process (as ``python stages/SCRIPT.py ARGS``); returns its exit status."""
     import runpy
@@ -287,7 +306,7 @@ def test_bootstrap_auc_interval(repo_cfg):
     a, b = evaluate(df, cfg).details, evaluate(df, cfg).details
     assert a["settings"]["auc_ci_method"] == "bootstrap" and a["settings"]["bootstrap_resamples"] == 200
     assert a["test"] == b["test"]  # seeded
-    ref = M.auc_bootstrap(df.query("split == 'test'")["label"], df.query("split == 'test'")["score"],
+    ref = R.auc_bootstrap(df.query("split == 'test'")["label"], df.query("split == 'test'")["score"],
                           n_resamples=200, seed=cfg.seed)
     assert (a["test"]["auc_low"], a["test"]["auc_high"]) == pytest.approx((ref["low"], ref["high"]))
 
@@ -311,7 +330,7 @@ def test_clopper_pearson_option(repo_cfg):
     cfg = dataclasses.replace(repo_cfg, ci_method="clopper-pearson")
     t = evaluate(planted_predictions(), cfg).metrics["test"]
     assert (t["sensitivity_low"], t["sensitivity_high"]) == pytest.approx(
-        M.proportion_ci(95, 100, "clopper-pearson"))
+        P.proportion_ci(95, 100, "clopper-pearson"))
 
 
 # --------------------------------------------------------------------------- regression check
@@ -321,34 +340,29 @@ def test_regression_check_script(tmp_path, planted):
     root, _ = planted
     current = root / "out" / "metrics" / "evaluate.json"
     baseline = tmp_path / "baseline" / "default.json"
-    script = REPO / "stages" / "check_regression.py"
+    script = "-m", "deepcovid", "check-regression"
     common = ["--params", REPO / "params.yaml", "--metrics", current, "--baseline", baseline]
-    _run([script, *common, "--write-baseline"], check_rc=0)
+    _run([*script, *common, "--write-baseline"], check_rc=0)
     assert json.loads(baseline.read_text()) == json.loads(current.read_text())
-    ok = _run([script, *common], check_rc=0)
+    ok = _run([*script, *common], check_rc=0)
     assert "test.auc" in ok.stdout and "FAIL" not in ok.stdout
     # plant a drop: the baseline AUC is 0.1 higher than the current one (tolerance 0.03)
     data = json.loads(baseline.read_text())
     data["test"]["auc"] = min(1.0, data["test"]["auc"] + 0.1)
     baseline.write_text(json.dumps(data))
-    bad = _run([script, *common], check_rc=1)
+    bad = _run([*script, *common], check_rc=1)
     row = next(line for line in bad.stdout.splitlines() if line.startswith("test.auc"))
     assert "FAIL" in row and "0.0300" in row
     for header in ("metric", "baseline", "current", "drop", "tolerance", "status"):
         assert header in bad.stdout
-
-
-def _script_module(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    usage = _run([*script, "--no-such-option"], check_rc=2)
+    assert "usage:" in usage.stderr
+    missing = _run([*script, "--params", REPO / "params.yaml", "--metrics", tmp_path / "none.json"], check_rc=2)
+    assert missing.stderr.strip().splitlines()[-1].startswith("check-regression: error:")
 
 
 def test_regression_rows_directions():
-    check = _script_module("check_regression")
+    check = regression
     cur = {"test": {"auc": 0.90, "ece": 0.10, "specificity": 0.80}}
     base = {"test": {"auc": 0.92, "ece": 0.02, "specificity": 0.90}}
     tol = {"test": {"auc": 0.03, "ece": 0.05, "specificity": 0.05}, "val.auc": 0.01}
@@ -377,7 +391,7 @@ def test_compare_paired_tests(repo_cfg):
     assert rows.loc["a2", "p_value"] == 1.0 and rows.loc["a2", "auc_diff"] == 0.0
     y, sb, sa = (a.query("split == 'test'")["label"], b.query("split == 'test'")["score"],
                  a.query("split == 'test'")["score"])
-    assert rows.loc["b", "p_value"] == pytest.approx(M.delong_paired_test(y, sb, sa)["p_value"])
+    assert rows.loc["b", "p_value"] == pytest.approx(D.delong_paired_test(y, sb, sa)["p_value"])
 
 
 def test_compare_rejects_different_test_images(repo_cfg):
@@ -387,14 +401,14 @@ def test_compare_rejects_different_test_images(repo_cfg):
         compare_models({"a": a, "b": b}, repo_cfg)
 
 
-def test_compare_script(tmp_path, monkeypatch, capsys):
+def test_compare_command(tmp_path, capsys):
     a, b = random_predictions(7), random_predictions(8)
     b["image_id"] = a["image_id"]
     a.to_csv(tmp_path / "a.csv", index=False)
     b.to_csv(tmp_path / "b.csv", index=False)
     out = tmp_path / "cmp"
-    rc = _main("compare", ["--run", f"resnet18={tmp_path / 'a.csv'}", "--run", f"squeezenet={tmp_path / 'b.csv'}",
-                           "--params", REPO / "params.yaml", "--out-dir", out], monkeypatch)
+    rc = _cli(["compare", "--run", f"resnet18={tmp_path / 'a.csv'}", "--run", f"squeezenet={tmp_path / 'b.csv'}",
+               "--params", REPO / "params.yaml", "--out-dir", out])
     assert rc == 0
     table = pd.read_csv(out / "table.csv").set_index("run")
     assert 0 < table.loc["squeezenet", "p_value"] <= 1 and pd.isna(table.loc["resnet18", "p_value"])
@@ -406,8 +420,8 @@ def test_compare_script(tmp_path, monkeypatch, capsys):
     json.loads((out / "compare.json").read_text(), parse_constant=_no_nan_constant)
     # different test images: a one-line error, exit status 2
     b.iloc[:-3].to_csv(tmp_path / "c.csv", index=False)
-    rc = _main("compare", ["--run", f"a={tmp_path / 'a.csv'}", "--run", f"c={tmp_path / 'c.csv'}",
-                           "--params", REPO / "params.yaml", "--out-dir", tmp_path / "cmp2"], monkeypatch)
+    rc = _cli(["compare", "--run", f"a={tmp_path / 'a.csv'}", "--run", f"c={tmp_path / 'c.csv'}",
+               "--params", REPO / "params.yaml", "--out-dir", tmp_path / "cmp2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("compare: error:") and "did not score the same test images" in err[-1]
 
@@ -475,8 +489,6 @@ def test_top_level_plot_fields_exist(planted):
 def test_compare_lists_dvc_experiments(monkeypatch):
     """--from-dvc-exps parses `dvc exp show --json` (DVC 3.67 layout), skipping queued runs and runs
     without predictions."""
-    compare = _script_module("compare")
-
     def rev(sha, name, model, out=True):
         outs = {"data/predictions.csv": {"hash": "ab" * 16, "size": 10}} if out else {}
         return {"rev": sha, "name": name, "error": None, "experiments": None,

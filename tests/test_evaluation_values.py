@@ -3,7 +3,7 @@
 The other evaluation tests check column names and finiteness; these check the NUMBERS: each
 value the evaluate stage computes or writes (metrics/evaluate.json, metrics/thresholds.csv,
 plots/{roc,pr,scores,calibration,confusion}.csv) is recomputed here from its definition, by
-hand or with scikit-learn / statsmodels / numpy, never with :mod:`deepcovid.evaluation.statistics`.
+hand or with scikit-learn / statsmodels / numpy, never with the metric modules under test.
 
 Each test names, in its docstring, the planted bugs it is meant to catch.
 """
@@ -23,8 +23,10 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 from statsmodels.stats.proportion import proportion_confint
 
-from deepcovid.evaluation import statistics as M
-from deepcovid.evaluation.evaluate import EvalConfig, calibration_frame, evaluate, score_histogram, threshold_rows
+from deepcovid.evaluation import calibration as C
+from deepcovid.evaluation import proportions as P
+from deepcovid.evaluation.evaluate import EvalConfig, evaluate, threshold_rows
+from deepcovid.evaluation.plot_data import calibration_frame, score_histogram
 from conftest import evaluate_to
 
 REPO = Path(__file__).resolve().parents[1]
@@ -308,12 +310,12 @@ def test_threshold_table_alpha(cfg, alpha):
     tied = sorted(set(s[y == 1]) & set(s[y == 0]))  # scores held by both classes: ">=" counts both
     assert len(tied) == 3
     thresholds = [0.1, 0.3, 0.5, 0.7, 0.9, *tied]
-    _check_threshold_table(M.threshold_table(y, s, thresholds, method="wilson", alpha=alpha), y, s, thresholds, alpha)
+    _check_threshold_table(P.threshold_table(y, s, thresholds, method="wilson", alpha=alpha), y, s, thresholds, alpha)
     c = dataclasses.replace(cfg, alpha=alpha, thresholds=tuple(thresholds))
     rows = threshold_rows(y, s, c)
     _check_threshold_table(rows, y, s, thresholds, alpha)
     # narrower than the 95% intervals: the alpha really changed something
-    wide = M.threshold_table(y, s, thresholds, alpha=0.05)
+    wide = P.threshold_table(y, s, thresholds, alpha=0.05)
     width = rows["sensitivity_high"] - rows["sensitivity_low"]
     assert (width < wide["sensitivity_high"] - wide["sensitivity_low"]).all()
 
@@ -418,11 +420,11 @@ def test_reliability_bins_by_hand():
     """
     y = np.array([0, 1, 1, 0, 1])
     p = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-    table = M.reliability_table(y, p, n_bins=4)
+    table = C.reliability_table(y, p, n_bins=4)
     assert table["count"].tolist() == [1, 1, 1, 2]
     np.testing.assert_allclose(table["mean_predicted"], [0.0, 0.25, 0.5, 0.875], atol=1e-15)
     np.testing.assert_allclose(table["fraction_positive"], [0.0, 1.0, 1.0, 0.5], atol=1e-15)
-    assert M.expected_calibration_error(y, p, n_bins=4) == pytest.approx((0 + 0.75 + 0.5 + 2 * 0.375) / 5, abs=1e-15)
+    assert C.expected_calibration_error(y, p, n_bins=4) == pytest.approx((0 + 0.75 + 0.5 + 2 * 0.375) / 5, abs=1e-15)
     # 8 bins: only 5 hold a score; calibration.csv lists those 5
     cal = calibration_frame(y, p, 8)
     np.testing.assert_allclose(cal["bin_low"], [0.0, 0.25, 0.5, 0.75, 0.875], atol=1e-15)
@@ -457,7 +459,7 @@ def test_confusion_at_threshold_with_ties_vs_sklearn():
     """Bug: confusion counts (``>`` for ``>=``, cells swapped): scores tied with the threshold on both classes."""
     y = np.array([1, 1, 1, 0, 0, 0, 0, 1, 0])
     s = np.array([0.9, 0.5, 0.2, 0.5, 0.1, 0.7, 0.3, 0.5, 0.49])
-    c = M.confusion_at_threshold(y, s, 0.5)
+    c = P.confusion_at_threshold(y, s, 0.5)
     tn, fp, fn, tp = skm.confusion_matrix(y, (s >= 0.5).astype(int), labels=[0, 1]).ravel()
     assert (c["tp"], c["fn"], c["tn"], c["fp"]) == (tp, fn, tn, fp) == (3, 1, 3, 2)
 
@@ -475,32 +477,40 @@ def test_ece_hand_worked_unequal_bins():
     """
     y = np.array([1, 0, 1, 0, 0, 1, 1])
     p = np.array([0.2, 0.4, 0.5, 0.5, 0.6, 0.7, 0.9])
-    table = M.reliability_table(y, p, n_bins=3)
+    table = C.reliability_table(y, p, n_bins=3)
     assert table["count"].tolist() == [1, 4, 2]
     np.testing.assert_allclose(table["mean_predicted"], [0.2, 0.5, 0.8], atol=1e-15)
     np.testing.assert_allclose(table["fraction_positive"], [1.0, 0.25, 1.0], atol=1e-15)
-    assert M.expected_calibration_error(y, p, n_bins=3) == pytest.approx(2.2 / 7, abs=1e-15)
+    assert C.expected_calibration_error(y, p, n_bins=3) == pytest.approx(2.2 / 7, abs=1e-15)
     assert abs(2.2 / 7 - 1.25 / 3) > 0.1
     assert hand_ece(y, p, 3) == pytest.approx(2.2 / 7, abs=1e-15)
     # more bins, some of them empty: empty bins contribute nothing
-    assert M.expected_calibration_error(y, p, n_bins=6) == pytest.approx(hand_ece(y, p, 6), abs=1e-15)
+    assert C.expected_calibration_error(y, p, n_bins=6) == pytest.approx(hand_ece(y, p, 6), abs=1e-15)
 
 
 def test_paper_radius_by_hand():
-    """Bug: the paper's Eq. 3 radius z * sqrt(p (1 - p) / N) wrong. p = 0.98, N = 100: 1.96 * 0.014 = 0.02744."""
-    assert M.paper_radius(0.98, 100, z=1.96) == pytest.approx(0.02744, abs=1e-12)
-    assert M.paper_radius(0.98, 100) == pytest.approx(1.959963984540054 * 0.014, abs=1e-12)
-    assert M.paper_radius(0.5, 25, z=1.96) == pytest.approx(1.96 * 0.1, abs=1e-12)
-    assert M.paper_radius(0.9, 400, z=2.0) == pytest.approx(2.0 * 0.015, abs=1e-12)
-    low, high = M.proportion_ci(98, 100, method="paper")
+    """Bug: the paper's Eq. 3 radius z * sqrt(p (1 - p) / N) wrong. p = 0.98, N = 100: 1.96 * 0.014 = 0.02744
+    (z = norm.ppf(0.975) = 1.95996 here: 0.02744 to 4 decimals)."""
+    assert round(P.paper_interval(98, 100).radius, 4) == round(1.96 * 0.014, 4) == 0.0274
+    assert P.paper_interval(98, 100).radius == pytest.approx(1.959963984540054 * 0.014, abs=1e-12)
+    assert P.paper_interval(98, 100, alpha=0.1).radius == pytest.approx(float(norm.ppf(0.95)) * 0.014, abs=1e-12)
+    assert P.paper_interval(12, 24).radius == pytest.approx(Z95 * 0.5 / math.sqrt(24), abs=1e-12)
+    iv = P.paper_interval(360, 400)
+    assert (iv.p, iv.radius) == pytest.approx((0.9, Z95 * 0.015), abs=1e-12)
+    assert (iv.low, iv.high) == pytest.approx((0.9 - Z95 * 0.015, 0.9 + Z95 * 0.015), abs=1e-12)
+    assert not iv.outside_unit and (iv.low_clipped, iv.high_clipped) == (iv.low, iv.high)
+    edge = P.paper_interval(1, 50)  # 0.02 - 0.0388 < 0: reported unclipped, flagged, clipped apart
+    assert edge.low < 0.0 and edge.outside_unit and edge.low_clipped == 0.0
+    assert P.paper_interval(50, 50).radius == 0.0 and not P.paper_interval(50, 50).outside_unit
+    low, high = P.proportion_ci(98, 100, method="paper")
     assert (low, high) == pytest.approx((0.98 - 1.959963984540054 * 0.014, 0.98 + 1.959963984540054 * 0.014),
                                         abs=1e-12)
-    low90, _ = M.proportion_ci(98, 100, method="paper", alpha=0.1)
+    low90, _ = P.proportion_ci(98, 100, method="paper", alpha=0.1)
     assert low90 == pytest.approx(0.98 - float(norm.ppf(0.95)) * 0.014, abs=1e-12)
     # in the threshold table: 98 of 100 positives at or above 0.5
     y = np.r_[np.ones(100, int), np.zeros(4, int)]
     s = np.r_[np.full(98, 0.9), [0.2, 0.3], [0.1, 0.6, 0.2, 0.3]]
-    row = M.threshold_table(y, s, [0.5]).iloc[0]
+    row = P.threshold_table(y, s, [0.5]).iloc[0]
     assert row.paper_sensitivity_radius == pytest.approx(Z95 * 0.014, abs=1e-12)
     assert row.paper_specificity_radius == pytest.approx(Z95 * math.sqrt(0.75 * 0.25 / 4), abs=1e-12)
 
@@ -513,22 +523,22 @@ def test_sensitivity_specificity_by_hand():
     """
     y = np.r_[np.ones(5, int), np.zeros(6, int)]
     s = np.array([0.95, 0.8, 0.6, 0.6, 0.3, 0.7, 0.6, 0.4, 0.2, 0.1, 0.05])
-    sens, spec = M.sensitivity_specificity(y, s, 0.6)
-    assert sens == pytest.approx(0.8, abs=1e-15) and spec == pytest.approx(4 / 6, abs=1e-15)
-    assert M.sensitivity_specificity(y, s, 0.65) == pytest.approx((0.4, 5 / 6), abs=1e-15)
-    summ = M.summarize(y, s, 0.6)
+    summ = P.summarize(y, s, 0.6)
+    assert summ["sensitivity"] == pytest.approx(0.8, abs=1e-15) and summ["specificity"] == pytest.approx(4 / 6, abs=1e-15)
+    higher = P.summarize(y, s, 0.65)
+    assert (higher["sensitivity"], higher["specificity"]) == pytest.approx((0.4, 5 / 6), abs=1e-15)
     assert (summ["tp"], summ["fn"], summ["tn"], summ["fp"]) == (4, 1, 4, 2)
     assert (summ["sensitivity_low"], summ["sensitivity_high"]) == pytest.approx(
         proportion_confint(4, 5, alpha=0.05, method="wilson"), abs=1e-12)
     assert (summ["specificity_low"], summ["specificity_high"]) == pytest.approx(
         proportion_confint(4, 6, alpha=0.05, method="wilson"), abs=1e-12)
     # the highest threshold with sensitivity >= 0.8 is the 4th highest positive score, 0.6
-    assert M.threshold_for_sensitivity(y, s, 0.8) == 0.6 == hand_threshold(y, s, 0.8)
-    assert M.threshold_for_sensitivity(y, s, 0.81) == 0.3 == hand_threshold(y, s, 0.81)
+    assert P.threshold_for_sensitivity(y, s, 0.8) == 0.6 == hand_threshold(y, s, 0.8)
+    assert P.threshold_for_sensitivity(y, s, 0.81) == 0.3 == hand_threshold(y, s, 0.81)
 
 
 def test_reliability_decimal_edges_go_to_upper_bin():
     scores = [0.3, 0.6, 0.7]
     hist = score_histogram(scores, ["covid"] * 3, 10)["covid"].tolist()
     assert hist == [0, 0, 0, 1, 0, 0, 1, 1, 0, 0]
-    assert M.reliability_table([0, 1, 0], scores, n_bins=10)["count"].tolist() == hist
+    assert C.reliability_table([0, 1, 0], scores, n_bins=10)["count"].tolist() == hist

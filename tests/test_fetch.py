@@ -1,4 +1,5 @@
-"""Tests of deepcovid.data.fetch: downloads, retries, safe extraction, tree digests, git and local_dir.
+"""Tests of fetching sources (deepcovid.data.fetch, .download, .archive; files.tree_digest): downloads,
+retries, safe extraction, tree digests, git and local_dir.
 
 No test reaches the network: downloads come from a scripted HTTP server on 127.0.0.1
 (port 0) and git sources are repositories created in a temporary folder.
@@ -7,30 +8,25 @@ No test reaches the network: downloads come from a scripted HTTP server on 127.0
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import shutil
 import socket
 import stat
 import subprocess
-import threading
-import time
 import warnings
 import zipfile
 from pathlib import Path
 
 import pytest
+from localserver import ScriptedServer
 
 import deepcovid.data.fetch as fetch_mod
-from deepcovid.data.fetch import (
-    FetchError,
-    download,
-    fetch_source,
-    file_digests,
-    safe_extract_zip,
-    tree_digest,
-)
+from deepcovid.data.archive import safe_extract_zip
+from deepcovid.data.download import download
+from deepcovid.data.errors import FetchError
+from deepcovid.data.fetch import fetch_source
+from deepcovid.files import TreeError, file_digests, tree_digest
 
 COMMIT = "ad999d56bdc8fde4a75367dc00323fa2e9d49f73"
 TOP = f"covid-chestxray-dataset-{COMMIT}/"
@@ -50,67 +46,9 @@ def _no_proxy_no_user_git(monkeypatch):
 # ----------------------------------------------------------------------------- HTTP server
 
 
-class Server:
-    """HTTP server on 127.0.0.1 answering from a script.
-
-    ``script`` is a list of responses used in turn (the last one repeats), each one of
-    ``("file", path)``, ``("bytes", data)``, ``(status_code,)``, ``("sleep", seconds, data)``
-    or ``("truncate", data)`` (announces more bytes than it sends).
-    """
-
-    def __init__(self) -> None:
-        self.script: list[tuple] = [(404,)]
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                i = len(server.requests)
-                server.requests.append(self.path)
-                action = server.script[min(i, len(server.script) - 1)]
-                kind = action[0]
-                if isinstance(kind, int):
-                    self.send_error(kind)
-                    return
-                if kind == "file":
-                    data = Path(action[1]).read_bytes()
-                elif kind == "sleep":
-                    time.sleep(action[1])
-                    data = action[2]
-                else:
-                    data = action[1]
-                self.send_response(200)
-                self.send_header("Content-Type", "application/zip")
-                length = len(data) + (100 if kind == "truncate" else 0)
-                self.send_header("Content-Length", str(length))
-                self.end_headers()
-                try:
-                    for start in range(0, len(data), MiB):
-                        self.wfile.write(data[start : start + MiB])
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-                if kind == "truncate":
-                    self.close_connection = True
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str = "/archive.zip") -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def server():
-    srv = Server()
+    srv = ScriptedServer()
     yield srv
     srv.close()
 
@@ -227,8 +165,12 @@ def test_tree_digest_definition_and_git_ignored(tmp_path):
 def test_file_digests_refuses_symlinks(tmp_path):
     root = small_tree(tmp_path / "t")
     (root / "link").symlink_to(root / "metadata.csv")
-    with pytest.raises(FetchError, match="symlink"):
+    with pytest.raises(TreeError, match="symlink"):
         file_digests(root)
+    with pytest.raises(FetchError, match="symlink") as exc:  # fetch reports it as its own error
+        fetch_source("cohen", {"local_dir": str(root)}, tmp_path / "d", log=lambda m: None)
+    assert str(root / "link") in one_line(exc)
+    assert not (tmp_path / "d").exists()
 
 
 # ----------------------------------------------------------------------------- real data
@@ -296,6 +238,17 @@ def test_retry_on_429_timeout_and_truncated_body(server, tmp_path):
     out = download(server.url(), tmp_path / "a.zip", retries=4, backoff=0, timeout=0.3, name="cohen")
     assert out.read_bytes() == b"complete"
     assert len(server.requests) == 4
+
+
+@pytest.mark.parametrize("retries, ok", [(4, True), (3, False)])
+def test_broken_bodies_and_server_errors_share_one_budget(server, tmp_path, retries, ok):
+    server.script = [(500,), ("truncate", b"short"), (503,), ("bytes", b"complete")]
+    if ok:
+        assert download(server.url(), tmp_path / "a.zip", retries=retries, backoff=0).read_bytes() == b"complete"
+    else:
+        with pytest.raises(FetchError, match=r"after 3 attempts \(HTTP 503"):
+            download(server.url(), tmp_path / "a.zip", retries=retries, backoff=0, name="cohen")
+    assert len(server.requests) == retries
 
 
 @pytest.mark.parametrize("code", [404, 403])

@@ -25,15 +25,15 @@ import torch
 import torchvision
 from torch import nn
 
-import deepcovid.model.architectures as models
+import deepcovid.model.weights as weights_mod
 from deepcovid.model.architectures import (
     ARCHITECTURES,
     ModelError,
-    build_model,
     freeze_backbone,
     preprocessing,
     split_backbone_head,
 )
+from deepcovid.model.weights import build_model
 from localserver import serve_directory
 
 torch.set_num_threads(2)
@@ -402,7 +402,7 @@ def test_imagenet_download_fails_fast(torch_home, resnet18_url, monkeypatch, tmp
     answers, a closed port and a missing file all end in the one-line message within
     DOWNLOAD_TIMEOUT_S; torch.hub's own download waits ~2 min on the first (the kernel's
     SYN retries) and forever on the second."""
-    monkeypatch.setattr(models, "DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(weights_mod, "DOWNLOAD_TIMEOUT_S", 0.5)
     name = _resnet18_url_file()
     with contextlib.ExitStack() as stack:
         if server == "404":

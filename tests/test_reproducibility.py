@@ -1,7 +1,7 @@
 """Same results on any machine: the full-training checkpoint key, and bitwise determinism of
 the last-layer path (backbone features + head training + scores).
 
-- The checkpoint key (deepcovid.model.training.checkpoint_inputs / checkpoint_key) changes with
+- The checkpoint key (deepcovid.model.checkpoints.checkpoint_inputs / checkpoint_key) changes with
   every input that changes the result, and only with those (not with the folder's location).
 - The last-layer path run twice (same seed, same thread count) is bitwise identical, in one
   process and in two; with the CPU kernels capped (ONEDNN_MAX_CPU_ISA=AVX2,
@@ -33,13 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # when run as a script
     sys.path.insert(0, str(REPO))
 
-from deepcovid.model.training import checkpoint_inputs, checkpoint_key, tree_digest  # noqa: E402
+from deepcovid.files import tree_digest  # noqa: E402
+from deepcovid.model.checkpoints import checkpoint_inputs, checkpoint_key  # noqa: E402
 
 
 @pytest.fixture
 def deterministic():
     """torch's deterministic-algorithms mode for one test (restored afterwards: it is global)."""
-    from deepcovid.model.training import enable_determinism
+    from deepcovid.model.environment import enable_determinism
 
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     threads = torch.get_num_threads()
@@ -50,7 +51,7 @@ def deterministic():
 
 
 def test_determinism_modes_and_the_environment_record(deterministic, monkeypatch):
-    from deepcovid.model.training import DETERMINISM_ENV, compute_environment, enable_determinism
+    from deepcovid.model.environment import DETERMINISM_ENV, compute_environment, enable_determinism
 
     monkeypatch.delenv(DETERMINISM_ENV, raising=False)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
@@ -171,7 +172,6 @@ def test_checkpoint_key_is_stable_and_location_independent(data_ws, tmp_path):
     assert _key(data_ws, reordered) == key
     # the digest of a folder covers every file under it, by relative path
     assert tree_digest(data_ws / "data/preprocessed") == tree_digest(moved / "data/preprocessed")
-    assert tree_digest(data_ws / "missing") is None
 
 
 @pytest.mark.parametrize("change", list(FILE_CHANGES))
@@ -198,7 +198,7 @@ def test_checkpoint_key_changes_with_device_and_process_count(data_ws):
 
 def test_checkpoint_key_changes_with_the_weights_file(data_ws, tmp_path):
     """Same path, other weights: the sha256 that build_model reports changes the key."""
-    from deepcovid.model.architectures import build_model
+    from deepcovid.model.weights import build_model
 
     params = _params()
     path = tmp_path / "weights.pt"
@@ -224,8 +224,10 @@ def last_layer_run(threads: int = 1, seed: int = 11) -> dict[str, np.ndarray]:
     from torch.utils.data import TensorDataset
 
     from deepcovid.model.features import extract_features
-    from deepcovid.model.architectures import build_model, split_backbone_head
-    from deepcovid.model.training import seed_everything, train_head
+    from deepcovid.model.architectures import split_backbone_head
+    from deepcovid.model.environment import seed_everything
+    from deepcovid.model.training import train_head
+    from deepcovid.model.weights import build_model
 
     torch.set_num_threads(threads)
     seed_everything(seed)  # and deterministic algorithms
@@ -317,7 +319,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    from deepcovid.model.training import compute_environment
+    from deepcovid.model.environment import compute_environment
 
     result = last_layer_run(threads=args.threads)
     np.savez(args.out, environment=np.array(json.dumps(compute_environment())), **result)

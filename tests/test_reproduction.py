@@ -1,4 +1,4 @@
-"""deepcovid.checks.reproduction and stages/check_reproduction.py: exact data outputs, toleranced metrics."""
+"""deepcovid.checks.reproduction and `deepcovid check-reproduction`: exact data outputs, toleranced metrics."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_compare_metrics_tolerances_and_coverage():
     assert flatten_numbers({"a": {"b": 1, "c": "x", "d": False}}) == {"a.b": 1.0}
 
 
-def test_check_reproduction_script(tmp_path):
+def test_check_reproduction_command(tmp_path):
     committed = tmp_path / "committed"
     current = tmp_path / "metrics"
     committed.mkdir(), current.mkdir()
@@ -59,7 +59,7 @@ def test_check_reproduction_script(tmp_path):
     (tmp_path / "b.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages}, train="2")))
 
     def run(lock="b.lock"):
-        return subprocess.run([sys.executable, str(REPO / "stages/check_reproduction.py"), "--committed-lock",
+        return subprocess.run([sys.executable, "-m", "deepcovid", "check-reproduction", "--committed-lock",
                                "a.lock", "--lock", lock, "--committed-metrics", "committed"],
                               cwd=tmp_path, capture_output=True, text=True)
 
@@ -74,3 +74,7 @@ def test_check_reproduction_script(tmp_path):
     assert bad.returncode == 1 and f"{stages[-1]}: data/{stages[-1]} differs" in bad.stdout
     missing = run("nope.lock")
     assert missing.returncode == 2 and "nope.lock: dvc.lock not found" in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith("check-reproduction: error:")
+    usage = subprocess.run([sys.executable, "-m", "deepcovid", "check-reproduction"], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "--committed-lock" in usage.stderr

@@ -101,15 +101,15 @@ def test_last_layer_stages_are_bitwise_reproducible(tiny_data, tmp_path):
 
 def _checkpoint_path(ws: Path) -> Path:
     """Where the train stage keeps its full-training checkpoint for this workspace (CPU)."""
-    from deepcovid.model.architectures import build_model
+    from deepcovid.model.checkpoints import checkpoint_inputs, checkpoint_key
+    from deepcovid.model.weights import build_model
     from deepcovid.params import load_params
-    from deepcovid.model.training import checkpoint_inputs, checkpoint_key
 
     params = load_params(ws / "params.yaml")
     _, provenance = build_model(params["model"], params["weights"])
     inputs = checkpoint_inputs(params, provenance, manifest=ws / "data/manifest.csv",
                                preprocessed=ws / "data/preprocessed", augmented=ws / "data/augmented",
-                               device="cpu", code_files=[REPO / "stages/train.py"])
+                               device="cpu")
     return ws / params["train"]["checkpoint_dir"] / f"{params['model']}-{checkpoint_key(inputs)[:16]}.pt"
 
 

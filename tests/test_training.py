@@ -26,8 +26,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from deepcovid.model.features import extract_features
-from deepcovid.model.architectures import build_model, split_backbone_head
-from deepcovid.model.training import resolve_device, train_full, train_head
+from deepcovid.model.architectures import split_backbone_head
+from deepcovid.model.environment import resolve_device
+from deepcovid.model.training import train_full, train_head
+from deepcovid.model.weights import build_model
 
 torch.set_num_threads(2)
 
@@ -345,7 +347,7 @@ def test_ddp_on_cpu_with_torchrun(png_data, tmp_path):
 @pytest.fixture
 def deterministic():
     """Deterministic algorithms, as the stages run (restored afterwards: the mode is global)."""
-    from deepcovid.model.training import enable_determinism
+    from deepcovid.model.environment import enable_determinism
 
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     enable_determinism()
@@ -385,7 +387,7 @@ def test_resume_in_process_is_bitwise_identical(tmp_path, one_thread, determinis
     assert state["epoch"] == 2
     # plain contents: state_dicts of tensors, numbers, lists
     assert isinstance(state["history"], list) and isinstance(state["best_loss"], float)
-    with caplog.at_level(logging.INFO, logger="deepcovid.model.training"):
+    with caplog.at_level(logging.INFO, logger="deepcovid.model"):
         resumed = _tiny_run(ckpt, 4)
     assert f"resumed from {ckpt} at epoch 3" in caplog.text
     assert [h.epoch for h in resumed[1]] == [1, 2, 3, 4]
@@ -422,7 +424,7 @@ def test_unusable_checkpoint_is_set_aside_and_training_starts_over(kind, tmp_pat
     _tiny_run(ckpt, 2)
     BAD_CHECKPOINTS[kind](ckpt)
     bad = ckpt.read_bytes()
-    with caplog.at_level(logging.INFO, logger="deepcovid.model.training"):
+    with caplog.at_level(logging.INFO, logger="deepcovid.model"):
         result = _tiny_run(ckpt, 3)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "resumed" not in caplog.text
@@ -434,7 +436,7 @@ def test_unusable_checkpoint_is_set_aside_and_training_starts_over(kind, tmp_pat
 
     # the next run resumes from that one without complaint (and an older .corrupt is replaced later)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="deepcovid.model.training"):
+    with caplog.at_level(logging.INFO, logger="deepcovid.model"):
         again = _tiny_run(ckpt, 3)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
     assert f"resumed from {ckpt} at epoch 4" in caplog.text

@@ -1,5 +1,5 @@
-"""Did a rebuild reproduce the committed results? Exact for the data stages, within a
-measured tolerance for the model stages.
+"""Did a rebuild reproduce the committed results (``deepcovid check-reproduction``)? Exact for the
+data stages, within a measured tolerance for the model stages.
 
 The data stages (fetch ... augment) use only exactly rounded or integer arithmetic for every
 byte they write (:mod:`deepcovid.portable`), so their outputs must hash the same on any CPU:
@@ -14,11 +14,15 @@ machines their metrics must agree within the tolerances of ``params.yaml`` (sect
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
+from pathlib import Path
 
-from deepcovid.params import flatten
+import yaml
 
-__all__ = ["lock_outputs", "compare_outputs", "compare_metrics", "flatten_numbers"]
+from deepcovid.params import ParamsError, flatten, get
+
+METRIC_FILES = ("evaluate.json", "train.json")
 
 
 def lock_outputs(lock: dict) -> dict[str, dict[str, str]]:
@@ -86,3 +90,52 @@ def compare_metrics(committed: dict, current: dict, tolerances: dict[str, float 
             row["status"] = "ok" if diff <= float(tol) + 1e-12 else "FAIL"
         rows.append(row)
     return rows
+
+
+def _load(path: Path, kind: str):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {kind} not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not a valid {kind} ({type(exc).__name__})") from None
+
+
+def check_reproduction(params: dict, committed_lock: str | Path, lock: str | Path, committed_metrics: str | Path,
+                       metrics: str | Path) -> int:
+    """Print what was compared; 0 when the data stages' outputs and the model metrics agree, 1 otherwise.
+
+    ``params``: ``reproduction.exact_stages`` and ``reproduction.tolerances``; the metrics folders
+    hold :data:`METRIC_FILES`.
+    """
+    stages = get(params, "reproduction.exact_stages")
+    tolerances = get(params, "reproduction.tolerances")
+    if not isinstance(stages, list) or not stages:
+        raise ParamsError("parameter reproduction.exact_stages must be a non-empty list of stage names")
+    if not isinstance(tolerances, dict) or not tolerances:
+        raise ParamsError("parameter reproduction.tolerances must map metric patterns to tolerances")
+
+    problems = compare_outputs(_load(Path(committed_lock), "dvc.lock"), _load(Path(lock), "dvc.lock"), stages)
+    print(f"data stages ({', '.join(stages)}): outputs {'DIFFER' if problems else 'identical to the committed dvc.lock'}")
+    for line in problems:
+        print(f"  {line}")
+    failed = bool(problems)
+
+    for name in METRIC_FILES:
+        rows = compare_metrics(_load(Path(committed_metrics) / name, "metrics file"),
+                               _load(Path(metrics) / name, "metrics file"), tolerances)
+        bad = [r for r in rows if r["status"] != "ok"]
+        worst = max((r["difference"] / r["tolerance"] for r in rows
+                     if r["difference"] is not None and r["tolerance"]), default=0.0)
+        print(f"metrics/{name}: {len(rows) - len(bad)}/{len(rows)} within tolerance "
+              f"(largest difference {worst:.2f} of its tolerance)")
+        for r in bad:
+            print(f"  {r['metric']}: committed {r['committed']}, current {r['current']}, "
+                  f"difference {r['difference']}, tolerance {r['tolerance']}: {r['status']}")
+        failed |= bool(bad)
+    if failed:
+        print("NOT REPRODUCED: see the lines above")
+        return 1
+    print("ok: data stages byte-identical, model metrics within the measured tolerance")
+    return 0

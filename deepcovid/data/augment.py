@@ -15,13 +15,20 @@ interpolation itself is integer arithmetic.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
+from tqdm import tqdm
 
-from deepcovid import portable
+from deepcovid import files, portable
+from deepcovid.data.images import load_cached
+
+log = logging.getLogger("augment")
 
 
 class AugmentError(RuntimeError):
@@ -141,3 +148,36 @@ def check_augmented(augmented: pd.DataFrame, manifest: pd.DataFrame) -> None:
     leaked = set(parents["split_group"]) & held_out
     if leaked:
         raise AugmentError(f"patient group {sorted(leaked)[0]} of an augmented image is in validation or test")
+
+
+AUGMENTED_COLUMNS = ["image_id", "parent", "copy", "source", "patient", "split_group", "label", "group",
+                     "category", "split", "cache_path"]
+
+
+def augment_positives(manifest_csv, cache_dir, out_dir, cfg: dict, seed: int) -> pd.DataFrame:
+    """The augment stage: ``cfg["copies"]`` seeded copies of every COVID-19 training image into the new
+    folder ``out_dir`` (``images/`` and ``index.csv``, each copy recording its parent)."""
+    cache_dir, out_dir = Path(cache_dir), Path(out_dir)
+    manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
+    index = pd.read_csv(cache_dir / "index.csv", dtype=str, keep_default_na=False)
+    rows = manifest.merge(index[["image_id", "cache_path"]], on="image_id")
+    parents = rows[(rows["split"] == "train") & (rows["label"] == "1")]
+    transform = build_transform(cfg)
+    records = []
+    (out_dir / "images").mkdir(parents=True)
+    for row in tqdm(list(parents.itertuples(index=False)), desc="augment", mininterval=2):
+        image = load_cached(cache_dir / row.cache_path)
+        for k in range(1, int(cfg["copies"]) + 1):
+            out = augment_image(image, transform, copy_seed(seed, row.image_id, k))
+            rel = f"images/{row.image_id}.aug{k}.png"
+            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(out)).save(out_dir / rel, format="PNG", compress_level=3)
+            records.append({"image_id": f"{row.image_id}#aug{k}", "parent": row.image_id, "copy": k,
+                            "source": row.source, "patient": row.patient, "split_group": row.split_group,
+                            "label": 1, "group": row.group, "category": row.category, "split": "train",
+                            "cache_path": rel})
+    table = pd.DataFrame(records, columns=AUGMENTED_COLUMNS)
+    check_augmented(table, manifest)
+    files.write_csv(out_dir / "index.csv", table)
+    log.info("wrote %d augmented copies of %d COVID training images", len(table), len(parents))
+    return table

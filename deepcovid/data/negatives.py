@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from deepcovid.data.positives import is_covid, is_frontal, is_xray
-from deepcovid.data.metadata import CHEXPERT_CATEGORIES
+from deepcovid.data.metadata import CHEXPERT_CATEGORIES, read_chexpert, read_cohen_style
+from deepcovid.data.sources import read_sources, source_root
 
 log = logging.getLogger(__name__)
 NORMAL = "No Finding"
@@ -116,3 +117,33 @@ def assign_pools_by_patient(frame: pd.DataFrame, test_fraction: float, seed: int
     draw = rng.random(len(keys))
     pool = {k: ("test" if d < test_fraction else "train") for k, d in zip(keys, draw)}
     return frame.assign(pool=[pool[k] for k in zip(frame["source"], frame["patient"])])
+
+
+def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: dict, frontal_views: list[str],
+                     seed: int) -> tuple[pd.DataFrame, dict]:
+    """The negatives stage: CheXpert negatives sampled as the paper did and/or the public ones.
+
+    ``cfg`` is the ``negatives`` section of params.yaml.
+    """
+    roots = read_sources(raw_dir)
+    frames, report = [], {}
+    if "chexpert" in sources:
+        table = read_chexpert(source_root(roots, "chexpert", raw_dir), cfg["use_valid_csv"])
+        candidates = chexpert_single_label(table)
+        counts = cfg["counts"][dataset if dataset in ("paper", "synthetic") else "paper"]
+        chosen, per_category = sample_chexpert(candidates, counts, seed)
+        report["chexpert"] = {"rows": int(len(table)), "frontal_single_label": int(len(candidates)),
+                              "categories": per_category}
+        frames.append(chosen)
+    cohen_style = [n for n in sources if n != "chexpert"]
+    if cohen_style:
+        metas = [read_cohen_style(source_root(roots, n, raw_dir) / "metadata.csv", n) for n in cohen_style]
+        chosen, rep = public_negatives(metas, frontal_views)
+        chosen = assign_pools_by_patient(chosen, cfg["public_test_fraction"], seed)
+        report.update(rep)
+        frames.append(chosen)
+    negatives = pd.concat(frames, ignore_index=True)
+    summary = negatives.groupby(["pool", "group"]).size().unstack(fill_value=0)
+    log.info("selected %d negatives:\n%s", len(negatives), summary.to_string())
+    report["selected"] = {pool: {g: int(v) for g, v in row.items()} for pool, row in summary.iterrows()}
+    return negatives, report

@@ -6,14 +6,17 @@ output can be set beside the paper's counts (203 frontal COVID-19 images, 184 ke
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import OrderedDict
 from pathlib import Path
 
 import pandas as pd
 
-from deepcovid.data.metadata import MetadataError, read_csv_text
+from deepcovid.data.metadata import MetadataError, read_cohen_style, read_csv_text
+from deepcovid.data.sources import read_sources, source_root
 
+log = logging.getLogger("filter")
 COVID_PATTERN = re.compile(r"covid[\s\-_]?19", re.IGNORECASE)
 DECISIONS = ("exclude", "include")
 
@@ -97,3 +100,21 @@ def filter_positives(meta: pd.DataFrame, frontal_views: list[str], exclusions: p
         "exclusion_list_unmatched": unmatched,
     }
     return kept.reset_index(drop=True), report
+
+
+def select_positives(raw_dir: str | Path, sources: list[str], frontal_views: list[str],
+                     exclusions: str | Path) -> tuple[pd.DataFrame, list[dict]]:
+    """The filter stage: positives of every source in ``sources`` and one report per source."""
+    excluded = read_exclusions(exclusions)
+    roots = read_sources(raw_dir)
+    kept, reports = [], []
+    for name in sources:
+        root = source_root(roots, name, raw_dir)
+        meta = read_cohen_style(root / "metadata.csv", name)
+        rows, report = filter_positives(meta, frontal_views, excluded, root=root)
+        log.info("%s: %d rows, %d COVID-19 X-ray rows -> kept %d images of %d patients; removed %s",
+                 name, report["rows"], report["covid_xray_rows"], report["kept"], report["kept_patients"],
+                 ", ".join(f"{k}: {v}" for k, v in report["removed"].items()))
+        kept.append(rows)
+        reports.append(report)
+    return pd.concat(kept, ignore_index=True), reports

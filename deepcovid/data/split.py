@@ -14,8 +14,19 @@ follows the COVID assignment. :func:`check_no_leak` verifies the result independ
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from tqdm import tqdm
+
+from deepcovid.data.sources import image_path, read_sources
+from deepcovid.files import sha256_file
+
+log = logging.getLogger("split")
 
 MANIFEST_COLUMNS = [
     "image_id", "source", "relpath", "patient", "split_group", "label", "group", "category",
@@ -28,36 +39,30 @@ class SplitError(RuntimeError):
     """The split would leak a patient between parts, or cannot be made."""
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict = {}
-
-    def find(self, x):
-        self.parent.setdefault(x, x)
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a, b) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def group_images(table: pd.DataFrame) -> pd.Series:
-    """A ``split_group`` label per row (connected patients / files / identical content)."""
-    uf = _UnionFind()
+    """A ``split_group`` label per row (connected patients / files / identical content).
+
+    Groups are the connected components of a graph linking each row's (source, patient)
+    to its image id and, when known, its content digest. They are named ``g00000``,
+    ``g00001``... in the order of their first row.
+    """
+    if table.empty:
+        return pd.Series([], index=table.index, dtype=object)
+    nodes: dict[tuple, int] = {}
+    patient_nodes, edges = [], []
     for source, patient, image_id, digest in zip(table["source"], table["patient"], table["image_id"], table["sha256"]):
-        p = ("patient", source, patient)
-        uf.union(p, ("image", image_id))
+        p = nodes.setdefault(("patient", source, patient), len(nodes))
+        patient_nodes.append(p)
+        edges.append((p, nodes.setdefault(("image", image_id), len(nodes))))
         if digest:
-            uf.union(p, ("content", digest))
-    roots = [uf.find(("patient", s, p)) for s, p in zip(table["source"], table["patient"])]
-    names = {}
-    for root in roots:
-        names.setdefault(root, f"g{len(names):05d}")
-    return pd.Series([names[r] for r in roots], index=table.index)
+            edges.append((p, nodes.setdefault(("content", digest), len(nodes))))
+    rows, cols = np.array(edges, dtype=np.int64).reshape(-1, 2).T
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(len(nodes), len(nodes)))
+    _, component = connected_components(graph, directed=False)
+    names: dict[int, str] = {}
+    for c in component[patient_nodes]:
+        names.setdefault(int(c), f"g{len(names):05d}")
+    return pd.Series([names[int(c)] for c in component[patient_nodes]], index=table.index)
 
 
 def _take_groups_until(sizes: pd.Series, target: int, rng: np.random.Generator) -> list:
@@ -154,3 +159,32 @@ def summarize(manifest: pd.DataFrame) -> dict:
             **{g: int((part["group"] == g).sum()) for g in ("covid", "normal", "other-disease")},
         }
     return out
+
+
+def _digest(path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""  # missing or unreadable: preprocess rejects it with the reason
+
+
+def split_dataset(raw_dir, positives_csv, negatives_csv, covid_test_images: int, val_fraction: float,
+                  seed: int) -> tuple[pd.DataFrame, dict]:
+    """The split stage: hash every image (byte-identical files share a group), then :func:`make_split`."""
+    roots = read_sources(raw_dir)
+    frames = []
+    for path in (positives_csv, negatives_csv):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False).astype({"label": int})
+        paths = [image_path(roots, s, r, raw_dir) for s, r in zip(frame["source"], frame["relpath"])]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            digests = list(tqdm(pool.map(_digest, paths), total=len(paths), desc="hashing", mininterval=2))
+        frames.append(frame.assign(sha256=digests))
+    manifest, report = make_split(frames[0], frames[1], covid_test_images, val_fraction, seed)
+    if report["test"]["covid"] < report["covid_test_images_asked"]:
+        log.warning("only %d COVID test images (asked for %d): the positives hold too few patients",
+                    report["test"]["covid"], report["covid_test_images_asked"])
+    for split in SPLITS:
+        r = report[split]
+        log.info("%-5s %5d images, %4d patients (covid %d, normal %d, other disease %d)", split,
+                 r["images"], r["patients"], r["covid"], r["normal"], r["other-disease"])
+    return manifest, report

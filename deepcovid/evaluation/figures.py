@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from deepcovid.evaluation.evaluate import CLASS_NAMES, GROUP_LABELS, group_order
+from deepcovid.evaluation.labels import CLASS_NAMES, GROUP_LABELS, group_order
 
 DPI = 110
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -138,7 +138,7 @@ def pr_curves(curves: Sequence[dict], path, prevalence: float | None = None,
 def reliability_diagram(table: pd.DataFrame, ece: float, path, title: str = "") -> Path:
     """Reliability diagram (fraction COVID-19 against mean predicted probability per bin) and bin counts.
 
-    ``table``: the non-empty bins of :func:`deepcovid.evaluation.statistics.reliability_table`.
+    ``table``: the non-empty bins of :func:`deepcovid.evaluation.calibration.reliability_table`.
     """
     fig = _figure(5.5, 6.0)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})

@@ -11,10 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 TABLE_COLUMNS = ["image_id", "parent", "source", "patient", "split_group", "label", "group", "category", "split", "file"]
 
@@ -40,33 +38,9 @@ def load_table(manifest: str | Path, cache_dir: str | Path, augmented_dir: str |
     return out
 
 
-def normalize_transform(prep: dict, image_size: int) -> v2.Compose:
-    """Cached uint8 image -> resized float tensor normalised as the network expects."""
-    interpolation = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}[
-        prep.get("interpolation", "bilinear")]
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize((image_size, image_size), interpolation=interpolation, antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=prep["mean"], std=prep["std"]),
-    ])
-
-
-def train_transform(prep: dict, image_size: int, aug: dict) -> v2.Compose:
-    """On-the-fly augmentation for full fine-tuning (flip, small affine), then normalisation."""
-    scale = aug.get("scale", [1.0, 1.0])
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RandomHorizontalFlip(p=float(aug.get("hflip_p", 0.5))),
-        v2.RandomAffine(degrees=float(aug.get("rotation_degrees", 0.0)),
-                        translate=(float(aug.get("translate", 0.0)),) * 2,
-                        scale=(float(scale[0]), float(scale[1]))),
-        normalize_transform(prep, image_size),
-    ])
-
-
 class ImageDataset(Dataset):
-    """(image tensor, label) pairs from cached files."""
+    """(image tensor, label) pairs from cached files (RGB), through ``transform``
+    (:mod:`deepcovid.model.presets`)."""
 
     def __init__(self, files: list[str], labels: list[int], transform) -> None:
         self.files, self.labels, self.transform = list(files), [int(x) for x in labels], transform

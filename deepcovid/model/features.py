@@ -1,19 +1,27 @@
 """Backbone features, computed once: the frozen part of a last-layer model never changes,
-so its output for each image is cached and the head trains on the cache.
-
-Features are stored as one float32 ``.npy`` array plus an index CSV (the row order) and a
-JSON record of what produced them (architecture, weights and their sha256, preprocessing),
-so they can be reused by later stages and tools (e.g. occlusion or a shortcut audit).
+so its output for each image is cached (one float32 ``.npy``, an index CSV, a JSON record of
+what produced them) and the head trains on the cache. :func:`featurize`: the featurize stage.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from deepcovid import files
+from deepcovid.model.architectures import preprocessing, split_backbone_head
+from deepcovid.model.datasets import ImageDataset, load_table
+from deepcovid.model.environment import compute_environment, resolve_device, seed_everything
+from deepcovid.model.presets import eval_transform
+from deepcovid.model.weights import build_model
+
+log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
@@ -45,3 +53,38 @@ def state_digest(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def featurize(params: dict, *, manifest: str | os.PathLike, cache: str | os.PathLike,
+              augmented: str | os.PathLike | None, out: str | os.PathLike) -> None:
+    """Write the backbone features of every image (original and augmented) to the folder
+    ``out`` (features.npy, index.csv, meta.json); in full mode only a meta.json saying so.
+
+    Seeded, with deterministic algorithms: a rerun on the same machine with the same thread
+    count writes bitwise identical features. The compute environment is logged, not written
+    (meta.json is a DVC output and must not differ between machines)."""
+    name, mode, size = params["model"], params["train"]["mode"], params["train"]["image_size"]
+    with files.atomic_path(out) as tmp:
+        tmp.mkdir()
+        if mode != "last_layer":
+            files.write_json(tmp / "meta.json", {"mode": mode, "skipped": True,
+                                                 "reason": "full fine-tuning changes the backbone; nothing to cache"})
+            log.info("train.mode=%s: no features to cache", mode)
+            return
+        seed_everything(int(params["seed"]))  # and deterministic algorithms
+        log.info("compute environment: %s", ", ".join(f"{k}={v}" for k, v in compute_environment().items()))
+        model, provenance = build_model(name, params["weights"])
+        backbone, _ = split_backbone_head(model, name)
+        device = resolve_device(params["train"]["device"])
+        table = load_table(manifest, cache, augmented)
+        prep = preprocessing(name)
+        dataset = ImageDataset(table["file"], table["label"], eval_transform(prep, size))
+        feats = extract_features(backbone, dataset, batch_size=params["train"]["feature_batch_size"],
+                                 num_workers=0, device=device, channels_last=True)
+        np.save(tmp / "features.npy", feats.astype(np.float32))
+        files.write_csv(tmp / "index.csv", table.drop(columns=["file"]))
+        files.write_json(tmp / "meta.json", {"mode": mode, "skipped": False, "model": name, "image_size": size,
+                                             "preprocessing": prep, "provenance": provenance,
+                                             "backbone_sha256": state_digest(backbone), "shape": list(feats.shape),
+                                             "device": str(device)})
+    log.info("%s features %s for %d images", name, tuple(feats.shape[1:]), len(feats))

@@ -1,30 +1,20 @@
-"""Regression check: fail when a metric of metrics/evaluate.json is worse than a committed baseline.
+"""Regression check (``deepcovid check-regression``): is a metric of metrics/evaluate.json worse than
+the committed baseline by more than its tolerance (params.yaml, section ``regression``)?
 
-    python stages/check_regression.py                     # compare; exit 1 on a regression
-    python stages/check_regression.py --write-baseline    # (re)create the baseline from the current metrics
-
-Tolerances come from params.yaml (section `regression`): `tolerances` maps metrics (nested as in
-the metrics file, or dotted like test.auc) to the largest allowed drop; `lower_is_better` lists
-the metrics whose increase is the regression (e.g. test.ece). A metric missing from either file
-fails too. Prints a table (metric, baseline, current, drop, tolerance, status) either way.
-Exit status: 0 pass, 1 regression, 2 usage error (missing file, bad parameter).
-
-Plain Python (json, PyYAML): starts fast, suitable for a CI step or a git hook.
+``tolerances`` maps metrics (nested as in the metrics file, or dotted like ``test.auc``) to the
+largest allowed drop; ``lower_is_better`` lists the metrics whose increase is the regression.
+A metric missing from either file fails too. Plain Python (json, PyYAML): starts fast.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
-from deepcovid import runner
-
 from deepcovid import files
-from deepcovid.params import ParamsError, flatten, get, load_params
+from deepcovid.params import ParamsError, flatten, get
 
 log = logging.getLogger("check_regression")
 HEADER = ("metric", "baseline", "current", "drop", "tolerance", "status")
@@ -80,7 +70,8 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join([line(HEADER), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def _read_json(path: Path, what: str) -> dict:
+def read_metrics(path: Path, what: str) -> dict:
+    path = Path(path)
     if not path.is_file():
         hint = " (create it with --write-baseline)" if what == "baseline" else " (run: dvc repro evaluate)"
         raise FileNotFoundError(f"{path}: {what} metrics file not found{hint}")
@@ -93,36 +84,31 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--metrics", default="metrics/evaluate.json", help="current metrics")
-    ap.add_argument("--baseline", default=None, help="baseline metrics (default: regression.baseline in params)")
-    ap.add_argument("--write-baseline", action="store_true", help="copy the current metrics to the baseline")
-    args = ap.parse_args()
+def check_regression(params: dict, metrics: str | Path, baseline: str | Path | None = None,
+                     write_baseline: bool = False) -> int:
+    """Print the comparison table; 0 when no metric regressed, 1 otherwise.
 
-    params = load_params(args.params)
-    baseline = Path(args.baseline or get(params, "regression.baseline"))
-    current = _read_json(Path(args.metrics), "current")
-    if args.write_baseline:
+    ``baseline`` defaults to ``regression.baseline`` of ``params``; ``write_baseline`` copies the
+    current metrics there instead of comparing.
+    """
+    baseline = Path(baseline or get(params, "regression.baseline"))
+    current = read_metrics(Path(metrics), "current")
+    if write_baseline:
         files.write_json(baseline, current)
-        log.info("wrote baseline %s from %s", baseline, args.metrics)
-        return
+        log.info("wrote baseline %s from %s", baseline, metrics)
+        return 0
     tolerances = get(params, "regression.tolerances")
     if not isinstance(tolerances, dict) or not tolerances:
         raise ParamsError("parameter regression.tolerances must be a non-empty mapping of metric to tolerance")
     lower = get(params, "regression.lower_is_better", [])
     if not isinstance(lower, list):
         raise ParamsError("parameter regression.lower_is_better must be a list of metric names")
-    rows = regression_rows(current, _read_json(baseline, "baseline"), tolerances, lower)
-    print(f"regression check: {args.metrics} against {baseline}")
+    rows = regression_rows(current, read_metrics(baseline, "baseline"), tolerances, lower)
+    print(f"regression check: {metrics} against {baseline}")
     print(format_rows(rows))
     failed = [r["metric"] for r in rows if r["status"] != "ok"]
     if failed:
         print(f"REGRESSION: {', '.join(failed)}: worse than the baseline by more than the tolerance, or missing")
-        sys.exit(1)
+        return 1
     print("ok: no metric is worse than the baseline by more than its tolerance")
-
-
-if __name__ == "__main__":
-    runner.run(main, "check_regression")
+    return 0

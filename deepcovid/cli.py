@@ -1,0 +1,132 @@
+"""The ``deepcovid`` command (also ``python -m deepcovid``): tools run beside the pipeline.
+
+    deepcovid compare --from-dvc-exps                 # or --run NAME=predictions.csv (repeatable)
+    deepcovid check-regression [--write-baseline]     # exit 0 pass, 1 regression, 2 usage error
+    deepcovid check-reproduction --committed-lock L --committed-metrics DIR
+
+Errors a user can fix are printed in one line (exit status 2), see :func:`deepcovid.runner.run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deepcovid import runner
+
+
+def _compare(args) -> int:
+    from deepcovid.evaluation import compare
+    from deepcovid.evaluation.evaluate import EvalConfig
+    from deepcovid.params import load_params
+
+    if args.params is None and not Path("params.yaml").is_file():
+        cfg = EvalConfig.defaults()
+    else:
+        cfg = EvalConfig.from_params(load_params(args.params or "params.yaml"))
+    runs, models = compare.collect_runs(args.run, from_dvc_exps=args.from_dvc_exps, repo=args.repo,
+                                        predictions_path=args.predictions_path,
+                                        include_baseline=not args.no_baseline, commits=args.commits)
+    table, results = compare.compare_models(runs, cfg, reference=args.reference, paired=args.paired_test,
+                                            models=models)
+    print(compare.write_comparison(Path(args.out_dir), table, results, models, cfg, paired=args.paired_test), end="")
+    return 0
+
+
+def _check_regression(args) -> int:
+    from deepcovid.checks.regression import check_regression
+    from deepcovid.params import load_params
+
+    return check_regression(load_params(args.params), args.metrics, baseline=args.baseline,
+                            write_baseline=args.write_baseline)
+
+
+def _check_reproduction(args) -> int:
+    from deepcovid.checks.reproduction import check_reproduction
+    from deepcovid.params import load_params
+
+    return check_reproduction(load_params(args.params), args.committed_lock, args.lock, args.committed_metrics,
+                              args.metrics)
+
+
+COMPARE_HELP = """\
+Compare models side by side (the paper's Table 6) with paired tests of their AUCs.
+
+    dvc exp run --queue -S model=resnet18 && dvc queue start --jobs 1
+    deepcovid compare --from-dvc-exps        # baseline commit + every finished experiment of HEAD
+    deepcovid compare --run resnet18=a/predictions.csv --run squeezenet=b/predictions.csv
+
+--from-dvc-exps reads each experiment's predictions at its commit from the DVC cache (the
+workspace is not touched); queued, running or failed experiments are skipped. Every model is
+evaluated as the evaluate stage does (params.yaml section `evaluate`) and tested against the
+reference run on the same test images (same image ids and labels, else an error). Writes
+table.md, table.csv, compare.json, roc.png, pr.png and reliability_<run>.png under --out-dir.
+"""
+
+REGRESSION_HELP = """\
+Fail when a metric of metrics/evaluate.json is worse than the committed baseline by more than its
+tolerance (params.yaml section `regression`); prints a table either way.
+Exit status: 0 pass, 1 regression, 2 usage error (missing file, bad parameter).
+"""
+
+REPRODUCTION_HELP = """\
+Check that a rebuild reproduced the committed results:
+
+    cp dvc.lock /tmp/committed.lock; cp metrics/evaluate.json metrics/train.json /tmp/committed/
+    dvc repro
+    deepcovid check-reproduction --committed-lock /tmp/committed.lock --committed-metrics /tmp/committed
+
+The data stages' output hashes (reproduction.exact_stages) must be identical; the numbers of
+metrics/evaluate.json and metrics/train.json must agree within reproduction.tolerances.
+Exit status: 0 reproduced, 1 something differs, 2 bad input.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="deepcovid", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, handler, text, summary):
+        p = sub.add_parser(name, help=summary, description=text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("compare", _compare, COMPARE_HELP, "models side by side with paired AUC tests")
+    p.add_argument("--run", action="append", default=[], metavar="NAME=CSV",
+                   help="a run to compare (repeatable): its name and predictions file")
+    p.add_argument("--from-dvc-exps", action="store_true",
+                   help="add the baseline commit and every finished experiment of `dvc exp show`")
+    p.add_argument("--no-baseline", action="store_true", help="with --from-dvc-exps: experiments only")
+    p.add_argument("--commits", type=int, default=1,
+                   help="with --from-dvc-exps: experiments of the last N commits (default 1: HEAD)")
+    p.add_argument("--repo", default=".", help="DVC repository for --from-dvc-exps (default: .)")
+    p.add_argument("--predictions-path", default="data/predictions.csv",
+                   help="the predictions output inside each experiment")
+    p.add_argument("--reference", default=None, help="run the others are tested against (default: the first)")
+    p.add_argument("--paired-test", choices=("delong", "bootstrap"), default="delong")
+    p.add_argument("--params", default=None, help="parameter file (default params.yaml if present)")
+    p.add_argument("--out-dir", default="reports/compare")
+
+    p = command("check-regression", _check_regression, REGRESSION_HELP, "metrics against the committed baseline")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--metrics", default="metrics/evaluate.json", help="current metrics")
+    p.add_argument("--baseline", default=None, help="baseline metrics (default: regression.baseline in params)")
+    p.add_argument("--write-baseline", action="store_true", help="copy the current metrics to the baseline")
+
+    p = command("check-reproduction", _check_reproduction, REPRODUCTION_HELP,
+                "a rebuild against the committed dvc.lock and metrics")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--committed-lock", required=True, help="the dvc.lock as committed")
+    p.add_argument("--lock", default="dvc.lock", help="the dvc.lock after the rebuild")
+    p.add_argument("--committed-metrics", required=True, help="folder with the committed evaluate.json, train.json")
+    p.add_argument("--metrics", default="metrics", help="folder with the rebuilt metrics")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns 0, or exits with its status (1: check failed, 2: usage or user error)."""
+    args = build_parser().parse_args(argv)
+    runner.run(lambda: args.handler(args), args.command)
+    return 0

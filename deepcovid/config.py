@@ -1,0 +1,357 @@
+"""params.yaml as typed, validated configuration: one pydantic model per section.
+
+Defaults live only in params.yaml: every field here is required, unknown keys are rejected,
+and a bad value stops with one line naming the parameter as ``dvc exp run -S`` spells it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
+                      ValidationError, model_validator)
+
+# The networks the train stage builds (deepcovid.model.architectures has one spec per name).
+ARCHITECTURES = ("resnet18", "resnet50", "squeezenet", "densenet121", "densenet161",
+                 "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+DATASETS = ("synthetic", "paper", "public")
+SOURCES = ("cohen", "actualmed", "chexpert")
+LATERAL_VIEWS = {"L", "LATERAL", "LL", "RL"}
+
+
+class ConfigError(ValueError):
+    """A parameter is missing or invalid (one line, naming the parameter)."""
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+def _pair(value: tuple) -> tuple:
+    if value[0] > value[1]:
+        raise ValueError("must be a [low, high] pair with low <= high")
+    return value
+
+
+Int = Annotated[StrictInt, Field()]
+Number = Annotated[float, BeforeValidator(_not_bool)]
+Fraction = Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0, le=1.0)]
+IntPair = Annotated[tuple[StrictInt, StrictInt], AfterValidator(_pair)]
+NumberPair = Annotated[tuple[Number, Number], AfterValidator(_pair)]
+Source = Literal["cohen", "actualmed", "chexpert"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    def as_dict(self) -> dict:
+        """Plain JSON types (lists, not tuples), as params.yaml spells them."""
+        return self.model_dump(mode="json")
+
+
+class DatasetSources(Section):
+    positives: list[Source] = Field(min_length=1)
+    negatives: list[Source] = Field(min_length=1)
+
+
+class RemoteSource(Section):
+    """A source downloaded at a pinned commit (or read from ``local_dir``)."""
+    url: str
+    commit: str
+    method: Literal["archive", "git"]
+    local_dir: Optional[str]
+    tree_sha256: Annotated[str, Field(pattern=r"^([0-9a-fA-F]{64})?$")]
+    require_checksum: StrictBool
+    max_bytes: Annotated[Int, Field(gt=0)]
+    retries: Annotated[Int, Field(gt=0)]
+    timeout: Annotated[Number, Field(gt=0)]
+
+    @model_validator(mode="after")
+    def _where_from(self):
+        if not self.local_dir:
+            if not self.url.strip():
+                raise _located("url", "set url (download) or local_dir (an existing clone or copy)")
+            if "{commit}" in self.url and not self.commit.strip():
+                raise _located("commit", "is empty but url contains {commit}")
+            if self.method == "git" and not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", self.commit.strip().lower()):
+                raise _located("commit", "must be a full commit id (40 hex characters) for method: git")
+        return self
+
+
+class ChexpertSource(Section):
+    path: Optional[str]
+
+
+class Fetch(Section):
+    cohen: RemoteSource
+    actualmed: RemoteSource
+    chexpert: ChexpertSource
+
+
+class SyntheticCohen(Section):
+    covid_patients: Annotated[Int, Field(ge=0)]
+    other_patients: Annotated[Int, Field(ge=0)]
+    images_per_patient: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 1 else _fail("low must be >= 1"))]
+    lateral_fraction: Fraction
+    ct_rows: Annotated[Int, Field(ge=0)]
+    size_range: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 64 else _fail("low must be >= 64"))]
+    severity: Annotated[NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else
+                                                   _fail("must lie within [0, 1]"))]
+    style_shift: Annotated[Number, Field(ge=0)]
+
+
+class SyntheticChexpert(Section):
+    train_patients: Annotated[Int, Field(ge=0)]
+    valid_patients: Annotated[Int, Field(ge=0)]
+    images_per_patient: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 1 else _fail("low must be >= 1"))]
+    lateral_fraction: Fraction
+    width: Annotated[Int, Field(ge=64)]
+    height_range: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 64 else _fail("low must be >= 64"))]
+    severity: Annotated[NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else
+                                                   _fail("must lie within [0, 1]"))]
+    style_shift: Annotated[Number, Field(ge=0)]
+
+
+class Synthetic(Section):
+    cohen: SyntheticCohen
+    chexpert: SyntheticChexpert
+
+
+class Filter(Section):
+    frontal_views: list[str] = Field(min_length=1)
+    exclusions: str
+
+    @model_validator(mode="after")
+    def _frontal_only(self):
+        lateral = [v for v in self.frontal_views if str(v).strip().upper() in LATERAL_VIEWS]
+        if lateral:
+            raise _located("frontal_views", f"must not contain a lateral view ({', '.join(lateral)})")
+        return self
+
+
+class PoolCounts(Section):
+    no_finding: Annotated[Int, Field(ge=0)]
+    per_category: Annotated[Int, Field(ge=0)]
+
+
+class NegativeCounts(Section):
+    train: PoolCounts
+    test: PoolCounts
+
+
+class Negatives(Section):
+    counts: dict[Literal["paper", "synthetic"], NegativeCounts]
+    use_valid_csv: StrictBool
+    public_test_fraction: Annotated[Number, Field(ge=0.0, le=0.9)]
+
+    @model_validator(mode="after")
+    def _both(self):
+        missing = {"paper", "synthetic"} - set(self.counts)
+        if missing:
+            raise _located("counts", f"must give paper and synthetic (missing {', '.join(sorted(missing))})")
+        return self
+
+
+class Split(Section):
+    covid_test_images: Annotated[Int, Field(ge=1)]
+    val_fraction: Annotated[Number, Field(ge=0.0, le=0.9)]
+
+
+class Preprocess(Section):
+    cache_size: Annotated[Int, Field(ge=32)]
+    resize: Literal["stretch", "pad"]
+    grayscale: StrictBool
+    workers: Annotated[Int, Field(ge=1)]
+
+
+class Augment(Section):
+    copies: Annotated[Int, Field(ge=0)]
+    hflip_p: Fraction
+    rotation_degrees: Annotated[Number, Field(ge=0, le=45)]
+    translate: Annotated[Number, Field(ge=0, le=0.5)]
+    scale: Annotated[NumberPair, AfterValidator(lambda v: v if 0.5 <= v[0] and v[1] <= 2 else
+                                                _fail("must lie within [0.5, 2]"))]
+    shear_degrees: Annotated[Number, Field(ge=0, le=45)]
+    elastic_alpha: Annotated[Number, Field(ge=0, le=50)]
+    elastic_grid: Annotated[Int, Field(ge=2, le=64)]
+
+
+class Train(Section):
+    mode: Literal["last_layer", "full"]
+    image_size: Annotated[Int, Field(ge=32)]
+    epochs: Annotated[Int, Field(ge=1)]
+    batch_size: Annotated[Int, Field(ge=1)]
+    lr: Annotated[Number, Field(gt=0, le=1)]
+    weight_decay: Annotated[Number, Field(ge=0, le=1)]
+    patience: Annotated[Int, Field(ge=0)]
+    device: str = Field(min_length=1)
+    num_workers: Annotated[Int, Field(ge=0)]
+    feature_batch_size: Annotated[Int, Field(ge=1)]
+    shuffle_labels: StrictBool
+    checkpoint_dir: str = Field(min_length=1)
+
+
+class Mlflow(Section):
+    experiment: str = Field(min_length=1)
+    tracking_uri: str
+
+
+class Evaluate(Section):
+    thresholds: list[Fraction] = Field(min_length=1)
+    target_sensitivity: Fraction
+    ci_method: Literal["wilson", "clopper-pearson"]
+    alpha: Annotated[Number, Field(ge=1e-6, le=0.5)]
+    auc_ci: Literal["delong", "bootstrap"]
+    bootstrap_resamples: Annotated[Int, Field(ge=1, le=1_000_000)]
+    calibration_bins: Annotated[Int, Field(ge=1, le=1000)]
+    histogram_bins: Annotated[Int, Field(ge=1, le=1000)]
+
+
+Tolerance = Annotated[Number, Field(ge=0)]
+
+
+class Regression(Section):
+    baseline: str
+    tolerances: dict[str, Union[Tolerance, dict[str, Tolerance]]] = Field(min_length=1)
+    lower_is_better: list[str]
+
+    def flat_tolerances(self) -> dict[str, float]:
+        out = {}
+        for key, value in self.tolerances.items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    @model_validator(mode="after")
+    def _known(self):
+        unknown = sorted(set(self.lower_is_better) - set(self.flat_tolerances()))
+        if unknown:
+            raise _located("lower_is_better", f"names metrics without a tolerance: {', '.join(unknown)}")
+        return self
+
+
+class Reproduction(Section):
+    exact_stages: list[str]
+    tolerances: dict[str, Optional[Tolerance]]
+
+
+class Params(Section):
+    """The whole of params.yaml."""
+    dataset: Literal["synthetic", "paper", "public"]
+    seed: Annotated[Int, Field(ge=0)]
+    datasets: dict[str, DatasetSources]
+    fetch: Fetch
+    synthetic: Synthetic
+    filter: Filter
+    negatives: Negatives
+    split: Split
+    preprocess: Preprocess
+    augment: Augment
+    model: Literal[ARCHITECTURES]  # type: ignore[valid-type]
+    weights: str = Field(min_length=1)
+    train: Train
+    mlflow: Mlflow
+    evaluate: Evaluate
+    regression: Regression
+    reproduction: Reproduction
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.dataset not in self.datasets:
+            raise _located("datasets", f"has no entry for the chosen dataset {self.dataset!r}")
+        if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
+            raise _located("weights", f"{self.weights} is neither imagenet, none nor an existing file")
+        if self.train.image_size > self.preprocess.cache_size:
+            raise _located("train.image_size", f"{self.train.image_size} is larger than "
+                           f"preprocess.cache_size {self.preprocess.cache_size}: the input is cut from that cache")
+        return self
+
+    @property
+    def sources(self) -> DatasetSources:
+        """The sources of positives and negatives of the chosen dataset."""
+        return self.datasets[self.dataset]
+
+    def needed_sources(self) -> list[str]:
+        roles = self.sources
+        return sorted(set(roles.positives) | set(roles.negatives), key=SOURCES.index)
+
+
+class _Located(ValueError):
+    """A cross-check's error, located at ``where`` (relative to the model that raised it)."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(message)
+        self.where = where
+
+
+def _located(where: str, message: str) -> _Located:
+    return _Located(where, message)
+
+
+def _fail(message: str):
+    raise ValueError(message)
+
+
+def _one_line(exc: ValidationError) -> str:
+    found: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p)]  # drop union tags
+        where = ".".join(loc)
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _Located):
+            where, message = ".".join([*loc, ctx_error.where]), str(ctx_error)
+        elif err["type"] == "extra_forbidden":
+            message = "unknown parameter (misspelt? params.yaml lists every valid one)"
+        elif err["type"] == "missing":
+            message = "missing from params.yaml"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] != "value_error" and "input" in err:
+                message += f", got {err['input']!r}"
+        found.append((where, message))
+    # A union (a number or a mapping of numbers) reports each member: keep the deepest, first.
+    wheres = [w for w, _ in found]
+    kept, seen = [], set()
+    for where, message in found:
+        if where in seen or any(o.startswith(where + ".") for o in wheres if where):
+            continue
+        seen.add(where)
+        kept.append(f"parameter {where}: {message}" if where else message)
+    return "; ".join(kept)
+
+
+def validate(params: dict) -> Params:
+    """Typed configuration from the parsed params.yaml; ConfigError names each bad parameter."""
+    try:
+        return Params.model_validate(params)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            params = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: parameter file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return params
+
+
+def load_config(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml in one step, before any long work."""
+    try:
+        return validate(read_yaml(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

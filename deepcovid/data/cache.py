@@ -1,0 +1,58 @@
+"""The preprocess stage: decode every manifest image once into a square 8-bit RGB PNG cache."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from deepcovid import files
+from deepcovid.data.images import ImageReadError, read_image, resize_square
+from deepcovid.data.sources import image_path, read_sources
+
+log = logging.getLogger("preprocess")
+
+
+def _process(job):
+    src, dst, size, mode, grayscale = job
+    try:
+        img = read_image(src, grayscale=grayscale)
+    except ImageReadError as exc:
+        return None, None, str(exc)
+    width, height = img.size
+    out = resize_square(img, size, mode)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    out.save(dst, format="PNG", optimize=False, compress_level=3)
+    return width, height, ""
+
+
+def build_cache(raw_dir, manifest_csv, out_dir, *, cache_size: int, resize: str, grayscale: bool,
+                workers: int) -> dict:
+    """Write ``images/<image_id>.png``, ``index.csv``, ``rejected.csv`` (with the reason) and
+    ``report.json`` into the new folder ``out_dir``; returns the report."""
+    out_dir = Path(out_dir)
+    roots = read_sources(raw_dir)
+    manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
+    rel = [f"images/{i}.png" for i in manifest["image_id"]]
+    jobs = [(image_path(roots, s, r, raw_dir), out_dir / p, cache_size, resize, grayscale)
+            for s, r, p in zip(manifest["source"], manifest["relpath"], rel)]
+    out_dir.mkdir()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = list(tqdm(pool.map(_process, jobs, chunksize=8), total=len(jobs), desc="preprocess", mininterval=2))
+    table = manifest[["image_id", "split", "label", "group"]].assign(
+        cache_path=rel, width=[r[0] for r in results], height=[r[1] for r in results],
+        reason=[r[2] for r in results])
+    rejected = table[table["reason"] != ""].drop(columns=["cache_path", "width", "height"])
+    index = table[table["reason"] == ""].drop(columns="reason")
+    files.write_csv(out_dir / "index.csv", index.astype({"width": int, "height": int}))
+    files.write_csv(out_dir / "rejected.csv", rejected)
+    report = {"cache_size": cache_size, "resize": resize, "grayscale": grayscale,
+              "decoded": int(len(index)), "rejected": int(len(rejected))}
+    files.write_json(out_dir / "report.json", report)
+    for row in rejected.itertuples():
+        log.warning("rejected %s: %s", row.image_id, row.reason)
+    log.info("cached %d images at %dx%d (%s); rejected %d", len(index), cache_size, cache_size, resize, len(rejected))
+    return report

@@ -1,0 +1,107 @@
+"""Reading and checking a predictions table (``data/predictions.csv``, written by the train stage).
+
+One row per scored image. Required columns: ``image_id`` (unique per split; compare pairs models
+on it), ``label`` (1 = COVID-19, 0 = not), ``split`` (``val`` / ``test``; other splits are
+ignored), ``score`` (predicted COVID-19 probability in [0, 1]). Optional: ``group`` (``covid`` /
+``normal`` / ``other-disease``; absent: ``covid`` / ``non-covid`` from the label), ``source``,
+``patient``, ``category`` (carried along, unused).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("evaluate")
+
+REQUIRED_COLUMNS = ("image_id", "label", "split", "score")
+OPTIONAL_COLUMNS = ("source", "patient", "group", "category")
+SPLITS = ("val", "test")
+
+
+def load_predictions(path: str | Path) -> pd.DataFrame:
+    """Read and check a predictions table; errors are one line naming the file and the column.
+
+    Returns the rows of the ``val`` and ``test`` splits with ``label`` as int, ``score`` as
+    float, ``split`` lower-cased and a ``group`` column (derived from the label if absent).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: predictions file not found")
+    return read_predictions(path, name=str(path))
+
+
+def read_predictions(source, name: str) -> pd.DataFrame:
+    """:func:`load_predictions` for a path or file-like ``source``; messages name ``name``."""
+    path = name
+    try:
+        df = pd.read_csv(source, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path}: not a readable CSV file ({first})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column {missing[0]!r} (required columns: {', '.join(REQUIRED_COLUMNS)})")
+    df["split"] = df["split"].str.strip().str.lower()
+    other = sorted(set(df["split"]) - set(SPLITS))
+    if other:
+        log.info("%s: ignoring %d rows of split %s (only val and test are evaluated)", path,
+                 int((~df["split"].isin(SPLITS)).sum()), ", ".join(map(repr, other)))
+        df = df[df["split"].isin(SPLITS)].reset_index(drop=True)
+    if not (df["split"] == "test").any():
+        raise ValueError(f"{path}: column 'split' has no 'test' rows")
+    for col in ("label", "score"):
+        values = pd.to_numeric(df[col].str.strip(), errors="coerce")
+        bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            first = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{path}: column {col!r} has {int(bad.sum())} empty or non-numeric values "
+                             f"(first: {df[col].iloc[first]!r} at image_id {df['image_id'].iloc[first]!r})")
+        df[col] = values.astype(float)
+    if not df["label"].isin((0.0, 1.0)).all():
+        found = sorted(set(df.loc[~df["label"].isin((0.0, 1.0)), "label"]))[:5]
+        raise ValueError(f"{path}: column 'label' must hold 0 or 1 (1 = COVID-19); found {found}")
+    df["label"] = df["label"].astype(np.int64)
+    if df["score"].min() < 0.0 or df["score"].max() > 1.0:
+        raise ValueError(f"{path}: column 'score' must be a probability in [0, 1]; "
+                         f"found range [{df['score'].min()}, {df['score'].max()}]")
+    dup = df.duplicated(["split", "image_id"])
+    if dup.any():
+        raise ValueError(f"{path}: column 'image_id' repeats within a split "
+                         f"({int(dup.sum())} duplicates, e.g. {df.loc[dup, 'image_id'].iloc[0]!r})")
+    if "group" in df.columns:
+        df["group"] = df["group"].str.strip()
+        if (df["group"] == "").any():
+            raise ValueError(f"{path}: column 'group' has empty values")
+        odd = df[(df["group"] == "covid") != (df["label"] == 1)]
+        if len(odd):
+            log.warning("%s: %d rows whose group disagrees with the label (e.g. %s: group %r, label %d)", path,
+                        len(odd), odd["image_id"].iloc[0], odd["group"].iloc[0], odd["label"].iloc[0])
+    else:
+        log.warning("%s: no 'group' column; score histograms use covid / non-covid from the label", path)
+        df["group"] = np.where(df["label"] == 1, "covid", "non-covid")
+    return df
+
+
+@dataclass
+class SplitData:
+    """The rows of one split, with labels and scores as arrays."""
+
+    frame: pd.DataFrame
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.frame["label"].to_numpy(dtype=np.int64)
+
+    @property
+    def s(self) -> np.ndarray:
+        return self.frame["score"].to_numpy(dtype=np.float64)
+
+    @property
+    def both_classes(self) -> bool:
+        return len(self.frame) > 0 and 0 < int(self.frame["label"].sum()) < len(self.frame)
