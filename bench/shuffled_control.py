@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from deepcovid.model.datasets import load_table  # noqa: E402
 from deepcovid.model.architectures import split_backbone_head  # noqa: E402
-from deepcovid.params import load_params  # noqa: E402
+from deepcovid.config import load_config  # noqa: E402
 from deepcovid.model.environment import seed_everything  # noqa: E402
 from deepcovid.model.training import train_head  # noqa: E402
 from deepcovid.model.weights import build_model  # noqa: E402
@@ -34,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--permutations", type=int, default=8)
     args = ap.parse_args()
-    params = load_params(REPO / "params.yaml")
+    params = load_config(REPO / "params.yaml").as_dict()
     cfg, name = params["train"], params["model"]
     feats = torch.from_numpy(np.load(REPO / "data/features/features.npy"))
     index = pd.read_csv(REPO / "data/features/index.csv", dtype=str, keep_default_na=False)

@@ -17,13 +17,10 @@ from deepcovid import runner
 
 def _compare(args) -> int:
     from deepcovid.evaluation import compare
+    from deepcovid.config import load_config
     from deepcovid.evaluation.evaluate import EvalConfig
-    from deepcovid.params import load_params
 
-    if args.params is None and not Path("params.yaml").is_file():
-        cfg = EvalConfig.defaults()
-    else:
-        cfg = EvalConfig.from_params(load_params(args.params or "params.yaml"))
+    cfg = EvalConfig.from_config(load_config(args.params))
     runs, models = compare.collect_runs(args.run, from_dvc_exps=args.from_dvc_exps, repo=args.repo,
                                         predictions_path=args.predictions_path,
                                         include_baseline=not args.no_baseline, commits=args.commits)
@@ -35,17 +32,17 @@ def _compare(args) -> int:
 
 def _check_regression(args) -> int:
     from deepcovid.checks.regression import check_regression
-    from deepcovid.params import load_params
+    from deepcovid.config import load_config
 
-    return check_regression(load_params(args.params), args.metrics, baseline=args.baseline,
+    return check_regression(load_config(args.params).regression, args.metrics, baseline=args.baseline,
                             write_baseline=args.write_baseline)
 
 
 def _check_reproduction(args) -> int:
     from deepcovid.checks.reproduction import check_reproduction
-    from deepcovid.params import load_params
+    from deepcovid.config import load_config
 
-    return check_reproduction(load_params(args.params), args.committed_lock, args.lock, args.committed_metrics,
+    return check_reproduction(load_config(args.params).reproduction, args.committed_lock, args.lock, args.committed_metrics,
                               args.metrics)
 
 
@@ -106,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the predictions output inside each experiment")
     p.add_argument("--reference", default=None, help="run the others are tested against (default: the first)")
     p.add_argument("--paired-test", choices=("delong", "bootstrap"), default="delong")
-    p.add_argument("--params", default=None, help="parameter file (default params.yaml if present)")
+    p.add_argument("--params", default="params.yaml")
     p.add_argument("--out-dir", default="reports/compare")
 
     p = command("check-regression", _check_regression, REGRESSION_HELP, "metrics against the committed baseline")

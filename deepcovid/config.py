@@ -70,6 +70,7 @@ class RemoteSource(Section):
     max_bytes: Annotated[Int, Field(gt=0)]
     retries: Annotated[Int, Field(gt=0)]
     timeout: Annotated[Number, Field(gt=0)]
+    backoff: Annotated[Number, Field(ge=0)]
 
     @model_validator(mode="after")
     def _where_from(self):
@@ -255,7 +256,7 @@ class Params(Section):
     preprocess: Preprocess
     augment: Augment
     model: Literal[ARCHITECTURES]  # type: ignore[valid-type]
-    weights: str = Field(min_length=1)
+    weights: str = Field(min_length=1)  # imagenet, none or a file (checked by the stages that load it)
     train: Train
     mlflow: Mlflow
     evaluate: Evaluate
@@ -266,8 +267,6 @@ class Params(Section):
     def _cross_checks(self):
         if self.dataset not in self.datasets:
             raise _located("datasets", f"has no entry for the chosen dataset {self.dataset!r}")
-        if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
-            raise _located("weights", f"{self.weights} is neither imagenet, none nor an existing file")
         if self.train.image_size > self.preprocess.cache_size:
             raise _located("train.image_size", f"{self.train.image_size} is larger than "
                            f"preprocess.cache_size {self.preprocess.cache_size}: the input is cut from that cache")
@@ -281,6 +280,15 @@ class Params(Section):
     def needed_sources(self) -> list[str]:
         roles = self.sources
         return sorted(set(roles.positives) | set(roles.negatives), key=SOURCES.index)
+
+    def fetch_selection(self) -> dict:
+        """The parameters the fetch stage reads for the chosen dataset, and no other: for synthetic
+        the seed and ``synthetic``, for real data its sources' ``fetch.<name>``."""
+        if self.dataset == "synthetic":
+            return {"dataset": self.dataset, "seed": self.seed, "synthetic": self.synthetic.as_dict()}
+        sources = self.needed_sources()
+        return {"dataset": self.dataset, "sources": sources,
+                "fetch": {name: getattr(self.fetch, name).as_dict() for name in sources}}
 
 
 class _Located(ValueError):
@@ -355,3 +363,15 @@ def load_config(path: str | Path = "params.yaml") -> Params:
         return validate(read_yaml(path))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"test": {"auc": 0.9}}`` -> ``{"test.auc": 0.9}`` (keys already dotted are kept)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

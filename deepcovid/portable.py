@@ -1,33 +1,9 @@
-"""Portable arithmetic: the same bits on every CPU, for everything that decides a data byte.
+"""Exact-operation maths, filters, resampling and random draws: the same bits on every CPU.
 
-NumPy, glibc and PyTorch pick CPU-specific code at run time: ``np.exp``, ``np.sin``,
-``np.power``, ``x ** 3`` and friends have AVX2 and AVX-512 versions (SVML) whose results
-differ in the last place; glibc's ``exp``/``sin``/``cos`` have FMA variants; oneDNN and ATen
-convolutions, ``grid_sample`` and resampling kernels differ by instruction set and thread
-count. One last-place difference before a value is rounded to a grey level is enough to
-change a PNG or a JPEG, and with it every later DVC stage.
-
-Everything here is built only from operations that IEEE 754 defines exactly, so every
-conforming CPU gives the same result whatever vector width or dispatch it uses:
-
-- elementwise ``+ - * /`` and ``sqrt`` on float64/float32 arrays and Python floats (each
-  NumPy ufunc call and each Python operator is one correctly rounded operation; nothing
-  can be fused into an FMA across two calls), comparisons, ``abs``, ``min``/``max``,
-  ``floor``/``rint`` and scaling by powers of two (``ldexp``);
-- integer arithmetic, which is exact in any order.
-
-Transcendental functions are therefore computed here by range reduction and polynomials
-(accurate to a few units in the last place of float64, far below a grey level), and
-filters and resampling sum their taps in a fixed order with NumPy elementwise operations.
-Random draws use only the bit generator's integers and :meth:`numpy.random.Generator.random`
-(an exact integer-to-double conversion): :class:`Rng` replaces ``uniform``, ``normal``,
-``standard_normal`` and ``beta``, whose C implementations use libm or may be contracted
-into FMAs by the compiler on some platforms.
-
-``tests/test_portable.py`` checks accuracy against NumPy, and the data-stage emulation
-test (``tests/test_cross_cpu.py``) that the data stages give the same bytes with NumPy's,
-libjpeg-turbo's, PyTorch's and oneDNN's CPU dispatch held back.
-"""
+NumPy, glibc and oneDNN dispatch ``exp``/``sin``/``power``/convolutions per instruction set, and
+their last-place differences change PNG bytes. Everything here uses only IEEE-754 basic
+operations (one ufunc or Python operator each, never fused) and integer arithmetic; accuracy
+is checked in tests/test_portable.py, the byte identity in tests/test_cross_cpu.py."""
 
 from __future__ import annotations
 

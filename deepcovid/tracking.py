@@ -13,7 +13,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from deepcovid.params import flatten, get
+from deepcovid.config import flatten
 
 
 def repository_root(cwd: str | Path | None = None) -> Path:
@@ -66,9 +66,8 @@ def start_training_run(params: dict, device, provenance: dict, environment: dict
     source and compute environment."""
     import mlflow
 
-    from deepcovid.params import flatten, get
 
-    run = start_run(get(params, "mlflow.experiment"), get(params, "mlflow.tracking_uri", ""))
+    run = start_run(params["mlflow"]["experiment"], params["mlflow"]["tracking_uri"])
     mlflow.log_params(flatten({"model": params["model"], "weights": params["weights"], "seed": int(params["seed"]),
                                "dataset": params.get("dataset"), "train": params["train"]}))
     mlflow.log_params({"device": str(device), "weights_source": provenance["weights_source"]})

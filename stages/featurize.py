@@ -1,26 +1,25 @@
-"""Stage featurize: backbone features of every image, computed once (last_layer mode); in full
-fine-tuning mode only a record that nothing was cached (deepcovid.model.features.featurize)."""
+"""Stage featurize: backbone features of every image, computed once (train.mode last_layer).
+
+    python stages/featurize.py data/manifest.csv data/preprocessed data/augmented data/features
+"""
 
 import argparse
 
 from deepcovid import runner
+from deepcovid.config import load_config
 from deepcovid.model.features import featurize
-from deepcovid.model.trainparams import validate_train_params
-from deepcovid.params import load_params
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("manifest", help="manifest.csv (split stage)")
+    ap.add_argument("cache", help="preprocessed image folder")
+    ap.add_argument("augmented", help="augmented image folder")
+    ap.add_argument("out", help="output folder: features.npy, index.csv, meta.json")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--manifest", default="data/manifest.csv")
-    ap.add_argument("--cache", default="data/preprocessed")
-    ap.add_argument("--augmented", default="data/augmented")
-    ap.add_argument("--out", default="data/features")
     args = ap.parse_args()
-
-    params = load_params(args.params)
-    validate_train_params(params)
-    featurize(params, manifest=args.manifest, cache=args.cache, augmented=args.augmented, out=args.out)
+    featurize(load_config(args.params).as_dict(), manifest=args.manifest, cache=args.cache,
+              augmented=args.augmented, out=args.out)
 
 
 if __name__ == "__main__":

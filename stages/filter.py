@@ -1,45 +1,27 @@
-"""Stage filter: keep frontal COVID-19 X-rays not excluded by the radiologist list."""
+"""Stage filter: keep frontal COVID-19 X-rays not excluded by the radiologist list.
+
+    python stages/filter.py data/raw data/filtered
+"""
 
 import argparse
-import logging
 
-import pandas as pd
-
-from deepcovid import runner
-
-from deepcovid import files
-from deepcovid.data.positives import filter_positives, read_exclusions
-from deepcovid.data.metadata import read_cohen_style
-from deepcovid.params import dataset_sources, get, load_params, validate_data_params
-from deepcovid.data.sources import read_sources, source_root
-
-log = logging.getLogger("filter")
+from deepcovid import files, runner
+from deepcovid.config import load_config
+from deepcovid.data.positives import select_positives
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("raw", help="raw data folder (fetch stage)")
+    ap.add_argument("out", help="output folder: positives.csv, report.json")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--raw", default="data/raw")
-    ap.add_argument("--out", default="data/filtered")
     args = ap.parse_args()
-
-    params = load_params(args.params)
-    validate_data_params(params)
-    exclusions = read_exclusions(get(params, "filter.exclusions"))
-    sources = read_sources(args.raw)
-    kept, reports = [], []
-    for name in dataset_sources(params)["positives"]:
-        root = source_root(sources, name, args.raw)
-        meta = read_cohen_style(root / "metadata.csv", name)
-        rows, report = filter_positives(meta, get(params, "filter.frontal_views"), exclusions, root=root)
-        log.info("%s: %d rows, %d COVID-19 X-ray rows -> kept %d images of %d patients; removed %s",
-                 name, report["rows"], report["covid_xray_rows"], report["kept"], report["kept_patients"],
-                 ", ".join(f"{k}: {v}" for k, v in report["removed"].items()))
-        kept.append(rows)
-        reports.append(report)
+    cfg = load_config(args.params)
+    positives, reports = select_positives(args.raw, cfg.sources.positives, cfg.filter.frontal_views,
+                                          cfg.filter.exclusions)
     with files.atomic_path(args.out) as tmp:
         tmp.mkdir()
-        files.write_csv(tmp / "positives.csv", pd.concat(kept, ignore_index=True))
+        files.write_csv(tmp / "positives.csv", positives)
         files.write_json(tmp / "report.json", {"sources": reports})
 
 

@@ -57,6 +57,6 @@ def evaluate_to(root: Path, frame, cfg):
 def repo_cfg():
     """The evaluate section of the committed params.yaml."""
     from deepcovid.evaluation.evaluate import EvalConfig
-    from deepcovid.params import load_params
+    from deepcovid.config import load_config
 
-    return EvalConfig.from_params(load_params(REPO_ROOT / "params.yaml"))
+    return EvalConfig.from_config(load_config(REPO_ROOT / "params.yaml"))

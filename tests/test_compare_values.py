@@ -23,7 +23,7 @@ from deepcovid.evaluation import delong as D
 from deepcovid.evaluation import ranking as R
 from deepcovid.evaluation.compare import compare_models, comparison_markdown
 from deepcovid.evaluation.evaluate import EvalConfig
-from deepcovid.params import load_params
+from deepcovid.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 Z95 = float(norm.ppf(0.975))
@@ -236,7 +236,7 @@ def three_models():
 
 @pytest.fixture(scope="module")
 def cfg() -> EvalConfig:
-    return EvalConfig.from_params(load_params(REPO / "params.yaml"))
+    return EvalConfig.from_config(load_config(REPO / "params.yaml"))
 
 
 @pytest.fixture(scope="module")

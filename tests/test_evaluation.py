@@ -28,7 +28,7 @@ from deepcovid.evaluation.compare import compare_models
 from deepcovid.evaluation.evaluate import EvalConfig, evaluate
 from deepcovid.evaluation.predictions import load_predictions
 from deepcovid.evaluation.report import OutputPaths, write_outputs
-from deepcovid.params import ParamsError, load_params
+from deepcovid.config import ConfigError
 from conftest import evaluate_to
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,11 +223,11 @@ def _run(args, cwd=REPO, check_rc=None):
 
 
 def test_evaluate_cli_outside_dvc(tmp_path):
-    """Any predictions file, all outputs under --out-dir; without params.yaml the defaults apply."""
+    """Any predictions file, outputs in the folders given, settings from the --params file."""
     pred = tmp_path / "preds.csv"
     random_predictions(1).to_csv(pred, index=False)
-    _run([REPO / "stages" / "evaluate.py", "--predictions", pred, "--out-dir", tmp_path / "res"], cwd=tmp_path,
-         check_rc=0)
+    _run([REPO / "stages" / "evaluate.py", pred, tmp_path / "res" / "metrics", tmp_path / "res" / "plots",
+          "--params", REPO / "params.yaml"], cwd=tmp_path, check_rc=0)
     data = json.loads((tmp_path / "res" / "metrics" / "evaluate.json").read_text())
     assert data["test"]["threshold_chosen_on_val"] is True and "val" in data
     for rel in ("metrics/thresholds.csv", "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv",
@@ -261,7 +261,8 @@ def _main(script, args, monkeypatch) -> int:
 def test_evaluate_cli_missing_column(tmp_path, monkeypatch, capsys):
     pred = tmp_path / "preds.csv"
     random_predictions(1).drop(columns=["score"]).to_csv(pred, index=False)
-    rc = _main("evaluate", ["--predictions", pred, "--out-dir", tmp_path / "res", "--params", REPO / "params.yaml"],
+    rc = _main("evaluate", [pred, tmp_path / "res" / "metrics", tmp_path / "res" / "plots",
+                            "--params", REPO / "params.yaml"],
                monkeypatch)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
@@ -309,19 +310,6 @@ def test_bootstrap_auc_interval(repo_cfg):
     ref = R.auc_bootstrap(df.query("split == 'test'")["label"], df.query("split == 'test'")["score"],
                           n_resamples=200, seed=cfg.seed)
     assert (a["test"]["auc_low"], a["test"]["auc_high"]) == pytest.approx((ref["low"], ref["high"]))
-
-
-@pytest.mark.parametrize("key,value,fragment", [
-    ("ci_method", "normal", "evaluate.ci_method must be one of wilson, clopper-pearson"),
-    ("auc_ci", "hanley", "evaluate.auc_ci must be one of delong, bootstrap"),
-    ("target_sensitivity", 1.5, "evaluate.target_sensitivity must be a number in [0.0, 1.0]"),
-    ("thresholds", [], "evaluate.thresholds must be a non-empty list"),
-])
-def test_bad_evaluate_params(key, value, fragment):
-    params = load_params(REPO / "params.yaml")
-    params["evaluate"][key] = value
-    with pytest.raises(ParamsError, match=fragment.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
-        EvalConfig.from_params(params)
 
 
 def test_clopper_pearson_option(repo_cfg):
@@ -374,7 +362,7 @@ def test_regression_rows_directions():
     assert rows["val.auc"]["status"] == "MISSING"
     text = check.format_rows(list(rows.values()))
     assert text.splitlines()[0].split() == ["metric", "baseline", "current", "drop", "tolerance", "status"]
-    with pytest.raises(ParamsError, match="lower_is_better names metrics without a tolerance: test.ap"):
+    with pytest.raises(ConfigError, match="lower_is_better names metrics without a tolerance: test.ap"):
         check.regression_rows(cur, base, tol, ["test.ap"])
 
 

@@ -103,9 +103,9 @@ def _checkpoint_path(ws: Path) -> Path:
     """Where the train stage keeps its full-training checkpoint for this workspace (CPU)."""
     from deepcovid.model.checkpoints import checkpoint_inputs, checkpoint_key
     from deepcovid.model.weights import build_model
-    from deepcovid.params import load_params
+    from deepcovid.config import load_config
 
-    params = load_params(ws / "params.yaml")
+    params = load_config(ws / "params.yaml").as_dict()
     _, provenance = build_model(params["model"], params["weights"])
     inputs = checkpoint_inputs(params, provenance, manifest=ws / "data/manifest.csv",
                                preprocessed=ws / "data/preprocessed", augmented=ws / "data/augmented",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,10 +34,22 @@ def make_workspace(tmp: Path, **overrides) -> Path:
     return tmp
 
 
+def stage_argv(stage: str) -> list[str]:
+    """The stage's command line exactly as dvc.yaml writes it (paths from argv), minus ``python``."""
+    cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["cmd"]
+    argv = shlex.split(cmd)
+    assert argv[0] == "python" and argv[1].startswith("stages/"), cmd
+    return [str(REPO / argv[1]), *argv[2:]]
+
+
 def run_stage(ws: Path, stage: str, check: bool = True, args: tuple = (), env: dict | None = None,
               timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run ``python stages/<stage>.py`` in ``ws`` as DVC would."""
-    proc = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=ws,
+    """Run the stage's command of dvc.yaml in ``ws`` as DVC would (fetch: after fetch_params, its input)."""
+    if stage == "fetch":
+        proc = run_stage(ws, "fetch_params", check=check, env=env, timeout=timeout)
+        if proc.returncode != 0:
+            return proc
+    proc = subprocess.run([sys.executable, *stage_argv(stage), *args], cwd=ws,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"stage {stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from deepcovid import files
-from deepcovid.params import ParamsError, flatten, get
+from deepcovid.config import ConfigError, Regression, flatten
 
 log = logging.getLogger("check_regression")
 HEADER = ("metric", "baseline", "current", "drop", "tolerance", "status")
@@ -35,12 +35,12 @@ def regression_rows(current: dict, baseline: dict, tolerances: dict, lower_is_be
     lower = set(lower_is_better or ())
     unknown = lower - set(tol)
     if unknown:
-        raise ParamsError(f"parameter regression.lower_is_better names metrics without a tolerance: "
+        raise ConfigError(f"parameter regression.lower_is_better names metrics without a tolerance: "
                           f"{', '.join(sorted(unknown))}")
     rows = []
     for metric, t in tol.items():
         if not _number(t) or t < 0:
-            raise ParamsError(f"parameter regression.tolerances.{metric} must be a number >= 0, got {t!r}")
+            raise ConfigError(f"parameter regression.tolerances.{metric} must be a number >= 0, got {t!r}")
         b, c = base.get(metric), cur.get(metric)
         row = {"metric": metric, "baseline": b, "current": c, "drop": None, "tolerance": float(t),
                "lower_is_better": metric in lower, "status": "MISSING"}
@@ -84,26 +84,20 @@ def read_metrics(path: Path, what: str) -> dict:
     return data
 
 
-def check_regression(params: dict, metrics: str | Path, baseline: str | Path | None = None,
+def check_regression(cfg: Regression, metrics: str | Path, baseline: str | Path | None = None,
                      write_baseline: bool = False) -> int:
     """Print the comparison table; 0 when no metric regressed, 1 otherwise.
 
-    ``baseline`` defaults to ``regression.baseline`` of ``params``; ``write_baseline`` copies the
+    ``cfg``: the ``regression`` section; ``baseline`` defaults to its ``baseline``; ``write_baseline`` copies the
     current metrics there instead of comparing.
     """
-    baseline = Path(baseline or get(params, "regression.baseline"))
+    baseline = Path(baseline or cfg.baseline)
     current = read_metrics(Path(metrics), "current")
     if write_baseline:
         files.write_json(baseline, current)
         log.info("wrote baseline %s from %s", baseline, metrics)
         return 0
-    tolerances = get(params, "regression.tolerances")
-    if not isinstance(tolerances, dict) or not tolerances:
-        raise ParamsError("parameter regression.tolerances must be a non-empty mapping of metric to tolerance")
-    lower = get(params, "regression.lower_is_better", [])
-    if not isinstance(lower, list):
-        raise ParamsError("parameter regression.lower_is_better must be a list of metric names")
-    rows = regression_rows(current, read_metrics(baseline, "baseline"), tolerances, lower)
+    rows = regression_rows(current, read_metrics(baseline, "baseline"), cfg.flat_tolerances(), cfg.lower_is_better)
     print(f"regression check: {metrics} against {baseline}")
     print(format_rows(rows))
     failed = [r["metric"] for r in rows if r["status"] != "ok"]

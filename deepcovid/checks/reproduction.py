@@ -1,15 +1,8 @@
-"""Did a rebuild reproduce the committed results (``deepcovid check-reproduction``)? Exact for the
-data stages, within a measured tolerance for the model stages.
+"""Did a rebuild reproduce the committed results (``deepcovid check-reproduction``)?
 
-The data stages (fetch ... augment) use only exactly rounded or integer arithmetic for every
-byte they write (:mod:`deepcovid.portable`), so their outputs must hash the same on any CPU:
-they are compared through the output hashes of two ``dvc.lock`` files. The model stages run
-oneDNN / ATen kernels whose results depend on the instruction set and the thread count in the
-last bits; they are bitwise reproducible on one machine with one thread count, and across
-machines their metrics must agree within the tolerances of ``params.yaml`` (section
-``reproduction``), which were measured by rerunning them under ``ONEDNN_MAX_CPU_ISA``,
-``ATEN_CPU_CAPABILITY`` and thread-count emulation (see README, "Reproducibility").
-"""
+Data stages: their dvc.lock output hashes must be identical (exact arithmetic, any CPU). Model
+stages: their metrics must agree within ``params.yaml`` ``reproduction.tolerances``, measured
+across instruction sets and thread counts (bench/cross_isa.py, README "Reproducibility")."""
 
 from __future__ import annotations
 
@@ -20,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from deepcovid.params import ParamsError, flatten, get
+from deepcovid.config import Reproduction, flatten
 
 METRIC_FILES = ("evaluate.json", "train.json")
 
@@ -102,19 +95,14 @@ def _load(path: Path, kind: str):
         raise ValueError(f"{path}: not a valid {kind} ({type(exc).__name__})") from None
 
 
-def check_reproduction(params: dict, committed_lock: str | Path, lock: str | Path, committed_metrics: str | Path,
+def check_reproduction(cfg: Reproduction, committed_lock: str | Path, lock: str | Path, committed_metrics: str | Path,
                        metrics: str | Path) -> int:
     """Print what was compared; 0 when the data stages' outputs and the model metrics agree, 1 otherwise.
 
-    ``params``: ``reproduction.exact_stages`` and ``reproduction.tolerances``; the metrics folders
+    ``cfg``: the ``reproduction`` section (exact_stages, tolerances); the metrics folders
     hold :data:`METRIC_FILES`.
     """
-    stages = get(params, "reproduction.exact_stages")
-    tolerances = get(params, "reproduction.tolerances")
-    if not isinstance(stages, list) or not stages:
-        raise ParamsError("parameter reproduction.exact_stages must be a non-empty list of stage names")
-    if not isinstance(tolerances, dict) or not tolerances:
-        raise ParamsError("parameter reproduction.tolerances must map metric patterns to tolerances")
+    stages, tolerances = cfg.exact_stages, cfg.tolerances
 
     problems = compare_outputs(_load(Path(committed_lock), "dvc.lock"), _load(Path(lock), "dvc.lock"), stages)
     print(f"data stages ({', '.join(stages)}): outputs {'DIFFER' if problems else 'identical to the committed dvc.lock'}")

@@ -1,16 +1,9 @@
 """Offline augmentation of COVID training images (the paper: 5 copies each).
 
-A horizontal flip, a small rotation / translation / scale / shear (the parameters of
-``torchvision.transforms.v2.RandomAffine``) and a smooth elastic distortion, composed into
-one sampling map and applied with bilinear interpolation. Each copy is seeded from (seed,
-parent image id, copy number), so results do not depend on order or worker count.
-
-The warp is computed here rather than with torchvision because the augmented PNGs are DVC
-outputs that must be byte-identical on every CPU: torch's ``affine_grid`` / ``grid_sample``
-use instruction-set-specific (FMA) kernels. The sampling coordinates use only exactly
-rounded operations (:mod:`deepcovid.portable`), and are then rounded to 1/256 pixel; the
-interpolation itself is integer arithmetic.
-"""
+Flip, rotation / translation / scale / shear (torchvision RandomAffine's parameters) and a
+smooth elastic field, composed into one sampling map, seeded per (seed, image, copy). Computed
+in exact arithmetic with integer interpolation, not with torch's FMA-dispatched grid_sample,
+so the PNGs (DVC outputs) are byte-identical on every CPU."""
 
 from __future__ import annotations
 

@@ -305,18 +305,8 @@ def _same_commit(head: str, commit: str) -> bool:
     return head == commit or (len(commit) >= 7 and head.startswith(commit))
 
 
-def fetch_selection(cfg) -> dict:
-    """The parameters fetch reads for the chosen dataset (a validated :class:`deepcovid.config.Params`),
-    and no other: for synthetic the seed and ``synthetic``, for real data its sources' ``fetch.<name>``."""
-    if cfg.dataset == "synthetic":
-        return {"dataset": cfg.dataset, "seed": cfg.seed, "synthetic": cfg.synthetic.as_dict()}
-    sources = cfg.needed_sources()
-    return {"dataset": cfg.dataset, "sources": sources,
-            "fetch": {name: getattr(cfg.fetch, name).as_dict() for name in sources}}
-
-
 def fetch_dataset(selection: dict, out: str | os.PathLike, *, log: Callable[[str], object] = print) -> dict:
-    """The fetch stage: bring the sources of ``selection`` (from :func:`fetch_selection`) into ``out``
+    """The fetch stage: bring the sources of ``selection`` (from :meth:`deepcovid.config.Params.fetch_selection`) into ``out``
     atomically, with ``sources.json`` recording each source's root and fetch record."""
     from deepcovid import files
     from deepcovid.data.metadata import chexpert_root

@@ -1,18 +1,7 @@
-"""Decode any source image into the uniform cache format: 8-bit, 3 channels, square.
-
-Images are opened by content, never by extension (upstream has PNG files named ``.jpg``).
-Handled modes: 1, L, LA, P/PA (palette, with or without transparency), RGB, RGBA, CMYK,
-YCbCr, I;16 / I;16B / I (16-bit and 32-bit integer grey), F (float).
-
-- Integer images deeper than 8 bits are scaled linearly from their own minimum and
-  maximum to 0..255 (a 12-bit radiograph stored in 16 bits would otherwise be nearly black).
-- Transparency is composited onto black (the background of a radiograph).
-- With ``grayscale=True`` colour images (tinted scans, figure panels) are converted to
-  luminance and replicated into 3 channels, so colour cannot become a shortcut.
-
-Unreadable or truncated files raise :class:`ImageReadError` with a one-line reason; the
-preprocess stage lists them in a rejected table and carries on.
-"""
+"""Decode any source image (opened by content, any Pillow mode, 8 to 32 bit) into the cache format:
+8-bit, 3 channels, square. Deep integer images are scaled from their own min..max, transparency
+goes onto black, colour becomes luminance (``grayscale``) so it cannot be a shortcut. Unreadable
+files raise :class:`ImageReadError` with a one-line reason."""
 
 from __future__ import annotations
 

@@ -1,19 +1,9 @@
 """Tolerant readers of the sources' metadata, normalised to one schema.
 
-Cohen-style tables (covid-chestxray-dataset and Actualmed) are read with every column as
-text. Column names vary across dataset versions (``filename`` vs ``imagename``,
-``patientid`` vs ``patient_id``...), the Cohen header ends with a comma (an empty
-``Unnamed: 28`` column), findings may be empty or ``todo``. They are normalised to:
-
-    source, relpath, patient, finding, view, modality, offset
-
-CheXpert (``train.csv``/``valid.csv`` of CheXpert-v1.0 or -small) is normalised to:
-
-    source, relpath, patient, frontal, view, csv, <14 category columns as float (NaN = blank)>
-
-``relpath`` is relative to the source's root folder, ``patient`` is the upstream id as text.
-A missing required column raises :class:`MetadataError` naming the file and the column.
-"""
+Cohen-style tables (covid-chestxray-dataset, Actualmed; column names vary across versions) ->
+``source, relpath, patient, finding, view, modality, offset``; CheXpert train/valid.csv ->
+``source, relpath, patient, frontal, view, csv`` and the 14 categories (float, NaN = blank).
+A missing required column raises :class:`MetadataError` naming the file and the column."""
 
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
 """Select the non-COVID images (negatives) and propose a pool (train or test) for each.
 
-CheXpert (paper and synthetic datasets), as in the paper: frontal images positive for
-exactly one of the 14 categories ("No Finding" counts as a category), sampled per
-category into a test pool and a training pool whose patients never overlap.
-
-Public dataset: Actualmed "No finding" images and the Cohen dataset's non-COVID frontal
-X-rays ("No Finding" -> normal, other pneumonias -> other disease); patients are put in
-the test pool with a given probability.
-
-Every output row records ``group`` (normal / other-disease) and ``category``. When a source
-holds fewer images than asked for, what exists is taken and the shortfall is reported.
-"""
+CheXpert (paper, synthetic): frontal images positive for exactly one of the 14 categories,
+sampled per category into patient-disjoint test and training pools, as the paper did. Public:
+Actualmed "No finding" and Cohen's non-COVID frontal X-rays, patients sent to the test pool
+with a given probability. A source with fewer images than asked gives what it has (reported)."""
 
 from __future__ import annotations
 

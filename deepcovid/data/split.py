@@ -1,16 +1,9 @@
 """Patient-level split into train / val / test, and the manifest every later stage reads.
 
-Images are grouped so that nothing about one person can sit in two parts:
-
-- two images of the same (source, patient) share a group;
-- one image file listed under two patient ids (the Cohen data has such rows) joins them;
-- byte-identical files (the same radiograph under two names) join their groups.
-
-COVID test images are drawn group by group until ``covid_test_images`` is reached; the
-remaining COVID groups and the negatives' training pool are split into train and val by
-``val_fraction``; the negatives' test pool goes to test. A group holding a COVID image
-follows the COVID assignment. :func:`check_no_leak` verifies the result independently.
-"""
+Images sharing a patient, a file (one file listed under two patient ids) or their bytes are
+grouped (connected components) and never cross parts. COVID test images are drawn group by
+group up to ``covid_test_images``; the rest and the negatives' training pool are split into
+train and val by ``val_fraction``; :func:`check_no_leak` verifies the result independently."""
 
 from __future__ import annotations
 

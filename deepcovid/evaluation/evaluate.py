@@ -22,7 +22,7 @@ from deepcovid.evaluation.plot_data import calibration_frame, confusion_frame, p
 from deepcovid.evaluation.predictions import SplitData
 from deepcovid.evaluation.proportions import paper_interval, summarize, threshold_for_sensitivity, threshold_table
 from deepcovid.evaluation.ranking import auc_bootstrap, average_precision
-from deepcovid.params import ParamsError, get
+from deepcovid.config import Params
 
 log = logging.getLogger("evaluate")
 
@@ -30,77 +30,23 @@ AUC_CI_METHODS = ("delong", "bootstrap")
 CI_METHODS = ("wilson", "clopper-pearson")
 
 #: Used only when no params file exists (evaluate.py run outside the repository).
-DEFAULTS = {
-    "thresholds": [0.1, 0.2, 0.3, 0.5, 0.7],
-    "target_sensitivity": 0.98,
-    "ci_method": "wilson",
-    "alpha": 0.05,
-    "auc_ci": "delong",
-    "bootstrap_resamples": 1000,
-    "calibration_bins": 10,
-    "histogram_bins": 20,
-}
-
-
-# --------------------------------------------------------------------------- configuration
-
-
 @dataclass(frozen=True)
 class EvalConfig:
-    thresholds: tuple[float, ...] = tuple(DEFAULTS["thresholds"])
-    target_sensitivity: float = DEFAULTS["target_sensitivity"]
-    ci_method: str = DEFAULTS["ci_method"]
-    alpha: float = DEFAULTS["alpha"]
-    auc_ci: str = DEFAULTS["auc_ci"]
-    bootstrap_resamples: int = DEFAULTS["bootstrap_resamples"]
-    seed: int = 42
-    calibration_bins: int = DEFAULTS["calibration_bins"]
-    histogram_bins: int = DEFAULTS["histogram_bins"]
+    """The ``evaluate`` section of params.yaml and the top-level ``seed`` (validated by deepcovid.config)."""
+    thresholds: tuple[float, ...]
+    target_sensitivity: float
+    ci_method: str
+    alpha: float
+    auc_ci: str
+    bootstrap_resamples: int
+    seed: int
+    calibration_bins: int
+    histogram_bins: int
 
     @classmethod
-    def from_params(cls, params: dict) -> "EvalConfig":
-        """Read and validate the ``evaluate`` section (and the top-level ``seed``)."""
-        sec = get(params, "evaluate")
-        if not isinstance(sec, dict):
-            raise ParamsError("parameter evaluate must be a mapping")
-
-        def num(key, low, high, integer=False):
-            value = get(params, f"evaluate.{key}")
-            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-            if isinstance(value, bool) or not ok or not low <= value <= high:
-                kind = "an integer" if integer else "a number"
-                raise ParamsError(f"parameter evaluate.{key} must be {kind} in [{low}, {high}], got {value!r}")
-            return value
-
-        thresholds = get(params, "evaluate.thresholds")
-        if (not isinstance(thresholds, list) or not thresholds
-                or any(isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1 for t in thresholds)):
-            raise ParamsError(f"parameter evaluate.thresholds must be a non-empty list of numbers in [0, 1], "
-                              f"got {thresholds!r}")
-        ci = get(params, "evaluate.ci_method")
-        if ci not in CI_METHODS:
-            raise ParamsError(f"parameter evaluate.ci_method must be one of {', '.join(CI_METHODS)}; got {ci!r}")
-        auc_ci = get(params, "evaluate.auc_ci")
-        if auc_ci not in AUC_CI_METHODS:
-            raise ParamsError(f"parameter evaluate.auc_ci must be one of {', '.join(AUC_CI_METHODS)}; got {auc_ci!r}")
-        seed = get(params, "seed", 42)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ParamsError(f"parameter seed must be an integer >= 0, got {seed!r}")
-        return cls(
-            thresholds=tuple(float(t) for t in thresholds),
-            target_sensitivity=float(num("target_sensitivity", 0.0, 1.0)),
-            ci_method=ci,
-            alpha=float(num("alpha", 1e-6, 0.5)),
-            auc_ci=auc_ci,
-            bootstrap_resamples=int(num("bootstrap_resamples", 1, 1_000_000, integer=True)),
-            seed=int(seed),
-            calibration_bins=int(num("calibration_bins", 1, 1000, integer=True)),
-            histogram_bins=int(num("histogram_bins", 1, 1000, integer=True)),
-        )
-
-    @classmethod
-    def defaults(cls, seed: int = 42) -> "EvalConfig":
-        return cls.from_params({"evaluate": dict(DEFAULTS), "seed": seed})
+    def from_config(cls, cfg: Params) -> "EvalConfig":
+        section = cfg.evaluate.as_dict()
+        return cls(**{**section, "thresholds": tuple(section["thresholds"])}, seed=cfg.seed)
 
 
 # --------------------------------------------------------------------------- pieces

@@ -26,13 +26,16 @@ class OutputPaths:
     figures: Path
 
     @classmethod
+    def into(cls, metrics: str | Path, plots: str | Path) -> "OutputPaths":
+        """The evaluate stage's files in the folders ``metrics`` and ``plots``."""
+        m, p = Path(metrics), Path(plots)
+        return cls(metrics=m / "evaluate.json", details=m / "evaluate_details.json", thresholds=m / "thresholds.csv",
+                   roc=p / "roc.csv", pr=p / "pr.csv", confusion=p / "confusion.csv", scores=p / "scores.csv",
+                   calibration=p / "calibration.csv", figures=p / "figures")
+
+    @classmethod
     def under(cls, root: str | Path = ".") -> "OutputPaths":
-        root = Path(root)
-        return cls(metrics=root / "metrics" / "evaluate.json", details=root / "metrics" / "evaluate_details.json",
-                   thresholds=root / "metrics" / "thresholds.csv",
-                   roc=root / "plots" / "roc.csv", pr=root / "plots" / "pr.csv",
-                   confusion=root / "plots" / "confusion.csv", scores=root / "plots" / "scores.csv",
-                   calibration=root / "plots" / "calibration.csv", figures=root / "plots" / "figures")
+        return cls.into(Path(root) / "metrics", Path(root) / "plots")
 
 
 def check_finite_frame(frame: pd.DataFrame, what: str) -> None:
