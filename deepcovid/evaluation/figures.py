@@ -93,6 +93,19 @@ def confusion_matrix(counts: dict, threshold: float, path, title: str = "") -> P
     return save(fig, path)
 
 
+def _finish_unit_square(fig: Figure, ax, path, xlabel: str, ylabel: str, title: str, legend: str) -> Path:
+    """Axes of a curve in the unit square (ROC, PR): limits, labels, legend, grid; save."""
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def roc_curves(curves: Sequence[dict], path, title: str = "ROC curve (test)") -> Path:
     """Overlay of ROC curves; each dict: ``label, fpr, tpr`` and optional ``point`` = (fpr, tpr)."""
     fig = _figure(5.5, 5.2)
@@ -103,15 +116,8 @@ def roc_curves(curves: Sequence[dict], path, title: str = "ROC curve (test)") ->
         ax.plot(c["fpr"], c["tpr"], color=color, linewidth=1.6, label=c["label"], drawstyle="default")
         if c.get("point") is not None:
             ax.plot([c["point"][0]], [c["point"][1]], marker="o", color=color, markersize=6)
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save(fig, path)
+    return _finish_unit_square(fig, ax, path, "false positive rate (1 - specificity)",
+                               "true positive rate (sensitivity)", title, "lower right")
 
 
 def pr_curves(curves: Sequence[dict], path, prevalence: float | None = None,
@@ -124,15 +130,8 @@ def pr_curves(curves: Sequence[dict], path, prevalence: float | None = None,
     for i, c in enumerate(curves):
         ax.plot(c["recall"], c["precision"], color=COLORS[i % len(COLORS)], linewidth=1.6, label=c["label"],
                 drawstyle="steps-post")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("recall (sensitivity)")
-    ax.set_ylabel("precision (positive predictive value)")
-    ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save(fig, path)
+    return _finish_unit_square(fig, ax, path, "recall (sensitivity)", "precision (positive predictive value)",
+                               title, "lower left")
 
 
 def reliability_diagram(table: pd.DataFrame, ece: float, path, title: str = "") -> Path:

@@ -11,18 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepcovid.config import ARCHITECTURES  # the valid values of parameter model: one SPECS entry each
+
 # torchvision resnet18/50, squeezenet1_0, densenet121/161; efficientnet-lite0/1/2 of the PyPI
 # package efficientnet-lite-pytorch (backbone outputs and heads: split_backbone_head)
-ARCHITECTURES: tuple[str, ...] = (
-    "resnet18",
-    "resnet50",
-    "squeezenet",
-    "densenet121",
-    "densenet161",
-    "efficientnet_lite0",
-    "efficientnet_lite1",
-    "efficientnet_lite2",
-)
 
 IMAGENET_CLASSES = 1000
 INPUT_SIZE = 224  # the torchvision networks' (and EfficientNet-Lite0's) training resolution
