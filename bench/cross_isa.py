@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -55,8 +57,10 @@ def run_variant(name: str, params: Path, work: Path) -> tuple[dict, pd.DataFrame
         (os.symlink(src, ws / "data" / part))
     env = {**os.environ, **VARIANTS[name], "MLFLOW_TRACKING_URI": f"sqlite:///{ws}/mlflow.db"}
     start = time.perf_counter()
+    commands = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for stage in MODEL_STAGES:
-        subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py")], cwd=ws, env=env, check=True,
+        script, *args = shlex.split(commands[stage]["cmd"])[1:]  # as dvc.yaml runs it, paths from argv
+        subprocess.run([sys.executable, str(REPO / script), *args], cwd=ws, env=env, check=True,
                        capture_output=True, text=True)
     seconds = time.perf_counter() - start
     metrics = {f: json.loads((ws / "metrics" / f).read_text()) for f in ("evaluate.json", "train.json")}
