@@ -542,3 +542,28 @@ def test_reliability_decimal_edges_go_to_upper_bin():
     hist = score_histogram(scores, ["covid"] * 3, 10)["covid"].tolist()
     assert hist == [0, 0, 0, 1, 0, 0, 1, 1, 0, 0]
     assert C.reliability_table([0, 1, 0], scores, n_bins=10)["count"].tolist() == hist
+
+
+def test_bootstrap_holds_a_single_image_class_fixed():
+    """One COVID-19 image: DeLong is undefined, the stratified bootstrap resamples the negatives only.
+    Positive 0.5 against negatives {0.2, 0.6}: the resampled AUCs are 1, 0.5, 0.5, 0 (equally likely)."""
+    from deepcovid.evaluation.ranking import auc_bootstrap
+
+    r = auc_bootstrap([1, 0, 0], [0.5, 0.2, 0.6], n_resamples=2000, seed=0)
+    assert r["auc"] == 0.5 and (r["low"], r["high"]) == (0.0, 1.0)
+    assert r["std"] == pytest.approx(np.sqrt(0.125), rel=0.1)  # sd of {1, .5, .5, 0}
+    with pytest.raises(ValueError, match="at least 2 images of one class"):
+        auc_bootstrap([1, 0], [0.5, 0.2])
+
+
+def test_evaluate_falls_back_to_the_bootstrap_and_names_an_impossible_split(repo_cfg):
+    frame = pd.DataFrame({"image_id": list("abcdefgh"), "label": [1, 0, 0, 0, 1, 0, 0, 1],
+                          "split": ["val"] * 4 + ["test"] * 4, "score": [.9, .2, .4, .1, .8, .3, .6, .7],
+                          "group": ["covid", "normal", "normal", "normal", "covid", "normal", "normal", "covid"]})
+    result = evaluate(frame, repo_cfg, name="p.csv")
+    val = result.metrics["val"]  # 1 COVID-19 image in val: the bootstrap over its negatives (AUC 1 in each)
+    assert (val["auc"], val["auc_low"], val["auc_high"]) == (1.0, 1.0, 1.0)
+    frame.loc[frame.index[:4], "label"] = [1, 0, 0, 0]
+    frame = frame.drop(index=[2, 3])  # val: one image of each class
+    with pytest.raises(ValueError, match=r"p.csv: val split \(1 COVID-19, 1 other\): .*at least 2 images"):
+        evaluate(frame, repo_cfg, name="p.csv")

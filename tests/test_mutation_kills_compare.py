@@ -102,12 +102,14 @@ YV = np.r_[np.ones(6, int), np.zeros(6, int)]
 SV = np.array([0.88, 0.76, 0.69, 0.51, 0.34, 0.29, 0.60, 0.32, 0.24, 0.13, 0.10, 0.04])
 
 
-@pytest.fixture(scope="module")
+# Function scope on purpose: mutmut attributes what a module-scoped fixture calls to the first test
+# using it only, so the other tests' assertions would never run against a mutant.
+@pytest.fixture
 def runs():
     return {"A": frame(Y, SA, YV, SV), "B": frame(Y, SB, YV, SV), "C": frame(Y, SC)}  # C: no val split
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def compared(runs, cfg):
     table, details = compare_models(runs, cfg, models={"A": "resnet18", "C": "squeezenet"})
     return table, details
@@ -233,6 +235,33 @@ def test_compare_rejects_bad_arguments(runs, cfg, kwargs, fragment):
     with pytest.raises(ValueError) as err:
         compare_models({"A": runs["A"], "B": runs["B"]}, cfg, **kwargs)
     assert fragment in str(err.value)
+
+
+def test_compare_errors_name_the_runs(runs, cfg):
+    """Bugs: an error of one run's evaluation or pairing not naming the run(s) concerned."""
+    one_class = frame(np.ones(4, int), np.linspace(0.2, 0.8, 4))
+    with pytest.raises(ValueError, match="^bad: the test split needs both classes"):
+        compare_models({"A": runs["A"], "bad": one_class}, cfg)
+    with pytest.raises(ValueError, match="models 'A' and 'short' did not score the same test images"):
+        compare_models({"A": runs["A"], "short": runs["A"].iloc[1:]}, cfg)
+
+
+def test_compare_paper_radius_uses_alpha(runs, cfg):
+    """Bug: the paper's radius at the default alpha instead of the configured one."""
+    table, details = compare_models({"A": runs["A"]}, dataclasses.replace(cfg, alpha=0.1))
+    t = details["A"].details["test"]
+    z90 = float(norm.ppf(0.95))
+    p, q = t["tp"] / t["n_pos"], t["tn"] / t["n_neg"]
+    assert 0 < p < 1 and 0 < q < 1
+    assert table.loc[0, "paper_sensitivity_radius"] == pytest.approx(z90 * math.sqrt(p * (1 - p) / t["n_pos"]))
+    assert table.loc[0, "paper_specificity_radius"] == pytest.approx(z90 * math.sqrt(q * (1 - q) / t["n_neg"]))
+
+
+def test_markdown_single_run(runs, cfg):
+    """Bug: the notes read from a second row that a single-run table does not have."""
+    table, _ = compare_models({"A": runs["A"]}, cfg)
+    md = comparison_markdown(table, cfg)
+    assert "Test split: 18 images (8 COVID-19)." in md and "adjusted for 0 comparisons." in md
 
 
 def test_compare_rejects_no_runs(cfg):
@@ -450,7 +479,7 @@ def test_dvc_experiments_command_and_rows(monkeypatch, caplog):
     ]
     text = caplog.text
     assert "exp-d" in text and "failed" in text and "exp-e" in text and "running" in text
-    assert "exp-err" in text and "broken" in text and "exp-str" in text and "bad" in text
+    assert "skipping exp-err (1111111): broken" in text and "skipping exp-str (2222222): bad" in text
     # only experiments
     found = compare.dvc_experiments("/repo", "data/predictions.csv", include_baseline=False)
     assert [e["name"] for e in found] == ["grp", "exp-c", "fffffff", "exp-noparams"]
@@ -467,7 +496,8 @@ def test_dvc_experiments_skips_missing_output(monkeypatch, caplog):
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: _Proc(json.dumps(shown)))
     with caplog.at_level("WARNING", logger="compare"):
         assert compare.dvc_experiments(".", "data/predictions.csv") == []
-    assert "no data/predictions.csv recorded" in caplog.text
+    assert "skipping main (aaaaaaa): no data/predictions.csv recorded" in caplog.text
+    assert "skipping e1 (bbbbbbb): no data/predictions.csv recorded" in caplog.text
     # another path of the same revisions
     shown[0]["data"]["outs"] = {"other.csv": {"hash": "1"}}
     assert compare.dvc_experiments(".", "other.csv") == [{"name": "main", "rev": "a" * 40, "model": "m"}]
@@ -525,7 +555,10 @@ def test_collect_runs_from_files_and_dvc(monkeypatch, tmp_path, caplog):
         asked.update(repo=repo, path=path, include_baseline=include_baseline, commits=commits)
         return exps
 
+    reads = []
+
     def fake_read(repo, path, rev, name):
+        reads.append((repo, path, rev, name))
         if name == "e2":
             raise OSError("missing\n  from   cache")
         return pd.DataFrame({"from": [name]})
@@ -539,7 +572,12 @@ def test_collect_runs_from_files_and_dvc(monkeypatch, tmp_path, caplog):
     assert list(runs) == ["e1", "e3", "file"]
     assert models == {"e1": "resnet18", "e3": "m", "file": ""}
     assert runs["e1"]["from"].iloc[0] == "e1" and len(runs["file"]) == 4
-    assert "e2" in caplog.text and "missing from cache" in caplog.text
+    assert reads == [("/r", "p.csv", e["rev"], e["name"]) for e in exps]
+    assert "skipping e2 (2222222): cannot read p.csv (missing from cache)" in caplog.text
+    # defaults: this repository, data/predictions.csv, baseline included, one commit
+    compare.collect_runs([], from_dvc_exps=True)
+    assert asked == {"repo": ".", "path": "data/predictions.csv", "include_baseline": True, "commits": 1}
+    assert reads[-1] == (".", "data/predictions.csv", "3" * 40, "e3")
     # a table DVC returned but that is not valid predictions: an error, not a skip
     monkeypatch.setattr(compare, "read_dvc_predictions",
                         lambda *a: (_ for _ in ()).throw(ValueError("bad table")))
@@ -580,6 +618,12 @@ def test_write_comparison_files(monkeypatch, tmp_path, compared, cfg):
     rel = []
     monkeypatch.setattr(compare.figures, "reliability_diagram",
                         lambda tab, ece, path, title="": rel.append((tab, ece, Path(path), title)))
+    nested = tmp_path / "x" / "y"
+    compare.write_comparison(nested, table, details, {"A": "resnet18"}, cfg, paired="bootstrap")
+    assert "paired stratified bootstrap" in (nested / "table.md").read_text(encoding="utf-8")
+    doc = json.loads((nested / "compare.json").read_text())
+    assert doc["paired_test"] == "bootstrap" and doc["runs"]["B"]["model"] == ""
+    rel.clear()
     out = tmp_path / "cmp"
     out.mkdir()
     (out / "reliability_old.png").write_bytes(b"x")

@@ -172,6 +172,7 @@ def test_roc_curve_finite_first_threshold():
         (np.array([1.0, 0.0, 0.4, 0.2, 0.9, 0.5]), float(np.nextafter(1.0, 2.0))),
         (np.array([2.5, -1.0, 0.4, 0.2, 0.9, 0.5]), 3.5),
         (np.array([0.5, -1.0, 0.4, 0.2, 0.9, 0.1]), 1.9),
+        (np.array([0.0, 0.3, 1.5, 0.2, 0.9, 0.1]), 2.5),
         (np.array([1e17, 0.0, 5.0, 1.0, 7.0, 2.0]), float(np.nextafter(1e17, np.inf))),
     ]
     for s, first in cases:
@@ -284,6 +285,25 @@ def test_bootstrap_one_resample_and_float_count():
     assert R._check_resamples(1) == 1 and R._check_resamples(2.0) == 2 and type(R._check_resamples(2.0)) is int
     res = R.paired_bootstrap_auc([1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1], [0.9, 0.4, 0.5, 0.1], n_resamples=1)
     assert res["p_value"] == 1.0 and res["n_resamples"] == 1
+
+
+def test_paired_tests_name_the_bad_argument():
+    """Bug: a NaN in one model's scores reported under the other model's name."""
+    y, good, bad = [1, 1, 0, 0], [0.9, 0.4, 0.5, 0.1], [0.9, np.nan, 0.5, 0.1]
+    for test in (D.delong_paired_test, R.paired_bootstrap_auc):
+        with pytest.raises(ValueError, match="^scores_a contains NaN"):
+            test(y, bad, good)
+        with pytest.raises(ValueError, match="^scores_b contains NaN"):
+            test(y, good, bad)
+
+
+def test_bootstrap_defaults():
+    """Bug: the documented defaults (1000 resamples, seed 0) changed."""
+    y, s = [1, 1, 1, 0, 0, 0], [0.9, 0.4, 0.6, 0.5, 0.1, 0.3]
+    res = R.auc_bootstrap(y, s)
+    assert res == R.auc_bootstrap(y, s, n_resamples=1000, seed=0) and res["n_resamples"] == 1000 and res["seed"] == 0
+    res = R.paired_bootstrap_auc(y, s, s[::-1])
+    assert res == R.paired_bootstrap_auc(y, s, s[::-1], n_resamples=1000, seed=0) and res["n_resamples"] == 1000
 
 
 def test_bootstrap_rejects_bad_alpha():

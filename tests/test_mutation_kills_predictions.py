@@ -52,6 +52,7 @@ def test_other_splits_dropped_and_logged(caplog):
     with caplog.at_level("INFO", logger="evaluate"):
         df = read(text, name="p.csv")
     assert list(df["image_id"]) == ["a", "b", "c", "d"] and list(df.index) == [0, 1, 2, 3]
+    assert list(df.columns) == ["image_id", "label", "split", "score", "group"]
     msg = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
     assert msg == ["p.csv: ignoring 3 rows of split 'holdout', 'train' (only val and test are evaluated)"]
     caplog.clear()
@@ -88,6 +89,13 @@ def test_rejected_tables(text, fragment):
         read(text, name="dir/run.csv")
     message = str(err.value)
     assert message.startswith("dir/run.csv: ") and fragment in message, message
+
+
+def test_bad_labels_listed_up_to_five():
+    """Bug: more than the first five distinct bad labels listed."""
+    rows = "".join(f"r{i},{v},test,0.5,normal\n" for i, v in enumerate([2, 3, 4, 5, 6, 7, 0, 1]))
+    with pytest.raises(ValueError, match=r"found \[2.0, 3.0, 4.0, 5.0, 6.0\]$"):
+        read(HEAD + rows)
 
 
 def test_unreadable_bytes(tmp_path):

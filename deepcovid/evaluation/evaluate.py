@@ -209,9 +209,13 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions") -> Ev
 
     auc_methods: list[str] = []
 
-    def split_metrics(data: SplitData, thr: float) -> dict:
+    def split_metrics(data: SplitData, thr: float, split: str) -> dict:
         out = operating_summary(data.y, data.s, thr, cfg)
-        auc = auc_with_ci(data.y, data.s, cfg)
+        try:
+            auc = auc_with_ci(data.y, data.s, cfg)
+        except ValueError as exc:
+            n_pos = int(data.y.sum())
+            raise ValueError(f"{name}: {split} split ({n_pos} COVID-19, {data.y.size - n_pos} other): {exc}") from None
         auc_methods.append(auc.pop("auc_ci_method"))
         out.update(auc)
         out["ap"] = average_precision(data.y, data.s)
@@ -219,12 +223,12 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions") -> Ev
         out["prevalence"] = out["n_pos"] / out["n"]
         return out
 
-    test_m = split_metrics(test, threshold)
+    test_m = split_metrics(test, threshold, "test")
     test_m["threshold_chosen_on_val"] = chosen_on == "val"
     _log_paper_outside(f"{name}: test operating point", test_m, cfg.ci_method)
     metrics: dict = {"test": test_m}
     if val.both_classes:
-        metrics["val"] = split_metrics(val, threshold)
+        metrics["val"] = split_metrics(val, threshold, "val")
         _log_paper_outside(f"{name}: validation operating point", metrics["val"], cfg.ci_method)
     paper = operating_summary(test.y, test.s, paper_threshold, cfg)
     paper["paper_style_test_threshold"] = paper.pop("threshold")

@@ -63,10 +63,22 @@ def _check_resamples(n_resamples) -> int:
 
 
 def _bootstrap(data: tuple, statistic, n_resamples: int, seed: int, alpha: float):
-    """Stratified percentile bootstrap: the positives and the negatives are resampled separately."""
-    return stats.bootstrap(data, statistic, n_resamples=_check_resamples(n_resamples), vectorized=True, axis=-1,
-                           confidence_level=1.0 - check_alpha(alpha), method="percentile",
-                           rng=np.random.default_rng(seed))
+    """Stratified percentile bootstrap: the positives and the negatives are resampled separately.
+
+    A class of one image resamples to itself, so it is held fixed (scipy needs two observations
+    to resample a sample); with one image in every class there is nothing to resample.
+    """
+    free = [k for k, d in enumerate(data) if len(d) > 1]
+    if not free:
+        raise ValueError("a bootstrap interval needs at least 2 images of one class")
+
+    def fixed_aside(*resampled, axis=-1):
+        it = iter(resampled)
+        return statistic(*(next(it) if k in free else d for k, d in enumerate(data)), axis=axis)
+
+    return stats.bootstrap(tuple(data[k] for k in free), fixed_aside, n_resamples=_check_resamples(n_resamples),
+                           vectorized=True, axis=-1, confidence_level=1.0 - check_alpha(alpha),
+                           method="percentile", rng=np.random.default_rng(seed))
 
 
 def auc_bootstrap(y_true, scores, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
