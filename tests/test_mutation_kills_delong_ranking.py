@@ -80,35 +80,15 @@ def test_delong_one_of_a_class_rejected(y, counts):
 # --------------------------------------------------------------------------- auc_delong intervals
 
 
-def test_auc_delong_logit_interval_by_hand():
-    """Bugs: the logit interval's centre, standard error (delta method: se / (auc (1 - auc))) or alpha wrong."""
-    y = np.array([1, 1, 1, 0, 0, 0, 0])
-    s = np.array([0.9, 0.6, 0.4, 0.6, 0.3, 0.2, 0.1])  # AUC 7/8, variance 1/48 (hand-worked)
-    auc, se = 7 / 8, math.sqrt(1 / 48)
-    centre, se_l = math.log(auc / (1 - auc)), se / (auc * (1 - auc))
-    for alpha, z in ((0.05, Z95), (0.1, Z90)):
-        res = D.auc_delong(y, s, alpha=alpha, transform="logit")
-        assert res["low"] == pytest.approx(1 / (1 + math.exp(-(centre - z * se_l))), abs=1e-13)
-        assert res["high"] == pytest.approx(1 / (1 + math.exp(-(centre + z * se_l))), abs=1e-13)
-        assert res["auc"] == pytest.approx(auc, abs=1e-15) and res["std"] == pytest.approx(se, abs=1e-15)
-    plain = D.auc_delong(y, s, transform="none")
-    assert plain["high"] == 1.0 and D.auc_delong(y, s, transform="logit")["high"] < 1.0
-
-
 def test_auc_delong_clips_low_at_zero_and_handles_auc_zero():
-    """Bugs: the interval not clipped at 0; the logit interval at AUC 0 (log 0) not degenerate."""
+    """Bugs: the interval not clipped at 0; a zero-variance AUC of 0 not giving (0, 0)."""
     y = np.array([1, 1, 1, 0, 0, 0, 0])
     s = 1.0 - np.array([0.9, 0.6, 0.4, 0.6, 0.3, 0.2, 0.1])  # AUC 1/8, variance 1/48
     res = D.auc_delong(y, s)
     assert res["auc"] == pytest.approx(1 / 8, abs=1e-15)
     assert res["low"] == 0.0 and res["high"] == pytest.approx(1 / 8 + Z95 * math.sqrt(1 / 48), abs=1e-13)
-    worst = D.auc_delong([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9], transform="logit")
+    worst = D.auc_delong([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9])
     assert worst["auc"] == 0.0 and worst["low"] == worst["high"] == 0.0 and worst["variance"] == 0.0
-
-
-def test_auc_delong_rejects_unknown_transform():
-    with pytest.raises(ValueError, match="'probit'"):
-        D.auc_delong([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1], transform="probit")
 
 
 # --------------------------------------------------------------------------- delong_paired_test

@@ -147,30 +147,6 @@ def test_summarize_values():
 # --------------------------------------------------------------------------- calibration
 
 
-def test_quantile_bins_by_hand():
-    """Bugs: quantile edges not at the quantiles, duplicates not merged, the last bin not closed."""
-    y = np.array([0, 0, 1, 0, 1, 1, 1, 0])
-    p = np.array([0.1, 0.2, 0.2, 0.4, 0.6, 0.8, 0.9, 0.9])
-    table = C.reliability_table(y, p, n_bins=4, strategy="quantile")
-    edges = np.unique(np.quantile(p, [0, 0.25, 0.5, 0.75, 1.0]))
-    np.testing.assert_allclose(table["bin_low"], edges[:-1])
-    np.testing.assert_allclose(table["bin_high"], edges[1:])
-    # edges 0.1, 0.2, 0.5, 0.85, 0.9: [0.1, 0.2) {0.1}, [0.2, 0.5) {0.2, 0.2, 0.4}, [0.5, 0.85) {0.6, 0.8}, [0.85, 0.9] {0.9, 0.9}
-    assert list(table["count"]) == [1, 3, 2, 2]
-    np.testing.assert_allclose(table["mean_predicted"], [0.1, 0.8 / 3, 0.7, 0.9])
-    np.testing.assert_allclose(table["fraction_positive"], [0, 1 / 3, 1, 0.5])
-    ece = (1 * 0.1 + 3 * abs(1 / 3 - 0.8 / 3) + 2 * 0.3 + 2 * 0.4) / 8
-    assert C.expected_calibration_error(y, p, n_bins=4, strategy="quantile") == pytest.approx(ece, abs=1e-14)
-
-
-def test_quantile_bins_identical_probabilities():
-    """Bug: identical probabilities (one unique quantile) giving no bin at all."""
-    table = C.reliability_table([1, 0, 1], [0.3, 0.3, 0.3], n_bins=5, strategy="quantile")
-    assert len(table) == 1 and table.loc[0, "count"] == 3
-    assert table.loc[0, "bin_low"] == table.loc[0, "bin_high"] == 0.3
-    assert table.loc[0, "fraction_positive"] == pytest.approx(2 / 3)
-
-
 @pytest.mark.parametrize("bins", [0, -1, 2.5])
 def test_bins_rejected(bins):
     with pytest.raises(ValueError, match=f"n_bins must be a positive integer, got {bins}"):

@@ -8,30 +8,24 @@ import pandas as pd
 from deepcovid.evaluation.inputs import check_inputs, check_probabilities
 
 
-def _bin_edges(prob: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
+def _bin_edges(n_bins: int) -> np.ndarray:
+    """``n_bins`` equal-width bins on [0, 1], edges rounded: a score of exactly 0.3 belongs to
+    [0.3, 0.4), as in the score histograms."""
     if int(n_bins) != n_bins or n_bins < 1:
         raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
-    if strategy == "uniform":  # rounded: a score of exactly 0.3 belongs to [0.3, 0.4), as in the histograms
-        return np.round(np.linspace(0.0, 1.0, int(n_bins) + 1), 12)
-    if strategy == "quantile":
-        edges = np.unique(np.quantile(prob, np.linspace(0.0, 1.0, int(n_bins) + 1)))
-        if edges.size == 1:  # every probability identical
-            edges = np.array([edges[0], edges[0]])
-        return edges
-    raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+    return np.round(np.linspace(0.0, 1.0, int(n_bins) + 1), 12)
 
 
-def reliability_table(y_true, prob, n_bins: int = 10, strategy: str = "uniform") -> pd.DataFrame:
+def reliability_table(y_true, prob, n_bins: int = 10) -> pd.DataFrame:
     """Reliability (calibration) table: one row per bin, empty bins included (count 0, NaN means).
 
-    ``strategy="uniform"``: ``n_bins`` equal-width bins on ``[0, 1]``; ``"quantile"``: edges at the
-    quantiles of ``prob`` (duplicates merged). Bins are ``[bin_low, bin_high)``, the last closed.
+    ``n_bins`` equal-width bins on ``[0, 1]``, each ``[bin_low, bin_high)``, the last closed.
     A single class in ``y_true`` is allowed. Columns: ``bin_low, bin_high, count,
     mean_predicted, fraction_positive``.
     """
     y, p = check_inputs(y_true, prob, both_classes=False, name="prob")
     check_probabilities(p)
-    edges = _bin_edges(p, n_bins, strategy)
+    edges = _bin_edges(n_bins)
     nb = edges.size - 1
     # Not sklearn's calibration_curve: it puts a score on an edge in the lower bin (ours: upper, as the
     # score histograms) and returns neither the counts nor the empty bins that the ECE and calibration.csv need.
@@ -48,9 +42,9 @@ def reliability_table(y_true, prob, n_bins: int = 10, strategy: str = "uniform")
     })
 
 
-def expected_calibration_error(y_true, prob, n_bins: int = 10, strategy: str = "uniform") -> float:
+def expected_calibration_error(y_true, prob, n_bins: int = 10) -> float:
     """``sum_b (n_b / N) |fraction_positive_b - mean_predicted_b|`` over the bins of :func:`reliability_table`."""
-    table = reliability_table(y_true, prob, n_bins=n_bins, strategy=strategy)
+    table = reliability_table(y_true, prob, n_bins=n_bins)
     used = table[table["count"] > 0]
     weights = used["count"].to_numpy(dtype=np.float64) / used["count"].sum()
     gap = np.abs(used["fraction_positive"].to_numpy() - used["mean_predicted"].to_numpy())

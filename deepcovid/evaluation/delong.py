@@ -52,32 +52,18 @@ def _delong_covariance(y: np.ndarray, score_matrix: np.ndarray):
     return aucs, s10 / y_pos + s01 / y_neg
 
 
-def auc_delong(y_true, scores, alpha: float = 0.05, transform: str = "none") -> dict:
-    """AUC with DeLong's variance and a normal-approximation ``1 - alpha`` interval.
-
-    The interval is ``auc +/- z sqrt(variance)`` clipped to ``[0, 1]`` (``transform="none"``) or
-    built on the logit scale and mapped back (``transform="logit"``, always inside ``(0, 1)``;
-    degenerate ``(auc, auc)`` when the AUC is exactly 0 or 1).
+def auc_delong(y_true, scores, alpha: float = 0.05) -> dict:
+    """AUC with DeLong's variance and the normal ``1 - alpha`` interval ``auc +/- z sqrt(variance)``,
+    clipped to ``[0, 1]``.
 
     Returns ``{"auc", "variance", "std", "low", "high"}`` as floats.
     """
     y, s = check_inputs(y_true, scores)
     z = two_sided_z(alpha)
-    if transform not in ("none", "logit"):
-        raise ValueError(f"transform must be 'none' or 'logit', got {transform!r}")
     aucs, cov = _delong_covariance(y, s[np.newaxis, :])
     auc, var = float(aucs[0]), float(max(cov[0, 0], 0.0))
     se = math.sqrt(var)
-    if transform == "logit":
-        if 0.0 < auc < 1.0:
-            centre = math.log(auc / (1.0 - auc))
-            se_logit = se / (auc * (1.0 - auc))
-            low = 1.0 / (1.0 + math.exp(-(centre - z * se_logit)))
-            high = 1.0 / (1.0 + math.exp(-(centre + z * se_logit)))
-        else:
-            low = high = auc
-    else:
-        low, high = max(0.0, auc - z * se), min(1.0, auc + z * se)
+    low, high = max(0.0, auc - z * se), min(1.0, auc + z * se)
     return {"auc": auc, "variance": var, "std": se, "low": float(low), "high": float(high)}
 
 

@@ -53,7 +53,7 @@ def score_histogram(scores, groups, bins: int) -> pd.DataFrame:
 
 def calibration_frame(y, s, bins: int) -> pd.DataFrame:
     """Non-empty bins of the reliability table, plus ``perfect`` (= mean_predicted, the diagonal)."""
-    table = reliability_table(y, s, n_bins=bins, strategy="uniform")
+    table = reliability_table(y, s, n_bins=bins)
     table = table[table["count"] > 0].reset_index(drop=True)
     table["perfect"] = table["mean_predicted"]
     return table

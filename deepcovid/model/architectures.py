@@ -254,22 +254,6 @@ def split_backbone_head(model: nn.Module, name: str) -> tuple[nn.Module, nn.Modu
     return backbone, head
 
 
-def freeze_backbone(model: nn.Module, name: str) -> list[str]:
-    """Only the head trains: set ``requires_grad`` accordingly; return the trainable names.
-
-    (``requires_grad=False`` does not stop BatchNorm layers from updating their running
-    statistics in train mode; extract features in eval mode.)
-    """
-    _, head = split_backbone_head(model, name)
-    head_ids = {id(p) for p in head.parameters()}
-    trainable: list[str] = []
-    for pname, param in model.named_parameters():
-        param.requires_grad_(id(param) in head_ids)
-        if param.requires_grad:
-            trainable.append(pname)
-    return trainable
-
-
 def preprocessing(name: str) -> dict:
     """The input each pretrained network expects: ``{"input_size", "mean", "std",
     "interpolation"}`` (mean/std for tensors scaled to 0..1, RGB order).
