@@ -156,8 +156,8 @@ def test_split_data():
     """Bugs: SplitData's arrays of the wrong type, or both_classes true with one class or none."""
     df = read(GOOD)
     test = SplitData(df[df["split"] == "test"])
-    assert test.y.dtype == np.int64 and list(test.y) == [1, 0]
-    assert test.s.dtype == np.float64 and list(test.s) == [0.9, 0.2]
+    assert test.labels.dtype == np.int64 and list(test.labels) == [1, 0]
+    assert test.scores.dtype == np.float64 and list(test.scores) == [0.9, 0.2]
     assert test.both_classes
     assert not SplitData(df.iloc[:0]).both_classes
     assert not SplitData(df[df["label"] == 1]).both_classes

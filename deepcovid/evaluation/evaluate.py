@@ -195,9 +195,9 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions") -> Ev
                          f"it has {len(test.frame)} rows, {int(test.frame['label'].sum())} COVID-19")
     warnings: list[str] = []
 
-    paper_threshold = threshold_for_sensitivity(test.y, test.s, cfg.target_sensitivity)
+    paper_threshold = threshold_for_sensitivity(test.labels, test.scores, cfg.target_sensitivity)
     if val.both_classes:
-        threshold = threshold_for_sensitivity(val.y, val.s, cfg.target_sensitivity)
+        threshold = threshold_for_sensitivity(val.labels, val.scores, cfg.target_sensitivity)
         chosen_on = "val"
     else:
         why = "no validation split" if len(val.frame) == 0 else "the validation split holds a single class"
@@ -210,16 +210,16 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions") -> Ev
     auc_methods: list[str] = []
 
     def split_metrics(data: SplitData, thr: float, split: str) -> dict:
-        out = operating_summary(data.y, data.s, thr, cfg)
+        out = operating_summary(data.labels, data.scores, thr, cfg)
         try:
-            auc = auc_with_ci(data.y, data.s, cfg)
+            auc = auc_with_ci(data.labels, data.scores, cfg)
         except ValueError as exc:
-            n_pos = int(data.y.sum())
-            raise ValueError(f"{name}: {split} split ({n_pos} COVID-19, {data.y.size - n_pos} other): {exc}") from None
+            n_pos = int(data.labels.sum())
+            raise ValueError(f"{name}: {split} split ({n_pos} COVID-19, {data.labels.size - n_pos} other): {exc}") from None
         auc_methods.append(auc.pop("auc_ci_method"))
         out.update(auc)
-        out["ap"] = average_precision(data.y, data.s)
-        out["ece"] = expected_calibration_error(data.y, data.s, n_bins=cfg.calibration_bins)
+        out["ap"] = average_precision(data.labels, data.scores)
+        out["ece"] = expected_calibration_error(data.labels, data.scores, n_bins=cfg.calibration_bins)
         out["prevalence"] = out["n_pos"] / out["n"]
         return out
 
@@ -230,7 +230,7 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions") -> Ev
     if val.both_classes:
         metrics["val"] = split_metrics(val, threshold, "val")
         _log_paper_outside(f"{name}: validation operating point", metrics["val"], cfg.ci_method)
-    paper = operating_summary(test.y, test.s, paper_threshold, cfg)
+    paper = operating_summary(test.labels, test.scores, paper_threshold, cfg)
     paper["paper_style_test_threshold"] = paper.pop("threshold")
     _log_paper_outside(f"{name}: paper-style test threshold", paper, cfg.ci_method)
     metrics["paper_style"] = paper
@@ -259,12 +259,12 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions") -> Ev
 
     return EvalResult(
         details=metrics,
-        thresholds=threshold_rows(test.y, test.s, cfg, name=f"{name} (test)"),
-        roc=roc_frame(test.y, test.s),
-        pr=pr_frame(test.y, test.s),
-        confusion=confusion_frame(test.y, test.s, threshold, test.frame["image_id"]),
-        scores=score_histogram(test.s, test.frame["group"], cfg.histogram_bins),
-        calibration=calibration_frame(test.y, test.s, cfg.calibration_bins),
+        thresholds=threshold_rows(test.labels, test.scores, cfg, name=f"{name} (test)"),
+        roc=roc_frame(test.labels, test.scores),
+        pr=pr_frame(test.labels, test.scores),
+        confusion=confusion_frame(test.labels, test.scores, threshold, test.frame["image_id"]),
+        scores=score_histogram(test.scores, test.frame["group"], cfg.histogram_bins),
+        calibration=calibration_frame(test.labels, test.scores, cfg.calibration_bins),
         test=test.frame,
         warnings=warnings,
     )

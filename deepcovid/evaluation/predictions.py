@@ -95,11 +95,11 @@ class SplitData:
     frame: pd.DataFrame
 
     @property
-    def y(self) -> np.ndarray:
+    def labels(self) -> np.ndarray:
         return self.frame["label"].to_numpy(dtype=np.int64)
 
     @property
-    def s(self) -> np.ndarray:
+    def scores(self) -> np.ndarray:
         return self.frame["score"].to_numpy(dtype=np.float64)
 
     @property

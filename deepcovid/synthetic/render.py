@@ -55,27 +55,27 @@ class _Canvas:
     """Coordinates of one image, its lungs, and the findings' density and lesion mask."""
 
     def __init__(self, rng: pm.Rng, n: int):
-        a, self.s = rng.uniform(-0.09, 0.09), rng.uniform(0.88, 1.04)
+        a, self.scale = rng.uniform(-0.09, 0.09), rng.uniform(0.88, 1.04)
         self.tx, self.ty = rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.06)
-        self.n, self.ca, self.sa = n, pm.cos(a), pm.sin(a)
+        self.size, self.ca, self.sa = n, pm.cos(a), pm.sin(a)
         c = ((np.arange(n) + 0.5) * (2.0 / n) - 1.0).astype(np.float32)
         x, y = c[None, :] - np.float32(self.tx), c[:, None] - np.float32(self.ty)
-        self.U = (self.ca * x + self.sa * y) / self.s
-        self.V = (self.ca * y - self.sa * x) / self.s
+        self.u_grid = (self.ca * x + self.sa * y) / self.scale
+        self.v_grid = (self.ca * y - self.sa * x) / self.scale
         self.density = np.zeros((n, n), np.float32)
         self.lesion = np.zeros((n, n), bool)
 
     def pixel(self, u: float, v: float) -> tuple[float, float]:
-        x = self.tx + self.s * (self.ca * u - self.sa * v)
-        y = self.ty + self.s * (self.sa * u + self.ca * v)
-        return (x + 1) / 2 * self.n - 0.5, (y + 1) / 2 * self.n - 0.5
+        x = self.tx + self.scale * (self.ca * u - self.sa * v)
+        y = self.ty + self.scale * (self.sa * u + self.ca * v)
+        return (x + 1) / 2 * self.size - 0.5, (y + 1) / 2 * self.size - 0.5
 
     def set_lungs(self, lungs: list[tuple], cut) -> None:
         """Lung fields: (cx, cy, rx, ry, outward direction, flare) ellipses, ``flare`` times wider
         at the base, multiplied by the field ``cut`` (no heart, diaphragm...)."""
         self.lungs = lungs
-        self.E = [_ell(self.U, self.V, cx, cy, rx * (1 + f * (self.V - cy) / ry), ry) for cx, cy, rx, ry, _, f in lungs]
-        self.fields = [_step(1.08, 0.92, e) * cut for e in self.E]
+        self.ellipses = [_ell(self.u_grid, self.v_grid, cx, cy, rx * (1 + f * (self.v_grid - cy) / ry), ry) for cx, cy, rx, ry, _, f in lungs]
+        self.fields = [_step(1.08, 0.92, e) * cut for e in self.ellipses]
         self.lung = np.maximum(self.fields[0], self.fields[-1])
 
     def point(self, k: int, h: float, q: float) -> tuple[float, float]:
@@ -87,10 +87,10 @@ class _Canvas:
     def blob(self, u, v, su, sv, amp, angle=0.0, texture=0.4, mark=0.3, sharp=False, confine=True):
         """Add an anisotropic Gaussian (or a soft disk, ``sharp``) of brightness ``amp``."""
         col, row = self.pixel(u, v)
-        r = 3.0 * max(su, sv) * self.s * self.n / 2 + 2
+        r = 3.0 * max(su, sv) * self.scale * self.size / 2 + 2
         win = (slice(max(int(row - r), 0), max(int(row + r) + 1, 0)),
                slice(max(int(col - r), 0), max(int(col + r) + 1, 0)))
-        du, dv = self.U[win] - np.float32(u), self.V[win] - np.float32(v)
+        du, dv = self.u_grid[win] - np.float32(u), self.v_grid[win] - np.float32(v)
         if du.size == 0:
             return
         ca, sa = pm.cos(angle), pm.sin(angle)
@@ -108,7 +108,7 @@ class _Canvas:
 
 
 def _frontal(cv: _Canvas, rng: pm.Rng, fs: set, sev: float, view: str) -> np.ndarray:
-    U, V, u = cv.U, cv.V, rng.uniform
+    U, V, u = cv.u_grid, cv.v_grid, rng.uniform
     X = np.abs(U)
     bw, cy, ry, depth = u(0.84, 0.95), u(-0.06, 0.0), u(0.56, 0.62), u(0.25, 0.36)
     dome = cy + (0.66 - 0.05 * (view == "AP Supine")) * ry + 0.12 * np.clip((X - 0.2) * 2, 0, 1)
@@ -131,12 +131,12 @@ def _frontal(cv: _Canvas, rng: pm.Rng, fs: set, sev: float, view: str) -> np.nda
     dc = np.abs(V + 0.62 + 0.2 * (X - 0.06))  # clavicles
     img = img + 0.09 * _step(0.03, 0.018, dc) * _step(0.04, 0.1, X) * _step(0.7, 0.6, X) * body
     hila = pm.exp(-2.2 * _ell(X, V, 0.17, -0.02, 1, 1))
-    img = img + cv.lung * hila * (0.05 + 0.06 * np.clip(_noise(rng, cv.n, 40), 0, None))  # vessels
+    img = img + cv.lung * hila * (0.05 + 0.06 * np.clip(_noise(rng, cv.size, 40), 0, None))  # vessels
     return img
 
 
 def _lateral(cv: _Canvas, rng: pm.Rng, fs: set, sev: float) -> np.ndarray:
-    U, V, u = cv.U, cv.V, rng.uniform
+    U, V, u = cv.u_grid, cv.v_grid, rng.uniform
     body = _step(1.04, 0.96, _ell(U, V, 0, 0.15, u(0.78, 0.88), u(1.05, 1.2)))
     k = 1.0 + ({"cardiomegaly", "enlarged cardiomediastinum"} & fs != set()) * 0.3 * sev
     cv.heart = _step(1.1, 0.9, _ell(U, V, u(-0.32, -0.22), u(0.24, 0.32), 0.28 * k, 0.26 * math.sqrt(k)))
@@ -146,11 +146,11 @@ def _lateral(cv: _Canvas, rng: pm.Rng, fs: set, sev: float) -> np.ndarray:
     cv.set_lungs([lung, lung], (1 - 0.8 * cv.heart) * _step(0.02, -0.02, V - dome))
     img = 0.05 + 0.45 * body + 0.08 * _step(0.35, 0.9, V) * body - u(0.22, 0.3) * cv.lung + 0.04 * cv.heart
     spine = _step(0.1, 0.07, np.abs(U - 0.55 - 0.08 * V)) * (0.5 + 0.5 * _step(0.25, 0.35, np.abs((V / 0.12) % 1 - 0.5)))
-    return img + 0.1 * spine * body + 0.05 * cv.lung * np.clip(_noise(rng, cv.n, 30), 0, None)
+    return img + 0.1 * spine * body + 0.05 * cv.lung * np.clip(_noise(rng, cv.size, 30), 0, None)
 
 
 def _ct(cv: _Canvas, rng: pm.Rng, fs: set, sev: float) -> np.ndarray:
-    U, V, u = cv.U, cv.V, rng.uniform
+    U, V, u = cv.u_grid, cv.v_grid, rng.uniform
     bw, bh = u(0.78, 0.88), u(0.55, 0.65)
     e = _ell(U, V, 0, 0.02, bw, bh)
     k = 1.0 + ({"cardiomegaly", "enlarged cardiomediastinum"} & fs != set()) * 0.3 * sev
@@ -161,7 +161,7 @@ def _ct(cv: _Canvas, rng: pm.Rng, fs: set, sev: float) -> np.ndarray:
     img = img + 0.35 * _step(0.012, 0.004, np.abs(V - 0.1 - bh - 0.1 * U * U))  # table
     spine = pm.hypot(U, V - 0.4)
     img = img + 0.35 * _step(0.11, 0.09, spine) - 0.15 * _step(0.07, 0.05, spine)
-    return img + 0.08 * cv.lung * np.clip(_noise(rng, cv.n, 30) - 0.5, 0, None)  # vessels
+    return img + 0.08 * cv.lung * np.clip(_noise(rng, cv.size, 30) - 0.5, 0, None)  # vessels
 
 
 def _blobs(cv, rng, n, both, h, q, size, amp, texture, elong=(0.8, 1.4), jitter=0.0):
@@ -178,7 +178,7 @@ def _blobs(cv, rng, n, both, h, q, size, amp, texture, elong=(0.8, 1.4), jitter=
 
 
 def _findings(cv: _Canvas, rng: pm.Rng, keys: list[str], sev: float, depth: float = 0.3) -> None:
-    U, V, un, beta = cv.U, cv.V, rng.uniform, rng.beta
+    U, V, un, beta = cv.u_grid, cv.v_grid, rng.uniform, rng.beta
     for f in keys:
         if f == "covid-19":  # bilateral, peripheral, lower-zone ground glass
             _blobs(cv, rng, 3 + round(7 * sev) + int(rng.integers(0, 3)), True, lambda: beta(2.8, 1.3),
@@ -222,12 +222,12 @@ def _findings(cv: _Canvas, rng: pm.Rng, keys: list[str], sev: float, depth: floa
             elif f == "pneumothorax":  # avascular air between the collapsed lung and the wall, edge line
                 c = 1 - (0.12 + 0.3 * sev)
                 upper = lung * _step(0.3, 0.0, (V - cy) / ry)
-                space = _step(c * c - 0.02, c * c + 0.02, cv.E[k]) * upper
-                edge = _step(0.03, 0.0, np.abs(cv.E[k] - c * c)) * upper
+                space = _step(c * c - 0.02, c * c + 0.02, cv.ellipses[k]) * upper
+                edge = _step(0.03, 0.0, np.abs(cv.ellipses[k] - c * c)) * upper
                 cv.field(0.08 * edge - (0.07 + 0.04 * cv.texture) * space, space > 0.5)
             else:  # pleural thickening along a stretch of the outer wall
                 v0 = un(-0.7, 0.0)
-                band = _step(0.72, 0.82, cv.E[k]) * lung * _step(v0, v0 + 0.05, (V - cy) / ry) \
+                band = _step(0.72, 0.82, cv.ellipses[k]) * lung * _step(v0, v0 + 0.05, (V - cy) / ry) \
                     * _step(v0 + 0.9, v0 + 0.8, (V - cy) / ry) * (q > 0.3)
                 cv.field(0.7 * depth * band, band > 0.5)
         elif f in ("cardiomegaly", "enlarged cardiomediastinum"):
@@ -236,7 +236,7 @@ def _findings(cv: _Canvas, rng: pm.Rng, keys: list[str], sev: float, depth: floa
             u, v = cv.point(int(rng.integers(0, 2)), un(0.15, 0.6), 1.12)
             cv.blob(u, v, 0.03, 0.022, 0.06 + 0.08 * sev, un(-1, 1), 0.0, 0.2, sharp=True, confine=False)
         elif f == "support devices":  # tubes, a line, ECG leads
-            p, o, n = cv.pixel, 1 if rng.random() < 0.5 else -1, cv.n
+            p, o, n = cv.pixel, 1 if rng.random() < 0.5 else -1, cv.size
             lines = [([p(0.01, -1.1), p(0.03, -0.48)], round(0.018 * n)),  # endotracheal tube, central line
                      ([p(0.75 * o * (1 - t), -0.72 + 0.06 * t + 0.4 * t * t) for t in np.linspace(0, 1, 8)], 3)]
             lines += [([p(un(-0.8, 0.8), un(-0.7, 0.6))], round(0.04 * n)) for _ in range(int(rng.integers(0, 4)))]
