@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from deepcovid.data.split import MANIFEST_COLUMNS, SplitError, check_no_leak, make_split, split_dataset
+from workspace import write_raw_images
 
 COLUMNS = ["source", "relpath", "patient", "finding", "view", "label", "group", "category"]
 
@@ -34,11 +35,7 @@ def test_split_dataset_hashes_the_files_and_splits_as_make_split(tmp_path):
     pos, neg = _tables()
     raw = tmp_path / "raw"
     roots = {"cohen": "cohen", "chexpert": "chexpert"}
-    for frame in (pos, neg):
-        for source, rel in zip(frame["source"], frame["relpath"]):
-            path = raw / roots[source] / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(f"{source}/{rel}".encode())
+    write_raw_images(raw, roots, pos, neg)
     (raw / "chexpert/n5/v.jpg").write_bytes((raw / "cohen/p0/0.png").read_bytes())  # same radiograph
     (raw / "cohen/p1/1.png").unlink()  # missing: no digest, preprocess rejects it later
     (raw / "sources.json").write_text(json.dumps({"dataset": "synthetic", "roots": roots}))

@@ -34,7 +34,7 @@ import pytest
 from deepcovid.data.metadata import CHEXPERT_CATEGORIES
 from deepcovid.data.negatives import assign_pools_by_patient, sample_chexpert
 from deepcovid.data.split import check_no_leak, make_split
-from workspace import make_workspace, read, run_stage
+from workspace import make_workspace, read, run_stage, write_raw_images
 
 # ------------------------------------------------------------------------------ builders
 
@@ -401,11 +401,7 @@ def test_split_stage_joins_by_real_file_content_and_counts_exact(tmp_path):
                                         for k in range(3)])], ignore_index=True)
     raw = ws / "data/raw"
     roots = {"cohen": "cohen", "chexpert": "chexpert/CheXpert-v1.0-small"}
-    for frame in (pos, neg):
-        for source, rel in zip(frame["source"], frame["relpath"]):
-            path = raw / roots[source] / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(f"{source}/{rel}".encode())
+    write_raw_images(raw, roots, pos, neg)
     (raw / "cohen/a/1.png").unlink()  # listed under A and B, missing: no digest
     (raw / "cohen/d/2.png").write_bytes((raw / "cohen/c/1.png").read_bytes())  # same radiograph, C and D
     (raw / roots["chexpert"] / "train/patient90000/s2/v.jpg").write_bytes((raw / "cohen/h/1.png").read_bytes())

@@ -34,6 +34,16 @@ def make_workspace(tmp: Path, **overrides) -> Path:
     return tmp
 
 
+def write_raw_images(raw: Path, roots: dict, *frames: pd.DataFrame) -> None:
+    """A stand-in file for every (source, relpath) row under ``raw/<root of source>``; each file's
+    bytes are its own name, so distinct rows have distinct content."""
+    for frame in frames:
+        for source, rel in zip(frame["source"], frame["relpath"]):
+            path = raw / roots[source] / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(f"{source}/{rel}".encode())
+
+
 def stage_argv(stage: str) -> list[str]:
     """The stage's command line exactly as dvc.yaml writes it (paths from argv), minus ``python``."""
     cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["cmd"]
