@@ -25,15 +25,21 @@ p["fetch"]["cohen"]["local_dir"] = f"{shared}/cohen"
 p["fetch"]["actualmed"]["local_dir"] = f"{shared}/actualmed"
 p["model"], p["weights"] = "efficientnet_lite0", "imagenet"
 p["train"].update(mode="last_layer", image_size=224, epochs=100, lr=0.0001)
+p["explain"].update(top_covid=40, false_negatives=5, false_positives=5)  # enough annotated lungs to measure
 yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
 PY
 dvc repro
 cat metrics/train.json; echo
+cat metrics/explain.json; echo   # occlusion heatmaps against Cohen's lung annotations
 if [ "${WRITE_BASELINE:-0}" = 1 ]; then   # record a new baseline (review and commit it)
     deepcovid check-regression --write-baseline --baseline "$repo/metrics/baseline/public.json"
     rm -rf "$repo/reports/public" && mkdir -p "$repo/reports/public"    # the README's real-data results
-    cp -r metrics/evaluate.json metrics/train.json metrics/thresholds.csv metrics/data.json plots/figures \
-        "$repo/reports/public/"
+    cp -r metrics/evaluate.json metrics/train.json metrics/thresholds.csv metrics/data.json metrics/explain.json \
+        plots/figures "$repo/reports/public/"
+    mkdir -p "$repo/reports/public/explain"   # the table, and the figures of 6 images with annotated lungs
+    cp data/explain/index.csv "$repo/reports/public/explain/index.csv"
+    python -c "import pandas as pd; print('\\n'.join(pd.read_csv('data/explain/index.csv').dropna(subset=['lung_mass'])['figure'][:6]))" \
+        | xargs -I{} cp plots/explain/{} "$repo/reports/public/explain/"
 else
     deepcovid check-regression --baseline "$repo/metrics/baseline/public.json"
 fi

@@ -3,6 +3,7 @@
     deepcovid compare --from-dvc-exps                 # or --run NAME=predictions.csv (repeatable)
     deepcovid check-regression [--write-baseline]     # exit 0 pass, 1 regression, 2 usage error
     deepcovid check-reproduction --committed-lock L --committed-metrics DIR
+    deepcovid explain IMAGE... --model models --out explain   # occlusion heatmaps of any image
 
 Errors a user can fix are printed in one line (exit status 2), see :func:`deepcovid.runner.run`.
 """
@@ -46,6 +47,27 @@ def _check_reproduction(args) -> int:
                               args.metrics)
 
 
+def _explain(args) -> int:
+    import json
+
+    from deepcovid.config import load_config
+    from deepcovid.explain.explain_run import explain_images
+
+    cfg = load_config(args.params).explain.as_dict()
+    cfg.update({k: v for k, v in (("window", args.window), ("stride", args.stride), ("fill", args.fill),
+                                  ("method", args.method)) if v is not None})
+    threshold = None
+    if Path(args.evaluation).is_file():
+        threshold = float(json.loads(Path(args.evaluation).read_text(encoding="utf-8"))["test"]["threshold"])
+    else:
+        print(f"explain: {args.evaluation} not found: label flips drawn at threshold 0.5")
+    failed = 0
+    for path, score, what in explain_images(args.images, cfg, models=args.model, out=args.out, threshold=threshold):
+        failed += score is None
+        print(f"{path}\t{'' if score is None else f'{score:.6f}'}\t{what}")
+    return 1 if failed else 0
+
+
 COMPARE_HELP = """\
 Compare models side by side (the paper's Table 6) with paired tests of their AUCs.
 
@@ -69,13 +91,26 @@ Exit status: 0 pass, 1 regression, 2 usage error (missing file, bad parameter).
 REPRODUCTION_HELP = """\
 Check that a rebuild reproduced the committed results:
 
-    cp dvc.lock /tmp/committed.lock; cp metrics/evaluate.json metrics/train.json /tmp/committed/
+    cp dvc.lock /tmp/committed.lock; cp metrics/{evaluate,train,explain}.json /tmp/committed/
     dvc repro
     deepcovid check-reproduction --committed-lock /tmp/committed.lock --committed-metrics /tmp/committed
 
 The data stages' output hashes (reproduction.exact_stages) must be identical; the numbers of
-metrics/evaluate.json and metrics/train.json must agree within reproduction.tolerances.
+metrics/evaluate.json, train.json and explain.json must agree within reproduction.tolerances.
 Exit status: 0 reproduced, 1 something differs, 2 bad input.
+"""
+
+
+EXPLAIN_HELP = """\
+Occlusion heatmap of any chest X-ray for the trained model (the paper's Fig. 14):
+
+    deepcovid explain path/to/xray.png [more images] --model models --out explain
+
+Each image is preprocessed as the pipeline does (the settings in MODEL/model.json), an occluder
+(params.yaml section `explain`: window, stride, fill, method; options override) slides over it,
+and OUT/<stem>_occlusion.png shows the input, the probability drop, the overlay and where the
+label flips at the operating point of metrics/evaluate.json. Prints one line per image: path,
+COVID-19 probability, figure (or why the image was not read). Exit status 1 if any failed.
 """
 
 
@@ -117,8 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--committed-lock", required=True, help="the dvc.lock as committed")
     p.add_argument("--lock", default="dvc.lock", help="the dvc.lock after the rebuild")
-    p.add_argument("--committed-metrics", required=True, help="folder with the committed evaluate.json, train.json")
+    p.add_argument("--committed-metrics", required=True, help="folder with the committed evaluate.json, train.json, explain.json")
     p.add_argument("--metrics", default="metrics", help="folder with the rebuilt metrics")
+
+    p = command("explain", _explain, EXPLAIN_HELP, "occlusion heatmaps of image files")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, any mode the preprocess stage reads)")
+    p.add_argument("--model", default="models", help="model folder of the train stage (default: models)")
+    p.add_argument("--out", default="explain", help="folder for the figures (default: explain)")
+    p.add_argument("--evaluation", default="metrics/evaluate.json", help="the operating point (test.threshold)")
+    p.add_argument("--window", type=int, default=None)
+    p.add_argument("--stride", type=int, default=None)
+    p.add_argument("--fill", choices=("zero", "blur"), default=None)
+    p.add_argument("--method", choices=("exact", "approximate", "batched"), default=None)
+    p.add_argument("--params", default="params.yaml")
     return ap
 
 

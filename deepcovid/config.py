@@ -213,6 +213,28 @@ class Evaluate(Section):
     histogram_bins: Annotated[Int, Field(ge=1, le=1000)]
 
 
+class Explain(Section):
+    window: Annotated[Int, Field(ge=1)]
+    stride: Annotated[Int, Field(ge=1)]
+    fill: Literal["zero", "mean", "blur"]
+    blur_sigma: Annotated[Number, Field(gt=0, le=100)]
+    method: Literal["exact", "approximate", "batched"]
+    coarse: Annotated[Int, Field(ge=2, le=16)]
+    refine: Fraction
+    top_covid: Annotated[Int, Field(ge=0)]
+    false_negatives: Annotated[Int, Field(ge=0)]
+    false_positives: Annotated[Int, Field(ge=0)]
+    batch_size: Annotated[Int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.stride > self.window:
+            raise _located("stride", f"{self.stride} is larger than the window {self.window}: pixels would be skipped")
+        if self.top_covid + self.false_negatives + self.false_positives == 0:
+            raise _located("top_covid", "selects no image (top_covid, false_negatives, false_positives are all 0)")
+        return self
+
+
 Tolerance = Annotated[Number, Field(ge=0)]
 
 
@@ -260,6 +282,7 @@ class Params(Section):
     train: Train
     mlflow: Mlflow
     evaluate: Evaluate
+    explain: Explain
     regression: Regression
     reproduction: Reproduction
 
@@ -270,6 +293,9 @@ class Params(Section):
         if self.train.image_size > self.preprocess.cache_size:
             raise _located("train.image_size", f"{self.train.image_size} is larger than "
                            f"preprocess.cache_size {self.preprocess.cache_size}: the input is cut from that cache")
+        if self.explain.window > self.train.image_size:
+            raise _located("explain.window", f"{self.explain.window} is larger than the model input "
+                           f"(train.image_size {self.train.image_size})")
         return self
 
     @property

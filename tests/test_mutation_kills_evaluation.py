@@ -300,3 +300,22 @@ def test_metrics_compact_view(cfg):
         assert all(m[section][k] == res.details[section][k] for k in keys)
     assert res.threshold == res.details["test"]["threshold"] == 0.5
     assert res.details["test"]["prevalence"] == pytest.approx(4 / 9)
+
+
+def test_reliability_table_empty_bins_are_nan_with_integer_counts():
+    table = C.reliability_table([0, 1, 1], [0.05, 0.92, 0.97], n_bins=4)
+    assert table["count"].tolist() == [1, 0, 0, 2] and table["count"].dtype == np.int64
+    assert table["mean_predicted"].isna().tolist() == [False, True, True, False]
+    assert table["fraction_positive"].isna().tolist() == [False, True, True, False]
+    assert table["mean_predicted"].iloc[3] == pytest.approx(0.945) and table["fraction_positive"].iloc[0] == 0.0
+
+
+@pytest.mark.parametrize("method", ["wilson", "clopper-pearson"])
+def test_threshold_rows_name_their_interval_method(repo_cfg, method):
+    cfg = dataclasses.replace(repo_cfg, ci_method=method, thresholds=(0.3, 0.6))
+    y = np.array([0, 0, 1, 1, 1, 0])
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.7])
+    table = E.threshold_rows(y, s, cfg)
+    assert table.columns[0] == "ci_method" and table["ci_method"].tolist() == [method, method]
+    low, high = proportion_confint(3, 3, alpha=cfg.alpha, method="beta" if method == "clopper-pearson" else method)
+    assert table["sensitivity_low"].iloc[0] == pytest.approx(low)  # 3 of 3 positives at 0.3

@@ -74,7 +74,7 @@ def test_dvc_dag(tmp_path):
 # on data/fetch_params.json, rewritten first as `dvc exp run` would). Nothing else runs.
 
 # the stages that read each parameter
-SEED = {"negatives", "split", "augment", "featurize", "train", "evaluate"}
+SEED = {"negatives", "split", "augment", "featurize", "train", "evaluate", "explain"}
 TRAIN_INPUT = {"featurize", "train"}  # model, weights, train.mode, image_size, device, feature_batch_size
 CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stages to re-run)
     ("synthetic", {"seed": 7}, {"fetch_params", "fetch", *SEED}),
@@ -110,7 +110,10 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"mlflow.tracking_uri": "sqlite:///other.db"}, {"train"}),
     ("synthetic", {"evaluate.alpha": 0.1}, {"evaluate"}),
     ("synthetic", {"evaluate.thresholds": [0.5]}, {"evaluate"}),
+    ("synthetic", {"explain.window": 16}, {"explain"}),
+    ("synthetic", {"explain.method": "approximate"}, {"explain"}),
     ("synthetic", {"regression.tolerances.test.auc": 0.5}, set()),
+    ("synthetic", {"reproduction.tolerances.sanity_spearman": 0.5}, set()),
     ("public", {"seed": 7}, {"fetch_params", *SEED}),
     ("public", {"synthetic.cohen.covid_patients": 50}, {"fetch_params"}),
     ("public", {"fetch.cohen.local_dir": "../covid-chestxray-dataset"}, {"fetch_params", "fetch"}),

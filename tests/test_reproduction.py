@@ -49,9 +49,11 @@ def test_check_reproduction_command(tmp_path):
     committed.mkdir(), current.mkdir()
     evaluate = {"test": {"auc": 0.9, "n_pos": 100}}
     train = {"test_auc": 0.9, "torch_threads": 2, "best_epoch": 10}
+    explain = {"images": 8, "lung_mass": 0.3, "pointing_lung": 0.5, "architecture": "resnet18"}
     for d in (committed, current):
         (d / "evaluate.json").write_text(json.dumps(evaluate))
         (d / "train.json").write_text(json.dumps(train))
+        (d / "explain.json").write_text(json.dumps(explain))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stages = params["reproduction"]["exact_stages"]
@@ -68,6 +70,12 @@ def test_check_reproduction_command(tmp_path):
     (current / "train.json").write_text(json.dumps({**train, "test_auc": 0.95, "torch_threads": 1}))
     bad = run()
     assert bad.returncode == 1 and "test_auc" in bad.stdout and "torch_threads" not in bad.stdout
+    (current / "train.json").write_text(json.dumps(train))
+    (current / "explain.json").write_text(json.dumps({**explain, "pointing_lung": 0.625}))  # one image of 8
+    assert run().returncode == 0
+    (current / "explain.json").write_text(json.dumps({**explain, "lung_mass": 0.31}))
+    moved = run()
+    assert moved.returncode == 1 and "lung_mass" in moved.stdout
     (current / "train.json").write_text(json.dumps(train))
     (tmp_path / "c.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages[:-1]}, **{stages[-1]: "z"})))
     bad = run("c.lock")

@@ -1,0 +1,219 @@
+"""Occlusion maps are exact: incremental inference equals one forward pass per occluded copy on
+every architecture, the per-pixel map equals Captum's ``Occlusion``, and the approximate mode is
+exact where it computes and close elsewhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import Occlusion
+
+from deepcovid.config import ARCHITECTURES
+from deepcovid.explain.incremental import IncrementalOcclusion, fold_batchnorm
+from deepcovid.explain.occlusion import ExplainError, OcclusionMap, Occluder, baseline, covid_probability, starts
+from deepcovid.model.architectures import SPECS, construct, replace_head
+from deepcovid.model.weights import build_model
+
+
+def _model(name: str, seed: int = 0) -> torch.nn.Module:
+    """A 2-class head on random weights with BatchNorm statistics that are not the identity, or
+    for EfficientNet-Lite on its ImageNet weights (offline; random ones give a constant output)."""
+    torch.manual_seed(seed)
+    if SPECS[name].family == "efficientnet_lite":
+        return build_model(name, "imagenet")[0].eval()
+    model = construct(name)
+    replace_head(model, name, 2)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def margin(logits: torch.Tensor) -> torch.Tensor:
+    """The logit difference: a score that random weights cannot saturate (unlike a probability)."""
+    return logits[:, 1] - logits[:, 0]
+
+
+def _close(a, b, spread):
+    """Equal up to float32 rounding: 1e-5 of the values' magnitude (or of the map's spread)."""
+    np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, spread, float(np.abs(b).max())), rtol=0)
+
+
+def _image(h: int, w: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 3, h, w, generator=g) * 0.5
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_incremental_equals_one_forward_pass_per_copy(name):
+    model = _model(name)
+    x = _image(72, 69)  # 69: the last window is cut at the edge
+    for fill in (baseline(x, "zero"), baseline(x, "blur", sigma=3.0)):
+        ref = Occluder(model, 16, 7, "batched", score=margin)(x, fill)
+        exact = Occluder(model, 16, 7, "exact", batch_size=13, score=margin)(x, fill)  # a last batch of 9
+        assert ref.scores.shape == (len(starts(72, 16, 7)), len(starts(69, 16, 7))) == exact.scores.shape
+        spread = np.ptp(ref.scores)
+        assert spread > 1e-3 * max(1.0, abs(ref.base)), "the test needs a map that varies"
+        _close(exact.scores, ref.scores, spread)
+        with torch.inference_mode():
+            plain = margin(model(x)).item()
+        _close(np.array([exact.base, ref.base]), np.array([plain, plain]), spread)
+
+
+def test_reference_is_one_forward_pass_per_occluded_copy():
+    model = _model("resnet18")
+    x = _image(40, 40)
+    fill = baseline(x, "blur", sigma=2.0)
+    result = Occluder(model, 12, 10, "batched", batch_size=5)(x, fill)
+    assert result.ys.tolist() == [0, 10, 20, 30]  # 30: a window cut at the edge (30..40)
+    for i, y in enumerate(result.ys):
+        for j, x0 in enumerate(result.xs):
+            copy = x.clone()
+            copy[..., y:y + 12, x0:x0 + 12] = fill[..., y:y + 12, x0:x0 + 12]
+            with torch.inference_mode():
+                assert result.scores[i, j] == pytest.approx(covid_probability(model(copy)).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "densenet121"])
+def test_pixel_map_equals_captum(name):
+    model = _model(name)
+    x = _image(61, 60)
+    forward = lambda t: margin(model(t))  # noqa: E731
+    for fill in (baseline(x, "zero"), baseline(x, "blur", sigma=2.0), baseline(x, "mean", value=0.3)):
+        ours = Occluder(model, 12, 5, "exact", score=margin)(x, fill).pixel_map()
+        with torch.inference_mode():
+            theirs = Occlusion(forward).attribute(x, sliding_window_shapes=(3, 12, 12), strides=(3, 5, 5),
+                                                  baselines=fill, perturbations_per_eval=16)[0]
+        assert np.ptp(ours) > 1e-3
+        for channel in range(3):  # Captum gives every channel the same value (the window spans all)
+            _close(ours, theirs[channel].numpy(), 10 * np.ptp(ours))
+
+
+def test_fold_batchnorm_keeps_outputs():
+    for name in ("resnet18", "densenet121", "efficientnet_lite0"):
+        model = _model(name)
+        folded = fold_batchnorm(model)
+        modules = dict(folded.named_modules())
+        norms = [n for n in folded.graph.nodes if n.op == "call_module" and isinstance(modules[n.target],
+                                                                                      torch.nn.BatchNorm2d)]
+        convs = [n for n in folded.graph.nodes if n.target is torch.nn.functional.conv2d]
+        assert convs and (not norms or name == "densenet121")  # densenet: BatchNorm before its convolutions
+        if name == "densenet121":
+            assert len(norms) == 121 - 1 - 58  # folded: the one after the stem and each layer's norm2
+        x = _image(64, 64)
+        with torch.inference_mode():
+            np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_incremental_engine_on_a_single_copy_matches_the_model():
+    model = _model("squeezenet")
+    engine = IncrementalOcclusion(model)
+    x = _image(64, 64)
+    engine.set_image(x)
+    patch = torch.zeros(1, 3, 9, 11)
+    occluded = x.clone()
+    occluded[..., 30:39, 5:16] = 0
+    with torch.inference_mode():
+        expected = model(occluded).numpy()
+        np.testing.assert_allclose(engine(patch, torch.tensor([30]), torch.tensor([5])).numpy(), expected,
+                                   atol=1e-5 * max(1.0, np.abs(expected).max()), rtol=0)
+
+
+def test_approximate_is_exact_where_computed_and_close_elsewhere():
+    model = _model("resnet18")
+    x = _image(96, 96)
+    fill = baseline(x, "zero")
+    exact = Occluder(model, 24, 6, "exact", score=margin)(x, fill)
+    approx = Occluder(model, 24, 6, "approximate", coarse=3, refine=0.1, score=margin)(x, fill)
+    tol = 1e-5 * max(1.0, np.ptp(exact.scores))
+    rows = np.unique(np.r_[np.arange(0, exact.scores.shape[0], 3), exact.scores.shape[0] - 1])
+    cols = np.unique(np.r_[np.arange(0, exact.scores.shape[1], 3), exact.scores.shape[1] - 1])
+    np.testing.assert_allclose(approx.scores[np.ix_(rows, cols)], exact.scores[np.ix_(rows, cols)], atol=tol)
+    computed = np.isclose(approx.scores, exact.scores, rtol=0, atol=tol)
+    assert computed.sum() >= len(rows) * len(cols) + 5  # the coarse grid and the refined positions
+    assert not np.allclose(approx.scores, exact.scores, atol=tol), "interpolated somewhere"
+    assert np.corrcoef(approx.pixel_map().ravel(), exact.pixel_map().ravel())[0, 1] > 0.8
+    full = Occluder(model, 24, 6, "approximate", coarse=3, refine=1.0, score=margin)(x, fill)  # all refined
+    np.testing.assert_allclose(full.scores, exact.scores, atol=tol)
+
+
+def test_approximate_computes_fewer_positions(monkeypatch):
+    model = _model("resnet18")
+    x = _image(96, 96)
+    counted = []
+    occ = Occluder(model, 24, 6, "approximate", coarse=3, refine=0.1)
+    original = occ._scores
+    monkeypatch.setattr(occ, "_scores", lambda image, fill, chunk, h, w: counted.append(len(chunk))
+                        or original(image, fill, chunk, h, w))
+    result = occ(x, baseline(x, "zero"))
+    n = result.scores.size  # 13 x 13 positions; coarse 5 x 5 plus at most 17 refined
+    assert 25 < sum(counted) <= 25 + int(np.ceil(0.1 * n))
+
+
+def test_positions_follow_captum_and_bad_settings_fail():
+    assert starts(224, 32, 8).tolist() == list(range(0, 193, 8))
+    assert starts(61, 12, 5).tolist() == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]  # the last cut at 61
+    with pytest.raises(ExplainError, match="stride 9 .* window 8"):
+        starts(64, 8, 9)
+    with pytest.raises(ExplainError, match="window 80"):
+        starts(64, 80, 8)
+    with pytest.raises(ExplainError, match="unknown occluder fill 'grey'"):
+        baseline(_image(8, 8), "grey")
+    with pytest.raises(ExplainError, match="method 'fast'"):
+        Occluder(_model("resnet18"), 8, 4, "fast")
+
+
+def test_drops_flips_and_pixel_map_by_hand():
+    scores = np.array([[0.9, 0.4], [0.7, 0.2]])
+    result = OcclusionMap(0.8, scores, np.array([0, 2]), np.array([0, 2]), 3, (5, 5))
+    np.testing.assert_allclose(result.drops, [[-0.1, 0.4], [0.1, 0.6]])
+    assert result.flips(0.5).tolist() == [[False, True], [False, True]]
+    pixel = result.pixel_map()
+    assert pixel[0, 0] == pytest.approx(-0.1)                  # one window
+    assert pixel[2, 2] == pytest.approx((-0.1 + 0.4 + 0.1 + 0.6) / 4)  # all four
+    assert pixel[0, 3] == pytest.approx(0.4) and pixel[4, 4] == pytest.approx(0.6)
+    rows, cols = result.centres()
+    assert rows.tolist() == [1.0, 3.0] and cols.tolist() == [1.0, 3.0]
+
+
+class _EveryOp(torch.nn.Module):
+    """Each operation the incremental engine patches, at odd sizes: padding, stride, dilation,
+    ceil-mode max pooling, average pooling, channel concatenation, addition, a global pool over a
+    map larger than any patch, and a flattening head (run on whole maps)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(8)
+        self.pad = torch.nn.ZeroPad2d((0, 1, 0, 1))
+        self.down = torch.nn.Conv2d(8, 8, 3, stride=2)
+        self.pool = torch.nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
+        self.a = torch.nn.Conv2d(8, 4, 1)
+        self.b = torch.nn.Conv2d(8, 4, 3, padding=2, dilation=2)
+        self.avg = torch.nn.AvgPool2d(2, 2)
+        self.side = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = torch.relu(self.norm(self.stem(x)))
+        x = self.pool(self.down(self.pad(x)))
+        x = self.avg(torch.cat([self.a(x), self.b(x)], 1))
+        x = torch.nn.functional.relu6(x + self.side(x))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_every_patched_operation_at_odd_sizes():
+    torch.manual_seed(3)
+    model = _EveryOp().eval()
+    with torch.no_grad():
+        model.norm.running_mean.uniform_(-0.5, 0.5)
+        model.norm.running_var.uniform_(0.5, 2.0)
+    x = _image(90, 95)
+    for fill in (baseline(x, "zero"), baseline(x, "blur", sigma=2.0)):
+        ref = Occluder(model, 5, 3, "batched", score=margin)(x, fill)
+        exact = Occluder(model, 5, 3, "exact", batch_size=50, score=margin)(x, fill)
+        assert np.ptp(ref.scores) > 1e-4
+        _close(exact.scores, ref.scores, np.ptp(ref.scores))
