@@ -10,5 +10,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work"
 cd "$work"
-"$repo/.venv/bin/python" -m mutmut run --max-children "$(nproc)" > mutmut.log 2>&1 || { tail -c 3000 mutmut.log; exit 1; }
+# One OpenMP thread: forked mutant processes of torch code (model/training.py train_head) stalled
+# until the timeout with torch's threads running in the parent.
+OMP_NUM_THREADS=1 "$repo/.venv/bin/python" -m mutmut run --max-children "$(nproc)" > mutmut.log 2>&1 || { tail -c 3000 mutmut.log; exit 1; }
 "$repo/.venv/bin/python" "$repo/bench/mutation_report.py" "$@"

@@ -48,17 +48,15 @@ def _check_reproduction(args) -> int:
 
 
 def _explain(args) -> int:
-    import json
-
     from deepcovid.config import load_config
-    from deepcovid.explain.explain_run import explain_images
+    from deepcovid.explain.explain_run import explain_images, operating_point
 
     cfg = load_config(args.params).explain.as_dict()
     cfg.update({k: v for k, v in (("window", args.window), ("stride", args.stride), ("fill", args.fill),
                                   ("method", args.method)) if v is not None})
     threshold = None
     if Path(args.evaluation).is_file():
-        threshold = float(json.loads(Path(args.evaluation).read_text(encoding="utf-8"))["test"]["threshold"])
+        threshold = operating_point(args.evaluation)
     else:
         print(f"explain: {args.evaluation} not found: label flips drawn at threshold 0.5")
     failed = 0

@@ -83,14 +83,20 @@ def resize_square(img: Image.Image, size: int, mode: str = "stretch") -> Image.I
     if mode == "stretch":
         return Image.fromarray(portable.resize_uint8(arr, size, size), "RGB")
     height, width = arr.shape[:2]
+    new_w, new_h, left, top = letterbox(width, height, size)
+    canvas = np.zeros((size, size, 3), dtype=np.uint8)
+    canvas[top:top + new_h, left:left + new_w] = portable.resize_uint8(arr, new_w, new_h)
+    return Image.fromarray(canvas, "RGB")
+
+
+def letterbox(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """``resize: pad``: where a ``width`` x ``height`` image lands in the ``size`` square:
+    ``(new_width, new_height, left, top)``, aspect kept, centred."""
     if width >= height:
         new_w, new_h = size, max(1, round(height * size / width))
     else:
         new_w, new_h = max(1, round(width * size / height)), size
-    canvas = np.zeros((size, size, 3), dtype=np.uint8)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    canvas[top:top + new_h, left:left + new_w] = portable.resize_uint8(arr, new_w, new_h)
-    return Image.fromarray(canvas, "RGB")
+    return new_w, new_h, (size - new_w) // 2, (size - new_h) // 2
 
 
 def load_cached(path: str | Path) -> np.ndarray:

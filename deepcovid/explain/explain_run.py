@@ -48,6 +48,16 @@ def load_model(models: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     return model.eval(), record
 
 
+def operating_point(evaluation: str | os.PathLike) -> float:
+    """The test threshold the evaluate stage chose (``test.threshold`` of metrics/evaluate.json)."""
+    try:
+        return float(json.loads(Path(evaluation).read_text(encoding="utf-8"))["test"]["threshold"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{evaluation} not found: run the evaluate stage first") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExplainError(f"{evaluation}: no test.threshold ({type(exc).__name__}: {exc})") from None
+
+
 def select_images(predictions: pd.DataFrame, threshold: float, top: int, fn: int, fp: int) -> pd.DataFrame:
     """Test images to explain: the ``top`` COVID-19 images with the highest scores, the ``fn``
     lowest-scored COVID-19 images under ``threshold`` and the ``fp`` highest-scored others over it."""
@@ -114,7 +124,7 @@ def run_explain(cfg: dict, *, seed: int, models, manifest, cache, predictions, e
     prep, size = record["preprocessing"], int(record["train"]["image_size"])
     if cfg["window"] > size:
         raise ExplainError(f"explain.window {cfg['window']} is larger than the model input {size}")
-    threshold = float(json.loads(Path(evaluation).read_text(encoding="utf-8"))["test"]["threshold"])
+    threshold = operating_point(evaluation)
     chosen = select_images(pd.read_csv(predictions, dtype={"image_id": str}), threshold,
                            cfg["top_covid"], cfg["false_negatives"], cfg["false_positives"])
     table = load_table(manifest, cache).set_index("image_id")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from deepcovid.data.images import ImageReadError, read_image
+from deepcovid.data.images import ImageReadError, letterbox, read_image
 
 
 @dataclass
@@ -123,13 +123,9 @@ def to_input(mask: np.ndarray, *, cache_size: int, resize: str, image_size: int)
     """A mask of the raw image, mapped to the model input as preprocess + resize map the image."""
     img = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L")
     if resize == "pad":
-        width, height = img.size
-        if width >= height:
-            new_w, new_h = cache_size, max(1, round(height * cache_size / width))
-        else:
-            new_w, new_h = max(1, round(width * cache_size / height)), cache_size
+        new_w, new_h, left, top = letterbox(*img.size, cache_size)
         canvas = Image.new("L", (cache_size, cache_size), 0)
-        canvas.paste(img.resize((new_w, new_h), Image.BILINEAR), ((cache_size - new_w) // 2, (cache_size - new_h) // 2))
+        canvas.paste(img.resize((new_w, new_h), Image.BILINEAR), (left, top))
         img = canvas
     return np.asarray(img.resize((image_size, image_size), Image.BILINEAR)) >= 128
 
