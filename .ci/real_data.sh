@@ -31,11 +31,12 @@ PY
 dvc repro
 cat metrics/train.json; echo
 cat metrics/explain.json; echo   # occlusion heatmaps against Cohen's lung annotations
+python -c "import json; a = json.load(open('metrics/audit.json')); print(json.dumps(a['flags'])); print(a['verdict'])"
 if [ "${WRITE_BASELINE:-0}" = 1 ]; then   # record a new baseline (review and commit it)
     deepcovid check-regression --write-baseline --baseline "$repo/metrics/baseline/public.json"
     rm -rf "$repo/reports/public" && mkdir -p "$repo/reports/public"    # the README's real-data results
     cp -r metrics/evaluate.json metrics/train.json metrics/thresholds.csv metrics/data.json metrics/explain.json \
-        plots/figures "$repo/reports/public/"
+        metrics/audit.json data/manifest.csv data/duplicates.csv plots/figures "$repo/reports/public/"
     mkdir -p "$repo/reports/public/explain"   # the table, and the figures of 6 images with annotated lungs
     cp data/explain/index.csv "$repo/reports/public/explain/index.csv"
     python -c "import pandas as pd; print('\\n'.join(pd.read_csv('data/explain/index.csv').dropna(subset=['lung_mass'])['figure'][:6]))" \

@@ -4,6 +4,7 @@
     deepcovid check-regression [--write-baseline]     # exit 0 pass, 1 regression, 2 usage error
     deepcovid check-reproduction --committed-lock L --committed-metrics DIR
     deepcovid explain IMAGE... --model models --out explain   # occlusion heatmaps of any image
+    deepcovid duplicates FOLDER... --out duplicates.csv       # near-duplicate radiographs
 
 Errors a user can fix are printed in one line (exit status 2), see :func:`deepcovid.runner.run`.
 """
@@ -47,9 +48,27 @@ def _check_reproduction(args) -> int:
                               args.metrics)
 
 
+def _duplicates(args) -> int:
+    import sys
+
+    from deepcovid import files
+    from deepcovid.config import load_config
+    from deepcovid.data.duplicates import audit_paths, similarity
+
+    max_distance = load_config(args.params).duplicates.max_distance if args.max_distance is None else args.max_distance
+    groups, unreadable, n_files = audit_paths(args.paths, max_distance, args.workers)
+    for path, reason in unreadable.items():
+        print(f"{path}: left out ({reason})", file=sys.stderr)
+    files.write_csv(args.out, groups[["group", "path", "similarity", "closest"]])
+    print(f"{groups['group'].nunique()} groups of near-duplicates ({len(groups)} of {n_files - len(unreadable)} "
+          f"images; similarity >= {similarity(max_distance):.4f}): {args.out}")
+    return 0
+
+
 def _explain(args) -> int:
     from deepcovid.config import load_config
-    from deepcovid.explain.explain_run import explain_images, operating_point
+    from deepcovid.evaluation.predictions import operating_point
+    from deepcovid.explain.explain_run import explain_images
 
     cfg = load_config(args.params).explain.as_dict()
     cfg.update({k: v for k, v in (("window", args.window), ("stride", args.stride), ("fill", args.fill),
@@ -94,7 +113,7 @@ Check that a rebuild reproduced the committed results:
     deepcovid check-reproduction --committed-lock /tmp/committed.lock --committed-metrics /tmp/committed
 
 The data stages' output hashes (reproduction.exact_stages) must be identical; the numbers of
-metrics/evaluate.json, train.json and explain.json must agree within reproduction.tolerances.
+metrics/evaluate.json, train.json, explain.json and audit.json must agree within reproduction.tolerances.
 Exit status: 0 reproduced, 1 something differs, 2 bad input.
 """
 
@@ -109,6 +128,20 @@ Each image is preprocessed as the pipeline does (the settings in MODEL/model.jso
 and OUT/<stem>_occlusion.png shows the input, the probability drop, the overlay and where the
 label flips at the operating point of metrics/evaluate.json. Prints one line per image: path,
 COVID-19 probability, figure (or why the image was not read). Exit status 1 if any failed.
+"""
+
+
+DUPLICATES_HELP = """\
+Near-duplicate radiographs among image files and folders (every file under a folder), with the
+detector of the pipeline's duplicates stage (the same image re-encoded, rescaled, cropped by a
+few percent or with another contrast):
+
+    deepcovid duplicates data/cohen/images more/images --out duplicates.csv
+
+Writes one row per image in a group: group, path (as given, joined with its path inside the
+folder), similarity (its highest, 1 = identical hash), closest (the image it has it with). Files
+that are not readable images are listed on stderr and left out. Hashes are centred on the mean of
+the images given, so give all the images to compare in one call.
 """
 
 
@@ -150,8 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--committed-lock", required=True, help="the dvc.lock as committed")
     p.add_argument("--lock", default="dvc.lock", help="the dvc.lock after the rebuild")
-    p.add_argument("--committed-metrics", required=True, help="folder with the committed evaluate.json, train.json, explain.json")
+    p.add_argument("--committed-metrics", required=True, help="folder with the committed evaluate.json, train.json, explain.json, audit.json")
     p.add_argument("--metrics", default="metrics", help="folder with the rebuilt metrics")
+
+    p = command("duplicates", _duplicates, DUPLICATES_HELP, "near-duplicate images in folders")
+    p.add_argument("paths", nargs="+", help="image files and folders")
+    p.add_argument("--out", required=True, help="output CSV: group,path,similarity,closest")
+    p.add_argument("--max-distance", type=int, default=None,
+                   help="hash bits (of 255) that may differ (default: duplicates.max_distance in params)")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    p.add_argument("--params", default="params.yaml")
 
     p = command("explain", _explain, EXPLAIN_HELP, "occlusion heatmaps of image files")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, any mode the preprocess stage reads)")

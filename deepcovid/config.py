@@ -158,9 +158,15 @@ class Negatives(Section):
         return self
 
 
+class Duplicates(Section):
+    max_distance: Annotated[Int, Field(ge=0, le=254)]
+    workers: Annotated[Int, Field(ge=1)]
+
+
 class Split(Section):
     covid_test_images: Annotated[Int, Field(ge=1)]
     val_fraction: Annotated[Number, Field(ge=0.0, le=0.9)]
+    exclude_negatives_of_covid_patients: StrictBool
 
 
 class Preprocess(Section):
@@ -238,6 +244,13 @@ class Explain(Section):
 Tolerance = Annotated[Number, Field(ge=0)]
 
 
+class Audit(Section):
+    folds: Annotated[Int, Field(ge=2)]
+    flag_auc: Annotated[Number, Field(ge=0.5, le=1.0)]
+    metadata: list[str] = Field(min_length=1)
+    min_per_class: Annotated[Int, Field(ge=2)]
+
+
 class Regression(Section):
     baseline: str
     tolerances: dict[str, Union[Tolerance, dict[str, Tolerance]]] = Field(min_length=1)
@@ -274,6 +287,7 @@ class Params(Section):
     synthetic: Synthetic
     filter: Filter
     negatives: Negatives
+    duplicates: Duplicates
     split: Split
     preprocess: Preprocess
     augment: Augment
@@ -283,6 +297,7 @@ class Params(Section):
     mlflow: Mlflow
     evaluate: Evaluate
     explain: Explain
+    audit: Audit
     regression: Regression
     reproduction: Reproduction
 

@@ -24,8 +24,8 @@ from deepcovid.files import sha256_file
 from deepcovid.files import tree_digest as folder_digest
 from workspace import TINY, make_workspace, run_stage
 
-DATA_STAGES = ["fetch", "filter", "negatives", "split", "preprocess", "augment"]
-OUTPUTS = ["data/raw", "data/filtered", "data/negatives", "data/manifest.csv", "metrics/data.json",
+DATA_STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment"]
+OUTPUTS = ["data/raw", "data/filtered", "data/negatives", "data/duplicates.csv", "data/manifest.csv", "metrics/data.json",
            "data/preprocessed", "data/augmented"]
 
 _THREADS_1 = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}

@@ -17,7 +17,7 @@ from PIL import Image
 
 from workspace import REPO, TINY, error_line, make_workspace, override_params, read, run_stage
 
-STAGES = ["fetch", "filter", "negatives", "split", "preprocess", "augment", "featurize", "train", "evaluate"]
+STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment", "featurize", "train", "evaluate"]
 SETTINGS = {"model": "resnet18", "weights": "none", "explain.window": 16, "explain.stride": 8,
             "explain.top_covid": 2, "explain.false_negatives": 1, "explain.false_positives": 1}
 

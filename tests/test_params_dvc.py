@@ -66,7 +66,8 @@ def test_dvc_dag(tmp_path):
     names = dict(re.findall(r'(node\d+)\["([^"]+)"\]', out))
     edges = {(names[a], names[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", out)}
     for edge in [("fetch_params", "fetch"), ("fetch", "filter"), ("fetch", "negatives"), ("filter", "split"),
-                 ("negatives", "split"), ("split", "preprocess"), ("preprocess", "augment")]:
+                 ("negatives", "split"), ("filter", "duplicates"), ("negatives", "duplicates"), ("duplicates", "split"),
+                 ("split", "preprocess"), ("preprocess", "augment")]:
         assert edge in edges, out
 
 
@@ -78,7 +79,7 @@ def test_dvc_dag(tmp_path):
 # on data/fetch_params.json, rewritten first as `dvc exp run` would). Nothing else runs.
 
 # the stages that read each parameter
-SEED = {"negatives", "split", "augment", "featurize", "train", "evaluate", "explain"}
+SEED = {"negatives", "split", "augment", "featurize", "train", "evaluate", "explain", "audit"}
 TRAIN_INPUT = {"featurize", "train"}  # model, weights, train.mode, image_size, device, feature_batch_size
 CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stages to re-run)
     ("synthetic", {"seed": 7}, {"fetch_params", "fetch", *SEED}),
@@ -96,6 +97,9 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"negatives.use_valid_csv": False}, {"negatives"}),
     ("synthetic", {"split.covid_test_images": 50}, {"split"}),
     ("synthetic", {"split.val_fraction": 0.25}, {"split"}),
+    ("synthetic", {"split.exclude_negatives_of_covid_patients": operator.not_}, {"split"}),
+    ("synthetic", {"duplicates.max_distance": 20}, {"duplicates"}),
+    ("synthetic", {"duplicates.workers": 1}, {"duplicates"}),
     ("synthetic", {"preprocess.cache_size": 300}, {"preprocess", "train"}),
     ("synthetic", {"preprocess.workers": 1}, {"preprocess", "train"}),
     ("synthetic", {"augment.copies": 2}, {"augment", "train"}),
@@ -112,8 +116,10 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"train.num_workers": 5}, {"train"}),
     ("synthetic", {"mlflow.experiment": "other"}, {"train"}),
     ("synthetic", {"mlflow.tracking_uri": "sqlite:///other.db"}, {"train"}),
-    ("synthetic", {"evaluate.alpha": 0.1}, {"evaluate"}),
+    ("synthetic", {"evaluate.alpha": 0.1}, {"evaluate", "audit"}),
+    ("synthetic", {"evaluate.ci_method": "clopper-pearson"}, {"evaluate", "audit"}),
     ("synthetic", {"evaluate.thresholds": [0.5]}, {"evaluate"}),
+    ("synthetic", {"audit.flag_auc": 0.8}, {"audit"}),
     ("synthetic", {"explain.window": 16}, {"explain"}),
     ("synthetic", {"explain.method": "approximate"}, {"explain"}),
     ("synthetic", {"regression.tolerances.test.auc": 0.5}, set()),

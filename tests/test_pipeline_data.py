@@ -25,7 +25,7 @@ from localserver import github_style_zip, serve_directory
 from workspace import error_line, make_workspace, read, run_stage
 
 COMMIT = "ad999d56bdc8fde4a75367dc00323fa2e9d49f73"
-DATA_STAGES = ["fetch", "filter", "negatives", "split", "preprocess", "augment"]
+DATA_STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment"]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_synthetic_default_end_to_end(synthetic_ws):
 def test_synthetic_rerun_is_identical(synthetic_ws, tmp_path):
     """Same params, same bytes: the manifest and cached images do not depend on the run."""
     ws = make_workspace(tmp_path)
-    for stage in ["fetch", "filter", "negatives", "split"]:
+    for stage in ["fetch", "filter", "negatives", "duplicates", "split"]:
         run_stage(ws, stage)
     assert (ws / "data/manifest.csv").read_bytes() == (synthetic_ws / "data/manifest.csv").read_bytes()
 
@@ -136,7 +136,7 @@ def public_ws(shared_data, tmp_path_factory):
         params = yaml.safe_load((ws / "params.yaml").read_text())
         params["fetch"]["cohen"]["url"] = url + "/{commit}.zip"
         (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        for stage in ["fetch", "filter", "negatives", "split", "preprocess"]:
+        for stage in ["fetch", "filter", "negatives", "duplicates", "split", "preprocess"]:
             run_stage(ws, stage)
     return ws
 
@@ -157,10 +157,18 @@ def test_public_real_data(public_ws, shared_data):
     for a, b in [("285", "339"), ("287", "340")]:
         rows = manifest[(manifest["source"] == "cohen") & manifest["patient"].isin([a, b])]
         assert rows["split"].nunique() <= 1
-    # Cohen's patients with both COVID-19 and No Finding images stay in one part
+    # the negatives of Cohen's patients who also have COVID-19 images are left out and listed
+    report_split = json.loads((ws / "metrics/data.json").read_text())
+    shared = report_split["negatives_of_covid_patients"]
+    assert shared["excluded"] and shared["images"] >= 11, shared
+    assert not manifest["image_id"].isin(shared["image_ids"]).any()
     mixed = manifest[manifest["source"] == "cohen"].groupby("patient")["label"].nunique()
-    assert (mixed > 1).sum() >= 1
-    assert (manifest[manifest["patient"].isin(mixed.index[mixed > 1])].groupby("patient")["split"].nunique() == 1).all()
+    assert (mixed > 1).sum() == 0
+    # near-duplicates: the ARDS films of patient 97 reappear as patient 178's: one group, one part
+    near = read(ws / "data/duplicates.csv")
+    assert report_split["near_duplicates"]["groups"] == near["group"].nunique() >= 5
+    joined = manifest[(manifest["source"] == "cohen") & manifest["patient"].isin(["97", "178"])]
+    assert len(joined) >= 8 and joined["split_group"].nunique() == 1 and joined["split"].nunique() == 1
     covid = manifest[manifest["label"] == "1"]
     assert (covid["split"] == "test").sum() == 100
     assert set(manifest.loc[manifest["label"] == "0", "group"]) == {"normal", "other-disease"}

@@ -50,10 +50,12 @@ def test_check_reproduction_command(tmp_path):
     evaluate = {"test": {"auc": 0.9, "n_pos": 100}}
     train = {"test_auc": 0.9, "torch_threads": 2, "best_epoch": 10}
     explain = {"images": 8, "lung_mass": 0.3, "pointing_lung": 0.5, "architecture": "resnet18"}
+    audit = {"source_readability": {"all": {"auc": 0.9, "n_pos": 10}}, "verdict": "text", "flags": {"any": True}}
     for d in (committed, current):
         (d / "evaluate.json").write_text(json.dumps(evaluate))
         (d / "train.json").write_text(json.dumps(train))
         (d / "explain.json").write_text(json.dumps(explain))
+        (d / "audit.json").write_text(json.dumps(audit))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stages = params["reproduction"]["exact_stages"]
@@ -76,6 +78,11 @@ def test_check_reproduction_command(tmp_path):
     (current / "explain.json").write_text(json.dumps({**explain, "lung_mass": 0.31}))
     moved = run()
     assert moved.returncode == 1 and "lung_mass" in moved.stdout
+    (current / "explain.json").write_text(json.dumps(explain))
+    (current / "audit.json").write_text(json.dumps({**audit, "source_readability": {"all": {"auc": 0.9, "n_pos": 11}}}))
+    moved = run()
+    assert moved.returncode == 1 and "source_readability.all.n_pos" in moved.stdout
+    (current / "audit.json").write_text(json.dumps(audit))
     (current / "train.json").write_text(json.dumps(train))
     (tmp_path / "c.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages[:-1]}, **{stages[-1]: "z"})))
     bad = run("c.lock")
@@ -86,3 +93,16 @@ def test_check_reproduction_command(tmp_path):
     usage = subprocess.run([sys.executable, "-m", "deepcovid", "check-reproduction"], cwd=tmp_path,
                            capture_output=True, text=True)
     assert usage.returncode == 2 and "--committed-lock" in usage.stderr
+
+
+def test_every_committed_metric_has_a_tolerance():
+    """Each numeric leaf of the committed metrics files that check-reproduction compares is
+    covered by a reproduction.tolerances pattern (none reported as NO TOLERANCE)."""
+    from deepcovid.checks.reproduction import METRIC_FILES
+    from deepcovid.config import load_config
+
+    tolerances = load_config(REPO / "params.yaml").reproduction.tolerances
+    for name in METRIC_FILES:
+        metrics = json.loads((REPO / "metrics" / name).read_text())
+        rows = compare_metrics(metrics, metrics, tolerances)
+        assert rows and {r["status"] for r in rows} == {"ok"}, (name, [r["metric"] for r in rows if r["status"] != "ok"])

@@ -42,7 +42,9 @@ def test_split_dataset_hashes_the_files_and_splits_as_make_split(tmp_path):
     pos.drop(columns="pool").to_csv(tmp_path / "positives.csv", index=False)
     neg.to_csv(tmp_path / "negatives.csv", index=False)
 
-    manifest, report = split_dataset(raw, tmp_path / "positives.csv", tmp_path / "negatives.csv", 4, 0.25, 3)
+    pd.DataFrame(columns=["group", "image_id", "source", "patient", "label"]).to_csv(tmp_path / "dup.csv", index=False)
+    manifest, report = split_dataset(raw, tmp_path / "positives.csv", tmp_path / "negatives.csv", tmp_path / "dup.csv",
+                                     4, 0.25, 3, False)
 
     def digest(source, rel):
         path = raw / roots[source] / rel

@@ -114,7 +114,8 @@ def test_patients_sharing_a_file_or_content_keep_all_their_images_together(seed,
         assert (manifest["split_group"] == rows["split_group"].iloc[0]).sum() == size == len(rows), name
     # the negative patient joined to a COVID patient follows it, whatever its pool said
     hn = manifest[manifest["patient"].isin(["H", "patient90000"])]
-    assert report["negatives_following_a_covid_patient"] == 3
+    assert report["negatives_of_covid_patients"] == {
+        "images": 3, "excluded": False, "image_ids": sorted(hn.loc[hn["label"] == 0, "image_id"])}
     assert hn["split"].nunique() == 1
     # nobody else was joined: every other patient is a group of its own
     others = manifest[[not any(k in p for p, _ in JOINED.values()) for k in key]]
@@ -187,7 +188,7 @@ def test_negative_following_covid_patient_adds_to_val_exactly():
     for seed in range(4):
         manifest, report = make_split(pos, pd.concat([neg, extra], ignore_index=True), covid_test_images=COVID_TEST,
                                       val_fraction=0.27, seed=seed)
-        assert report["negatives_following_a_covid_patient"] == 3
+        assert report["negatives_of_covid_patients"]["images"] == 3
         covid_split = manifest[manifest["label"] == 1].groupby("patient")["split"].first()
         following_val = sum(covid_split[p] == "val" for p in ("c000", "c031", "c040"))
         assert (manifest["label"].eq(0) & manifest["split"].eq("val")).sum() == 18 + following_val
@@ -390,7 +391,7 @@ def test_split_stage_joins_by_real_file_content_and_counts_exact(tmp_path):
     listed under two patients joins them by its name alone), and the counts follow
     split.covid_test_images and split.val_fraction exactly."""
     ws = make_workspace(tmp_path, **{"dataset": "synthetic", "seed": 5, "split.covid_test_images": COVID_TEST,
-                                     "split.val_fraction": 0.27})
+                                     "split.val_fraction": 0.27, "split.exclude_negatives_of_covid_patients": False})
     pos, neg = _count_tables()
     joined = pd.DataFrame([*[_pos("A", f"a/{k}.png") for k in range(3)],
                            *[_pos("B", f"b/{k}.png") for k in range(2)], _pos("B", "a/1.png"),
@@ -409,6 +410,7 @@ def test_split_stage_joins_by_real_file_content_and_counts_exact(tmp_path):
     for name, frame in (("filtered/positives.csv", pos), ("negatives/negatives.csv", neg)):
         (ws / "data" / name).parent.mkdir(parents=True, exist_ok=True)
         frame.drop(columns="sha256").to_csv(ws / "data" / name, index=False)
+    run_stage(ws, "duplicates")
     run_stage(ws, "split")
     manifest = read(ws / "data/manifest.csv").astype({"label": int})
     report = json.loads((ws / "metrics/data.json").read_text())
@@ -416,7 +418,7 @@ def test_split_stage_joins_by_real_file_content_and_counts_exact(tmp_path):
     for patients, size in ((["A", "B"], 5), (["C", "D"], 5), (["H", "patient90000"], 5)):
         rows = manifest[manifest["patient"].isin(patients)]
         assert len(rows) == size and rows["split_group"].nunique() == 1 and rows["split"].nunique() == 1, patients
-    assert report["rows_listed_twice"] == 1 and report["negatives_following_a_covid_patient"] == 3
+    assert report["rows_listed_twice"] == 1 and report["negatives_of_covid_patients"]["images"] == 3
     sha = manifest.set_index("image_id")["sha256"]
     assert sha["cohen/d/2.png"] == sha["cohen/c/1.png"] != sha["cohen/c/0.png"]
     assert sha["cohen/a/1.png"] == "" and (sha.drop("cohen/a/1.png") != "").all()

@@ -14,7 +14,7 @@ import yaml
 
 from workspace import REPO, TINY, error_line, make_workspace, override_params, read, run_stage
 
-DATA_STAGES = ["fetch", "filter", "negatives", "split", "preprocess", "augment"]
+DATA_STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment"]
 # the tests' model, whatever params.yaml's default: random init (offline, fast)
 MODEL = {"model": "resnet18", "weights": "none"}
 ENVIRONMENT_KEYS = ["torch_threads", "cpu_capability", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",

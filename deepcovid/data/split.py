@@ -1,9 +1,11 @@
 """Patient-level split into train / val / test, and the manifest every later stage reads.
 
-Images sharing a patient, a file (one file listed under two patient ids) or their bytes are
-grouped (connected components) and never cross parts. COVID test images are drawn group by
-group up to ``covid_test_images``; the rest and the negatives' training pool are split into
-train and val by ``val_fraction``; :func:`check_no_leak` verifies the result independently."""
+Images sharing a patient, a file (one file listed under two patient ids), their bytes or a
+near-duplicate group (the duplicates stage) are grouped (connected components) and never cross
+parts. Negatives grouped with a COVID-19 image (the same patient, or the same radiograph) are
+left out, or follow it, by a parameter. COVID test images are drawn group by group up to
+``covid_test_images``; the rest and the negatives' training pool are split into train and val by
+``val_fraction``; :func:`check_no_leak` verifies the result independently."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
+from deepcovid.data.duplicates import group_summary
 from deepcovid.data.sources import image_path, read_sources
 from deepcovid.files import sha256_file
 
@@ -32,13 +35,16 @@ class SplitError(RuntimeError):
     """The split would leak a patient between parts, or cannot be made."""
 
 
-def group_images(table: pd.DataFrame) -> pd.Series:
-    """A ``split_group`` label per row (connected patients / files / identical content).
+def group_images(table: pd.DataFrame, duplicates: dict[str, str] | None = None) -> pd.Series:
+    """A ``split_group`` label per row (connected patients / files / identical content /
+    near-duplicates).
 
     Groups are the connected components of a graph linking each row's (source, patient)
-    to its image id and, when known, its content digest. They are named ``g00000``,
-    ``g00001``... in the order of their first row.
+    to its image id, when known its content digest, and its near-duplicate group
+    (``duplicates``: image id -> group). They are named ``g00000``, ``g00001``... in the order
+    of their first row.
     """
+    duplicates = duplicates or {}
     if table.empty:
         return pd.Series([], index=table.index, dtype=object)
     nodes: dict[tuple, int] = {}
@@ -49,6 +55,8 @@ def group_images(table: pd.DataFrame) -> pd.Series:
         edges.append((p, nodes.setdefault(("image", image_id), len(nodes))))
         if digest:
             edges.append((p, nodes.setdefault(("content", digest), len(nodes))))
+        if image_id in duplicates:
+            edges.append((p, nodes.setdefault(("near", duplicates[image_id]), len(nodes))))
     rows, cols = np.array(edges, dtype=np.int64).reshape(-1, 2).T
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(len(nodes), len(nodes)))
     _, component = connected_components(graph, directed=False)
@@ -74,20 +82,27 @@ def _take_groups_until(sizes: pd.Series, target: int, rng: np.random.Generator) 
 
 
 def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_images: int,
-               val_fraction: float, seed: int) -> tuple[pd.DataFrame, dict]:
-    """Build the manifest from the positives and negatives (both with ``sha256``)."""
+               val_fraction: float, seed: int, duplicates: pd.DataFrame | None = None,
+               exclude_negatives_of_covid_patients: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Build the manifest from the positives and negatives (both with ``sha256``) and the
+    near-duplicate groups (``duplicates``: ``group, image_id``; none when None)."""
     rng = np.random.default_rng(seed)
     pos = positives.assign(pool="")
     table = pd.concat([pos, negatives], ignore_index=True)
     table["image_id"] = table["source"] + "/" + table["relpath"]
     duplicated = table["image_id"].duplicated(keep="first")
     n_listed_twice = int(duplicated.sum())
-    table["split_group"] = group_images(table)
+    near = {} if duplicates is None else dict(zip(duplicates["image_id"], duplicates["group"]))
+    table["split_group"] = group_images(table, near)
     table = table[~duplicated].reset_index(drop=True)
     if table["image_id"].duplicated().any():  # pragma: no cover - guarded above
         raise SplitError("duplicate image ids after de-duplication")
 
     covid_groups = set(table.loc[table["label"] == 1, "split_group"])
+    sharing = (table["label"] == 0) & table["split_group"].isin(covid_groups)
+    shared_ids = sorted(table.loc[sharing, "image_id"])
+    if exclude_negatives_of_covid_patients:
+        table = table[~sharing].reset_index(drop=True)
     split_of: dict[str, str] = {}
     covid_sizes = table[table["label"] == 1].groupby("split_group").size().sort_index()
     for g in _take_groups_until(covid_sizes, covid_test_images, rng):
@@ -110,20 +125,27 @@ def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_imag
         split_of.setdefault(g, "train")
 
     table["split"] = table["split_group"].map(split_of)
-    moved = int(((table["label"] == 0) & table["split_group"].isin(covid_groups)).sum())
     manifest = table.reindex(columns=MANIFEST_COLUMNS).fillna("")
     manifest["label"] = manifest["label"].astype(int)
     manifest = manifest.sort_values(["split", "label", "image_id"], ascending=[True, False, True]).reset_index(drop=True)
-    check_no_leak(manifest)
+    check_no_leak(manifest, duplicates)
     report = summarize(manifest)
     report["rows_listed_twice"] = n_listed_twice
-    report["negatives_following_a_covid_patient"] = moved
+    report["negatives_of_covid_patients"] = {
+        "images": len(shared_ids), "excluded": bool(exclude_negatives_of_covid_patients), "image_ids": shared_ids}
+    report["near_duplicates"] = duplicate_summary(duplicates, manifest)
     report["covid_test_images_asked"] = int(covid_test_images)
     return manifest, report
 
 
-def check_no_leak(manifest: pd.DataFrame) -> None:
-    """Fail loudly if a patient, group or image appears in two parts."""
+def duplicate_summary(duplicates: pd.DataFrame | None, manifest: pd.DataFrame) -> dict:
+    """:func:`~deepcovid.data.duplicates.group_summary` and how many of those images the manifest holds."""
+    duplicates = pd.DataFrame(columns=["group", "image_id", "source", "patient", "label"]) if duplicates is None else duplicates
+    return {**group_summary(duplicates), "images_in_manifest": int(manifest["image_id"].isin(duplicates["image_id"]).sum())}
+
+
+def check_no_leak(manifest: pd.DataFrame, duplicates: pd.DataFrame | None = None) -> None:
+    """Fail loudly if a patient, group, image or near-duplicate group appears in two parts."""
     if manifest["image_id"].duplicated().any():
         dup = manifest.loc[manifest["image_id"].duplicated(), "image_id"].iloc[0]
         raise SplitError(f"image {dup} appears twice in the manifest")
@@ -139,6 +161,14 @@ def check_no_leak(manifest: pd.DataFrame) -> None:
         parts = manifest.groupby("sha256")["split"].nunique()
         if (parts > 1).any():
             raise SplitError(f"identical image content {parts.index[parts > 1][0][:12]} appears in more than one split")
+    if duplicates is not None and not duplicates.empty:
+        placed = duplicates.merge(manifest[["image_id", "split"]], on="image_id")
+        parts = placed.groupby("group")["split"].unique()
+        for group, where in parts.items():
+            if len(where) > 1:
+                ids = placed.loc[placed["group"] == group, "image_id"]
+                raise SplitError(f"near-duplicate group {group} ({', '.join(ids)}) appears in "
+                                 f"{' and '.join(sorted(where))}")
 
 
 def summarize(manifest: pd.DataFrame) -> dict:
@@ -161,9 +191,11 @@ def _digest(path) -> str:
         return ""  # missing or unreadable: preprocess rejects it with the reason
 
 
-def split_dataset(raw_dir, positives_csv, negatives_csv, covid_test_images: int, val_fraction: float,
-                  seed: int) -> tuple[pd.DataFrame, dict]:
-    """The split stage: hash every image (byte-identical files share a group), then :func:`make_split`."""
+def split_dataset(raw_dir, positives_csv, negatives_csv, duplicates_csv, covid_test_images: int,
+                  val_fraction: float, seed: int,
+                  exclude_negatives_of_covid_patients: bool) -> tuple[pd.DataFrame, dict]:
+    """The split stage: hash every image (byte-identical files share a group), read the
+    near-duplicate groups, then :func:`make_split`."""
     roots = read_sources(raw_dir)
     frames = []
     for path in (positives_csv, negatives_csv):
@@ -172,7 +204,17 @@ def split_dataset(raw_dir, positives_csv, negatives_csv, covid_test_images: int,
         with ThreadPoolExecutor(max_workers=4) as pool:
             digests = list(tqdm(pool.map(_digest, paths), total=len(paths), desc="hashing", mininterval=2))
         frames.append(frame.assign(sha256=digests))
-    manifest, report = make_split(frames[0], frames[1], covid_test_images, val_fraction, seed)
+    duplicates = pd.read_csv(duplicates_csv, dtype=str, keep_default_na=False)
+    missing = {"group", "image_id", "source", "patient", "label"} - set(duplicates.columns)
+    if missing:
+        raise SplitError(f"{duplicates_csv}: missing columns {', '.join(sorted(missing))}")
+    duplicates = duplicates.astype({"label": int})
+    manifest, report = make_split(frames[0], frames[1], covid_test_images, val_fraction, seed, duplicates,
+                                  exclude_negatives_of_covid_patients)
+    shared = report["negatives_of_covid_patients"]
+    if shared["images"]:
+        log.warning("%d negative images share a patient or a radiograph with COVID-19 images: %s",
+                    shared["images"], "left out" if shared["excluded"] else "kept with that patient")
     if report["test"]["covid"] < report["covid_test_images_asked"]:
         log.warning("only %d COVID test images (asked for %d): the positives hold too few patients",
                     report["test"]["covid"], report["covid_test_images_asked"])

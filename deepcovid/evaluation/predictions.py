@@ -105,3 +105,15 @@ class SplitData:
     @property
     def both_classes(self) -> bool:
         return len(self.frame) > 0 and 0 < int(self.frame["label"].sum()) < len(self.frame)
+
+
+def operating_point(evaluation: str | Path) -> float:
+    """The test threshold the evaluate stage chose (``test.threshold`` of metrics/evaluate.json)."""
+    import json
+
+    try:
+        return float(json.loads(Path(evaluation).read_text(encoding="utf-8"))["test"]["threshold"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{evaluation} not found: run the evaluate stage first") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{evaluation}: no test.threshold ({type(exc).__name__}: {exc})") from None

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from deepcovid import files
 from deepcovid.data.images import ImageReadError, read_image, resize_square
 from deepcovid.data.sources import read_sources, source_root
+from deepcovid.evaluation.predictions import operating_point
 from deepcovid.explain.figures import occlusion_figure
 from deepcovid.explain.occlusion import ExplainError, Occluder, baseline, covid_probability
 from deepcovid.explain.regions import Regions, annotation_index, load_regions, mass_inside, pointing_hit
@@ -46,16 +47,6 @@ def load_model(models: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
         raise FileNotFoundError(f"{models / 'model.json'} not found: run the train stage first") from None
     model, _ = build_model(record["architecture"], str(models / "model.pt"), num_classes=len(record["classes"]))
     return model.eval(), record
-
-
-def operating_point(evaluation: str | os.PathLike) -> float:
-    """The test threshold the evaluate stage chose (``test.threshold`` of metrics/evaluate.json)."""
-    try:
-        return float(json.loads(Path(evaluation).read_text(encoding="utf-8"))["test"]["threshold"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{evaluation} not found: run the evaluate stage first") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExplainError(f"{evaluation}: no test.threshold ({type(exc).__name__}: {exc})") from None
 
 
 def select_images(predictions: pd.DataFrame, threshold: float, top: int, fn: int, fp: int) -> pd.DataFrame:

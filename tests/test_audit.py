@@ -1,0 +1,178 @@
+"""The confounder audit (deepcovid/evaluation/audit.py, stage audit).
+
+Pure functions against independent computations (scikit-learn's AUC, statsmodels' Wilson
+interval), the grouping of the cross-validation, the flags on planted tables, and the whole stage
+on a tiny synthetic pipeline with and without a planted source shortcut.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import KFold, cross_val_predict
+from statsmodels.stats.proportion import proportion_confint
+
+from deepcovid.evaluation import audit as A
+from workspace import TINY, error_line, make_workspace, run_stage
+
+
+def test_view_classes():
+    assert [A.view_class(v) for v in ("PA", "pa ", "AP", "AP Supine", "AP semi erect", "L", "")] == \
+        ["PA", "PA", "AP", "AP", "AP", "other", "other"]
+
+
+def test_cross_validation_never_splits_a_group():
+    """Each patient group has its own random label and a feature naming the group: a fold that
+    saw a group in training would recall its label (AUC near 1); grouped folds cannot (near 0.5)."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(60), 4)
+    target = rng.integers(0, 2, 60)[groups]
+    features = np.eye(60)[groups] + 0.01 * rng.standard_normal((240, 60))
+    scores = A.grouped_oof_scores(features, target, groups, folds=5, seed=0)
+    assert not np.isnan(scores).any()
+    assert roc_auc_score(target, scores) < 0.7
+    leaky = cross_val_predict(A._head(), features, target, cv=KFold(5, shuffle=True, random_state=0),
+                              method="predict_proba")[:, 1]
+    assert roc_auc_score(target, leaky) > 0.95  # what the same head reaches when folds split groups
+    r = A.readability(features, target, groups, folds=5, seed=0, min_per_class=5)
+    assert r["folds"] == 5 and r["auc"] == pytest.approx(roc_auc_score(target, scores))
+    with pytest.raises(A.AuditError, match="differ in length"):
+        A.grouped_oof_scores(features, target[:-1], groups, 5, 0)
+
+
+def test_readable_signal_is_found_and_small_classes_are_skipped():
+    rng = np.random.default_rng(1)
+    target = np.array([0, 1] * 40)
+    groups = np.arange(80)
+    features = rng.standard_normal((80, 5)) + 1.0 * target[:, None]
+    r = A.readability(features, target, groups, folds=5, seed=0, min_per_class=5)
+    assert r["auc_low"] > 0.75 and r["n_pos"] == r["n_neg"] == 40 and r["auc_low"] < r["auc"] < r["auc_high"]
+    few = np.r_[np.zeros(76), np.ones(4)].astype(int)
+    assert A.readability(features, few, groups, 5, 0, 5) == {"n_pos": 4, "n_neg": 76,
+                                                              "skipped": "fewer than 5 images of a class"}
+    two_groups = np.where(target == 1, 1, 0) + 2 * (np.arange(80) % 2 == 5)
+    assert A.readability(features, target, two_groups, 5, 0, 5)["skipped"] == "fewer than 2 patients of a class"
+
+
+def test_metadata_scores_see_only_the_named_columns():
+    train = pd.DataFrame({"source": ["a"] * 10 + ["b"] * 10, "view": ["PA", "AP"] * 10, "label": [1] * 10 + [0] * 10})
+    test = pd.DataFrame({"source": ["a", "b", "c"], "view": ["AP", "PA", "AP"]})
+    s = A.metadata_scores(train, test, ["source"])
+    assert s[0] > 0.5 > s[1] and s[2] == pytest.approx(A.metadata_scores(train, test.assign(source="z"), ["source"])[2])
+    view_only = A.metadata_scores(train, test, ["view"])
+    assert view_only == pytest.approx([0.5, 0.5, 0.5], abs=1e-6)  # the view says nothing here
+    with pytest.raises(A.AuditError, match="lacks: sex"):
+        A.metadata_scores(train, test, ["source", "sex"])
+
+
+def test_stratum_metrics_against_independent_computation():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 50)
+    s = np.clip(0.3 * y + rng.uniform(0, 0.7, 50), 0, 1)
+    m = A.stratum_metrics(y, s, 0.5, "wilson", 0.05, 5)
+    tp, fn = int(((s >= 0.5) & (y == 1)).sum()), int(((s < 0.5) & (y == 1)).sum())
+    tn = int(((s < 0.5) & (y == 0)).sum())
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert m["sensitivity"] == tp / (tp + fn) and m["specificity"] == tn / int((y == 0).sum())
+    assert (m["sensitivity_low"], m["sensitivity_high"]) == pytest.approx(proportion_confint(tp, tp + fn, method="wilson"))
+    only_neg = A.stratum_metrics(np.zeros(8), np.linspace(0, 1, 8), 0.5, "wilson", 0.05, 5)
+    assert "auc" not in only_neg and "sensitivity" not in only_neg and only_neg["specificity"] == 0.5
+
+
+def _table(n=200, seed=0, mixed=True, view_shortcut=False):
+    """A manifest-like table: label, source (mixed within classes or not), view, split, scores."""
+    rng = np.random.default_rng(seed)
+    label = np.array([0, 1] * (n // 2))
+    source = np.where(rng.uniform(size=n) < (0.7 if mixed else 1.0), np.where(label == 1, "cohen", "chexpert"),
+                      np.where(label == 1, "chexpert", "cohen"))
+    view = np.where(label == 1, "AP", "PA") if view_shortcut else rng.choice(["PA", "AP", "AP Supine"], n)
+    split = np.array(["train", "train", "val", "test", "test"] * (n // 5))
+    score = np.clip(0.5 * label + rng.uniform(0, 0.6, n), 0, 1)
+    return pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "source": source, "view": view, "label": label,
+                         "split": split, "split_group": [f"g{k}" for k in range(n)], "score": score})
+
+
+def _audit(table, features):
+    return A.audit(table, features, 0.5, folds=5, seed=0, flag_auc=0.7, metadata=["source", "view"], min_per_class=5)
+
+
+def test_audit_flags_a_source_written_in_the_features_and_not_noise():
+    table = _table()
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal((len(table), 8))
+    clean = _audit(table, noise)
+    assert clean["flags"] == {"image_shows_source": False, "image_shows_view": False, "metadata_rivals_model": False,
+                              "source_is_label": False, "any": False}
+    assert clean["verdict"].startswith("No shortcut flagged")
+    planted = noise.copy()
+    planted[:, 0] += 3.0 * (table["source"] == "cohen").to_numpy()
+    shown = _audit(table, planted)
+    assert shown["flags"]["image_shows_source"] and shown["flags"]["any"]
+    assert shown["source_readability"]["negatives"]["auc_low"] > 0.7
+    assert "the image source can be read from the image features within a class" in shown["verdict"]
+    # the test strata and the PA-only test are the stratum metrics of those rows
+    test = table[table["split"] == "test"]
+    pa = test[test["view"] == "PA"]
+    assert shown["pa_only"] == A.stratum_metrics(pa["label"], pa["score"], 0.5, "wilson", 0.05, 5)
+    assert shown["by_view"]["AP"]["n"] == int(test["view"].str.startswith("AP").sum())
+    assert set(shown["by_source"]) == {"chexpert", "cohen"}
+
+
+def test_audit_says_when_source_is_the_label_and_metadata_rivals_the_model():
+    table = _table(mixed=False)
+    result = _audit(table, np.random.default_rng(4).standard_normal((len(table), 8)))
+    assert result["flags"]["source_is_label"] and result["flags"]["metadata_rivals_model"]
+    assert result["metadata_baseline"]["auc"] == 1.0 and not result["metadata_baseline"]["model_clearly_better"]
+    assert result["source_readability"]["negatives"]["skipped"] == "fewer than 5 images of a class"
+    assert result["verdict"].startswith("Shortcut risk: every COVID-19 image comes from one source")
+    no_features = _audit(table, None)
+    assert no_features["source_readability"]["all"] == {"skipped": "no cached features (train.mode: full)"}
+
+
+def test_audit_table_needs_every_test_score():
+    manifest = pd.DataFrame({"image_id": ["a", "b"], "split": ["test", "train"]})
+    with pytest.raises(A.AuditError, match="no score for test image a"):
+        A.audit_table(manifest, pd.DataFrame({"image_id": ["b"], "score": [0.1]}))
+
+
+# ------------------------------------------------------------------------------ the stage, planted shortcut
+
+PIPELINE = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment", "featurize", "train",
+            "evaluate", "audit"]
+
+
+def _run(tmp_path, shift: float) -> dict:
+    """The tiny pipeline with Cohen's other pneumonias among the negatives (both sources in that
+    class) and the sources' look shifted by ``shift`` (synthetic.*.style_shift)."""
+    tmp_path.mkdir()
+    ws = make_workspace(tmp_path, **{**TINY, "synthetic.cohen.other_patients": 16,
+                                     "datasets.synthetic.negatives": ["chexpert", "cohen"],
+                                     "synthetic.cohen.style_shift": shift, "synthetic.chexpert.style_shift": shift,
+                                     "mlflow.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    for stage in PIPELINE:
+        run_stage(ws, stage)
+    return json.loads((ws / "metrics/audit.json").read_text())
+
+
+@pytest.mark.slow
+def test_audit_flags_a_planted_source_shortcut_and_not_the_same_run_without(tmp_path):
+    """The same seed and data, once with the two sources given a different look: the audit finds
+    the source readable among the negatives only then, and the model's AUC rises with the
+    shortcut (it uses it)."""
+    plain = _run(tmp_path / "plain", 0.0)
+    planted = _run(tmp_path / "planted", 1.0)
+    assert not plain["flags"]["image_shows_source"] and planted["flags"]["image_shows_source"]
+    neg_plain, neg_planted = plain["source_readability"]["negatives"], planted["source_readability"]["negatives"]
+    assert neg_plain["n_pos"] >= 10 and neg_planted["auc"] > neg_plain["auc"] + 0.2
+    assert planted["metadata_baseline"]["model_auc"] > plain["metadata_baseline"]["model_auc"] + 0.05
+    assert not plain["flags"]["source_is_label"]
+
+
+def test_stage_bad_parameter_is_one_line(tmp_path):
+    ws = make_workspace(tmp_path, **{"audit.metadata": []})
+    proc = run_stage(ws, "audit", check=False)
+    assert proc.returncode == 2 and "audit.metadata" in error_line(proc)
