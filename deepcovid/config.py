@@ -200,6 +200,7 @@ class Train(Section):
     num_workers: Annotated[Int, Field(ge=0)]
     feature_batch_size: Annotated[Int, Field(ge=1)]
     shuffle_labels: StrictBool
+    class_weight: Literal["none", "balanced"]
     checkpoint_dir: str = Field(min_length=1)
 
 

@@ -25,7 +25,7 @@ from deepcovid.model.datasets import ImageDataset, load_table
 from deepcovid.model.environment import compute_environment, init_distributed, resolve_device, seed_everything
 from deepcovid.model.features import state_digest
 from deepcovid.model.presets import eval_transform, train_transform
-from deepcovid.model.training import predict_scores, train_full, train_head
+from deepcovid.model.training import class_weights, predict_scores, train_full, train_head
 from deepcovid.model.weights import build_model
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ def _train_last_layer(model, params: dict, parts: dict, features: Path, on_epoch
     head, history, best_epoch = train_head(head, x["train"], y["train"], x["val"], y["val"],
                                            epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
                                            seed=int(params["seed"]), weight_decay=cfg["weight_decay"],
-                                           patience=cfg["patience"], on_epoch=on_epoch)
+                                           patience=cfg["patience"], on_epoch=on_epoch,
+                                           class_weight=class_weights(y["train"], cfg["class_weight"]))
     with torch.no_grad():
         scores = {s: torch.softmax(head(x[s]), 1)[:, 1].numpy() for s in ("val", "test")}
     return history, best_epoch, scores
@@ -84,6 +85,8 @@ def _train_full(model, params: dict, parts: dict, provenance: dict, device: torc
                                             batch_size=cfg["batch_size"], lr=cfg["lr"], seed=int(params["seed"]),
                                             device=device, checkpoint=checkpoint, num_workers=cfg["num_workers"],
                                             weight_decay=cfg["weight_decay"], patience=cfg["patience"],
+                                            class_weight=class_weights(parts["train"]["label"].to_numpy(),
+                                                                       cfg["class_weight"]),
                                             on_epoch=on_epoch)
     scores = {s: predict_scores(model, ImageDataset(parts[s]["file"], parts[s]["label"], evaluate), 64, device)
               for s in ("val", "test")} if rank0 else {}

@@ -42,29 +42,47 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63 - 1)
 
 
+def class_weights(labels, mode: str) -> torch.Tensor | None:
+    """Cross-entropy class weights: None for ``none`` (the paper's plain loss); for ``balanced``
+    ``n / (2 n_c)`` per class over the training labels (scikit-learn's "balanced")."""
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"train.class_weight: unknown value {mode!r}; valid: none, balanced")
+    counts = torch.bincount(torch.as_tensor(np.asarray(labels), dtype=torch.long), minlength=2).double()
+    if len(counts) != 2 or (counts == 0).any():
+        raise ValueError(f"train.class_weight balanced needs both classes in training (counts {counts.tolist()})")
+    return (counts.sum() / (2 * counts)).float()
+
+
 # ------------------------------------------------------------------------- last layer
 
 @torch.no_grad()
-def _mean_loss(head: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, encode: Callable | None) -> float:
+def _mean_loss(head: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, encode: Callable | None,
+               weight: torch.Tensor | None = None) -> float:
+    """Mean cross-entropy over ``x`` (weighted by ``weight[y]`` when given)."""
     head.eval()
     total = 0.0
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
         if encode is not None:
             xb = encode(xb)
-        total += F.cross_entropy(head(xb), y[i:i + batch_size], reduction="sum").item()
-    return total / max(len(x), 1)
+        total += F.cross_entropy(head(xb), y[i:i + batch_size], weight=weight, reduction="sum").item()
+    norm = len(x) if weight is None else float(weight[y].sum())
+    return total / max(norm, 1)
 
 
 def train_head(head: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
                val_y: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int,
                weight_decay: float = 0.0, patience: int = 0, encode: Callable | None = None,
+               class_weight: torch.Tensor | None = None,
                on_epoch: Callable[[EpochLog], None] | None = None) -> tuple[nn.Module, list[EpochLog], int]:
     """Train ``head`` with Adam and cross-entropy; return (head at best epoch, history, best epoch).
 
     ``train_x``/``val_x`` are features, or images when ``encode`` (the frozen backbone in
     eval mode) is given. ``patience`` > 0 stops after that many epochs without a better
     validation loss; 0 trains all ``epochs`` (the paper) and still keeps the best epoch.
+    ``class_weight`` (:func:`class_weights`) weights both the training and the validation loss.
     """
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     train_y, val_y = train_y.long(), val_y.long()
@@ -83,12 +101,12 @@ def train_head(head: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, va
             if encode is not None:
                 with torch.no_grad():
                     xb = encode(xb)
-            loss = F.cross_entropy(head(xb), train_y[idx])
+            loss = F.cross_entropy(head(xb), train_y[idx], weight=class_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
-        val_loss = _mean_loss(head, val_x, val_y, 256, encode) if len(val_x) else math.nan
+        val_loss = _mean_loss(head, val_x, val_y, 256, encode, class_weight) if len(val_x) else math.nan
         entry = EpochLog(epoch, total / len(order), val_loss, time.perf_counter() - start)
         history.append(entry)
         if on_epoch:
@@ -128,13 +146,14 @@ def _batches(loader, device: torch.device, channels_last: bool):
 
 
 def train_one_epoch(net: nn.Module, optimizer, scaler, loader, device: torch.device, *, channels_last: bool,
-                    amp: bool) -> float:
+                    amp: bool, class_weight: torch.Tensor | None = None) -> float:
     """One pass over ``loader``; return the mean training loss (over all processes under DDP)."""
     net.train()
     total = torch.zeros(2, dtype=torch.float64, device=device)
+    weight = None if class_weight is None else class_weight.to(device)
     for images, labels in _batches(loader, device, channels_last):
         with torch.autocast(device.type, enabled=amp):
-            loss = F.cross_entropy(net(images).float(), labels)
+            loss = F.cross_entropy(net(images).float(), labels, weight=weight)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -146,16 +165,19 @@ def train_one_epoch(net: nn.Module, optimizer, scaler, loader, device: torch.dev
     return (total[0] / total[1]).item()
 
 
-def evaluate(net: nn.Module, loader, device: torch.device, *, channels_last: bool, amp: bool) -> float:
-    """The mean cross-entropy over ``loader`` (over all processes under DDP)."""
+def evaluate(net: nn.Module, loader, device: torch.device, *, channels_last: bool, amp: bool,
+             class_weight: torch.Tensor | None = None) -> float:
+    """The mean cross-entropy over ``loader`` (weighted by ``class_weight[label]`` when given;
+    over all processes under DDP)."""
     net.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
+    weight = None if class_weight is None else class_weight.to(device)
     with torch.no_grad():
         for images, labels in _batches(loader, device, channels_last):
             with torch.autocast(device.type, enabled=amp):
                 logits = net(images)
-            total[0] += F.cross_entropy(logits.float(), labels, reduction="sum").double()
-            total[1] += len(labels)
+            total[0] += F.cross_entropy(logits.float(), labels, weight=weight, reduction="sum").double()
+            total[1] += len(labels) if weight is None else weight[labels].double().sum()
     if is_distributed():
         torch.distributed.all_reduce(total)
     return (total[0] / total[1].clamp(min=1)).item()
@@ -164,9 +186,10 @@ def evaluate(net: nn.Module, loader, device: torch.device, *, channels_last: boo
 def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size: int, lr: float, seed: int,
                device: torch.device, checkpoint: Path | None = None, num_workers: int = 0,
                weight_decay: float = 0.0, patience: int = 0, amp: bool | None = None,
-               channels_last: bool | None = None,
+               channels_last: bool | None = None, class_weight: torch.Tensor | None = None,
                on_epoch: Callable[[EpochLog], None] | None = None) -> tuple[nn.Module, list[EpochLog], int]:
-    """End-to-end fine-tuning; resumes from ``checkpoint`` when it exists.
+    """End-to-end fine-tuning; resumes from ``checkpoint`` when it exists. ``class_weight``:
+    as in :func:`train_head`.
 
     A checkpoint that cannot be read or does not fit (truncated, garbage, another format or
     model) is renamed to ``<name>.corrupt`` with a one-line warning, and training starts over.
@@ -223,9 +246,10 @@ def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size:
         torch.manual_seed(epoch_seed(seed, epoch) + 1 + process_rank())  # dropout, augmentation
         train_loss = train_one_epoch(net, optimizer, scaler,
                                      _loader(train_set, batch_size, True, num_workers, seed, epoch, device),
-                                     device, channels_last=channels_last, amp=amp)
+                                     device, channels_last=channels_last, amp=amp, class_weight=class_weight)
         val_loss = evaluate(net, _loader(val_set, batch_size, False, num_workers, seed, epoch, device),
-                            device, channels_last=channels_last, amp=amp) if len(val_set) else math.nan
+                            device, channels_last=channels_last, amp=amp,
+                            class_weight=class_weight) if len(val_set) else math.nan
         entry = EpochLog(epoch, train_loss, val_loss, time.perf_counter() - t0)
         history.append(entry)
         if len(val_set) == 0 or val_loss < best_loss:
