@@ -4,7 +4,10 @@
 # last-layer fine-tuning as in the paper; then the regression check against its own baseline.
 # Runs in a scratch copy of the repository so the committed default results stay untouched.
 #   usage: .ci/real_data.sh [SHARED_DATA_DIR]   (default ../shared/data)
-#          WRITE_BASELINE=1 .ci/real_data.sh     (re)writes metrics/baseline/public.json instead
+#          WRITE_BASELINE=1 .ci/real_data.sh     (re)writes metrics/baseline/public*.json and
+#                                                reports/public/ instead of checking them
+# Then the external test: the same configuration with Actualmed held out (split.external_sources),
+# trained on Cohen only and evaluated on Actualmed's COVID-19 and "No finding" images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
@@ -43,4 +46,22 @@ if [ "${WRITE_BASELINE:-0}" = 1 ]; then   # record a new baseline (review and co
         | xargs -I{} cp plots/explain/{} "$repo/reports/public/explain/"
 else
     deepcovid check-regression --baseline "$repo/metrics/baseline/public.json"
+fi
+
+# ---- external test: train on Cohen only, test on Actualmed (never in train or validation) ----
+python - <<'PY'
+import yaml
+p = yaml.safe_load(open("params.yaml"))
+p["split"]["external_sources"] = ["actualmed"]
+yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
+PY
+dvc repro evaluate audit
+python -c "import json; e = json.load(open('metrics/evaluate.json')); print(json.dumps({k: e[k] for k in ('test', 'external')}))"
+python -c "import json; a = json.load(open('metrics/audit.json')); print(json.dumps(a['flags'])); print(a['verdict'])"
+if [ "${WRITE_BASELINE:-0}" = 1 ]; then
+    deepcovid check-regression --write-baseline --baseline "$repo/metrics/baseline/public_external.json"
+    mkdir -p "$repo/reports/public/external"
+    cp metrics/evaluate.json metrics/data.json metrics/audit.json metrics/thresholds.csv "$repo/reports/public/external/"
+else
+    deepcovid check-regression --baseline "$repo/metrics/baseline/public_external.json"
 fi

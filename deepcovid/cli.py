@@ -5,6 +5,7 @@
     deepcovid check-reproduction --committed-lock L --committed-metrics DIR
     deepcovid explain IMAGE... --model models --out explain   # occlusion heatmaps of any image
     deepcovid duplicates FOLDER... --out duplicates.csv       # near-duplicate radiographs
+    deepcovid evaluate-external FOLDER --model models --out-dir DIR   # a trained model on other data
 
 Errors a user can fix are printed in one line (exit status 2), see :func:`deepcovid.runner.run`.
 """
@@ -62,6 +63,23 @@ def _duplicates(args) -> int:
     files.write_csv(args.out, groups[["group", "path", "similarity", "closest"]])
     print(f"{groups['group'].nunique()} groups of near-duplicates ({len(groups)} of {n_files - len(unreadable)} "
           f"images; similarity >= {similarity(max_distance):.4f}): {args.out}")
+    return 0
+
+
+def _evaluate_external(args) -> int:
+    from deepcovid.config import load_config
+    from deepcovid.evaluation.evaluate import EvalConfig
+    from deepcovid.evaluation.external import evaluate_external
+
+    cfg = load_config(args.params)
+    metrics = evaluate_external(args.folder, models=args.model, evaluation=args.evaluation, out_dir=args.out_dir,
+                                cfg=EvalConfig.from_config(cfg), frontal_views=cfg.filter.frontal_views,
+                                batch_size=args.batch_size)
+    t = metrics["test"]
+    print(f"{args.folder}: external test AUC {t['auc']:.4f} [{t['auc_low']:.4f}, {t['auc_high']:.4f}], "
+          f"sensitivity {t['sensitivity']:.4f} [{t['sensitivity_low']:.4f}, {t['sensitivity_high']:.4f}], "
+          f"specificity {t['specificity']:.4f} [{t['specificity_low']:.4f}, {t['specificity_high']:.4f}] at the "
+          f"operating point {t['threshold']:.4g} ({t['n_pos']} COVID-19, {t['n_neg']} other): {args.out_dir}")
     return 0
 
 
@@ -145,6 +163,21 @@ the images given, so give all the images to compare in one call.
 """
 
 
+EXTERNAL_HELP = """\
+A trained model on data from elsewhere (your hospital's), at its operating point:
+
+    deepcovid evaluate-external path/to/folder --model models --out-dir external
+
+FOLDER is in the Cohen layout: metadata.csv (file name, patient id, finding, view; modality
+optional) and the images it names (under images/ unless a folder column says otherwise). Frontal
+X-rays (filter.frontal_views) with a finding are scored, prepared exactly as the pipeline prepares
+its own images (MODEL/model.json); label 1 when the finding names COVID-19. OUT_DIR gets the
+evaluate stage's outputs for them (evaluate.json, evaluate_details.json, thresholds.csv,
+plots/ with ROC, PR, confusion, histograms and figures) at the operating point of
+metrics/evaluate.json, plus predictions.csv and rejected.csv (rows left out, with the reason).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="deepcovid", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-distance", type=int, default=None,
                    help="hash bits (of 255) that may differ (default: duplicates.max_distance in params)")
     p.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    p.add_argument("--params", default="params.yaml")
+
+    p = command("evaluate-external", _evaluate_external, EXTERNAL_HELP, "a trained model on a Cohen-layout folder")
+    p.add_argument("folder", help="folder with metadata.csv and the images")
+    p.add_argument("--model", default="models", help="model folder of the train stage (default: models)")
+    p.add_argument("--evaluation", default="metrics/evaluate.json", help="the operating point (test.threshold)")
+    p.add_argument("--out-dir", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--params", default="params.yaml")
 
     p = command("explain", _explain, EXPLAIN_HELP, "occlusion heatmaps of image files")

@@ -167,6 +167,7 @@ class Split(Section):
     covid_test_images: Annotated[Int, Field(ge=1)]
     val_fraction: Annotated[Number, Field(ge=0.0, le=0.9)]
     exclude_negatives_of_covid_patients: StrictBool
+    external_sources: list[str]
 
 
 class Preprocess(Section):
@@ -306,6 +307,11 @@ class Params(Section):
     def _cross_checks(self):
         if self.dataset not in self.datasets:
             raise _located("datasets", f"has no entry for the chosen dataset {self.dataset!r}")
+        sources = set(self.sources.positives) | set(self.sources.negatives)
+        unknown = sorted(set(self.split.external_sources) - sources)
+        if unknown:
+            raise _located("split.external_sources", f"{', '.join(unknown)} is not a source of dataset "
+                           f"{self.dataset!r} ({', '.join(sorted(sources))})")
         if self.train.image_size > self.preprocess.cache_size:
             raise _located("train.image_size", f"{self.train.image_size} is larger than "
                            f"preprocess.cache_size {self.preprocess.cache_size}: the input is cut from that cache")

@@ -109,7 +109,7 @@ def test_bad_parameter_is_one_line(trained, tmp_path):
 
 def test_cli_explains_a_real_image_with_the_pipeline_preprocessing(trained, tmp_path, shared_data):
     from deepcovid.data.images import read_image, resize_square
-    from deepcovid.explain.explain_run import load_model
+    from deepcovid.model.inference import load_model
     from deepcovid.model.presets import eval_transform
 
     image = shared_data / "cohen" / "images" / "lancet-case2a.jpg"

@@ -28,7 +28,7 @@ MANIFEST_COLUMNS = [
     "image_id", "source", "relpath", "patient", "split_group", "label", "group", "category",
     "finding", "view", "pool", "split", "sha256",
 ]
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "external")
 
 
 class SplitError(RuntimeError):
@@ -83,9 +83,12 @@ def _take_groups_until(sizes: pd.Series, target: int, rng: np.random.Generator) 
 
 def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_images: int,
                val_fraction: float, seed: int, duplicates: pd.DataFrame | None = None,
-               exclude_negatives_of_covid_patients: bool = False) -> tuple[pd.DataFrame, dict]:
+               exclude_negatives_of_covid_patients: bool = False,
+               external_sources: list[str] = ()) -> tuple[pd.DataFrame, dict]:
     """Build the manifest from the positives and negatives (both with ``sha256``) and the
-    near-duplicate groups (``duplicates``: ``group, image_id``; none when None)."""
+    near-duplicate groups (``duplicates``: ``group, image_id``; none when None). The images of
+    ``external_sources`` get the split ``external`` (never train, val or test), except those
+    grouped with an internal image (the same patient or radiograph), which are left out."""
     rng = np.random.default_rng(seed)
     pos = positives.assign(pool="")
     table = pd.concat([pos, negatives], ignore_index=True)
@@ -97,6 +100,13 @@ def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_imag
     table = table[~duplicated].reset_index(drop=True)
     if table["image_id"].duplicated().any():  # pragma: no cover - guarded above
         raise SplitError("duplicate image ids after de-duplication")
+
+    is_external = table["source"].isin(list(external_sources))
+    internal_groups = set(table.loc[~is_external, "split_group"])
+    linked = is_external & table["split_group"].isin(internal_groups)
+    linked_ids = sorted(table.loc[linked, "image_id"])
+    external = table[is_external & ~linked].assign(split="external")
+    table = table[~is_external].reset_index(drop=True)
 
     covid_groups = set(table.loc[table["label"] == 1, "split_group"])
     sharing = (table["label"] == 0) & table["split_group"].isin(covid_groups)
@@ -125,6 +135,7 @@ def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_imag
         split_of.setdefault(g, "train")
 
     table["split"] = table["split_group"].map(split_of)
+    table = pd.concat([table, external], ignore_index=True)
     manifest = table.reindex(columns=MANIFEST_COLUMNS).fillna("")
     manifest["label"] = manifest["label"].astype(int)
     manifest = manifest.sort_values(["split", "label", "image_id"], ascending=[True, False, True]).reset_index(drop=True)
@@ -134,6 +145,7 @@ def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_imag
     report["negatives_of_covid_patients"] = {
         "images": len(shared_ids), "excluded": bool(exclude_negatives_of_covid_patients), "image_ids": shared_ids}
     report["near_duplicates"] = duplicate_summary(duplicates, manifest)
+    report["external_linked_to_internal"] = {"images": len(linked_ids), "image_ids": linked_ids}
     report["covid_test_images_asked"] = int(covid_test_images)
     return manifest, report
 
@@ -192,8 +204,8 @@ def _digest(path) -> str:
 
 
 def split_dataset(raw_dir, positives_csv, negatives_csv, duplicates_csv, covid_test_images: int,
-                  val_fraction: float, seed: int,
-                  exclude_negatives_of_covid_patients: bool) -> tuple[pd.DataFrame, dict]:
+                  val_fraction: float, seed: int, exclude_negatives_of_covid_patients: bool,
+                  external_sources: list[str] = ()) -> tuple[pd.DataFrame, dict]:
     """The split stage: hash every image (byte-identical files share a group), read the
     near-duplicate groups, then :func:`make_split`."""
     roots = read_sources(raw_dir)
@@ -210,7 +222,10 @@ def split_dataset(raw_dir, positives_csv, negatives_csv, duplicates_csv, covid_t
         raise SplitError(f"{duplicates_csv}: missing columns {', '.join(sorted(missing))}")
     duplicates = duplicates.astype({"label": int})
     manifest, report = make_split(frames[0], frames[1], covid_test_images, val_fraction, seed, duplicates,
-                                  exclude_negatives_of_covid_patients)
+                                  exclude_negatives_of_covid_patients, external_sources)
+    if report["external_linked_to_internal"]["images"]:
+        log.warning("%d external images share a patient or a radiograph with internal ones: left out",
+                    report["external_linked_to_internal"]["images"])
     shared = report["negatives_of_covid_patients"]
     if shared["images"]:
         log.warning("%d negative images share a patient or a radiograph with COVID-19 images: %s",

@@ -156,6 +156,8 @@ COMPACT_KEYS = {
              "paper_interval_outside_unit", "n_pos", "n_neg"),
     "val": ("threshold", "auc", "auc_low", "auc_high", "ap", "sensitivity", "sensitivity_low", "sensitivity_high",
             "specificity", "specificity_low", "specificity_high", "ece"),
+    "external": ("threshold", "auc", "auc_low", "auc_high", "ap", "sensitivity", "sensitivity_low", "sensitivity_high",
+                 "specificity", "specificity_low", "specificity_high", "ece", "n_pos", "n_neg"),
     "paper_style": ("paper_style_test_threshold", "sensitivity", "sensitivity_low", "sensitivity_high",
                     "specificity", "specificity_low", "specificity_high", "paper_sensitivity_low",
                     "paper_sensitivity_high", "paper_specificity_low", "paper_specificity_high",
@@ -186,17 +188,26 @@ class EvalResult:
                 for section, keys in COMPACT_KEYS.items() if section in self.details}
 
 
-def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions") -> EvalResult:
-    """Evaluate a table returned by :func:`~deepcovid.evaluation.predictions.load_predictions`."""
+def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", threshold: float | None = None) -> EvalResult:
+    """Evaluate a table returned by :func:`~deepcovid.evaluation.predictions.load_predictions`.
+
+    The operating point is chosen on ``val`` unless ``threshold`` is given (an external test at
+    a trained model's operating point). Rows of the split ``external`` (sources held out of
+    training) are evaluated at the same operating point (``external``); tables, plots and
+    figures are those of ``test``."""
     test = SplitData(df[df["split"] == "test"].reset_index(drop=True))
     val = SplitData(df[df["split"] == "val"].reset_index(drop=True))
+    external = SplitData(df[df["split"] == "external"].reset_index(drop=True))
+    given = threshold
     if not test.both_classes:
         raise ValueError(f"{name}: the test split needs both classes (label 0 and 1); "
                          f"it has {len(test.frame)} rows, {int(test.frame['label'].sum())} COVID-19")
     warnings: list[str] = []
 
     paper_threshold = threshold_for_sensitivity(test.labels, test.scores, cfg.target_sensitivity)
-    if val.both_classes:
+    if given is not None:
+        threshold, chosen_on = float(given), "given"
+    elif val.both_classes:
         threshold = threshold_for_sensitivity(val.labels, val.scores, cfg.target_sensitivity)
         chosen_on = "val"
     else:
@@ -230,6 +241,16 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions") -> Ev
     if val.both_classes:
         metrics["val"] = split_metrics(val, threshold, "val")
         _log_paper_outside(f"{name}: validation operating point", metrics["val"], cfg.ci_method)
+    if external.both_classes:
+        metrics["external"] = split_metrics(external, threshold, "external")
+        e = metrics["external"]
+        log.info("%s: external test (%d COVID-19, %d other): AUC %.4f [%.4f, %.4f], sensitivity %.4f, specificity "
+                 "%.4f at the same operating point", name, e["n_pos"], e["n_neg"], e["auc"], e["auc_low"],
+                 e["auc_high"], e["sensitivity"], e["specificity"])
+    elif len(external.frame):
+        msg = f"{name}: the external split holds a single class ({len(external.frame)} images): not evaluated"
+        log.warning("%s", msg)
+        warnings.append(msg)
     paper = operating_summary(test.labels, test.scores, paper_threshold, cfg)
     paper["paper_style_test_threshold"] = paper.pop("threshold")
     _log_paper_outside(f"{name}: paper-style test threshold", paper, cfg.ci_method)
@@ -244,7 +265,7 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions") -> Ev
         "seed": cfg.seed,
         "calibration_bins": cfg.calibration_bins,
     }
-    for section in ("test", "val", "paper_style"):
+    for section in ("test", "val", "external", "paper_style"):
         if section in metrics:
             metrics[section] = _ordered(metrics[section])
 

@@ -165,7 +165,8 @@ def evaluation_figures(result, out_dir) -> list[Path]:
     t = result.details["test"]
     thr = t["threshold"]
     chosen = result.details["settings"]["operating_point_chosen_on"]
-    where = "chosen on validation" if chosen == "val" else "chosen on TEST (paper-style fallback)"
+    where = {"val": "chosen on validation", "given": "the model's operating point"}.get(
+        chosen, "chosen on TEST (paper-style fallback)")
     test = result.test
     point = (t["fp"] / t["n_neg"], t["sensitivity"])
     return [

@@ -20,13 +20,13 @@ log = logging.getLogger("evaluate")
 
 REQUIRED_COLUMNS = ("image_id", "label", "split", "score")
 OPTIONAL_COLUMNS = ("source", "patient", "group", "category")
-SPLITS = ("val", "test")
+SPLITS = ("val", "test", "external")
 
 
 def load_predictions(path: str | Path) -> pd.DataFrame:
     """Read and check a predictions table; errors are one line naming the file and the column.
 
-    Returns the rows of the ``val`` and ``test`` splits with ``label`` as int, ``score`` as
+    Returns the rows of the ``val``, ``test`` and ``external`` splits with ``label`` as int, ``score`` as
     float, ``split`` lower-cased and a ``group`` column (derived from the label if absent).
     """
     path = Path(path)
@@ -50,7 +50,7 @@ def read_predictions(source, name: str) -> pd.DataFrame:
     df["split"] = df["split"].str.strip().str.lower()
     other = sorted(set(df["split"]) - set(SPLITS))
     if other:
-        log.info("%s: ignoring %d rows of split %s (only val and test are evaluated)", path,
+        log.info("%s: ignoring %d rows of split %s (only val, test and external are evaluated)", path,
                  int((~df["split"].isin(SPLITS)).sum()), ", ".join(map(repr, other)))
         df = df[df["split"].isin(SPLITS)].reset_index(drop=True)
     if not (df["split"] == "test").any():

@@ -6,7 +6,6 @@ the randomisation explains nothing about the training). :func:`run_explain`."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -20,33 +19,22 @@ from scipy.stats import spearmanr
 from tqdm import tqdm
 
 from deepcovid import files
-from deepcovid.data.images import ImageReadError, read_image, resize_square
+from deepcovid.data.images import ImageReadError
 from deepcovid.data.sources import read_sources, source_root
 from deepcovid.evaluation.predictions import operating_point
 from deepcovid.explain.figures import occlusion_figure
-from deepcovid.explain.occlusion import ExplainError, Occluder, baseline, covid_probability
+from deepcovid.explain.occlusion import ExplainError, Occluder, baseline
 from deepcovid.explain.regions import Regions, annotation_index, load_regions, mass_inside, pointing_hit
 from deepcovid.model.architectures import split_backbone_head
 from deepcovid.model.datasets import load_table
+from deepcovid.model.inference import covid_probability, load_model, prepare
 from deepcovid.model.presets import eval_transform
-from deepcovid.model.weights import build_model
 
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = ["image_id", "kind", "label", "score", "base_score", "lung_origin", "lung_area", "lung_mass",
                  "lesion_mass", "pointing_lung", "random_lung_mass", "random_pointing_lung", "sanity_spearman",
                  "flips", "figure"]
-
-
-def load_model(models: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """The trained model of the train stage's folder (model.pt, model.json), in eval mode."""
-    models = Path(models)
-    try:
-        record = json.loads((models / "model.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{models / 'model.json'} not found: run the train stage first") from None
-    model, _ = build_model(record["architecture"], str(models / "model.pt"), num_classes=len(record["classes"]))
-    return model.eval(), record
 
 
 def select_images(predictions: pd.DataFrame, threshold: float, top: int, fn: int, fp: int) -> pd.DataFrame:
@@ -188,22 +176,19 @@ def explain_images(paths: list[str], cfg: dict, *, models, out: str | os.PathLik
     settings recorded in ``models``/model.json), write ``<stem>_occlusion.png`` under ``out``
     and return ``(path, score, figure or the reason it failed)``."""
     model, record = load_model(models)
-    prep, size = record["preprocessing"], int(record["train"]["image_size"])
     if cfg["fill"] == "mean":
         raise ExplainError("fill 'mean' needs the training images: use the explain stage, or fill zero or blur")
     occluder = Occluder(model, cfg["window"], cfg["stride"], cfg["method"], cfg["batch_size"], coarse=cfg["coarse"],
                         refine=cfg["refine"])
-    transform = eval_transform(prep, size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for path in paths:
         try:
-            cached = resize_square(read_image(path, grayscale=prep["grayscale"]), int(prep["cache_size"]), prep["resize"])
+            image = prepare(path, record)[None]
         except ImageReadError as exc:
             results.append((path, None, f"not explained: {exc}"))
             continue
-        image = transform(cached)[None]
         result = occluder(image, baseline(image, cfg["fill"], None, cfg["blur_sigma"]))
         cut = 0.5 if threshold is None else threshold
         figure = out / f"{Path(path).stem}_occlusion.png"

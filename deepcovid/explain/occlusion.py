@@ -24,6 +24,7 @@ from scipy.interpolate import RegularGridInterpolator
 from torchvision.transforms.v2 import functional as TF
 
 from deepcovid.explain.incremental import IncrementalOcclusion
+from deepcovid.model.inference import covid_probability
 
 METHODS = ("exact", "approximate", "batched")
 FILLS = ("zero", "mean", "blur")
@@ -59,11 +60,6 @@ def baseline(image: torch.Tensor, fill: str, value: float | None = None, sigma: 
         k = 2 * math.ceil(3 * sigma) + 1
         return TF.gaussian_blur(image, [k, k], [sigma, sigma])
     raise ExplainError(f"unknown occluder fill {fill!r}; valid: {', '.join(FILLS)}")
-
-
-def covid_probability(logits: torch.Tensor) -> torch.Tensor:
-    """The score the pipeline reports: softmax probability of class 1 (COVID-19)."""
-    return torch.softmax(logits.float(), dim=1)[:, 1]
 
 
 @dataclass

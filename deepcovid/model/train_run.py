@@ -25,12 +25,14 @@ from deepcovid.model.datasets import ImageDataset, load_table
 from deepcovid.model.environment import compute_environment, init_distributed, resolve_device, seed_everything
 from deepcovid.model.features import state_digest
 from deepcovid.model.presets import eval_transform, train_transform
+from deepcovid.model.inference import covid_probability
 from deepcovid.model.training import class_weights, predict_scores, train_full, train_head
 from deepcovid.model.weights import build_model
 
 log = logging.getLogger(__name__)
 PRED_COLUMNS = ["image_id", "source", "patient", "label", "group", "category", "split", "score"]
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "external")
+SCORED = ("val", "test", "external")  # the splits written to the predictions
 
 
 def _auc(y, s) -> float | None:
@@ -60,7 +62,7 @@ def _train_last_layer(model, params: dict, parts: dict, features: Path, on_epoch
                                            patience=cfg["patience"], on_epoch=on_epoch,
                                            class_weight=class_weights(y["train"], cfg["class_weight"]))
     with torch.no_grad():
-        scores = {s: torch.softmax(head(x[s]), 1)[:, 1].numpy() for s in ("val", "test")}
+        scores = {s: covid_probability(head(x[s])).numpy() for s in SCORED}
     return history, best_epoch, scores
 
 
@@ -89,7 +91,7 @@ def _train_full(model, params: dict, parts: dict, provenance: dict, device: torc
                                                                        cfg["class_weight"]),
                                             on_epoch=on_epoch)
     scores = {s: predict_scores(model, ImageDataset(parts[s]["file"], parts[s]["label"], evaluate), 64, device)
-              for s in ("val", "test")} if rank0 else {}
+              for s in SCORED} if rank0 else {}
     if rank0 and checkpoint.exists():
         checkpoint.unlink()
     return model, history, best_epoch, scores
@@ -166,7 +168,7 @@ def run_training(params: dict, *, manifest: str | os.PathLike, cache: str | os.P
             "weights": provenance, "train": cfg, "seed": seed, "dataset": params.get("dataset"),
             "best_epoch": int(best_epoch), "device": str(device),
         })
-    scored = pd.concat([parts[s].assign(score=scores[s]) for s in ("val", "test")], ignore_index=True)
+    scored = pd.concat([parts[s].assign(score=scores[s]) for s in SCORED], ignore_index=True)
     files.write_csv(predictions, scored[PRED_COLUMNS])
     files.write_csv(plot, pd.DataFrame([{"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss}
                                         for h in history]))

@@ -25,6 +25,7 @@ from torch import nn
 
 from deepcovid.model.checkpoints import load_checkpoint, one_line, save_checkpoint, set_aside
 from deepcovid.model.environment import is_distributed, process_rank
+from deepcovid.model.inference import covid_probability
 
 log = logging.getLogger(__name__)
 
@@ -274,5 +275,5 @@ def predict_scores(model: nn.Module, dataset, batch_size: int, device: torch.dev
     model = model.eval().to(device)
     out = []
     for images, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        out.append(torch.softmax(model(images.to(device)).float(), dim=1)[:, 1].cpu().numpy())
+        out.append(covid_probability(model(images.to(device))).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)

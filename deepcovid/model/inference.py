@@ -1,0 +1,69 @@
+"""A trained model applied to image files, exactly as the pipeline prepares its own images.
+
+:func:`load_model` reads the train stage's folder (``model.pt``, ``model.json``);
+:func:`score_files` decodes each file as the preprocess stage does (the settings recorded in
+``model.json``), applies the evaluation transform and returns the COVID-19 probability
+(:func:`covid_probability`, the score every stage reports). Used by ``deepcovid explain`` and
+``deepcovid evaluate-external``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from deepcovid.data.images import ImageReadError, read_image, resize_square
+from deepcovid.model.presets import eval_transform
+from deepcovid.model.weights import build_model
+
+
+def covid_probability(logits: torch.Tensor) -> torch.Tensor:
+    """The score the pipeline reports: softmax probability of class 1 (COVID-19)."""
+    return torch.softmax(logits.float(), dim=1)[:, 1]
+
+
+def load_model(models: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """The trained model of the train stage's folder (model.pt, model.json), in eval mode."""
+    models = Path(models)
+    try:
+        record = json.loads((models / "model.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{models / 'model.json'} not found: run the train stage first") from None
+    model, _ = build_model(record["architecture"], str(models / "model.pt"), num_classes=len(record["classes"]))
+    return model.eval(), record
+
+
+def prepare(path: str | os.PathLike, record: dict) -> torch.Tensor:
+    """The model input of one image file (3 x size x size), as the pipeline prepares it:
+    decoded and cached (:func:`~deepcovid.data.images.resize_square`), then the evaluation
+    transform. Raises :class:`~deepcovid.data.images.ImageReadError`."""
+    prep = record["preprocessing"]
+    cached = resize_square(read_image(path, grayscale=prep["grayscale"]), int(prep["cache_size"]), prep["resize"])
+    return eval_transform(prep, int(record["train"]["image_size"]))(cached)
+
+
+@torch.no_grad()
+def score_files(model: torch.nn.Module, record: dict, paths: Sequence[str | os.PathLike],
+                batch_size: int = 32) -> tuple[np.ndarray, dict[int, str]]:
+    """COVID-19 probabilities of image files (NaN for the unreadable ones) and
+    ``{index: reason}`` for those."""
+    scores = np.full(len(paths), np.nan)
+    errors: dict[int, str] = {}
+    model = model.eval()
+    for start in tqdm(range(0, len(paths), batch_size), desc="scoring", mininterval=2):
+        batch, where = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                batch.append(prepare(paths[i], record))
+                where.append(i)
+            except ImageReadError as exc:
+                errors[i] = str(exc)
+        if batch:
+            scores[where] = covid_probability(model(torch.stack(batch))).numpy()
+    return scores, errors
