@@ -54,7 +54,7 @@ def test_other_splits_dropped_and_logged(caplog):
     assert list(df["image_id"]) == ["a", "b", "c", "d"] and list(df.index) == [0, 1, 2, 3]
     assert list(df.columns) == ["image_id", "label", "split", "score", "group"]
     msg = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
-    assert msg == ["p.csv: ignoring 3 rows of split 'holdout', 'train' (only val and test are evaluated)"]
+    assert msg == ["p.csv: ignoring 3 rows of split 'holdout', 'train' (only val, test and external are evaluated)"]
     caplog.clear()
     with caplog.at_level("INFO", logger="evaluate"):
         read(GOOD)
