@@ -32,7 +32,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from deepcovid.evaluation.delong import auc_delong, delong_paired_test
 from deepcovid.evaluation.predictions import operating_point
-from deepcovid.evaluation.proportions import proportion_ci
+from deepcovid.evaluation.proportions import confusion_at_threshold, proportion_ci
 
 log = logging.getLogger("audit")
 
@@ -102,15 +102,13 @@ def stratum_metrics(y, scores, threshold: float, ci_method: str, alpha: float, m
     """n, sensitivity and specificity at ``threshold`` with intervals, and the AUC with DeLong's
     interval when each class has at least ``min_per_class`` images."""
     y, scores = np.asarray(y).astype(int), np.asarray(scores, dtype=np.float64)
-    pred = scores >= threshold
-    out: dict = {"n": int(len(y)), "n_pos": int(y.sum()), "n_neg": int((y == 0).sum())}
-    if out["n_pos"] and out["n_neg"] and min(out["n_pos"], out["n_neg"]) >= min_per_class:
+    c = confusion_at_threshold(y, scores, threshold)
+    out: dict = {"n": int(len(y)), "n_pos": c["tp"] + c["fn"], "n_neg": c["tn"] + c["fp"]}
+    if min(out["n_pos"], out["n_neg"]) >= max(min_per_class, 1):
         r = auc_delong(y, scores, alpha=alpha)
         out.update(auc=r["auc"], auc_low=r["low"], auc_high=r["high"])
-    for name, cls, hit in (("sensitivity", 1, True), ("specificity", 0, False)):
-        n = int((y == cls).sum())
+    for name, k, n in (("sensitivity", c["tp"], out["n_pos"]), ("specificity", c["tn"], out["n_neg"])):
         if n:
-            k = int(((pred == hit) & (y == cls)).sum())
             low, high = proportion_ci(k, n, method=ci_method, alpha=alpha)
             out.update({name: k / n, f"{name}_low": low, f"{name}_high": high})
     return out
