@@ -39,7 +39,7 @@ if [ "${WRITE_BASELINE:-0}" = 1 ]; then   # record a new baseline (review and co
     deepcovid check-regression --write-baseline --baseline "$repo/metrics/baseline/public.json"
     rm -rf "$repo/reports/public" && mkdir -p "$repo/reports/public"    # the README's real-data results
     cp -r metrics/evaluate.json metrics/train.json metrics/thresholds.csv metrics/data.json metrics/explain.json \
-        metrics/audit.json data/manifest.csv data/duplicates.csv plots/figures "$repo/reports/public/"
+        metrics/audit.json metrics/repeats.json metrics/repeats.csv data/manifest.csv data/duplicates.csv plots/figures "$repo/reports/public/"
     mkdir -p "$repo/reports/public/explain"   # the table, and the figures of 6 images with annotated lungs
     cp data/explain/index.csv "$repo/reports/public/explain/index.csv"
     python -c "import pandas as pd; print('\\n'.join(pd.read_csv('data/explain/index.csv').dropna(subset=['lung_mass'])['figure'][:6]))" \
@@ -48,6 +48,29 @@ else
     deepcovid check-regression --baseline "$repo/metrics/baseline/public.json"
 fi
 
+python -c "import json; r = json.load(open('metrics/repeats.json'))['repeats']; print({m: r[m] for m in ('auc', 'sensitivity', 'specificity')})"
+
+# ---- the class-weight option on the same split: balanced cross-entropy against the paper's plain loss ----
+python - <<'PY'
+import yaml
+p = yaml.safe_load(open("params.yaml"))
+p["train"]["class_weight"] = "balanced"
+yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
+PY
+dvc repro train evaluate audit repeats
+python -c "import json; e = json.load(open('metrics/evaluate.json')); print(json.dumps(e['test']))"
+if [ "${WRITE_BASELINE:-0}" = 1 ]; then
+    mkdir -p "$repo/reports/public/class_weight_balanced"
+    cp metrics/evaluate.json metrics/train.json metrics/audit.json metrics/repeats.json \
+        "$repo/reports/public/class_weight_balanced/"
+fi
+python - <<'PY'
+import yaml
+p = yaml.safe_load(open("params.yaml"))
+p["train"]["class_weight"] = "none"
+yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
+PY
+
 # ---- external test: train on Cohen only, test on Actualmed (never in train or validation) ----
 python - <<'PY'
 import yaml
@@ -55,13 +78,14 @@ p = yaml.safe_load(open("params.yaml"))
 p["split"]["external_sources"] = ["actualmed"]
 yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
 PY
-dvc repro evaluate audit
+dvc repro evaluate audit repeats
 python -c "import json; e = json.load(open('metrics/evaluate.json')); print(json.dumps({k: e[k] for k in ('test', 'external')}))"
 python -c "import json; a = json.load(open('metrics/audit.json')); print(json.dumps(a['flags'])); print(a['verdict'])"
 if [ "${WRITE_BASELINE:-0}" = 1 ]; then
     deepcovid check-regression --write-baseline --baseline "$repo/metrics/baseline/public_external.json"
     mkdir -p "$repo/reports/public/external"
-    cp metrics/evaluate.json metrics/data.json metrics/audit.json metrics/thresholds.csv "$repo/reports/public/external/"
+    cp metrics/evaluate.json metrics/data.json metrics/audit.json metrics/repeats.json metrics/thresholds.csv \
+        "$repo/reports/public/external/"
 else
     deepcovid check-regression --baseline "$repo/metrics/baseline/public_external.json"
 fi

@@ -131,7 +131,7 @@ Check that a rebuild reproduced the committed results:
     deepcovid check-reproduction --committed-lock /tmp/committed.lock --committed-metrics /tmp/committed
 
 The data stages' output hashes (reproduction.exact_stages) must be identical; the numbers of
-metrics/evaluate.json, train.json, explain.json and audit.json must agree within reproduction.tolerances.
+metrics/evaluate.json, train.json, explain.json, audit.json and repeats.json must agree within reproduction.tolerances.
 Exit status: 0 reproduced, 1 something differs, 2 bad input.
 """
 
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--committed-lock", required=True, help="the dvc.lock as committed")
     p.add_argument("--lock", default="dvc.lock", help="the dvc.lock after the rebuild")
-    p.add_argument("--committed-metrics", required=True, help="folder with the committed evaluate.json, train.json, explain.json, audit.json")
+    p.add_argument("--committed-metrics", required=True, help="folder with the committed evaluate.json, train.json, explain.json, audit.json, repeats.json")
     p.add_argument("--metrics", default="metrics", help="folder with the rebuilt metrics")
 
     p = command("duplicates", _duplicates, DUPLICATES_HELP, "near-duplicate images in folders")

@@ -253,6 +253,10 @@ class Audit(Section):
     min_per_class: Annotated[Int, Field(ge=2)]
 
 
+class Repeats(Section):
+    splits: Annotated[Int, Field(ge=0, le=1000)]
+
+
 class Regression(Section):
     baseline: str
     tolerances: dict[str, Union[Tolerance, dict[str, Tolerance]]] = Field(min_length=1)
@@ -300,6 +304,7 @@ class Params(Section):
     evaluate: Evaluate
     explain: Explain
     audit: Audit
+    repeats: Repeats
     regression: Regression
     reproduction: Reproduction
 

@@ -79,7 +79,7 @@ def test_dvc_dag(tmp_path):
 # on data/fetch_params.json, rewritten first as `dvc exp run` would). Nothing else runs.
 
 # the stages that read each parameter
-SEED = {"negatives", "split", "augment", "featurize", "train", "evaluate", "explain", "audit"}
+SEED = {"negatives", "split", "augment", "featurize", "train", "evaluate", "explain", "audit", "repeats"}
 TRAIN_INPUT = {"featurize", "train"}  # model, weights, train.mode, image_size, device, feature_batch_size
 CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stages to re-run)
     ("synthetic", {"seed": 7}, {"fetch_params", "fetch", *SEED}),
@@ -96,7 +96,7 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"negatives.counts.synthetic.train.no_finding": 50}, {"negatives"}),
     ("synthetic", {"negatives.use_valid_csv": False}, {"negatives"}),
     ("synthetic", {"split.covid_test_images": 50}, {"split"}),
-    ("synthetic", {"split.val_fraction": 0.25}, {"split"}),
+    ("synthetic", {"split.val_fraction": 0.25}, {"split", "repeats"}),
     ("synthetic", {"split.exclude_negatives_of_covid_patients": operator.not_}, {"split"}),
     ("synthetic", {"duplicates.max_distance": 20}, {"duplicates"}),
     ("synthetic", {"duplicates.workers": 1}, {"duplicates"}),
@@ -104,15 +104,16 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"preprocess.workers": 1}, {"preprocess", "train"}),
     ("synthetic", {"augment.copies": 2}, {"augment", "train"}),
     ("synthetic", {"augment.elastic_alpha": 1.5}, {"augment", "train"}),
-    ("synthetic", {"model": "densenet161"}, TRAIN_INPUT),
+    ("synthetic", {"model": "densenet161"}, {*TRAIN_INPUT, "repeats"}),
     ("synthetic", {"weights": "models/pretrained.pt"}, TRAIN_INPUT),
-    ("synthetic", {"train.mode": "full"}, TRAIN_INPUT),
+    ("synthetic", {"train.mode": "full"}, {*TRAIN_INPUT, "repeats"}),
     ("synthetic", {"train.image_size": 96}, TRAIN_INPUT),
     ("synthetic", {"train.device": "cpu-test"}, TRAIN_INPUT),
     ("synthetic", {"train.feature_batch_size": 7}, TRAIN_INPUT),
-    ("synthetic", {"train.epochs": 3}, {"train"}),
-    ("synthetic", {"train.lr": 0.5}, {"train"}),
-    ("synthetic", {"train.shuffle_labels": operator.not_}, {"train"}),
+    ("synthetic", {"train.epochs": 3}, {"train", "repeats"}),
+    ("synthetic", {"train.lr": 0.5}, {"train", "repeats"}),
+    ("synthetic", {"train.shuffle_labels": operator.not_}, {"train", "repeats"}),
+    ("synthetic", {"train.class_weight": "balanced"}, {"train", "repeats"}),
     ("synthetic", {"train.num_workers": 5}, {"train"}),
     ("synthetic", {"mlflow.experiment": "other"}, {"train"}),
     ("synthetic", {"mlflow.tracking_uri": "sqlite:///other.db"}, {"train"}),
@@ -120,6 +121,8 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"evaluate.ci_method": "clopper-pearson"}, {"evaluate", "audit"}),
     ("synthetic", {"evaluate.thresholds": [0.5]}, {"evaluate"}),
     ("synthetic", {"audit.flag_auc": 0.8}, {"audit"}),
+    ("synthetic", {"repeats.splits": 5}, {"repeats"}),
+    ("synthetic", {"evaluate.target_sensitivity": 0.9}, {"evaluate", "repeats"}),
     ("synthetic", {"explain.window": 16}, {"explain"}),
     ("synthetic", {"explain.method": "approximate"}, {"explain"}),
     ("synthetic", {"regression.tolerances.test.auc": 0.5}, set()),

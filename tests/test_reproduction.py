@@ -51,7 +51,9 @@ def test_check_reproduction_command(tmp_path):
     train = {"test_auc": 0.9, "torch_threads": 2, "best_epoch": 10}
     explain = {"images": 8, "lung_mass": 0.3, "pointing_lung": 0.5, "architecture": "resnet18"}
     audit = {"source_readability": {"all": {"auc": 0.9, "n_pos": 10}}, "verdict": "text", "flags": {"any": True}}
+    repeats = {"repeats": {"splits": 20, "sensitivity": {"mean": 0.95, "min": 0.9}}}
     for d in (committed, current):
+        (d / "repeats.json").write_text(json.dumps(repeats))
         (d / "evaluate.json").write_text(json.dumps(evaluate))
         (d / "train.json").write_text(json.dumps(train))
         (d / "explain.json").write_text(json.dumps(explain))
@@ -83,6 +85,15 @@ def test_check_reproduction_command(tmp_path):
     moved = run()
     assert moved.returncode == 1 and "source_readability.all.n_pos" in moved.stdout
     (current / "audit.json").write_text(json.dumps(audit))
+    # repeats: one test COVID-19 image (1/100) crossing in the worst split is tolerated, two are not
+    (current / "repeats.json").write_text(json.dumps({"repeats": {"splits": 20, "sensitivity": {"mean": 0.9495,
+                                                                                            "min": 0.89}}}))
+    assert run().returncode == 0
+    (current / "repeats.json").write_text(json.dumps({"repeats": {"splits": 20, "sensitivity": {"mean": 0.95,
+                                                                                            "min": 0.88}}}))
+    moved = run()
+    assert moved.returncode == 1 and "repeats.sensitivity.min" in moved.stdout
+    (current / "repeats.json").write_text(json.dumps(repeats))
     (current / "train.json").write_text(json.dumps(train))
     (tmp_path / "c.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages[:-1]}, **{stages[-1]: "z"})))
     bad = run("c.lock")

@@ -15,7 +15,7 @@ import yaml
 
 from deepcovid.config import Reproduction, flatten
 
-METRIC_FILES = ("evaluate.json", "train.json", "explain.json", "audit.json")
+METRIC_FILES = ("evaluate.json", "train.json", "explain.json", "audit.json", "repeats.json")
 
 
 def lock_outputs(lock: dict) -> dict[str, dict[str, str]]:

@@ -66,7 +66,7 @@ def group_images(table: pd.DataFrame, duplicates: dict[str, str] | None = None) 
     return pd.Series([names[int(c)] for c in component[patient_nodes]], index=table.index)
 
 
-def _take_groups_until(sizes: pd.Series, target: int, rng: np.random.Generator) -> list:
+def take_groups_until(sizes: pd.Series, target: int, rng: np.random.Generator) -> list:
     """Pick groups in one pass in random order, taking each one that still fits under ``target``,
     until the target is reached. Never above it; may stop below it even when another choice of
     groups would reach it exactly (a large group drawn early can block a closer fit)."""
@@ -115,10 +115,10 @@ def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_imag
         table = table[~sharing].reset_index(drop=True)
     split_of: dict[str, str] = {}
     covid_sizes = table[table["label"] == 1].groupby("split_group").size().sort_index()
-    for g in _take_groups_until(covid_sizes, covid_test_images, rng):
+    for g in take_groups_until(covid_sizes, covid_test_images, rng):
         split_of[g] = "test"
     rest = covid_sizes.drop(index=[g for g in split_of])
-    for g in _take_groups_until(rest, int(round(val_fraction * rest.sum())), rng):
+    for g in take_groups_until(rest, int(round(val_fraction * rest.sum())), rng):
         split_of[g] = "val"
     for g in rest.index:
         split_of.setdefault(g, "train")
@@ -129,7 +129,7 @@ def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_imag
         split_of[g] = "test"
     train_pool = neg_only[neg_only["split_group"].isin(pools.index[pools == "train"])]
     sizes = train_pool.groupby("split_group").size().sort_index()
-    for g in _take_groups_until(sizes, int(round(val_fraction * sizes.sum())), rng):
+    for g in take_groups_until(sizes, int(round(val_fraction * sizes.sum())), rng):
         split_of[g] = "val"
     for g in sizes.index:
         split_of.setdefault(g, "train")
