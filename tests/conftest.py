@@ -60,3 +60,20 @@ def repo_cfg():
     from deepcovid.config import load_config
 
     return EvalConfig.from_config(load_config(REPO_ROOT / "params.yaml"))
+
+
+#: The tiny synthetic pipeline trained up to evaluate (ResNet18, random weights, no MLflow): shared
+#: by the tests of predict, evaluate-external and the repeats stage. Tests that change its files
+#: restore them.
+TINY_TRAINED_STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment", "featurize",
+                       "train", "evaluate"]
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> Path:
+    from workspace import TINY, make_workspace, run_stage
+
+    ws = make_workspace(tmp_path_factory.mktemp("tiny-trained"), **TINY, model="resnet18", weights="none")
+    for stage in TINY_TRAINED_STAGES:
+        run_stage(ws, stage, args=("--no-mlflow",) if stage == "train" else ())
+    return ws

@@ -16,7 +16,7 @@ from deepcovid.config import ConfigError, validate, read_yaml
 from deepcovid.data.split import SplitError, check_no_leak, make_split
 from deepcovid.evaluation.evaluate import COMPACT_KEYS, EvalConfig, evaluate, operating_summary
 from deepcovid.evaluation.external import folder_table
-from workspace import REPO, TINY, make_workspace, read, run_stage
+from workspace import REPO, read
 
 FRONTAL = ["PA", "AP", "AP Supine", "AP semi erect", "AP erect"]
 
@@ -126,16 +126,9 @@ def test_folder_table_reads_the_real_actualmed_layout(shared_data):
 
 # ------------------------------------------------------------------------- with a trained model
 
-SETTINGS = {"model": "resnet18", "weights": "none"}
-STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment", "featurize", "train", "evaluate"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("external"), **TINY, **SETTINGS)
-    for stage in STAGES:
-        run_stage(ws, stage, args=("--no-mlflow",) if stage == "train" else ())
-    return ws
+@pytest.fixture
+def trained(tiny_trained):
+    return tiny_trained
 
 
 def test_scoring_files_reproduces_the_pipeline_predictions(trained):

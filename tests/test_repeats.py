@@ -8,7 +8,9 @@ one-line errors on a tiny synthetic pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import statistics
 
 import numpy as np
@@ -19,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepcovid.evaluation import repeats as R
-from workspace import TINY, error_line, make_workspace, run_stage
+from workspace import error_line, run_stage
 
 TRAIN = {"epochs": 30, "batch_size": 20, "lr": 0.01, "weight_decay": 0.0, "patience": 0, "shuffle_labels": False,
          "class_weight": "none"}
@@ -159,26 +161,27 @@ def test_single_class_validation_is_one_clear_error():
 
 # ------------------------------------------------------------------------------ the stage
 
-PIPELINE = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment", "featurize", "train",
-            "evaluate"]
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """The tiny synthetic pipeline up to evaluate."""
-    tmp = tmp_path_factory.mktemp("repeats")
-    ws = make_workspace(tmp, **{**TINY, "repeats.splits": 3, "mlflow.tracking_uri": f"sqlite:///{tmp}/mlflow.db"})
-    for stage in PIPELINE:
-        run_stage(ws, stage)
-    return ws
+@contextlib.contextmanager
+def _params(ws, splits: str):
+    """``repeats.splits`` set to ``splits`` in the shared workspace's params.yaml, then restored."""
+    path = ws / "params.yaml"
+    saved = path.read_text()
+    assert "repeats:\n  splits: 20" in saved
+    path.write_text(saved.replace("repeats:\n  splits: 20", f"repeats:\n  splits: {splits}"))
+    try:
+        yield
+    finally:
+        path.write_text(saved)
 
 
 @pytest.mark.slow
-def test_stage_writes_the_spread_beside_the_single_split(pipeline):
-    run_stage(pipeline, "repeats")
-    out = json.loads((pipeline / "metrics/repeats.json").read_text())
-    evaluation = json.loads((pipeline / "metrics/evaluate.json").read_text())
-    rows = pd.read_csv(pipeline / "metrics/repeats.csv")
+def test_stage_writes_the_spread_beside_the_single_split(tiny_trained):
+    ws = tiny_trained
+    with _params(ws, "3"):
+        run_stage(ws, "repeats")
+    out = json.loads((ws / "metrics/repeats.json").read_text())
+    evaluation = json.loads((ws / "metrics/evaluate.json").read_text())
+    rows = pd.read_csv(ws / "metrics/repeats.csv")
     assert len(rows) == 4 and out["repeats"]["splits"] == 3
     assert out["single_split"]["auc"] == evaluation["test"]["auc"]
     assert out["single_split"]["specificity_low"] == evaluation["test"]["specificity_low"]
@@ -187,24 +190,19 @@ def test_stage_writes_the_spread_beside_the_single_split(pipeline):
 
 
 @pytest.mark.slow
-def test_stage_skips_and_fails_in_one_line(pipeline, tmp_path):
-    import shutil
-
-    params = pipeline / "params.yaml"
-    saved = params.read_text()
-    try:
-        params.write_text(saved.replace("repeats:\n  splits: 3", "repeats:\n  splits: 0"))
-        run_stage(pipeline, "repeats")
-        assert json.loads((pipeline / "metrics/repeats.json").read_text()) == {"skipped": "repeats.splits is 0"}
-        params.write_text(saved.replace("repeats:\n  splits: 3", "repeats:\n  splits: -1"))
-        proc = run_stage(pipeline, "repeats", check=False)
+def test_stage_skips_and_fails_in_one_line(tiny_trained, tmp_path):
+    ws = tiny_trained
+    with _params(ws, "0"):
+        run_stage(ws, "repeats")
+        assert json.loads((ws / "metrics/repeats.json").read_text()) == {"skipped": "repeats.splits is 0"}
+    with _params(ws, "-1"):
+        proc = run_stage(ws, "repeats", check=False)
         assert proc.returncode == 2 and "repeats.splits" in error_line(proc)
-        params.write_text(saved)
-        shutil.move(pipeline / "metrics/evaluate.json", tmp_path / "evaluate.json")
-        proc = run_stage(pipeline, "repeats", check=False)
+    shutil.move(ws / "metrics/evaluate.json", tmp_path / "evaluate.json")
+    try:
+        with _params(ws, "2"):
+            proc = run_stage(ws, "repeats", check=False)
         assert proc.returncode != 0 and "metrics/evaluate.json not found" in error_line(proc)
         assert "Traceback" not in proc.stderr
     finally:
-        params.write_text(saved)
-        if (tmp_path / "evaluate.json").exists():
-            shutil.move(tmp_path / "evaluate.json", pipeline / "metrics/evaluate.json")
+        shutil.move(tmp_path / "evaluate.json", ws / "metrics/evaluate.json")

@@ -1,4 +1,4 @@
-"""Decode any source image (opened by content, any Pillow mode, 8 to 32 bit) into the cache format:
+"""Decode any source image (opened by content: any Pillow mode, 8 to 32 bit, and DICOM) into the cache format:
 8-bit, 3 channels, square. Deep integer images are scaled from their own min..max, transparency
 goes onto black, colour becomes luminance (``grayscale``) so it cannot be a shortcut. Unreadable
 files raise :class:`ImageReadError` with a one-line reason."""
@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from deepcovid import portable
+from deepcovid.data import dicom
 
 # Never accept silently truncated files.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -51,9 +52,21 @@ def to_rgb8(img: Image.Image, grayscale: bool = True) -> Image.Image:
     return rgb
 
 
-def read_image(path: str | Path, grayscale: bool = True) -> Image.Image:
-    """Open ``path`` by content and return an 8-bit RGB image, or raise ImageReadError."""
+def read_image(path: str | Path, grayscale: bool = True, notes: list[str] | None = None) -> Image.Image:
+    """Open ``path`` by content and return an 8-bit RGB image, or raise ImageReadError.
+
+    DICOM files (recognised by their ``DICM`` marker) are shown as a viewer would
+    (:func:`deepcovid.data.dicom.read_dicom`); their header's warnings (a lateral view, ...)
+    are appended to ``notes`` when given."""
     path = Path(path)
+    if dicom.is_dicom(path):
+        try:
+            image, header = dicom.read_dicom(path)
+        except dicom.DicomError as exc:
+            raise ImageReadError(str(exc)) from None
+        if notes is not None:
+            notes.extend(header)
+        return to_rgb8(image, grayscale=grayscale)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -3,8 +3,8 @@
 :func:`load_model` reads the train stage's folder (``model.pt``, ``model.json``);
 :func:`score_files` decodes each file as the preprocess stage does (the settings recorded in
 ``model.json``), applies the evaluation transform and returns the COVID-19 probability
-(:func:`covid_probability`, the score every stage reports). Used by ``deepcovid explain`` and
-``deepcovid evaluate-external``.
+(:func:`covid_probability`, the score every stage reports). Used by ``deepcovid predict``,
+``deepcovid explain`` and ``deepcovid evaluate-external``.
 """
 
 from __future__ import annotations
@@ -39,13 +39,19 @@ def load_model(models: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     return model.eval(), record
 
 
-def prepare(path: str | os.PathLike, record: dict) -> torch.Tensor:
+def prepare(path: str | os.PathLike, record: dict, notes: list[str] | None = None) -> torch.Tensor:
     """The model input of one image file (3 x size x size), as the pipeline prepares it:
     decoded and cached (:func:`~deepcovid.data.images.resize_square`), then the evaluation
-    transform. Raises :class:`~deepcovid.data.images.ImageReadError`."""
+    transform. Raises :class:`~deepcovid.data.images.ImageReadError`. ``notes``, when given,
+    receives warnings: the DICOM header's (a lateral view, ...) and an image smaller than the
+    model input."""
     prep = record["preprocessing"]
-    cached = resize_square(read_image(path, grayscale=prep["grayscale"]), int(prep["cache_size"]), prep["resize"])
-    return eval_transform(prep, int(record["train"]["image_size"]))(cached)
+    size = int(record["train"]["image_size"])
+    image = read_image(path, grayscale=prep["grayscale"], notes=notes)
+    if notes is not None and min(image.size) < size:
+        notes.append(f"image {image.size[0]}x{image.size[1]} px, smaller than the model input ({size} px): upscaled")
+    cached = resize_square(image, int(prep["cache_size"]), prep["resize"])
+    return eval_transform(prep, size)(cached)
 
 
 @torch.no_grad()

@@ -1,0 +1,90 @@
+"""``deepcovid predict``: score new X-ray files (PNG, JPEG, 16-bit PNG, DICOM) with a trained model.
+
+Each file is decoded and prepared exactly as the pipeline prepares its own images (the
+settings recorded in ``models/model.json``; :func:`deepcovid.model.inference.prepare`), scored
+in batches on the chosen device, and labelled at the model's operating point (chosen on
+validation by the evaluate stage). A file that cannot be read gets a row with the reason; the
+others are still scored. Warnings: a lateral view, a modality or body part that is not a chest
+radiograph (from the DICOM header), an image smaller than the model input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from deepcovid.data.dicom import is_dicom
+from deepcovid.data.images import ImageReadError
+from deepcovid.model.environment import resolve_device
+from deepcovid.model.inference import covid_probability, load_model, prepare
+
+log = logging.getLogger(__name__)
+
+#: Files taken from folders (a file named on the command line is always tried); DICOM files
+#: without a suffix are recognised by their "DICM" marker.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp"}
+COLUMNS = ["path", "score", "label", "warning", "error"]
+LABELS = ("non-COVID", "COVID-19")
+
+
+class PredictError(ValueError):
+    """Inputs predict cannot use (one line, names the input)."""
+
+
+def collect_files(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """The files to score, in the order given; folders are walked recursively (sorted), taking
+    files with an image or DICOM suffix and suffix-less DICOM files; hidden entries are skipped."""
+    out: list[str] = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p).parts
+                if any(part.startswith(".") for part in rel) or not f.is_file():
+                    continue
+                if f.suffix.lower() in IMAGE_SUFFIXES or (f.suffix == "" and is_dicom(f)):
+                    out.append(str(f))
+        else:
+            out.append(str(p))  # a missing file gets its row with the reason
+    return out
+
+
+@torch.no_grad()
+def predict_files(paths: Sequence[str], *, models: str | os.PathLike, threshold: float, batch_size: int = 8,
+                  device: str = "auto") -> pd.DataFrame:
+    """One row per path: ``path, score, label, warning, error`` (score and label empty when the
+    file could not be read, with the reason in ``error``)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise PredictError(f"threshold {threshold}: must lie in [0, 1]")
+    if batch_size < 1:
+        raise PredictError(f"--batch-size {batch_size}: must be at least 1")
+    model, record = load_model(models)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    rows = [{"path": p, "score": np.nan, "label": "", "warning": "", "error": ""} for p in paths]
+    for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", mininterval=2,
+                      disable=len(paths) <= batch_size):
+        batch, where = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            notes: list[str] = []
+            try:
+                tensor = prepare(paths[i], record, notes=notes)
+            except ImageReadError as exc:
+                rows[i]["error"] = str(exc)
+                continue
+            rows[i]["warning"] = "; ".join(notes)
+            batch.append(tensor)
+            where.append(i)
+        if batch:
+            scores = covid_probability(model(torch.stack(batch).to(dev))).cpu().numpy().astype(np.float64)
+            for i, s in zip(where, scores):
+                rows[i]["score"] = float(s)
+                rows[i]["label"] = LABELS[int(s >= threshold)]
+    return pd.DataFrame(rows, columns=COLUMNS)
