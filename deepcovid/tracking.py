@@ -9,6 +9,7 @@ overrides. Runs are tagged with the DVC experiment name and the git revision.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -82,20 +83,67 @@ def log_epoch(entry) -> None:
     mlflow.log_metrics({"train_loss": entry.train_loss, "val_loss": entry.val_loss}, step=entry.epoch)
 
 
-def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plot, model_json, model) -> None:
-    """Log the numeric metrics (the environment is logged as parameters), the wall time, the
-    loss curve, model.json and the model itself; end the run."""
-    import mlflow
-    import mlflow.pytorch
-    import torch
+def registered_name(architecture: str) -> str:
+    """The model registry's name of a trained model: one per architecture."""
+    return f"deep-covid-{architecture}"
 
+
+def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plot, model_json, model_pt) -> None:
+    """Log the numeric metrics (the environment is logged as parameters), the wall time, the
+    loss curve, model.json and the model, and register the model; end the run.
+
+    The model is logged as MLflow "model from code" (:mod:`deepcovid.model.mlflow_model`): a
+    state_dict (``model_pt``) and ``model.json``, loaded without unpickling any code, with the
+    deepcovid package beside it; registered as :func:`registered_name`. The run is tagged with
+    the state_dict's SHA-256 (``model_sha256``) so later stages find it (the model card)."""
+    import mlflow
+    import mlflow.pyfunc
+    import numpy as np  # noqa: F401  (mlflow.types needs it loaded)
+    import torch
+    import torchvision
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from deepcovid import files
+    from deepcovid.model import mlflow_model  # the model's code, logged as a file (nothing pickled)
+
+    record = json.loads(Path(model_json).read_text(encoding="utf-8"))
     mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                         and v is not None and k not in environment})
     mlflow.log_metric("train_seconds", round(seconds, 1))
     mlflow.log_artifact(str(plot))
     mlflow.log_artifact(str(model_json))
-    # pickle format: the pt2 default traces the graph, which needs an input example and
-    # does not support every architecture here (efficientnet-lite's own modules)
-    mlflow.pytorch.log_model(model.cpu(), name="model", serialization_format="pickle",
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    mlflow.set_tag("model_sha256", files.sha256_file(model_pt))
+    package = Path(files.__file__).resolve().parent
+    signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("double", "score")]))
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
+                    "pillow", "numpy", "pandas", "pydicom"]
+    if record["architecture"].startswith("efficientnet_lite"):
+        requirements.append("efficientnet-lite-pytorch==0.1.0")
+    mlflow.pyfunc.log_model(name="model", python_model=mlflow_model.__file__,
+                            artifacts={"state_dict": str(model_pt), "model_json": str(model_json)},
+                            code_paths=[str(package)], signature=signature, pip_requirements=requirements,
+                            registered_model_name=registered_name(record["architecture"]),
+                            metadata={"architecture": record["architecture"], "preprocessing": record["preprocessing"],
+                                      "classes": record["classes"], "intended_use": "research only; not for "
+                                      "clinical diagnosis"})
     mlflow.end_run()
+
+
+def log_to_training_run(path: str | Path, model_sha256: str, experiment: str, configured_uri: str = "") -> str | None:
+    """Log the file ``path`` to the training run of the model whose state_dict has this SHA-256
+    (the run's ``model_sha256`` tag; the newest if several); return its run id, or None when
+    the store holds no such run (trained without MLflow)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(configured_uri))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.model_sha256 = '{model_sha256}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    client.log_artifact(runs[0].info.run_id, str(path))
+    return runs[0].info.run_id

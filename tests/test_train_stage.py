@@ -83,6 +83,53 @@ def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"train_loss.csv", "model.json"} <= artifacts
 
+    # the registered model: one version, tagged with the state_dict's digest, loads without unpickling
+    from deepcovid.files import sha256_file
+
+    versions = client.search_model_versions("name='deep-covid-resnet18'")
+    assert [v.run_id for v in versions] == [run.info.run_id]
+    assert run.data.tags["model_sha256"] == sha256_file(ws / "models/model.pt")
+    test_ids = pred.loc[pred["split"] == "test", "image_id"].head(3).tolist()
+    from deepcovid.data.sources import image_path, read_sources
+
+    rows = manifest.set_index("image_id")
+    roots = read_sources(ws / "data/raw")
+    paths = [str(image_path(roots, rows.loc[i, "source"], rows.loc[i, "relpath"], ws / "data/raw")) for i in test_ids]
+    script = (
+        "import json, pickle, sys\n"
+        "def refuse(*a, **k):\n    raise AssertionError('unpickling attempted')\n"
+        "pickle.load = pickle.loads = refuse\n"
+        "import mlflow\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "model = mlflow.pyfunc.load_model('models:/deep-covid-resnet18/latest')\n"
+        "print(json.dumps(model.predict(sys.argv[2:])['score'].tolist()))\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", script, f"sqlite:///{db}", *paths], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = pred.set_index("image_id").loc[test_ids, "score"].astype(float).tolist()
+    assert loaded == pytest.approx(want, abs=1e-6)
+    listing = ("import json, sys\nfrom pathlib import Path\nimport mlflow\nmlflow.set_tracking_uri(sys.argv[1])\n"
+               "from mlflow.artifacts import download_artifacts\n"
+               "local = Path(download_artifacts('models:/deep-covid-resnet18/latest', dst_path=sys.argv[2]))\n"
+               "print(json.dumps([p.relative_to(local).as_posix() for p in local.rglob('*') if p.is_file()]))\n")
+    proc = subprocess.run([sys.executable, "-c", listing, f"sqlite:///{db}", str(tmp_path / "logged")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logged = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert {"MLmodel", "mlflow_model.py", "artifacts/model.pt", "artifacts/model.json"} <= logged, logged
+    assert not [p for p in logged if p.endswith((".pkl", ".pickle"))], logged
+
+    # the model card, logged to the same run
+    run_stage(ws, "evaluate")
+    run_stage(ws, "card", env=env)
+    card = (ws / "models/MODEL_CARD.md").read_text()
+    assert "For research only" in card and "deep-covid-resnet18" in card
+    assert "MODEL_CARD.md" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
 
 def test_last_layer_stages_are_bitwise_reproducible(tiny_data, tmp_path):
     """featurize and train twice, in two copies: every output byte for byte the same."""

@@ -157,22 +157,23 @@ def run_training(params: dict, *, manifest: str | os.PathLike, cache: str | os.P
     log.info("best epoch %d; val AUC %s, test AUC %s; %.1f s", best_epoch, results["val_auc"], results["test_auc"],
              seconds)
     prep = preprocessing(name)
-    with files.atomic_path(models) as tmp:
-        tmp.mkdir()
-        torch.save(model.state_dict(), tmp / "model.pt")
-        files.write_json(tmp / "model.json", {
-            "architecture": name, "classes": ["non-COVID", "COVID-19"], "positive_class": 1,
-            "preprocessing": {**prep, "input_size": cfg["image_size"],
-                              "cache_size": params["preprocess"]["cache_size"],
-                              "resize": params["preprocess"]["resize"], "grayscale": params["preprocess"]["grayscale"]},
-            "weights": provenance, "train": cfg, "seed": seed, "dataset": params.get("dataset"),
-            "best_epoch": int(best_epoch), "device": str(device),
-        })
+    models = Path(models)  # model.pt and model.json are DVC outputs of their own (the model card sits beside)
+    models.mkdir(parents=True, exist_ok=True)
+    with files.atomic_path(models / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    files.write_json(models / "model.json", {
+        "architecture": name, "classes": ["non-COVID", "COVID-19"], "positive_class": 1,
+        "preprocessing": {**prep, "input_size": cfg["image_size"],
+                          "cache_size": params["preprocess"]["cache_size"],
+                          "resize": params["preprocess"]["resize"], "grayscale": params["preprocess"]["grayscale"]},
+        "weights": provenance, "train": cfg, "seed": seed, "dataset": params.get("dataset"),
+        "best_epoch": int(best_epoch), "device": str(device),
+    })
     scored = pd.concat([parts[s].assign(score=scores[s]) for s in SCORED], ignore_index=True)
     files.write_csv(predictions, scored[PRED_COLUMNS])
     files.write_csv(plot, pd.DataFrame([{"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss}
                                         for h in history]))
     files.write_json(metrics, results)
     if run is not None:
-        tracking.finish_training_run(results, environment, seconds, plot=plot,
-                                     model_json=Path(models) / "model.json", model=model)
+        tracking.finish_training_run(results, environment, seconds, plot=plot, model_json=models / "model.json",
+                                     model_pt=models / "model.pt")
