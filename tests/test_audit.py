@@ -106,7 +106,8 @@ def test_audit_flags_a_source_written_in_the_features_and_not_noise():
     noise = rng.standard_normal((len(table), 8))
     clean = _audit(table, noise)
     assert clean["flags"] == {"image_shows_source": False, "image_shows_view": False, "metadata_rivals_model": False,
-                              "source_is_label": False, "any": False}
+                              "style_rivals_model": False, "source_is_label": False, "any": False}
+    assert clean["style_baseline"] == {"skipped": "no image statistics (no preprocessed cache)"}
     assert clean["verdict"].startswith("No shortcut flagged")
     planted = noise.copy()
     planted[:, 0] += 3.0 * (table["source"] == "cohen").to_numpy()
@@ -131,6 +132,36 @@ def test_audit_says_when_source_is_the_label_and_metadata_rivals_the_model():
     assert result["verdict"].startswith("Shortcut risk: every COVID-19 image comes from one source")
     no_features = _audit(table, None)
     assert no_features["source_readability"]["all"] == {"skipped": "no cached features (train.mode: full)"}
+
+
+def test_image_statistics_against_hand_computed_values():
+    gray = np.zeros((32, 32))
+    gray[8:24, 8:24] = 200.0  # a bright centre square on black
+    stats = dict(zip(A.STYLE_FEATURES, A.image_statistics(gray, 640, 480)))
+    assert stats["mean"] == pytest.approx(200 * 256 / 1024)
+    assert stats["sd"] == pytest.approx(np.sqrt(0.25 * 0.75) * 200)
+    assert stats["p50"] == 0.0 and stats["p99"] == 200.0
+    assert stats["dark"] == 0.75 and stats["bright"] == 0.0
+    assert stats["border"] == 0.0 and stats["centre"] == 200.0  # frame of 2 px; central half = the square
+    # |d/dy| is 200 at 2 of 31 row steps inside 16 of 32 columns; the same across columns
+    assert stats["gradient"] == pytest.approx(200 * 2 * 16 / (31 * 32))
+    assert (stats["width"], stats["height"], stats["aspect"]) == (640.0, 480.0, 640 / 480)
+
+
+def test_style_baseline_flags_statistics_that_carry_the_label():
+    table = _table()
+    rng = np.random.default_rng(7)
+    noise = rng.standard_normal((len(table), len(A.STYLE_FEATURES)))
+    plain = A.audit(table, None, 0.5, folds=5, seed=0, flag_auc=0.7, metadata=["source", "view"], min_per_class=5,
+                    statistics=noise)
+    assert not plain["flags"]["style_rivals_model"] and plain["style_baseline"]["model_clearly_better"]
+    assert plain["style_baseline"]["features"] == list(A.STYLE_FEATURES)
+    styled = noise.copy()
+    styled[:, 0] += 4.0 * table["label"].to_numpy()  # brightness that tells the label
+    shown = A.audit(table, None, 0.5, folds=5, seed=0, flag_auc=0.7, metadata=["source", "view"], min_per_class=5,
+                    statistics=styled)
+    assert shown["flags"]["style_rivals_model"] and shown["style_baseline"]["auc"] > 0.95
+    assert "only image statistics" in shown["verdict"]
 
 
 def test_audit_table_needs_every_test_score():
@@ -170,6 +201,11 @@ def test_audit_flags_a_planted_source_shortcut_and_not_the_same_run_without(tmp_
     assert neg_plain["n_pos"] >= 10 and neg_planted["auc"] > neg_plain["auc"] + 0.2
     assert planted["metadata_baseline"]["model_auc"] > plain["metadata_baseline"]["model_auc"] + 0.05
     assert not plain["flags"]["source_is_label"]
+    # image statistics alone read more of the label once the sources look different
+    assert planted["style_baseline"]["auc"] > plain["style_baseline"]["auc"] + 0.05
+    print("planted:", {k: planted[k]["auc"] for k in ("metadata_baseline", "style_baseline")},
+          planted["source_readability"]["negatives"], "plain:",
+          {k: plain[k]["auc"] for k in ("metadata_baseline", "style_baseline")}, plain["source_readability"]["negatives"])
 
 
 def test_stage_bad_parameter_is_one_line(tmp_path):

@@ -98,6 +98,64 @@ def metadata_scores(train: pd.DataFrame, test: pd.DataFrame, columns: list[str])
     return model.predict_proba(test[columns].astype(str))[:, 1]
 
 
+#: The image statistics of the style baseline: what a scanner, a processing chain or a collection
+#: changes without any disease (intensity distribution, dark / saturated share, border against
+#: centre, sharpness) and the stored image's size and shape.
+STYLE_FEATURES = ("mean", "sd", "p01", "p05", "p25", "p50", "p75", "p95", "p99", "dark", "bright", "border",
+                  "centre", "gradient", "width", "height", "aspect")
+
+
+def image_statistics(gray: np.ndarray, width: int, height: int) -> np.ndarray:
+    """:data:`STYLE_FEATURES` of one cached image (2-D, 0..255) whose source was ``width`` x ``height``."""
+    g = np.asarray(gray, dtype=np.float64)
+    h, w = g.shape
+    frame = max(1, min(h, w) // 16)
+    border = np.concatenate([g[:frame].ravel(), g[-frame:].ravel(), g[:, :frame].ravel(), g[:, -frame:].ravel()])
+    centre = g[h // 4: h - h // 4, w // 4: w - w // 4]
+    gradient = (np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()) / 2
+    q = np.percentile(g, [1, 5, 25, 50, 75, 95, 99])
+    return np.array([g.mean(), g.std(), *q, (g <= 5).mean(), (g >= 250).mean(), border.mean(), centre.mean(),
+                     gradient, float(width), float(height), float(width) / float(height)])
+
+
+def load_statistics(preprocessed_dir, image_ids) -> np.ndarray | None:
+    """:func:`image_statistics` of the cached images in ``image_ids`` order (the preprocess stage's
+    ``index.csv``: cache_path, width, height), or None without a cache index."""
+    from deepcovid.data.images import load_cached
+
+    folder = Path(preprocessed_dir)
+    if not (folder / "index.csv").is_file():
+        return None
+    index = pd.read_csv(folder / "index.csv", dtype=str, keep_default_na=False).set_index("image_id")
+    missing = [i for i in image_ids if i not in index.index]
+    if missing:
+        raise AuditError(f"{folder / 'index.csv'}: no cached image for {missing[0]} ({len(missing)} images)")
+    rows = []
+    for image_id in image_ids:
+        r = index.loc[image_id]
+        rows.append(image_statistics(load_cached(folder / r["cache_path"])[..., 0], int(r["width"]), int(r["height"])))
+    return np.vstack(rows) if rows else np.zeros((0, len(STYLE_FEATURES)))
+
+
+def style_scores(train_x: np.ndarray, train_y, test_x: np.ndarray) -> np.ndarray:
+    """Label probabilities on ``test_x`` of a logistic regression on standardised image statistics fit on train."""
+    y = np.asarray(train_y).astype(int)
+    if len(np.unique(y)) < 2:
+        raise AuditError("the training split holds one class only: no style baseline")
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+    model.fit(train_x, y)
+    return model.predict_proba(test_x)[:, 1]
+
+
+def baseline_against_model(y_test, model_scores, baseline, alpha: float) -> dict:
+    """A baseline's test AUC with DeLong's interval beside the model's, with the paired test."""
+    paired = delong_paired_test(y_test, model_scores, baseline, alpha=alpha)
+    base = auc_delong(y_test, baseline, alpha=alpha)
+    return {"auc": base["auc"], "auc_low": base["low"], "auc_high": base["high"], "model_auc": paired["auc_a"],
+            "difference": paired["difference"], "difference_low": paired["low"], "difference_high": paired["high"],
+            "p_value": paired["p_value"], "model_clearly_better": bool(paired["low"] > 0)}
+
+
 def stratum_metrics(y, scores, threshold: float, ci_method: str, alpha: float, min_per_class: int) -> dict:
     """n, sensitivity and specificity at ``threshold`` with intervals, and the AUC with DeLong's
     interval when each class has at least ``min_per_class`` images."""
@@ -116,10 +174,11 @@ def stratum_metrics(y, scores, threshold: float, ci_method: str, alpha: float, m
 
 def audit(table: pd.DataFrame, features: np.ndarray | None, threshold: float, *, folds: int, seed: int,
           flag_auc: float, metadata: list[str], min_per_class: int, ci_method: str = "wilson",
-          alpha: float = 0.05) -> dict:
+          alpha: float = 0.05, statistics: np.ndarray | None = None) -> dict:
     """The audit of one run. ``table``: one row per image of the manifest (``source, view, label,
     split, split_group`` and ``score`` for val / test images), ``features``: their backbone
-    features in the same order, or None (full fine-tuning: no cached features)."""
+    features in the same order, or None (full fine-tuning: no cached features); ``statistics``:
+    their :func:`image_statistics` in the same order, or None (no style baseline)."""
     need = {"source", "view", "label", "split", "split_group", "score"}
     if need - set(table.columns):
         raise AuditError(f"audit table lacks {', '.join(sorted(need - set(table.columns)))}")
@@ -147,12 +206,14 @@ def audit(table: pd.DataFrame, features: np.ndarray | None, threshold: float, *,
     train = table[table["split"] == "train"]
     y_test, model_scores = test["label"].to_numpy(), test["score"].to_numpy(dtype=np.float64)
     meta = metadata_scores(train, test, list(metadata))
-    paired = delong_paired_test(y_test, model_scores, meta, alpha=alpha)
-    base = auc_delong(y_test, meta, alpha=alpha)
-    out["metadata_baseline"] = {
-        "auc": base["auc"], "auc_low": base["low"], "auc_high": base["high"], "model_auc": paired["auc_a"],
-        "difference": paired["difference"], "difference_low": paired["low"], "difference_high": paired["high"],
-        "p_value": paired["p_value"], "model_clearly_better": bool(paired["low"] > 0)}
+    out["metadata_baseline"] = baseline_against_model(y_test, model_scores, meta, alpha)
+    if statistics is None:
+        out["style_baseline"] = {"skipped": "no image statistics (no preprocessed cache)"}
+    else:
+        is_train, is_test = (table["split"] == "train").to_numpy(), (table["split"] == "test").to_numpy()
+        style = style_scores(statistics[is_train], table.loc[is_train, "label"], statistics[is_test])
+        out["style_baseline"] = {**baseline_against_model(y_test, model_scores, style, alpha),
+                                 "features": list(STYLE_FEATURES)}
 
     # strata of the test split
     for key, column in (("by_source", "source"), ("by_view", "view_class")):
@@ -175,10 +236,13 @@ def _readable(section: dict, flag_auc: float) -> bool:
 def flags(result: dict, flag_auc: float, source_is_label: bool) -> dict:
     """``image_shows_source`` / ``image_shows_view``: readable within a class (lower bound of the
     AUC above ``flag_auc``); ``metadata_rivals_model``: the model's AUC is not clearly (paired
-    interval above 0) higher than the metadata baseline's; ``source_is_label``: every positive
+    interval above 0) higher than the metadata baseline's; ``style_rivals_model``: the same against
+    the style baseline (image statistics alone); ``source_is_label``: every positive
     comes from one source and every negative from others, so no within-class test exists."""
     f = {"image_shows_source": _readable(result["source_readability"], flag_auc), "image_shows_view": _readable(result["view_readability"], flag_auc),
          "metadata_rivals_model": not result["metadata_baseline"]["model_clearly_better"],
+         "style_rivals_model": "auc" in result.get("style_baseline", {})
+         and not result["style_baseline"]["model_clearly_better"],
          "source_is_label": bool(source_is_label)}
     f["any"] = any(f.values())
     return f
@@ -199,9 +263,15 @@ def verdict(result: dict) -> str:
         said.append(f"the model (AUC {m['model_auc']:.3f}) does not clearly beat a classifier that sees only "
                     f"{' and '.join(result['settings']['metadata'])} (AUC {m['auc']:.3f}; difference "
                     f"{m['difference']:+.3f} [{m['difference_low']:+.3f}, {m['difference_high']:+.3f}])")
+    if f.get("style_rivals_model"):
+        st = result["style_baseline"]
+        said.append(f"the model does not clearly beat a classifier that sees only image statistics (intensity "
+                    f"distribution, border, sharpness, image size; AUC {st['auc']:.3f}; difference "
+                    f"{st['difference']:+.3f} [{st['difference_low']:+.3f}, {st['difference_high']:+.3f}])")
     if not said:
         return ("No shortcut flagged: source and view are not readable within a class and the model beats the "
-                f"metadata-only baseline (AUC {m['model_auc']:.3f} vs {m['auc']:.3f}).")
+                f"metadata-only baseline (AUC {m['model_auc']:.3f} vs {m['auc']:.3f}) and the image-statistics "
+                "baseline.")
     return "Shortcut risk: " + "; ".join(said) + "."
 
 
@@ -232,15 +302,16 @@ def load_features(features_dir, image_ids) -> np.ndarray | None:
 
 
 def run_audit(manifest_csv, features_dir, predictions_csv, evaluation_json, cfg: dict, *, seed: int,
-              ci_method: str = "wilson", alpha: float = 0.05) -> dict:
+              ci_method: str = "wilson", alpha: float = 0.05, preprocessed_dir=None) -> dict:
     """The audit stage: read the manifest, features, predictions and operating point; log the verdict."""
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
     predictions = pd.read_csv(predictions_csv, dtype={"image_id": str})
     table = audit_table(manifest, predictions)
     features = load_features(features_dir, table["image_id"])
+    statistics = None if preprocessed_dir is None else load_statistics(preprocessed_dir, table["image_id"])
     result = audit(table, features, operating_point(evaluation_json), folds=cfg["folds"], seed=seed,
                    flag_auc=cfg["flag_auc"], metadata=cfg["metadata"], min_per_class=cfg["min_per_class"],
-                   ci_method=ci_method, alpha=alpha)
+                   ci_method=ci_method, alpha=alpha, statistics=statistics)
     for what in ("source", "view"):
         for part, r in result[f"{what}_readability"].items():
             if "auc" in r:
@@ -252,5 +323,9 @@ def run_audit(manifest_csv, features_dir, predictions_csv, evaluation_json, cfg:
     log.info("metadata-only baseline (%s): test AUC %.3f [%.3f, %.3f]; model %.3f, difference %+.3f [%+.3f, %+.3f]",
              ", ".join(cfg["metadata"]), m["auc"], m["auc_low"], m["auc_high"], m["model_auc"], m["difference"],
              m["difference_low"], m["difference_high"])
+    st = result["style_baseline"]
+    if "auc" in st:
+        log.info("image-statistics (style) baseline: test AUC %.3f [%.3f, %.3f]; difference %+.3f [%+.3f, %+.3f]",
+                 st["auc"], st["auc_low"], st["auc_high"], st["difference"], st["difference_low"], st["difference_high"])
     (log.warning if result["flags"]["any"] else log.info)("%s", result["verdict"])
     return result

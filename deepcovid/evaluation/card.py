@@ -186,6 +186,11 @@ def model_card(*, model_json: dict, model_sha256: str, params: dict, data: dict,
         lines.append(f"- Metadata-only baseline ({', '.join(audit['settings']['metadata'])}): AUC {_ci(m, 'auc')}; "
                      f"the model {m['model_auc']:.3f}, difference {m['difference']:+.3f} "
                      f"[{m['difference_low']:+.3f}, {m['difference_high']:+.3f}].")
+        st = audit.get("style_baseline", {})
+        if "auc" in st:
+            lines.append(f"- Image-statistics (style) baseline (intensity distribution, border, sharpness, stored size): "
+                         f"AUC {_ci(st, 'auc')}; difference of the model {st['difference']:+.3f} "
+                         f"[{st['difference_low']:+.3f}, {st['difference_high']:+.3f}].")
         if "auc" in audit.get("pa_only", {}):
             lines.append(f"- PA images only: AUC {_ci(audit['pa_only'], 'auc')}.")
         lines.append("")
