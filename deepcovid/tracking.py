@@ -98,7 +98,6 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     the state_dict's SHA-256 (``model_sha256``) so later stages find it (the model card)."""
     import mlflow
     import mlflow.pyfunc
-    import numpy as np  # noqa: F401  (mlflow.types needs it loaded)
     import torch
     import torchvision
     from mlflow.models import ModelSignature

@@ -26,7 +26,7 @@ from deepcovid.evaluation import delong as D
 from deepcovid.evaluation import proportions as P
 from deepcovid.evaluation import ranking as R
 from deepcovid.evaluation.compare import compare_models
-from deepcovid.evaluation.evaluate import EvalConfig, evaluate
+from deepcovid.evaluation.evaluate import evaluate
 from deepcovid.evaluation.predictions import load_predictions
 from deepcovid.evaluation.report import OutputPaths, write_outputs
 from deepcovid.config import ConfigError

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from workspace import REPO, TINY, error_line, make_workspace, override_params, read, run_stage
+from workspace import TINY, error_line, make_workspace, override_params, read, run_stage
 
 DATA_STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment"]
 # the tests' model, whatever params.yaml's default: random init (offline, fast)
