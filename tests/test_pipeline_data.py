@@ -70,10 +70,13 @@ def test_synthetic_default_end_to_end(synthetic_ws):
 
 
 def test_synthetic_rerun_is_identical(synthetic_ws, tmp_path):
-    """Same params, same bytes: the manifest and cached images do not depend on the run."""
-    ws = make_workspace(tmp_path)
-    for stage in ["fetch", "filter", "negatives", "duplicates", "split"]:
-        run_stage(ws, stage)
+    """Same inputs, same bytes: the split of the default data does not depend on the run. (Every
+    data stage rerun byte for byte, also under other CPU kernels, is tests/test_cross_cpu.py's
+    check on the tiny configuration; CI compares the default's data stages with dvc.lock.)"""
+    ws = tmp_path / "ws"
+    shutil.copytree(synthetic_ws, ws, ignore=shutil.ignore_patterns("preprocessed", "augmented"))
+    (ws / "data/manifest.csv").unlink()
+    run_stage(ws, "split")
     assert (ws / "data/manifest.csv").read_bytes() == (synthetic_ws / "data/manifest.csv").read_bytes()
 
 

@@ -117,3 +117,14 @@ def test_every_committed_metric_has_a_tolerance():
         metrics = json.loads((REPO / "metrics" / name).read_text())
         rows = compare_metrics(metrics, metrics, tolerances)
         assert rows and {r["status"] for r in rows} == {"ok"}, (name, [r["metric"] for r in rows if r["status"] != "ok"])
+
+
+def test_ci_scripts_keep_every_metrics_file_the_check_compares():
+    """.ci/run and the GitHub workflow copy the committed metrics before `make repro` rewrites them:
+    each file check-reproduction compares must be among the copied ones."""
+    from deepcovid.checks.reproduction import METRIC_FILES
+
+    for script in (REPO / ".ci/run", REPO / ".github/workflows/ci.yml"):
+        text = script.read_text()
+        missing = [name for name in METRIC_FILES if f"metrics/{name}" not in text]
+        assert not missing, f"{script.relative_to(REPO)} does not copy {missing}"
