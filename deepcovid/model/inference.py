@@ -55,21 +55,29 @@ def prepare(path: str | os.PathLike, record: dict, notes: list[str] | None = Non
 
 
 @torch.no_grad()
-def score_files(model: torch.nn.Module, record: dict, paths: Sequence[str | os.PathLike],
-                batch_size: int = 32) -> tuple[np.ndarray, dict[int, str]]:
+def score_files(model: torch.nn.Module, record: dict, paths: Sequence[str | os.PathLike], batch_size: int = 32,
+                *, device: torch.device | None = None,
+                warnings: dict[int, str] | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """COVID-19 probabilities of image files (NaN for the unreadable ones) and
-    ``{index: reason}`` for those."""
+    ``{index: reason}`` for those. The batches run on ``device`` (the model must be there;
+    default CPU); ``warnings``, when given, receives ``{index: "; "-joined notes}`` of the files
+    :func:`prepare` had a warning for."""
     scores = np.full(len(paths), np.nan)
     errors: dict[int, str] = {}
     model = model.eval()
-    for start in tqdm(range(0, len(paths), batch_size), desc="scoring", mininterval=2):
+    for start in tqdm(range(0, len(paths), batch_size), desc="scoring", mininterval=2,
+                      disable=len(paths) <= batch_size):
         batch, where = [], []
         for i in range(start, min(start + batch_size, len(paths))):
+            notes: list[str] = []
             try:
-                batch.append(prepare(paths[i], record))
+                batch.append(prepare(paths[i], record, notes=notes if warnings is not None else None))
                 where.append(i)
             except ImageReadError as exc:
                 errors[i] = str(exc)
+            if notes:
+                warnings[i] = "; ".join(notes)
         if batch:
-            scores[where] = covid_probability(model(torch.stack(batch))).numpy()
+            x = torch.stack(batch) if device is None else torch.stack(batch).to(device)
+            scores[where] = covid_probability(model(x)).cpu().numpy()
     return scores, errors

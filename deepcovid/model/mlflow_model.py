@@ -32,23 +32,13 @@ class DeepCovidModel(PythonModel):
         self.model.eval()
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        import torch
-
-        from deepcovid.data.images import ImageReadError
-        from deepcovid.model.inference import covid_probability, prepare
-
-        def prepared(path):
-            try:
-                return prepare(path, self.record)
-            except ImageReadError as exc:
-                raise ValueError(f"{path}: {exc}") from None
+        from deepcovid.model.inference import score_files
 
         paths = list(model_input.iloc[:, 0]) if isinstance(model_input, pd.DataFrame) else list(model_input)
-        scores = []
-        with torch.no_grad():
-            for start in range(0, len(paths), 8):
-                batch = torch.stack([prepared(p) for p in paths[start:start + 8]])
-                scores.extend(covid_probability(self.model(batch)).tolist())
+        scores, errors = score_files(self.model, self.record, paths, batch_size=8)
+        if errors:
+            i = min(errors)
+            raise ValueError(f"{paths[i]}: {errors[i]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
         return pd.DataFrame({"score": scores})
 
 

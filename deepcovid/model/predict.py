@@ -17,13 +17,10 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm import tqdm
 
 from deepcovid.data.dicom import is_dicom
-from deepcovid.data.images import ImageReadError
 from deepcovid.model.environment import resolve_device
-from deepcovid.model.inference import covid_probability, load_model, prepare
+from deepcovid.model.inference import load_model, score_files
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +53,6 @@ def collect_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-@torch.no_grad()
 def predict_files(paths: Sequence[str], *, models: str | os.PathLike, threshold: float, batch_size: int = 8,
                   device: str = "auto") -> pd.DataFrame:
     """One row per path: ``path, score, label, warning, error`` (score and label empty when the
@@ -67,24 +63,10 @@ def predict_files(paths: Sequence[str], *, models: str | os.PathLike, threshold:
         raise PredictError(f"--batch-size {batch_size}: must be at least 1")
     model, record = load_model(models)
     dev = resolve_device(device)
-    model = model.to(dev)
-    rows = [{"path": p, "score": np.nan, "label": "", "warning": "", "error": ""} for p in paths]
-    for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", mininterval=2,
-                      disable=len(paths) <= batch_size):
-        batch, where = [], []
-        for i in range(start, min(start + batch_size, len(paths))):
-            notes: list[str] = []
-            try:
-                tensor = prepare(paths[i], record, notes=notes)
-            except ImageReadError as exc:
-                rows[i]["error"] = str(exc)
-                continue
-            rows[i]["warning"] = "; ".join(notes)
-            batch.append(tensor)
-            where.append(i)
-        if batch:
-            scores = covid_probability(model(torch.stack(batch).to(dev))).cpu().numpy().astype(np.float64)
-            for i, s in zip(where, scores):
-                rows[i]["score"] = float(s)
-                rows[i]["label"] = LABELS[int(s >= threshold)]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    warnings: dict[int, str] = {}
+    scores, errors = score_files(model.to(dev), record, list(paths), batch_size, device=dev, warnings=warnings)
+    scored = ~np.isnan(scores)
+    return pd.DataFrame({"path": list(paths), "score": scores,
+                         "label": np.where(scored, np.where(scores >= threshold, LABELS[1], LABELS[0]), ""),
+                         "warning": [warnings.get(i, "") for i in range(len(paths))],
+                         "error": [errors.get(i, "") for i in range(len(paths))]}, columns=COLUMNS)
