@@ -15,19 +15,17 @@ import pytest
 import torch
 from PIL import Image
 
-from workspace import REPO, TINY, error_line, make_workspace, override_params, read, run_stage
+from workspace import REPO, error_line, override_params, read, run_stage
 
-STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment", "featurize", "train", "evaluate"]
-SETTINGS = {"model": "resnet18", "weights": "none", "explain.window": 16, "explain.stride": 8,
-            "explain.top_covid": 2, "explain.false_negatives": 1, "explain.false_positives": 1}
+# this module's explain settings, on the shared tiny trained pipeline (tests/conftest.py: TINY, ResNet18
+# with random weights, trained up to evaluate; the explain settings change nothing before the explain stage)
+EXPLAIN = {"explain.window": 16, "explain.stride": 8, "explain.top_covid": 2, "explain.false_negatives": 1,
+           "explain.false_positives": 1}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("explain"), **TINY, **SETTINGS)
-    for stage in STAGES:
-        run_stage(ws, stage, args=("--no-mlflow",) if stage == "train" else ())
-    return ws
+def trained(tiny_trained, tmp_path_factory):
+    return _copy(tiny_trained, tmp_path_factory.mktemp("explain") / "ws", **EXPLAIN)
 
 
 def _copy(ws: Path, dst: Path, **overrides) -> Path:
