@@ -8,7 +8,7 @@ logged to the model's MLflow run.
 import argparse
 import logging
 
-from deepcovid import files, runner, tracking
+from deepcovid import runner, tracking
 from deepcovid.config import load_config
 from deepcovid.evaluation.card import write_card
 
@@ -28,13 +28,13 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.params)
     params = cfg.as_dict()
-    write_card(models=args.models, data_json=args.data, filter_report=args.filter_report,
-               exclusions=params["filter"]["exclusions"], train_json=args.train, evaluation_json=args.evaluation,
-               audit_json=args.audit, repeats_json=args.repeats, explain_json=args.explain, params=params, out=args.out)
+    digest = write_card(models=args.models, data_json=args.data, filter_report=args.filter_report,
+                        exclusions=params["filter"]["exclusions"], train_json=args.train, evaluation_json=args.evaluation,
+                        audit_json=args.audit, repeats_json=args.repeats, explain_json=args.explain, params=params,
+                        out=args.out)
     log.info("wrote %s", args.out)
     if not args.no_mlflow:
-        run = tracking.log_to_training_run(args.out, files.sha256_file(f"{args.models}/model.pt"),
-                                           cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
+        run = tracking.log_to_training_run(args.out, digest, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
         log.info("logged to MLflow run %s", run) if run else log.info("no MLflow run of this model: card not logged")
 
 

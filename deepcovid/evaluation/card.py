@@ -202,7 +202,8 @@ def model_card(*, model_json: dict, model_sha256: str, params: dict, data: dict,
 
 def write_card(*, models: str | Path, data_json, filter_report, exclusions, train_json, evaluation_json, audit_json,
                repeats_json, explain_json, params: dict, out: str | Path) -> str:
-    """Read the inputs, write the card to ``out`` (atomically) and return its text."""
+    """Read the inputs, write the card to ``out`` (atomically) and return the SHA-256 of the
+    model's state_dict it describes (the MLflow run's ``model_sha256`` tag)."""
     from deepcovid.tracking import registered_name
 
     models = Path(models)
@@ -210,11 +211,12 @@ def write_card(*, models: str | Path, data_json, filter_report, exclusions, trai
     pt = models / "model.pt"
     if not pt.is_file():
         raise CardError(f"{pt} not found: run dvc repro train")
-    text = model_card(model_json=model_json, model_sha256=files.sha256_file(pt), params=params,
+    digest = files.sha256_file(pt)
+    text = model_card(model_json=model_json, model_sha256=digest, params=params,
                       data=_read_json(data_json), filter_report=_read_json(filter_report),
                       exclusions=_exclusions(Path(exclusions)), train=_read_json(train_json),
                       evaluation=_read_json(evaluation_json), audit=_read_json(audit_json, required=False),
                       repeats=_read_json(repeats_json, required=False), explain=_read_json(explain_json, required=False),
                       registered_name=registered_name(model_json["architecture"]))
     files.write_text(out, text)
-    return text
+    return digest
