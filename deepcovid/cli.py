@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from deepcovid import runner
+from deepcovid.errors import InputError
 
 
 def _compare(args) -> int:
@@ -115,7 +116,7 @@ def _predict(args) -> int:
     threshold = args.threshold if args.threshold is not None else operating_point(args.evaluation)
     paths = collect_files(args.paths)
     if not paths:
-        raise ValueError(f"no image files found in {', '.join(args.paths)}")
+        raise InputError(f"no image files found in {', '.join(args.paths)}")
     table = predict_files(paths, models=args.model, threshold=threshold, batch_size=args.batch_size,
                           device=args.device)
     if args.explain:

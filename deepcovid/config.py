@@ -14,6 +14,8 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
                       ValidationError, model_validator)
 
+from deepcovid.errors import InputError
+
 # The networks the train stage builds (deepcovid.model.architectures has one spec per name).
 ARCHITECTURES = ("resnet18", "resnet50", "squeezenet", "densenet121", "densenet161",
                  "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -22,7 +24,7 @@ SOURCES = ("cohen", "actualmed", "chexpert")
 LATERAL_VIEWS = {"L", "LATERAL", "LL", "RL"}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A parameter is missing or invalid (one line, naming the parameter)."""
 
 
@@ -39,8 +41,8 @@ def _pair(value: tuple) -> tuple:
 
 
 Int = Annotated[StrictInt, Field()]
-Number = Annotated[float, BeforeValidator(_not_bool)]
-Fraction = Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0, le=1.0)]
+Number = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+Fraction = Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 IntPair = Annotated[tuple[StrictInt, StrictInt], AfterValidator(_pair)]
 NumberPair = Annotated[tuple[Number, Number], AfterValidator(_pair)]
 Source = Literal["cohen", "actualmed", "chexpert"]
@@ -206,6 +208,7 @@ class Train(Section):
 
 
 class Mlflow(Section):
+    enabled: StrictBool
     experiment: str = Field(min_length=1)
     tracking_uri: str
 
@@ -396,15 +399,36 @@ def validate(params: dict) -> Params:
         raise ConfigError(_one_line(exc)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            params = yaml.safe_load(f)
+        text = path.read_bytes().decode("utf-8")
+        params = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"{path}: parameter file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a parameter file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return params
@@ -412,8 +436,9 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml in one step, before any long work."""
+    params = read_yaml(path)  # its errors name the file already
     try:
-        return validate(read_yaml(path))
+        return validate(params)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

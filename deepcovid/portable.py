@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from deepcovid.errors import InputError
+
 __all__ = ["exp", "log", "sin", "cos", "power", "hypot", "gaussian_filter", "resample",
            "resize_uint8", "draw_polylines", "Rng"]
 
@@ -86,7 +88,7 @@ def log(x):
 def _reduce_pio2(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """r = a - k * pi/2 with |r| <= pi/4 (three-part Cody-Waite; |a| up to about 1e6)."""
     if np.any(np.abs(a) > 1e6):
-        raise ValueError("portable sin/cos: argument too large (|x| > 1e6)")
+        raise InputError("portable sin/cos: argument too large (|x| > 1e6)")
     k = np.rint(a * _TWO_OVER_PI)
     r = ((a - k * _PIO2_HI) - k * _PIO2_MID) - k * _PIO2_LO
     return r, k.astype(np.int64) & 3
@@ -121,7 +123,7 @@ def power(x, y):
         out = exp(log(np.where(a > 0, a, 1.0)) * yy)
     out = np.where(a > 0, out, np.where(yy == 0, 1.0, 0.0))
     if np.any(a < 0):
-        raise ValueError("portable power: negative base")
+        raise InputError("portable power: negative base")
     return _back(np.asarray(out, np.float64), dtype)
 
 
@@ -165,7 +167,7 @@ def _kernel(name: str):
         return f, 2.0
     if name == "bilinear":
         return (lambda x: np.maximum(0.0, 1.0 - np.abs(x))), 1.0
-    raise ValueError(f"unknown resampling kernel {name!r}; valid: bicubic, bilinear")
+    raise InputError(f"unknown resampling kernel {name!r}; valid: bicubic, bilinear")
 
 
 def _taps(n_in: int, n_out: int, kernel: str) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +319,7 @@ class Rng:
     def beta(self, a: float, b: float) -> float:
         """One Beta(a, b) draw (Joehnk's method; a, b > 0)."""
         if not (a > 0 and b > 0):
-            raise ValueError("beta: a and b must be > 0")
+            raise InputError("beta: a and b must be > 0")
         while True:
             x = power(float(self._g.random()), 1.0 / a)
             y = power(float(self._g.random()), 1.0 / b)

@@ -15,6 +15,50 @@ import subprocess
 from pathlib import Path
 
 from deepcovid.config import flatten
+from deepcovid.errors import DeepCovidError
+
+
+class TrackingError(DeepCovidError):
+    """The MLflow store cannot be opened or written."""
+
+
+def _store_failure(uri: str, exc: BaseException) -> TrackingError:
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return TrackingError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: {first}); set "
+                         "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a store you can write, or "
+                         "mlflow.enabled: false to train without MLflow")
+
+
+def open_store(experiment: str, configured_uri: str = "") -> str:
+    """Open the tracking store and make sure ``experiment`` exists in it, before any long work: a store
+    that cannot be opened (an unwritable folder, a server that does not answer...) is a one-line
+    :class:`TrackingError` naming the URI. HTTP stores are tried once, not with MLflow's minutes of
+    retries. Returns the URI."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network calls from runs
+    import mlflow
+
+    uri = tracking_uri(configured_uri)
+    patience = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    saved = {k: os.environ.get(k) for k in patience}
+    os.environ.update(patience)
+    try:
+        mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(experiment) is None:
+            location = None
+            if uri.startswith("sqlite:"):
+                # artifacts beside the database (absolute), not in the cwd: a queued DVC experiment
+                # runs in a temporary copy that is deleted afterwards
+                location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+            mlflow.create_experiment(experiment, artifact_location=location)
+    except Exception as exc:  # whatever the backend raises (sqlalchemy, requests, MlflowException)
+        raise _store_failure(uri, exc) from exc
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return uri
 
 
 def repository_root(cwd: str | Path | None = None) -> Path:
@@ -44,22 +88,19 @@ def git_revision(cwd: str | Path | None = None) -> str:
 
 
 def start_run(experiment: str, configured_uri: str = "", run_name: str | None = None):
-    """Set the tracking URI and experiment, and start a run tagged with DVC/git information."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network calls from runs
+    """Open the store (:func:`open_store`), set the experiment, and start a run tagged with DVC/git
+    information."""
     import mlflow
 
-    uri = tracking_uri(configured_uri)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None and uri.startswith("sqlite:"):
-        # artifacts beside the database (absolute), not in the cwd: a queued DVC experiment
-        # runs in a temporary copy that is deleted afterwards
-        store = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
-        mlflow.create_experiment(experiment, artifact_location=store.as_uri())
-    mlflow.set_experiment(experiment)
+    uri = open_store(experiment, configured_uri)
     tags = {"git_revision": git_revision(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
             "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", "")}
-    return mlflow.start_run(run_name=run_name or os.environ.get("DVC_EXP_NAME") or None,
-                            tags={k: v for k, v in tags.items() if v})
+    try:
+        mlflow.set_experiment(experiment)
+        return mlflow.start_run(run_name=run_name or os.environ.get("DVC_EXP_NAME") or None,
+                                tags={k: v for k, v in tags.items() if v})
+    except Exception as exc:
+        raise _store_failure(uri, exc) from exc
 
 
 def start_training_run(params: dict, device, provenance: dict, environment: dict):
@@ -116,7 +157,7 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     package = Path(files.__file__).resolve().parent
     signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("double", "score")]))
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
-                    "pillow", "numpy", "pandas", "pydicom"]
+                    "pillow", "numpy", "pandas", "pydicom", "simplejpeg"]
     if record["architecture"].startswith("efficientnet_lite"):
         requirements.append("efficientnet-lite-pytorch==0.1.0")
     mlflow.pyfunc.log_model(name="model", python_model=mlflow_model.__file__,
@@ -136,8 +177,12 @@ def log_to_training_run(path: str | Path, model_sha256: str, experiment: str, co
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri(configured_uri))
-    exp = client.get_experiment_by_name(experiment)
+    uri = tracking_uri(configured_uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as exc:
+        raise _store_failure(uri, exc) from exc
     if exp is None:
         return None
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.model_sha256 = '{model_sha256}'",

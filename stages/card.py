@@ -33,7 +33,7 @@ def main() -> None:
                         audit_json=args.audit, repeats_json=args.repeats, explain_json=args.explain, params=params,
                         out=args.out)
     log.info("wrote %s", args.out)
-    if not args.no_mlflow:
+    if cfg.mlflow.enabled and not args.no_mlflow:
         run = tracking.log_to_training_run(args.out, digest, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)
         log.info("logged to MLflow run %s", run) if run else log.info("no MLflow run of this model: card not logged")
 

@@ -20,12 +20,13 @@ def main() -> None:
                        ("metrics", "output: training metrics (JSON)"), ("plot", "output: loss per epoch (CSV)")]:
         ap.add_argument(name, help=what)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    ap.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (as mlflow.enabled: false)")
     args = ap.parse_args()
-    run_training(load_config(args.params).as_dict(), manifest=args.manifest, cache=args.cache,
+    cfg = load_config(args.params)
+    run_training(cfg.as_dict(), manifest=args.manifest, cache=args.cache,
                  augmented=args.augmented, features=args.features, models=args.models,
                  predictions=args.predictions, metrics=args.metrics, plot=args.plot,
-                 use_mlflow=not args.no_mlflow)
+                 use_mlflow=cfg.mlflow.enabled and not args.no_mlflow)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,10 @@ def test_unknown_keys_are_rejected(section):
     ("augment.scale", [1.1, 0.9], "low <= high"),
     ("augment.scale", [0.1, 1.0], "within [0.5, 2]"),
     ("augment.elastic_grid", 1, "greater than or equal to 2"),
+    ("augment.elastic_alpha", -5, "greater than or equal to 0"),  # would have turned the distortion off
+    ("fetch.cohen.timeout", float("inf"), "finite number"),
+    ("reproduction.tolerances.*", float("nan"), "finite number"),
+    ("mlflow.enabled", "no", "valid boolean"),
     ("synthetic.cohen.severity", [0.5, 1.5], "within [0, 1]"),
     ("synthetic.chexpert.images_per_patient", [0, 2], "low must be >= 1"),
     ("evaluate.thresholds", [], "at least 1"),

@@ -116,6 +116,7 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"train.class_weight": "balanced"}, {"train", "repeats"}),
     ("synthetic", {"train.num_workers": 5}, {"train"}),
     ("synthetic", {"mlflow.experiment": "other"}, {"train", "card"}),
+    ("synthetic", {"mlflow.enabled": False}, {"train", "card"}),
     ("synthetic", {"mlflow.tracking_uri": "sqlite:///other.db"}, {"train", "card"}),
     ("synthetic", {"evaluate.alpha": 0.1}, {"evaluate", "audit"}),
     ("synthetic", {"evaluate.ci_method": "clopper-pearson"}, {"evaluate", "audit"}),

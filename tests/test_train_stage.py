@@ -12,9 +12,8 @@ import pytest
 import torch
 import yaml
 
-from workspace import TINY, error_line, make_workspace, override_params, read, run_stage
+from workspace import copy_without, error_line, override_params, read, run_stage
 
-DATA_STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment"]
 # the tests' model, whatever params.yaml's default: random init (offline, fast)
 MODEL = {"model": "resnet18", "weights": "none"}
 ENVIRONMENT_KEYS = ["torch_threads", "cpu_capability", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
@@ -22,11 +21,12 @@ ENVIRONMENT_KEYS = ["torch_threads", "cpu_capability", "ONEDNN_MAX_CPU_ISA", "AT
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("tiny"), **TINY, **MODEL)
-    for stage in DATA_STAGES:
-        run_stage(ws, stage)
-    return ws
+def tiny_data(tiny_trained, tmp_path_factory):
+    """The tiny pipeline after its data stages: the shared tiny trained pipeline (the same parameters:
+    TINY and MODEL) without what featurize, train and evaluate wrote."""
+    params = yaml.safe_load((tiny_trained / "params.yaml").read_text())
+    assert all(params[k] == v for k, v in MODEL.items())
+    return copy_without(tiny_trained, tmp_path_factory.mktemp("tiny") / "ws", ["featurize", "train", "evaluate"])
 
 
 def _with(ws_src, dst, **overrides):
@@ -199,3 +199,17 @@ def test_features_from_other_weights_refused(tiny_data, tmp_path):
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run_stage(ws, "train", check=False, args=("--no-mlflow",))
     assert proc.returncode == 2 and "other backbone weights" in error_line(proc)
+
+
+def test_unusable_mlflow_store_fails_in_one_line_before_training(tiny_trained, tmp_path):
+    ws = copy_without(tiny_trained, tmp_path / "ws", ["train", "evaluate"])  # the features are there
+    (tmp_path / "a-file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"
+    proc = run_stage(ws, "train", check=False, env={"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"MLflow store {uri} cannot be used" in error_line(proc)
+    assert "epoch" not in proc.stderr and not (ws / "models" / "model.pt").exists()  # nothing trained, nothing written
+    # mlflow.enabled: false trains without opening any store (the same unusable URI is never touched)
+    override_params(ws / "params.yaml", ws / "params.yaml", {"mlflow.enabled": False})
+    proc = run_stage(ws, "train", env={"MLFLOW_TRACKING_URI": uri})
+    assert (ws / "models/model.pt").is_file() and "MLflow" not in proc.stderr

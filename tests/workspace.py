@@ -66,6 +66,26 @@ def run_stage(ws: Path, stage: str, check: bool = True, args: tuple = (), env: d
     return proc
 
 
+def stage_outputs(stage: str) -> list[str]:
+    """Every path the stage writes, as dvc.yaml lists them (outs, metrics, plots)."""
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    return [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics", "plots")
+            for o in spec.get(key, [])]
+
+
+def copy_without(src: Path, dst: Path, stages: list[str]) -> Path:
+    """A copy of the workspace ``src`` at ``dst`` without what ``stages`` wrote."""
+    shutil.copytree(src, dst)
+    for stage in stages:
+        for rel in stage_outputs(stage):
+            path = dst / rel
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    return dst
+
+
 def read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 

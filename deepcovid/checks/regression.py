@@ -15,6 +15,7 @@ from pathlib import Path
 
 from deepcovid import files
 from deepcovid.config import ConfigError, Regression, flatten
+from deepcovid.errors import InputError, MissingInputError
 
 log = logging.getLogger("check_regression")
 HEADER = ("metric", "baseline", "current", "drop", "tolerance", "status")
@@ -74,13 +75,13 @@ def read_metrics(path: Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         hint = " (create it with --write-baseline)" if what == "baseline" else " (run: dvc repro evaluate)"
-        raise FileNotFoundError(f"{path}: {what} metrics file not found{hint}")
+        raise MissingInputError(f"{path}: {what} metrics file not found{hint}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise InputError(f"{path}: expected a JSON object")
     return data
 
 

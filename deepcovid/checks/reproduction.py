@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from deepcovid.config import Reproduction, flatten
+from deepcovid.errors import InputError, MissingInputError
 
 METRIC_FILES = ("evaluate.json", "train.json", "explain.json", "audit.json", "repeats.json")
 
@@ -22,7 +23,7 @@ def lock_outputs(lock: dict) -> dict[str, dict[str, str]]:
     """{stage: {output path: hash}} from a parsed dvc.lock (schema 2.0)."""
     stages = lock.get("stages") if isinstance(lock, dict) else None
     if not isinstance(stages, dict):
-        raise ValueError("not a dvc.lock file (no 'stages' mapping)")
+        raise InputError("not a dvc.lock file (no 'stages' mapping)")
     out = {}
     for name, stage in stages.items():
         entries = {}
@@ -87,12 +88,12 @@ def compare_metrics(committed: dict, current: dict, tolerances: dict[str, float 
 
 def _load(path: Path, kind: str):
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {kind} not found")
+        raise MissingInputError(f"{path}: {kind} not found")
     text = path.read_text(encoding="utf-8")
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not a valid {kind} ({type(exc).__name__})") from None
+        raise InputError(f"{path}: not a valid {kind} ({type(exc).__name__})") from None
 
 
 def check_reproduction(cfg: Reproduction, committed_lock: str | Path, lock: str | Path, committed_metrics: str | Path,

@@ -4,6 +4,7 @@ Stricter than zipfile/shutil: no links, no '..', no .git, no zip bombs, sizes co
 
 from __future__ import annotations
 
+import lzma
 import re
 import stat
 import zipfile
@@ -41,6 +42,9 @@ def _member_path(raw: str, archive: Path) -> PurePosixPath:
 
 def _check_kind(info: zipfile.ZipInfo, archive: Path) -> None:
     where = f"archive {archive.name}: member {info.filename!r}"
+    if not info.filename:  # zipfile cuts a name at its first NUL byte
+        raise FetchError(f"archive {archive.name}: a member has an empty name (or one starting with a NUL byte); "
+                         "refusing to extract")
     if info.flag_bits & 0x1:
         raise FetchError(f"{where} is encrypted; refusing to extract")
     mode = info.external_attr >> 16
@@ -76,7 +80,9 @@ def safe_extract_zip(
     archive, dest = Path(archive), Path(dest)
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError, NotImplementedError, ValueError) as exc:
+        # NotImplementedError: a "version needed to extract" zipfile does not know; UnicodeDecodeError:
+        # a name flagged UTF-8 that is not
         raise FetchError(f"archive {archive.name} is not a readable zip file: {exc}") from None
     with zf:
         infos = zf.infolist()
@@ -101,12 +107,12 @@ def safe_extract_zip(
             n_files = 0
             for info, rel in plan:
                 target = tmp.joinpath(*rel.parts)
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
                 written = 0
                 try:
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "xb") as out:
                         while True:
                             block = src.read(CHUNK)
@@ -131,7 +137,8 @@ def safe_extract_zip(
                             out.write(block)
                 except FetchError:
                     raise
-                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+                except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError,
+                        ValueError) as exc:
                     raise FetchError(f"archive {archive.name}: member {info.filename!r} is corrupt: {exc}") from None
                 except OSError as exc:
                     raise FetchError(

@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from deepcovid import files, portable
 from deepcovid.data.images import load_cached
+from deepcovid.errors import StateError
 
 log = logging.getLogger("augment")
 
 
-class AugmentError(RuntimeError):
+class AugmentError(StateError):
     """An augmented image would leak into validation or test."""
 
 
@@ -159,12 +160,13 @@ def augment_positives(manifest_csv, cache_dir, out_dir, cfg: dict, seed: int) ->
     records = []
     (out_dir / "images").mkdir(parents=True)
     for row in tqdm(list(parents.itertuples(index=False)), desc="augment", mininterval=2):
-        image = load_cached(cache_dir / row.cache_path)
+        image = load_cached(files.inside(cache_dir, row.cache_path))
         for k in range(1, int(cfg["copies"]) + 1):
             out = augment_image(image, transform, copy_seed(seed, row.image_id, k))
             rel = f"images/{row.image_id}.aug{k}.png"
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.asarray(out)).save(out_dir / rel, format="PNG", compress_level=3)
+            target = files.inside(out_dir, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(out)).save(target, format="PNG", compress_level=3)
             records.append({"image_id": f"{row.image_id}#aug{k}", "parent": row.image_id, "copy": k,
                             "source": row.source, "patient": row.patient, "split_group": row.split_group,
                             "label": 1, "group": row.group, "category": row.category, "split": "train",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -12,16 +13,27 @@ from tqdm import tqdm
 from deepcovid import files
 from deepcovid.data.images import ImageReadError, read_image, resize_square
 from deepcovid.data.sources import image_path, read_sources
+from deepcovid.runner import die_with_parent
 
 log = logging.getLogger("preprocess")
 
 
+def _job(roots, raw_dir, out_dir: Path, source: str, relpath: str, cache_path: str, *settings):
+    """One decode job; a path that leads outside the source or the cache carries its reason instead."""
+    try:
+        return (image_path(roots, source, relpath, raw_dir), files.inside(out_dir, cache_path), *settings)
+    except files.UnsafePathError as exc:
+        return (None, str(exc), *settings)
+
+
 def _process(job):
     src, dst, size, mode, grayscale = job
+    if src is None:
+        return None, None, dst
     try:
         img = read_image(src, grayscale=grayscale)
     except ImageReadError as exc:
-        return None, None, str(exc)
+        return None, None, exc.reason
     width, height = img.size
     out = resize_square(img, size, mode)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
@@ -37,10 +49,10 @@ def build_cache(raw_dir, manifest_csv, out_dir, *, cache_size: int, resize: str,
     roots = read_sources(raw_dir)
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
     rel = [f"images/{i}.png" for i in manifest["image_id"]]
-    jobs = [(image_path(roots, s, r, raw_dir), out_dir / p, cache_size, resize, grayscale)
-            for s, r, p in zip(manifest["source"], manifest["relpath"], rel)]
     out_dir.mkdir()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    jobs = [_job(roots, raw_dir, out_dir, s, r, p, cache_size, resize, grayscale)
+            for s, r, p in zip(manifest["source"], manifest["relpath"], rel)]
+    with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         results = list(tqdm(pool.map(_process, jobs, chunksize=8), total=len(jobs), desc="preprocess", mininterval=2))
     table = manifest[["image_id", "split", "label", "group"]].assign(
         cache_path=rel, width=[r[0] for r in results], height=[r[1] for r in results],

@@ -20,13 +20,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deepcovid.errors import DeepCovidError
+
 MAGIC_OFFSET = 128  # the DICOM preamble, then "DICM"
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"}
 RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
 
 
-class DicomError(Exception):
-    """A DICOM file that cannot be shown as a radiograph (the message is the reason)."""
+class DicomError(DeepCovidError):
+    """A DICOM file that cannot be shown as a radiograph: ``reason`` says why; the message is
+    ``<path>: <reason>`` when the path is known."""
+
+    def __init__(self, reason: object, path: str | Path | None = None) -> None:
+        self.reason = " ".join(str(reason).split()) or "cannot be read"
+        self.path = None if path is None else str(path)
+        super().__init__(self.reason if path is None else f"{path}: {self.reason}")
+
+
+def _parser_errors() -> tuple[type[BaseException], ...]:
+    """What pydicom and NumPy raise on malformed files (found by fuzzing mutated files: unknown value
+    representations, lengths that do not fit, truncated tags, LUT entries out of range...)."""
+    import struct
+
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    return (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, KeyError, TypeError,
+            IndexError, AttributeError, NotImplementedError, OverflowError, struct.error, MemoryError)
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -89,16 +108,25 @@ def _voi(values: np.ndarray, ds) -> tuple[np.ndarray, float, float, str]:
 
 def read_dicom(path: str | Path) -> tuple[Image.Image, list[str]]:
     """An 8-bit grayscale (mode ``L``) or RGB image of a DICOM file, and the header's notes.
-    Raises :class:`DicomError` with the reason."""
+    Raises :class:`DicomError` naming the file and the reason."""
+    try:
+        return _read_dicom(path)
+    except DicomError as exc:
+        raise DicomError(exc.reason, path) from None
+    except _parser_errors() as exc:  # a malformed element met while reading the header's other fields
+        first = (str(exc).splitlines() or [""])[0]
+        raise DicomError(f"invalid DICOM data: {type(exc).__name__}: {first}", path) from None
+
+
+def _read_dicom(path: str | Path) -> tuple[Image.Image, list[str]]:
     import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut
 
     try:
         with warnings.catch_warnings():  # pydicom warns of each oddity it tolerates; the outcome is what counts
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
+    except _parser_errors() as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DicomError(f"not a readable DICOM file: {reason}") from None
     if "PixelData" not in ds:
@@ -122,7 +150,7 @@ def read_dicom(path: str | Path) -> tuple[Image.Image, list[str]]:
         shown, lo, hi, _ = _voi(values, ds)
     except DicomError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+    except _parser_errors() as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DicomError(f"invalid DICOM image attributes: {reason}") from None
     if not np.isfinite(shown).all():

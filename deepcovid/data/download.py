@@ -19,6 +19,7 @@ from urllib3.util.retry import RequestHistory, Retry
 
 from deepcovid import __version__
 from deepcovid.data.errors import FetchError
+from deepcovid.files import remove_stale_temporaries
 
 try:  # progress bars are a nicety, never a requirement
     from tqdm import tqdm as _tqdm
@@ -62,6 +63,7 @@ def download(
     if scheme not in ("http", "https", "file"):
         raise FetchError(f"cannot download {name} from {url}: unsupported URL scheme {scheme or '(none)'!r}")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dest)  # a killed earlier download's .part file
     part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     try:
         if scheme == "file":

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from deepcovid import portable
 from deepcovid.data.images import ImageReadError, read_image
 from deepcovid.data.sources import image_path, read_sources
+from deepcovid.errors import InputError, MissingInputError
 
 log = logging.getLogger("duplicates")
 
@@ -111,7 +112,7 @@ def read_thumbnails(paths: Sequence, workers: int = 2) -> tuple[np.ndarray, dict
         try:
             return i, thumbnails(np.asarray(read_image(paths[i], grayscale=True).convert("L"))), ""
         except ImageReadError as exc:
-            return i, None, str(exc)
+            return i, None, exc.reason
     thumbs = np.zeros((len(paths), len(CROPS), _THUMB, _THUMB), dtype=np.uint16)
     errors: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -150,7 +151,7 @@ def near_pairs(hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (), 
     """Every pair ``i < j`` within ``max_distance`` (:func:`distances`): columns
     ``i, j, distance``, sorted by ``i, j``."""
     if not 0 <= max_distance < HASH_BITS:
-        raise ValueError(f"duplicates.max_distance must be in 0..{HASH_BITS - 1}, got {max_distance}")
+        raise InputError(f"duplicates.max_distance must be in 0..{HASH_BITS - 1}, got {max_distance}")
     valid = np.ones(len(hashes), dtype=bool)
     valid[list(skip)] = False
     found = [np.zeros((0, 3), dtype=np.int64)]
@@ -253,7 +254,7 @@ def image_files(paths: Sequence[str]) -> list[str]:
         elif p.is_file():
             found.append(str(given))
         else:
-            raise FileNotFoundError(f"{given}: no such file or folder")
+            raise MissingInputError(f"{given}: no such file or folder")
     return found
 
 

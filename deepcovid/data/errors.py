@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from deepcovid.errors import DeepCovidError
 
-class FetchError(RuntimeError):
+
+class FetchError(DeepCovidError, RuntimeError):
     """A fetch failed; ``str(err)`` is always one line naming the source, file or parameter."""
 
     def __init__(self, message: object) -> None:
-        lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-        super().__init__("; ".join(lines) or "fetch failed")
+        super().__init__(message if str(message).strip() else "fetch failed")

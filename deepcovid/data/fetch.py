@@ -17,6 +17,7 @@ from deepcovid.data.archive import safe_extract_zip
 from deepcovid.data.download import DEFAULT_RETRIES, DEFAULT_TIMEOUT, download
 from deepcovid.data.errors import FetchError
 from deepcovid.files import TreeError, atomic_path, tree_digest, walk_files
+from deepcovid.runner import die_with_parent
 
 DEFAULT_MAX_BYTES = 5 * 1024**3
 
@@ -284,6 +285,7 @@ def _git(args: list[str]) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
+        preexec_fn=die_with_parent,  # git ends with a killed fetch stage
     )
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deepcovid import files
+from deepcovid.errors import InputError
+
 CHEXPERT_CATEGORIES = [
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
     "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
@@ -32,7 +35,7 @@ _COHEN_ALIASES = {
 _COHEN_REQUIRED = ("filename", "patient", "finding", "view")
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """A metadata file cannot be used."""
 
 
@@ -41,16 +44,23 @@ def _key(name: str) -> str:
 
 
 def read_csv_text(path: Path) -> pd.DataFrame:
-    """Read a CSV with every cell as stripped text (empty cells are "")."""
+    """Read a CSV with every cell as stripped text (empty cells are ""), strictly
+    (:func:`deepcovid.files.read_text_table`: a stray quote is an error naming the line, not a row
+    whose columns silently moved); bytes that are not UTF-8 become U+FFFD (downloaded tables are
+    not always clean); a header-only file gives an empty frame."""
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
-                            encoding_errors="replace", skipinitialspace=False)
+        return files.read_text_table(Path(path).read_bytes(), str(path), encoding_errors="replace")
     except FileNotFoundError:
         raise MetadataError(f"{path}: metadata file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeError) as exc:
-        raise MetadataError(f"{path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
-    frame = frame.loc[:, [c for c in frame.columns if not str(c).startswith("Unnamed:")]]
-    return frame.apply(lambda col: col.astype(str).str.strip())
+    except IsADirectoryError:
+        raise MetadataError(f"{path}: is a folder, not a CSV file") from None
+    except InputError as exc:
+        raise MetadataError(str(exc)) from None
+
+
+def line_of(frame: pd.DataFrame, i: int) -> int:
+    """The line on which row ``i`` of a :func:`read_csv_text` frame starts."""
+    return files.line_of(frame, i)
 
 
 def read_cohen_style(path: str | Path, source: str, images_dir: str = "images") -> pd.DataFrame:
@@ -70,6 +80,8 @@ def read_cohen_style(path: str | Path, source: str, images_dir: str = "images") 
             f"{path}: required column {missing[0]!r} not found "
             f"(accepted names: {', '.join(_COHEN_ALIASES[missing[0]])})"
         )
+    if raw.empty:
+        raise MetadataError(f"{path}: no rows below the header")
     out = pd.DataFrame({
         "source": source,
         "filename": raw[found["filename"]],
@@ -87,6 +99,9 @@ def read_cohen_style(path: str | Path, source: str, images_dir: str = "images") 
 
 
 # --- CheXpert -------------------------------------------------------------------------------
+
+CHEXPERT_LABEL_VALUES = (1.0, 0.0, -1.0)  # positive, negative, uncertain (blank: not mentioned)
+
 
 def chexpert_root(path: str | Path) -> Path:
     """The folder holding train.csv for a user-given CheXpert path.
@@ -135,14 +150,14 @@ def read_chexpert(root: str | Path, include_valid: bool = True) -> pd.DataFrame:
         })
         for cat in CHEXPERT_CATEGORIES:
             values = pd.to_numeric(raw[cat].replace("", np.nan), errors="coerce")
-            bad = raw[cat].ne("") & values.isna()
+            bad = raw[cat].ne("") & ~values.isin(CHEXPERT_LABEL_VALUES)
             if bad.any():
-                row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-                raise MetadataError(f"{path}: line {row}: column {cat!r} holds {raw[cat].iloc[row - 2]!r}, "
+                i = int(np.flatnonzero(bad.to_numpy())[0])
+                raise MetadataError(f"{path}: line {line_of(raw, i)}: column {cat!r} holds {raw[cat].iloc[i]!r}, "
                                     "expected 1.0, 0.0, -1.0 or blank")
             frame[cat] = values.to_numpy()
         if (frame["patient"] == "").any():
-            row = int(np.flatnonzero((frame["patient"] == "").to_numpy())[0]) + 2
-            raise MetadataError(f"{path}: line {row}: no patientNNNNN in Path {raw['Path'].iloc[row - 2]!r}")
+            i = int(np.flatnonzero((frame["patient"] == "").to_numpy())[0])
+            raise MetadataError(f"{path}: line {line_of(raw, i)}: no patientNNNNN in Path {raw['Path'].iloc[i]!r}")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

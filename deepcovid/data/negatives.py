@@ -12,9 +12,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from deepcovid.data.positives import is_covid, is_frontal, is_xray
 from deepcovid.data.metadata import CHEXPERT_CATEGORIES, read_chexpert, read_cohen_style
-from deepcovid.data.sources import read_sources, source_root
+from deepcovid.data.positives import is_covid, is_frontal, is_xray
+from deepcovid.data.sources import read_sources, source_root, unsafe_rows
 
 log = logging.getLogger(__name__)
 NORMAL = "No Finding"
@@ -112,6 +112,16 @@ def assign_pools_by_patient(frame: pd.DataFrame, test_fraction: float, seed: int
     return frame.assign(pool=[pool[k] for k in zip(frame["source"], frame["patient"])])
 
 
+def drop_unsafe(frame: pd.DataFrame, root, source: str, report: dict) -> pd.DataFrame:
+    """``frame`` without the rows whose ``relpath`` leads outside ``root``; each rejected row goes
+    into ``report["unsafe_paths"]`` with its reason."""
+    why = unsafe_rows(frame["relpath"], root)
+    for relpath, reason in zip(frame["relpath"][why != ""], why[why != ""]):
+        log.warning("%s: rejected metadata row: %s", source, reason)
+        report.setdefault("unsafe_paths", []).append({"source": source, "relpath": relpath, "reason": reason})
+    return frame[why == ""].reset_index(drop=True)
+
+
 def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: dict, frontal_views: list[str],
                      seed: int) -> tuple[pd.DataFrame, dict]:
     """The negatives stage: CheXpert negatives sampled as the paper did and/or the public ones.
@@ -121,7 +131,8 @@ def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: dict, front
     roots = read_sources(raw_dir)
     frames, report = [], {}
     if "chexpert" in sources:
-        table = read_chexpert(source_root(roots, "chexpert", raw_dir), cfg["use_valid_csv"])
+        root = source_root(roots, "chexpert", raw_dir)
+        table = drop_unsafe(read_chexpert(root, cfg["use_valid_csv"]), root, "chexpert", report)
         candidates = chexpert_single_label(table)
         counts = cfg["counts"][dataset if dataset in ("paper", "synthetic") else "paper"]
         chosen, per_category = sample_chexpert(candidates, counts, seed)
@@ -130,7 +141,8 @@ def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: dict, front
         frames.append(chosen)
     cohen_style = [n for n in sources if n != "chexpert"]
     if cohen_style:
-        metas = [read_cohen_style(source_root(roots, n, raw_dir) / "metadata.csv", n) for n in cohen_style]
+        metas = [drop_unsafe(read_cohen_style(source_root(roots, n, raw_dir) / "metadata.csv", n),
+                             source_root(roots, n, raw_dir), n, report) for n in cohen_style]
         chosen, rep = public_negatives(metas, frontal_views)
         chosen = assign_pools_by_patient(chosen, cfg["public_test_fraction"], seed)
         report.update(rep)

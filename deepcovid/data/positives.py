@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepcovid.data.metadata import MetadataError, read_cohen_style, read_csv_text
-from deepcovid.data.sources import read_sources, source_root
+from deepcovid.data.metadata import MetadataError, line_of, read_cohen_style, read_csv_text
+from deepcovid.data.sources import read_sources, source_root, unsafe_rows
 
 log = logging.getLogger("filter")
 COVID_PATTERN = re.compile(r"covid[\s\-_]?19", re.IGNORECASE)
@@ -53,7 +53,7 @@ def read_exclusions(path: str | Path) -> pd.DataFrame:
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
         raise MetadataError(
-            f"{path}: line {i + 2}: decision {frame['decision'].iloc[i]!r} is not one of {', '.join(DECISIONS)}"
+            f"{path}: line {line_of(frame, i)}: decision {frame['decision'].iloc[i]!r} is not one of {', '.join(DECISIONS)}"
         )
     return frame
 
@@ -80,7 +80,13 @@ def filter_positives(meta: pd.DataFrame, frontal_views: list[str], exclusions: p
     views_seen = sorted(set(rows["view"]))
     apply("not frontal", is_frontal(rows["view"], frontal_views))
     apply("no file name", rows["relpath"] != "")
+    unsafe = []
     if root is not None:
+        why = unsafe_rows(rows["relpath"], Path(root))
+        unsafe = [{"relpath": r, "reason": w} for r, w in zip(rows["relpath"], why) if w]
+        for item in unsafe:
+            log.warning("%s: rejected metadata row: %s", source, item["reason"])
+        apply("path outside the source", why == "")
         apply("image file missing", rows["relpath"].map(lambda p: (Path(root) / p).is_file()))
     mine = exclusions[exclusions["source"] == source]
     excluded = set(mine.loc[mine["decision"] == "exclude", "filename"])
@@ -98,6 +104,7 @@ def filter_positives(meta: pd.DataFrame, frontal_views: list[str], exclusions: p
         "kept_patients": int(kept["patient"].nunique()),
         "views_among_covid_xrays": views_seen,
         "exclusion_list_unmatched": unmatched,
+        "unsafe_paths": unsafe,
     }
     return kept.reset_index(drop=True), report
 

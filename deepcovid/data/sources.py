@@ -9,6 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
+from deepcovid import files
+from deepcovid.errors import MissingInputError
+
 RAW_DIR = Path("data/raw")
 SOURCES_FILE = RAW_DIR / "sources.json"
 
@@ -18,7 +23,7 @@ def read_sources(raw_dir: str | Path = RAW_DIR) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: run the fetch stage first (dvc repro fetch)") from None
+        raise MissingInputError(f"{path} not found: run the fetch stage first (dvc repro fetch)") from None
 
 
 def source_root(sources: dict, name: str, raw_dir: str | Path = RAW_DIR) -> Path:
@@ -31,4 +36,21 @@ def source_root(sources: dict, name: str, raw_dir: str | Path = RAW_DIR) -> Path
 
 
 def image_path(sources: dict, source: str, relpath: str, raw_dir: str | Path = RAW_DIR) -> Path:
-    return source_root(sources, source, raw_dir) / relpath
+    """The image file of a manifest row; raises :class:`deepcovid.files.UnsafePathError` when
+    ``relpath`` would lead outside the source's root (``..``, absolute, or through a symlink)."""
+    return files.inside(source_root(sources, source, raw_dir), relpath)
+
+
+def unsafe_rows(relpaths: pd.Series, root: Path) -> pd.Series:
+    """For each metadata row's ``relpath``: why it cannot name a file inside ``root`` ("" when it can).
+
+    Empty paths are not judged here (a rule of their own counts them)."""
+    def reason(relpath: str) -> str:
+        if not relpath:
+            return ""
+        try:
+            files.inside(root, relpath)
+        except files.UnsafePathError as exc:
+            return str(exc)
+        return ""
+    return relpaths.map(reason)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from deepcovid.data.duplicates import group_summary
 from deepcovid.data.sources import image_path, read_sources
+from deepcovid.errors import StateError
 from deepcovid.files import sha256_file
 
 log = logging.getLogger("split")
@@ -31,7 +32,7 @@ MANIFEST_COLUMNS = [
 SPLITS = ("train", "val", "test", "external")
 
 
-class SplitError(RuntimeError):
+class SplitError(StateError):
     """The split would leak a patient between parts, or cannot be made."""
 
 

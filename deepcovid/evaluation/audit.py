@@ -30,6 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from deepcovid.errors import InputError
 from deepcovid.evaluation.delong import auc_delong, delong_paired_test
 from deepcovid.evaluation.predictions import operating_point
 from deepcovid.evaluation.proportions import confusion_at_threshold, proportion_ci
@@ -37,7 +38,7 @@ from deepcovid.evaluation.proportions import confusion_at_threshold, proportion_
 log = logging.getLogger("audit")
 
 
-class AuditError(ValueError):
+class AuditError(InputError):
     """The audit's inputs do not fit together."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from deepcovid.errors import InputError
 from deepcovid.evaluation.inputs import check_inputs, check_probabilities
 
 
@@ -12,7 +13,7 @@ def _bin_edges(n_bins: int) -> np.ndarray:
     """``n_bins`` equal-width bins on [0, 1], edges rounded: a score of exactly 0.3 belongs to
     [0.3, 0.4), as in the score histograms."""
     if int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins}")
+        raise InputError(f"n_bins must be a positive integer, got {n_bins}")
     return np.round(np.linspace(0.0, 1.0, int(n_bins) + 1), 12)
 
 

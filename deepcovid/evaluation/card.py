@@ -16,11 +16,12 @@ import logging
 from pathlib import Path
 
 from deepcovid import files
+from deepcovid.errors import InputError
 
 log = logging.getLogger(__name__)
 
 
-class CardError(ValueError):
+class CardError(InputError):
     """An input the card needs is missing or unreadable (one line, names the file)."""
 
 

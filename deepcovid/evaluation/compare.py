@@ -23,6 +23,7 @@ import pandas as pd
 from statsmodels.stats.multitest import multipletests
 
 from deepcovid import files
+from deepcovid.errors import InputError, StateError
 from deepcovid.evaluation import figures
 from deepcovid.evaluation.delong import delong_paired_test
 from deepcovid.evaluation.evaluate import EvalConfig, EvalResult, evaluate
@@ -43,7 +44,7 @@ def dvc_binary() -> str:
 def parse_run(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name.strip() or not path.strip():
-        raise ValueError(f"--run expects NAME=PREDICTIONS_CSV, got {text!r}")
+        raise InputError(f"--run expects NAME=PREDICTIONS_CSV, got {text!r}")
     return name.strip(), path.strip()
 
 
@@ -63,11 +64,11 @@ def dvc_experiments(repo: str, path: str, include_baseline: bool = True, commits
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"`dvc exp show --json` failed in {repo}: {last}")
+        raise StateError(f"`dvc exp show --json` failed in {repo}: {last}")
     try:
         rows = json.loads(proc.stdout)
     except json.JSONDecodeError:
-        raise RuntimeError("`dvc exp show --json` did not print JSON") from None
+        raise StateError("`dvc exp show --json` did not print JSON") from None
 
     def entry(rev: dict, name: str) -> dict | None:
         data = rev.get("data") or {}
@@ -125,13 +126,13 @@ def paired_test_frames(ref_name: str, ref: pd.DataFrame, name: str, other: pd.Da
     only_a, only_b = a.index.difference(b.index), b.index.difference(a.index)
     if len(only_a) or len(only_b):
         example = (only_a.tolist() + only_b.tolist())[0]
-        raise ValueError(f"models {ref_name!r} and {name!r} did not score the same test images "
+        raise InputError(f"models {ref_name!r} and {name!r} did not score the same test images "
                          f"({len(only_a)} only in {ref_name}, {len(only_b)} only in {name}, e.g. {example!r}); "
                          f"a paired test needs the same test set")
     b = b.loc[a.index]
     differ = a["label"].to_numpy() != b["label"].to_numpy()
     if differ.any():
-        raise ValueError(f"models {ref_name!r} and {name!r} disagree on the label of {int(differ.sum())} test images "
+        raise InputError(f"models {ref_name!r} and {name!r} disagree on the label of {int(differ.sum())} test images "
                          f"(e.g. {a.index[differ][0]!r})")
     return (a["label"].to_numpy(dtype=np.int64), a["score"].to_numpy(dtype=float), b["score"].to_numpy(dtype=float))
 
@@ -145,13 +146,13 @@ def compare_models(runs: dict[str, pd.DataFrame], cfg: EvalConfig, reference: st
     run, and ``details[name]`` = the :class:`EvalResult` of each run.
     """
     if not runs:
-        raise ValueError("nothing to compare: give at least one run")
+        raise InputError("nothing to compare: give at least one run")
     names = list(runs)
     reference = reference or names[0]
     if reference not in runs:
-        raise ValueError(f"reference run {reference!r} is not among the runs ({', '.join(names)})")
+        raise InputError(f"reference run {reference!r} is not among the runs ({', '.join(names)})")
     if paired not in ("delong", "bootstrap"):
-        raise ValueError(f"paired test must be delong or bootstrap, got {paired!r}")
+        raise InputError(f"paired test must be delong or bootstrap, got {paired!r}")
     models = models or {}
     details = {name: evaluate(runs[name], cfg, name=name) for name in names}
     rows = []
@@ -252,7 +253,7 @@ def collect_runs(run_specs: list[str], from_dvc_exps: bool = False, repo: str = 
 
     def add(name: str, frame: pd.DataFrame, model: str = "") -> None:
         if name in runs:
-            raise ValueError(f"two runs are named {name!r}; names must be unique")
+            raise InputError(f"two runs are named {name!r}; names must be unique")
         runs[name], models[name] = frame, model
 
     if from_dvc_exps:
@@ -272,7 +273,7 @@ def collect_runs(run_specs: list[str], from_dvc_exps: bool = False, repo: str = 
         name, path = parse_run(text)
         add(name, load_predictions(path))
     if not runs:
-        raise ValueError("nothing to compare: give --run NAME=CSV and/or --from-dvc-exps")
+        raise InputError("nothing to compare: give --run NAME=CSV and/or --from-dvc-exps")
     return runs, models
 
 

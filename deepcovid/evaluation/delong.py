@@ -12,6 +12,7 @@ import math
 import numpy as np
 from scipy import stats
 
+from deepcovid.errors import InputError
 from deepcovid.evaluation.inputs import check_inputs, two_sided_z
 
 
@@ -43,7 +44,7 @@ def _delong_covariance(y: np.ndarray, score_matrix: np.ndarray):
     y_pos = int(y.sum())
     y_neg = y.size - y_pos
     if y_pos < 2 or y_neg < 2:
-        raise ValueError(
+        raise InputError(
             f"DeLong's variance needs at least 2 samples of each class; got {y_pos} positive, {y_neg} negative"
         )
     aucs, v10, v01 = _delong_components(y, score_matrix)

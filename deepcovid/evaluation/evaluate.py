@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from deepcovid.config import Params
+from deepcovid.errors import InputError
 from deepcovid.evaluation.calibration import expected_calibration_error
 from deepcovid.evaluation.delong import auc_delong
 from deepcovid.evaluation.plot_data import calibration_frame, confusion_frame, pr_frame, roc_frame, score_histogram
 from deepcovid.evaluation.predictions import SplitData
 from deepcovid.evaluation.proportions import paper_interval, summarize, threshold_for_sensitivity, threshold_table
 from deepcovid.evaluation.ranking import auc_bootstrap, average_precision
-from deepcovid.config import Params
 
 log = logging.getLogger("evaluate")
 
@@ -55,7 +56,7 @@ class EvalConfig:
 def _finite(x: float) -> float:
     x = float(x)
     if not math.isfinite(x):
-        raise ValueError(f"internal error: non-finite metric {x}")
+        raise InputError(f"internal error: non-finite metric {x}")
     return x
 
 
@@ -85,6 +86,9 @@ def auc_with_ci(y, s, cfg: EvalConfig) -> dict:
 
     DeLong needs two samples of each class; with fewer it falls back to the bootstrap (logged).
     """
+    if np.unique(np.asarray(s)).size == 1:
+        log.warning("all %d scores are equal (%.6g): the model does not rank these images; AUC 0.5 and its "
+                    "zero-width interval say nothing about it", np.asarray(s).size, float(np.asarray(s).flat[0]))
     method = cfg.auc_ci
     if method == "delong":
         try:
@@ -200,7 +204,7 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", thres
     external = SplitData(df[df["split"] == "external"].reset_index(drop=True))
     given = threshold
     if not test.both_classes:
-        raise ValueError(f"{name}: the test split needs both classes (label 0 and 1); "
+        raise InputError(f"{name}: the test split needs both classes (label 0 and 1); "
                          f"it has {len(test.frame)} rows, {int(test.frame['label'].sum())} COVID-19")
     warnings: list[str] = []
 
@@ -226,7 +230,7 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", thres
             auc = auc_with_ci(data.labels, data.scores, cfg)
         except ValueError as exc:
             n_pos = int(data.labels.sum())
-            raise ValueError(f"{name}: {split} split ({n_pos} COVID-19, {data.labels.size - n_pos} other): {exc}") from None
+            raise InputError(f"{name}: {split} split ({n_pos} COVID-19, {data.labels.size - n_pos} other): {exc}") from None
         auc_methods.append(auc.pop("auc_ci_method"))
         out.update(auc)
         out["ap"] = average_precision(data.labels, data.scores)

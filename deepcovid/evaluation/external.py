@@ -21,6 +21,7 @@ import pandas as pd
 from deepcovid import files
 from deepcovid.data.metadata import read_cohen_style
 from deepcovid.data.positives import is_covid, is_frontal, is_xray
+from deepcovid.errors import InputError
 
 log = logging.getLogger("external")
 
@@ -65,7 +66,7 @@ def evaluate_external(folder: str | Path, *, models: str | Path, evaluation: str
     threshold = operating_point(evaluation)
     table, rejected = folder_table(folder, frontal_views)
     if table.empty:
-        raise ValueError(f"{folder}: no frontal X-ray with a finding in metadata.csv")
+        raise InputError(f"{folder}: no frontal X-ray with a finding in metadata.csv")
     model, record = load_model(models)
     scores, errors = score_files(model, record, list(table["path"]), batch_size)
     unreadable = pd.DataFrame({"image_id": table["image_id"].iloc[list(errors)], "reason": list(errors.values())})

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deepcovid import files
+from deepcovid.errors import InputError, MissingInputError
+
 log = logging.getLogger("evaluate")
 
 REQUIRED_COLUMNS = ("image_id", "label", "split", "score")
@@ -31,7 +34,7 @@ def load_predictions(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: predictions file not found")
+        raise MissingInputError(f"{path}: predictions file not found")
     return read_predictions(path, name=str(path))
 
 
@@ -39,14 +42,15 @@ def read_predictions(source, name: str) -> pd.DataFrame:
     """:func:`load_predictions` for a path or file-like ``source``; messages name ``name``."""
     path = name
     try:
-        df = pd.read_csv(source, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{path}: not a readable CSV file ({first})") from None
-    df.columns = [str(c).strip() for c in df.columns]
+        data = source.read() if hasattr(source, "read") else Path(source).read_bytes()
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a predictions file") from None
+    df = files.read_text_table(data, path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing column {missing[0]!r} (required columns: {', '.join(REQUIRED_COLUMNS)})")
+        raise InputError(f"{path}: missing column {missing[0]!r} (required columns: {', '.join(REQUIRED_COLUMNS)})")
+    if (df["image_id"] == "").any():
+        raise InputError(f"{path}: column 'image_id' has empty values (line {files.line_of(df, int(np.flatnonzero(df['image_id'] == '')[0]))})")
     df["split"] = df["split"].str.strip().str.lower()
     other = sorted(set(df["split"]) - set(SPLITS))
     if other:
@@ -54,30 +58,30 @@ def read_predictions(source, name: str) -> pd.DataFrame:
                  int((~df["split"].isin(SPLITS)).sum()), ", ".join(map(repr, other)))
         df = df[df["split"].isin(SPLITS)].reset_index(drop=True)
     if not (df["split"] == "test").any():
-        raise ValueError(f"{path}: column 'split' has no 'test' rows")
+        raise InputError(f"{path}: column 'split' has no 'test' rows")
     for col in ("label", "score"):
         values = pd.to_numeric(df[col].str.strip(), errors="coerce")
         bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
         if bad.any():
             first = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"{path}: column {col!r} has {int(bad.sum())} empty or non-numeric values "
+            raise InputError(f"{path}: column {col!r} has {int(bad.sum())} empty or non-numeric values "
                              f"(first: {df[col].iloc[first]!r} at image_id {df['image_id'].iloc[first]!r})")
         df[col] = values.astype(float)
     if not df["label"].isin((0.0, 1.0)).all():
         found = sorted(set(df.loc[~df["label"].isin((0.0, 1.0)), "label"]))[:5]
-        raise ValueError(f"{path}: column 'label' must hold 0 or 1 (1 = COVID-19); found {found}")
+        raise InputError(f"{path}: column 'label' must hold 0 or 1 (1 = COVID-19); found {found}")
     df["label"] = df["label"].astype(np.int64)
     if df["score"].min() < 0.0 or df["score"].max() > 1.0:
-        raise ValueError(f"{path}: column 'score' must be a probability in [0, 1]; "
+        raise InputError(f"{path}: column 'score' must be a probability in [0, 1]; "
                          f"found range [{df['score'].min()}, {df['score'].max()}]")
     dup = df.duplicated(["split", "image_id"])
     if dup.any():
-        raise ValueError(f"{path}: column 'image_id' repeats within a split "
+        raise InputError(f"{path}: column 'image_id' repeats within a split "
                          f"({int(dup.sum())} duplicates, e.g. {df.loc[dup, 'image_id'].iloc[0]!r})")
     if "group" in df.columns:
         df["group"] = df["group"].str.strip()
         if (df["group"] == "").any():
-            raise ValueError(f"{path}: column 'group' has empty values")
+            raise InputError(f"{path}: column 'group' has empty values")
         odd = df[(df["group"] == "covid") != (df["label"] == 1)]
         if len(odd):
             log.warning("%s: %d rows whose group disagrees with the label (e.g. %s: group %r, label %d)", path,
@@ -114,6 +118,6 @@ def operating_point(evaluation: str | Path) -> float:
     try:
         return float(json.loads(Path(evaluation).read_text(encoding="utf-8"))["test"]["threshold"])
     except FileNotFoundError:
-        raise FileNotFoundError(f"{evaluation} not found: run the evaluate stage first") from None
+        raise MissingInputError(f"{evaluation} not found: run the evaluate stage first") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{evaluation}: no test.threshold ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{evaluation}: no test.threshold ({type(exc).__name__}: {exc})") from None

@@ -15,6 +15,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix
 from statsmodels.stats.proportion import proportion_confint
 
+from deepcovid.errors import InputError
 from deepcovid.evaluation.inputs import check_alpha, check_inputs, check_threshold, two_sided_z
 
 _CI_METHODS = {
@@ -40,12 +41,12 @@ def confusion_at_threshold(y_true, scores, threshold) -> dict:
 
 def _check_counts(successes, n) -> tuple[int, int]:
     if int(successes) != successes or int(n) != n:
-        raise ValueError(f"successes and n must be integers, got {successes!r} and {n!r}")
+        raise InputError(f"successes and n must be integers, got {successes!r} and {n!r}")
     successes, n = int(successes), int(n)
     if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+        raise InputError(f"n must be positive, got {n}")
     if not 0 <= successes <= n:
-        raise ValueError(f"successes must be in [0, n]; got {successes} of {n}")
+        raise InputError(f"successes must be in [0, n]; got {successes} of {n}")
     return successes, n
 
 
@@ -96,7 +97,7 @@ def proportion_ci(successes: int, n: int, method: str = "wilson", alpha: float =
         return (iv.low_clipped, iv.high_clipped) if key == "paper-clipped" else (iv.low, iv.high)
     if key not in _CI_METHODS:
         known = sorted(set(_CI_METHODS) | set(_PAPER_METHODS))
-        raise ValueError(f"unknown interval method {method!r}; choose one of {known}")
+        raise InputError(f"unknown interval method {method!r}; choose one of {known}")
     low, high = proportion_confint(successes, n, alpha=alpha, method=_CI_METHODS[key])
     return float(low), float(high)
 
@@ -113,11 +114,11 @@ def threshold_table(y_true, scores, thresholds, method: str = "wilson", alpha: f
     try:
         th = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
     except (TypeError, ValueError):
-        raise ValueError("thresholds must be a 1-D sequence of numbers") from None
+        raise InputError("thresholds must be a 1-D sequence of numbers") from None
     if th.ndim != 1:
-        raise ValueError("thresholds must be a 1-D sequence of numbers")
+        raise InputError("thresholds must be a 1-D sequence of numbers")
     if np.isnan(th).any():
-        raise ValueError("thresholds contain NaN")
+        raise InputError("thresholds contain NaN")
     alpha = check_alpha(alpha)
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
     rows = []
@@ -155,7 +156,7 @@ def threshold_for_sensitivity(y_true, scores, target: float = 0.98) -> float:
     y, s = check_inputs(y_true, scores)
     target = float(target)
     if not 0.0 <= target <= 1.0:
-        raise ValueError(f"target sensitivity must be in [0, 1], got {target}")
+        raise InputError(f"target sensitivity must be in [0, 1], got {target}")
     pos = np.sort(s[y == 1])[::-1]
     n_pos = pos.size
     k = min(n_pos, max(0, math.ceil(target * n_pos)))

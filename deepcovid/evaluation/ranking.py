@@ -10,6 +10,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
+from deepcovid.errors import InputError
 from deepcovid.evaluation.inputs import check_alpha, check_inputs
 
 
@@ -58,7 +59,7 @@ def _auc(pos: np.ndarray, neg: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def _check_resamples(n_resamples) -> int:
     if int(n_resamples) != n_resamples or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples}")
+        raise InputError(f"n_resamples must be a positive integer, got {n_resamples}")
     return int(n_resamples)
 
 
@@ -70,7 +71,7 @@ def _bootstrap(data: tuple, statistic, n_resamples: int, seed: int, alpha: float
     """
     free = [k for k, d in enumerate(data) if len(d) > 1]
     if not free:
-        raise ValueError("a bootstrap interval needs at least 2 images of one class")
+        raise InputError("a bootstrap interval needs at least 2 images of one class")
 
     def fixed_aside(*resampled, axis=-1):
         it = iter(resampled)

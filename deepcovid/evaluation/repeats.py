@@ -27,6 +27,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from deepcovid.data.split import take_groups_until
+from deepcovid.errors import InputError
 from deepcovid.evaluation.audit import load_features
 from deepcovid.evaluation.proportions import confusion_at_threshold, threshold_for_sensitivity
 from deepcovid.model.architectures import construct, replace_head, split_backbone_head
@@ -41,7 +42,7 @@ ROW_COLUMNS = ["split", "seed", "train_images", "val_images", "test_images", "te
                "sensitivity", "specificity", "best_epoch"]
 
 
-class RepeatsError(ValueError):
+class RepeatsError(InputError):
     """Inputs the repeated splits cannot use (one line, names the input)."""
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from deepcovid import files
+from deepcovid.errors import InputError
 from deepcovid.evaluation import figures
 from deepcovid.evaluation.evaluate import EvalResult
 
@@ -41,7 +42,7 @@ class OutputPaths:
 def check_finite_frame(frame: pd.DataFrame, what: str) -> None:
     numeric = frame.select_dtypes(include=[np.number])
     if numeric.size and not np.isfinite(numeric.to_numpy(dtype=float)).all():
-        raise ValueError(f"internal error: {what} holds NaN or infinite values")
+        raise InputError(f"internal error: {what} holds NaN or infinite values")
 
 
 def write_outputs(result: EvalResult, paths: OutputPaths) -> None:

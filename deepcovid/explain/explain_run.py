@@ -187,7 +187,7 @@ def explain_images(paths: list[str], cfg: dict, *, models, out: str | os.PathLik
         try:
             image = prepare(path, record)[None]
         except ImageReadError as exc:
-            results.append((path, None, f"not explained: {exc}"))
+            results.append((path, None, f"not explained: {exc.reason}"))
             continue
         result = occluder(image, baseline(image, cfg["fill"], None, cfg["blur_sigma"]))
         cut = 0.5 if threshold is None else threshold

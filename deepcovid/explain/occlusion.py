@@ -23,6 +23,7 @@ from torch import nn
 from scipy.interpolate import RegularGridInterpolator
 from torchvision.transforms.v2 import functional as TF
 
+from deepcovid.errors import InputError
 from deepcovid.explain.incremental import IncrementalOcclusion
 from deepcovid.model.inference import covid_probability
 
@@ -30,7 +31,7 @@ METHODS = ("exact", "approximate", "batched")
 FILLS = ("zero", "mean", "blur")
 
 
-class ExplainError(ValueError):
+class ExplainError(InputError):
     """Bad explain settings or input (one-line message)."""
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from deepcovid.config import ARCHITECTURES  # the valid values of parameter model: one SPECS entry each
+from deepcovid.errors import InputError
 
 # torchvision resnet18/50, squeezenet1_0, densenet121/161; efficientnet-lite0/1/2 of the PyPI
 # package efficientnet-lite-pytorch (backbone outputs and heads: split_backbone_head)
@@ -30,7 +31,7 @@ _LITE_STD = [128.0 / 255.0] * 3
 LITE_CODE_PACKAGE = "efficientnet-lite-pytorch"
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model cannot be built or its weights cannot be loaded (one-line message)."""
 
 

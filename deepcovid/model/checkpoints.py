@@ -15,6 +15,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from deepcovid.errors import InputError, StateError
 from deepcovid.files import sha256_file, tree_digest
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,12 @@ def load_checkpoint(path: Path, model: nn.Module, epochs: int, device: torch.dev
     epoch, best_epoch = state["epoch"], state["best_epoch"]
     if not isinstance(epoch, int) or not isinstance(best_epoch, int) or not 1 <= epoch <= epochs \
             or not 0 <= best_epoch <= epoch:
-        raise ValueError(f"epoch {epoch!r} / best epoch {best_epoch!r} out of range for {epochs} epochs")
+        raise InputError(f"epoch {epoch!r} / best epoch {best_epoch!r} out of range for {epochs} epochs")
     if not isinstance(state["history"], list) or \
             [h.get("epoch") if isinstance(h, dict) else None for h in state["history"]] != list(range(1, epoch + 1)):
-        raise ValueError("history does not match the epoch count")
+        raise InputError("history does not match the epoch count")
     if not _same_layout(state["best_state"], model.state_dict()):
-        raise ValueError("best_state does not fit the model")
+        raise InputError("best_state does not fit the model")
     return state
 
 
@@ -135,7 +136,7 @@ def set_aside(path: Path, reason: str) -> Path:
     try:
         os.replace(path, target)
     except OSError as exc:
-        raise RuntimeError(f"checkpoint {path} cannot be used ({reason}) and cannot be set aside "
+        raise StateError(f"checkpoint {path} cannot be used ({reason}) and cannot be set aside "
                            f"({one_line(exc)}): remove it") from None
     log.warning("checkpoint %s cannot be used (%s); set aside as %s, training starts over", path, reason, target)
     return target

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from deepcovid.data.images import ImageReadError, read_image, resize_square
+from deepcovid.errors import MissingInputError
 from deepcovid.model.presets import eval_transform
 from deepcovid.model.weights import build_model
 
@@ -34,7 +35,7 @@ def load_model(models: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     try:
         record = json.loads((models / "model.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{models / 'model.json'} not found: run the train stage first") from None
+        raise MissingInputError(f"{models / 'model.json'} not found: run the train stage first") from None
     model, _ = build_model(record["architecture"], str(models / "model.pt"), num_classes=len(record["classes"]))
     return model.eval(), record
 
@@ -74,7 +75,7 @@ def score_files(model: torch.nn.Module, record: dict, paths: Sequence[str | os.P
                 batch.append(prepare(paths[i], record, notes=notes if warnings is not None else None))
                 where.append(i)
             except ImageReadError as exc:
-                errors[i] = str(exc)
+                errors[i] = exc.reason
             if notes:
                 warnings[i] = "; ".join(notes)
         if batch:

@@ -21,6 +21,8 @@ import mlflow.models
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from deepcovid.errors import InputError
+
 
 class DeepCovidModel(PythonModel):
     def load_context(self, context) -> None:
@@ -38,7 +40,7 @@ class DeepCovidModel(PythonModel):
         scores, errors = score_files(self.model, self.record, paths, batch_size=8)
         if errors:
             i = min(errors)
-            raise ValueError(f"{paths[i]}: {errors[i]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+            raise InputError(f"{paths[i]}: {errors[i]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
         return pd.DataFrame({"score": scores})
 
 

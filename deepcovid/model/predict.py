@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from deepcovid.data.dicom import is_dicom
+from deepcovid.errors import InputError
 from deepcovid.model.environment import resolve_device
 from deepcovid.model.inference import load_model, score_files
 
@@ -31,7 +32,7 @@ COLUMNS = ["path", "score", "label", "warning", "error"]
 LABELS = ("non-COVID", "COVID-19")
 
 
-class PredictError(ValueError):
+class PredictError(InputError):
     """Inputs predict cannot use (one line, names the input)."""
 
 

@@ -19,13 +19,14 @@ import pandas as pd
 import torch
 
 from deepcovid import files, tracking
+from deepcovid.errors import StateError
 from deepcovid.model.architectures import preprocessing, split_backbone_head
 from deepcovid.model.checkpoints import checkpoint_inputs, checkpoint_key
 from deepcovid.model.datasets import ImageDataset, load_table
 from deepcovid.model.environment import compute_environment, init_distributed, resolve_device, seed_everything
 from deepcovid.model.features import state_digest
-from deepcovid.model.presets import eval_transform, train_transform
 from deepcovid.model.inference import covid_probability
+from deepcovid.model.presets import eval_transform, train_transform
 from deepcovid.model.training import class_weights, predict_scores, train_full, train_head
 from deepcovid.model.weights import build_model
 
@@ -46,11 +47,11 @@ def _train_last_layer(model, params: dict, parts: dict, features: Path, on_epoch
     name, cfg = params["model"], params["train"]
     meta = json.loads((features / "meta.json").read_text())
     if meta.get("skipped") or meta.get("model") != name or meta.get("image_size") != cfg["image_size"]:
-        raise RuntimeError(f"{features} does not hold {name} features at {cfg['image_size']}px: "
+        raise StateError(f"{features} does not hold {name} features at {cfg['image_size']}px: "
                            f"run dvc repro featurize")
     backbone, head = split_backbone_head(model, name)
     if state_digest(backbone) != meta["backbone_sha256"]:
-        raise RuntimeError(f"{features} was computed with other backbone weights than weights={params['weights']}")
+        raise StateError(f"{features} was computed with other backbone weights than weights={params['weights']}")
     feats = torch.from_numpy(np.load(features / "features.npy"))
     index = pd.read_csv(features / "index.csv", dtype=str, keep_default_na=False)
     row_of = {img: i for i, img in enumerate(index["image_id"])}
@@ -114,6 +115,8 @@ def run_training(params: dict, *, manifest: str | os.PathLike, cache: str | os.P
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
 
+    if rank0 and use_mlflow:  # a store that cannot be opened fails now, in one line, not after training
+        tracking.open_store(params["mlflow"]["experiment"], params["mlflow"]["tracking_uri"])
     seed_everything(seed)  # and deterministic algorithms
     environment = compute_environment()
     log.info("compute environment: %s", ", ".join(f"{k}={v}" for k, v in environment.items()))

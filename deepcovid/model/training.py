@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcovid.errors import InputError, StateError
 from deepcovid.model.checkpoints import load_checkpoint, one_line, save_checkpoint, set_aside
 from deepcovid.model.environment import is_distributed, process_rank
 from deepcovid.model.inference import covid_probability
@@ -49,10 +50,10 @@ def class_weights(labels, mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None
     if mode != "balanced":
-        raise ValueError(f"train.class_weight: unknown value {mode!r}; valid: none, balanced")
+        raise InputError(f"train.class_weight: unknown value {mode!r}; valid: none, balanced")
     counts = torch.bincount(torch.as_tensor(np.asarray(labels), dtype=torch.long), minlength=2).double()
     if len(counts) != 2 or (counts == 0).any():
-        raise ValueError(f"train.class_weight balanced needs both classes in training (counts {counts.tolist()})")
+        raise InputError(f"train.class_weight balanced needs both classes in training (counts {counts.tolist()})")
     return (counts.sum() / (2 * counts)).float()
 
 
@@ -234,7 +235,7 @@ def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size:
         check = torch.tensor([start_epoch, -start_epoch], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(check, op=torch.distributed.ReduceOp.MAX)
         if check[0].item() != -check[1].item():
-            raise RuntimeError(f"the processes resumed from different epochs ({-check[1].item():.0f} to "
+            raise StateError(f"the processes resumed from different epochs ({-check[1].item():.0f} to "
                                f"{check[0].item():.0f}); remove {checkpoint} and start again")
     net = model
     if is_distributed():

@@ -13,7 +13,6 @@ import re
 import sys
 import urllib.error
 import urllib.request
-import uuid
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -22,7 +21,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from deepcovid.files import sha256_file
+from deepcovid.files import remove_stale_temporaries, sha256_file
 from deepcovid.model.architectures import (LITE_CODE_PACKAGE, SPECS, ModelError, check_num_classes, construct,
                                            get_spec, one_line, replace_head)
 
@@ -80,7 +79,8 @@ def _download(url: str, dst: Path) -> None:
     from tqdm import tqdm
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.partial")
+    remove_stale_temporaries(dst)  # a killed earlier download's .part file
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
     expected = _HASH_IN_NAME.search(dst.name)
     sys.stderr.write(f'Downloading: "{url}" to {dst}\n')
     request = urllib.request.Request(url, headers={"User-Agent": "torch.hub"})

@@ -20,6 +20,7 @@ import numpy as np
 
 from deepcovid import portable as pm
 from deepcovid.data.metadata import CHEXPERT_CATEGORIES
+from deepcovid.errors import InputError
 
 GRID = 256
 FINDINGS = ("COVID-19", "ARDS", "SARS", "Pneumocystis", "Streptococcus", "Pneumonia", *CHEXPERT_CATEGORIES)
@@ -249,7 +250,7 @@ def _normalise(findings: Sequence[str]) -> list[str]:
     out = []
     for part in (p.strip() for item in findings for p in str(item).split(",")):
         if part.lower() not in known:
-            raise ValueError(f"unknown finding {part!r}; known: {', '.join(FINDINGS)}")
+            raise InputError(f"unknown finding {part!r}; known: {', '.join(FINDINGS)}")
         if part.lower() not in ("", "no finding", "normal") and part.lower() not in out:
             out.append(part.lower())
     return out
@@ -280,7 +281,7 @@ def render(rng: pm.Rng, height: int, width: int, findings: Sequence[str], severi
     a key of VIEWS; ``style``: (source kind "cohen" or "chexpert", style_shift).
     """
     if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
+        raise InputError(f"unknown view {view!r}; known: {', '.join(VIEWS)}")
     keys, sev, n = _normalise(findings), float(np.clip(severity, 0.0, 1.0)), GRID
     cv = _Canvas(rng, n)
     kind, fs = VIEWS[view], set(keys)
