@@ -69,6 +69,7 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from PIL import Image
 
+from deepcovid.data.metadata import _COHEN_ALIASES
 from deepcovid.errors import DeepCovidError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -653,15 +654,7 @@ def test_read_csv_text_random_text(tmp_path, text, encoding, junk):
 
 # --- Cohen-style metadata ---
 
-COHEN_ALIASES = {
-    "filename": ["filename", "imagename", "image", "file", "imagefile", "imagepath"],
-    "patient": ["patientid", "patient", "patientnumber", "id"],
-    "finding": ["finding", "findings", "label", "diagnosis"],
-    "view": ["view", "projection", "viewposition"],
-    "modality": ["modality"],
-    "folder": ["folder", "imagefolder"],
-    "offset": ["offset", "daysoffset"],
-}
+COHEN_ALIASES = _COHEN_ALIASES  # the spellings the reader accepts, to write headers with
 ALL_ALIASES = {a for names in COHEN_ALIASES.values() for a in names}
 
 
