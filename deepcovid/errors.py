@@ -28,5 +28,15 @@ class MissingInputError(DeepCovidError, FileNotFoundError):
     """A file or folder the step needs does not exist (usually: an earlier stage has not run)."""
 
 
+class FileReadError(DeepCovidError):
+    """A file that cannot be read as what it should be. ``reason`` says why (what per-file records such
+    as ``rejected.csv`` store, beside the file's own name); the message is ``<path>: <reason>``."""
+
+    def __init__(self, reason: object, path: object = None) -> None:
+        self.reason = " ".join(str(reason).split()) or "cannot be read"
+        self.path = None if path is None else str(path)
+        super().__init__(self.reason if path is None else f"{path}: {self.reason}")
+
+
 class StateError(DeepCovidError, RuntimeError):
     """Earlier outputs do not fit together (features of another backbone, a checkpoint that cannot be used...)."""

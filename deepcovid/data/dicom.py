@@ -20,21 +20,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deepcovid.errors import DeepCovidError
+from deepcovid.errors import FileReadError
 
 MAGIC_OFFSET = 128  # the DICOM preamble, then "DICM"
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"}
 RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
 
 
-class DicomError(DeepCovidError):
-    """A DICOM file that cannot be shown as a radiograph: ``reason`` says why; the message is
-    ``<path>: <reason>`` when the path is known."""
-
-    def __init__(self, reason: object, path: str | Path | None = None) -> None:
-        self.reason = " ".join(str(reason).split()) or "cannot be read"
-        self.path = None if path is None else str(path)
-        super().__init__(self.reason if path is None else f"{path}: {self.reason}")
+class DicomError(FileReadError):
+    """A DICOM file that cannot be shown as a radiograph (``reason``: why; the message names the file)."""
 
 
 def _parser_errors() -> tuple[type[BaseException], ...]:

@@ -14,7 +14,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from deepcovid import portable
 from deepcovid.data import dicom
-from deepcovid.errors import DeepCovidError, InputError
+from deepcovid.errors import FileReadError, InputError
 
 # Never accept silently truncated files.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -22,14 +22,8 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 RESIZE_MODES = ("stretch", "pad")
 
 
-class ImageReadError(DeepCovidError):
-    """A source image cannot be decoded. ``reason`` says why (what per-file records such as
-    ``rejected.csv`` store, beside the file's own name); the message is ``<path>: <reason>``."""
-
-    def __init__(self, reason: object, path: str | Path | None = None) -> None:
-        self.reason = " ".join(str(reason).split()) or "cannot be read"
-        self.path = None if path is None else str(path)
-        super().__init__(self.reason if path is None else f"{path}: {self.reason}")
+class ImageReadError(FileReadError):
+    """A source image cannot be decoded (``reason``: why; the message names the file)."""
 
 
 def _to_uint8_gray_from_int(img: Image.Image) -> np.ndarray:

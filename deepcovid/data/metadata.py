@@ -58,11 +58,6 @@ def read_csv_text(path: Path) -> pd.DataFrame:
         raise MetadataError(str(exc)) from None
 
 
-def line_of(frame: pd.DataFrame, i: int) -> int:
-    """The line on which row ``i`` of a :func:`read_csv_text` frame starts."""
-    return files.line_of(frame, i)
-
-
 def read_cohen_style(path: str | Path, source: str, images_dir: str = "images") -> pd.DataFrame:
     """Read a Cohen- or Actualmed-style ``metadata.csv`` into the normalised schema."""
     path = Path(path)
@@ -153,11 +148,11 @@ def read_chexpert(root: str | Path, include_valid: bool = True) -> pd.DataFrame:
             bad = raw[cat].ne("") & ~values.isin(CHEXPERT_LABEL_VALUES)
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise MetadataError(f"{path}: line {line_of(raw, i)}: column {cat!r} holds {raw[cat].iloc[i]!r}, "
+                raise MetadataError(f"{path}: line {files.line_of(raw, i)}: column {cat!r} holds {raw[cat].iloc[i]!r}, "
                                     "expected 1.0, 0.0, -1.0 or blank")
             frame[cat] = values.to_numpy()
         if (frame["patient"] == "").any():
             i = int(np.flatnonzero((frame["patient"] == "").to_numpy())[0])
-            raise MetadataError(f"{path}: line {line_of(raw, i)}: no patientNNNNN in Path {raw['Path'].iloc[i]!r}")
+            raise MetadataError(f"{path}: line {files.line_of(raw, i)}: no patientNNNNN in Path {raw['Path'].iloc[i]!r}")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

@@ -115,11 +115,10 @@ def assign_pools_by_patient(frame: pd.DataFrame, test_fraction: float, seed: int
 def drop_unsafe(frame: pd.DataFrame, root, source: str, report: dict) -> pd.DataFrame:
     """``frame`` without the rows whose ``relpath`` leads outside ``root``; each rejected row goes
     into ``report["unsafe_paths"]`` with its reason."""
-    why = unsafe_rows(frame["relpath"], root)
-    for relpath, reason in zip(frame["relpath"][why != ""], why[why != ""]):
-        log.warning("%s: rejected metadata row: %s", source, reason)
-        report.setdefault("unsafe_paths", []).append({"source": source, "relpath": relpath, "reason": reason})
-    return frame[why == ""].reset_index(drop=True)
+    inside, rejected = unsafe_rows(frame["relpath"], root, source)
+    if rejected:
+        report.setdefault("unsafe_paths", []).extend(rejected)
+    return frame[inside].reset_index(drop=True)
 
 
 def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: dict, frontal_views: list[str],

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepcovid.data.metadata import MetadataError, line_of, read_cohen_style, read_csv_text
+from deepcovid import files
+from deepcovid.data.metadata import MetadataError, read_cohen_style, read_csv_text
 from deepcovid.data.sources import read_sources, source_root, unsafe_rows
 
 log = logging.getLogger("filter")
@@ -53,7 +54,7 @@ def read_exclusions(path: str | Path) -> pd.DataFrame:
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
         raise MetadataError(
-            f"{path}: line {line_of(frame, i)}: decision {frame['decision'].iloc[i]!r} is not one of {', '.join(DECISIONS)}"
+            f"{path}: line {files.line_of(frame, i)}: decision {frame['decision'].iloc[i]!r} is not one of {', '.join(DECISIONS)}"
         )
     return frame
 
@@ -82,11 +83,8 @@ def filter_positives(meta: pd.DataFrame, frontal_views: list[str], exclusions: p
     apply("no file name", rows["relpath"] != "")
     unsafe = []
     if root is not None:
-        why = unsafe_rows(rows["relpath"], Path(root))
-        unsafe = [{"relpath": r, "reason": w} for r, w in zip(rows["relpath"], why) if w]
-        for item in unsafe:
-            log.warning("%s: rejected metadata row: %s", source, item["reason"])
-        apply("path outside the source", why == "")
+        inside, unsafe = unsafe_rows(rows["relpath"], Path(root), source)
+        apply("path outside the source", inside)
         apply("image file missing", rows["relpath"].map(lambda p: (Path(root) / p).is_file()))
     mine = exclusions[exclusions["source"] == source]
     excluded = set(mine.loc[mine["decision"] == "exclude", "filename"])

@@ -7,6 +7,7 @@ each source (CheXpert stays where the user keeps it) and the fetch records (comm
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +15,7 @@ import pandas as pd
 from deepcovid import files
 from deepcovid.errors import MissingInputError
 
+log = logging.getLogger(__name__)
 RAW_DIR = Path("data/raw")
 SOURCES_FILE = RAW_DIR / "sources.json"
 
@@ -41,16 +43,17 @@ def image_path(sources: dict, source: str, relpath: str, raw_dir: str | Path = R
     return files.inside(source_root(sources, source, raw_dir), relpath)
 
 
-def unsafe_rows(relpaths: pd.Series, root: Path) -> pd.Series:
-    """For each metadata row's ``relpath``: why it cannot name a file inside ``root`` ("" when it can).
-
-    Empty paths are not judged here (a rule of their own counts them)."""
-    def reason(relpath: str) -> str:
-        if not relpath:
-            return ""
-        try:
-            files.inside(root, relpath)
-        except files.UnsafePathError as exc:
-            return str(exc)
-        return ""
-    return relpaths.map(reason)
+def unsafe_rows(relpaths: pd.Series, root: Path, source: str) -> tuple[pd.Series, list[dict]]:
+    """Which metadata rows name a file inside ``root``: the mask of rows to keep, and for each other
+    row ``{"source", "relpath", "reason"}`` (each also logged as a warning). Empty paths are kept
+    here (a rule of their own counts them)."""
+    rejected = []
+    for relpath in relpaths:
+        if relpath:
+            try:
+                files.inside(root, relpath)
+            except files.UnsafePathError as exc:
+                rejected.append({"source": source, "relpath": relpath, "reason": str(exc)})
+                log.warning("%s: rejected metadata row: %s", source, exc)
+    bad = {r["relpath"] for r in rejected}
+    return ~relpaths.isin(bad), rejected
