@@ -11,11 +11,23 @@ ImageNet weights and 1000-class head install offline), so that the maps have rea
 torchvision networks run with random weights (the cost of a map does not depend on the weights,
 but their maps are noise: their correlations say little). ``--model models`` explains the
 pipeline's trained model (its COVID-19 probability) instead.
+
+Memory: glibc gives every block above its mmap threshold (at most 32 MiB) back to the system
+when it is freed, so each large batch tensor faults its pages in again, at a cost that depends on
+the process's allocation history: Captum's time for the same map varied from 8 to 17 s between
+runs. The benchmark therefore first tells glibc (``mallopt``) to keep freed memory in the
+process, for every method alike; where that call is unavailable it says so and measures anyway.
+
+Also printed: the convolution multiply-adds of the exact mode against one plain forward pass per
+occluded copy (what incremental inference saves in arithmetic: the ceiling of its speed-up over a
+plain batched forward at equal efficiency). The last line is the exact ratio (the lowest over the
+networks benchmarked).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import time
 from pathlib import Path
 
@@ -56,6 +68,18 @@ def load(arch: str | None, models: str | None):
     return model.eval(), arch, "random weights"
 
 
+def keep_freed_memory() -> str:
+    """Ask glibc to serve large blocks from the heap and keep freed memory (see the docstring)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        if libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 31) == 1:
+            return "freed memory kept in the process (mallopt)"
+    except (OSError, AttributeError):
+        pass
+    return "mallopt unavailable: large allocations fault their pages in each time"
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -70,16 +94,17 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--stride", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--coarse", type=int, nargs="+", default=[2, 3], help="approximate: coarse steps to try")
-    ap.add_argument("--refine", type=float, default=0.1, help="approximate: fraction refined exactly")
+    ap.add_argument("--approx", nargs="+", default=["2:0", "2:0.1", "3:0.1", "3:0.2"],
+                    help="approximate settings to try, COARSE:REFINE (coarse step, fraction refined exactly)")
     ap.add_argument("--model", default=None, help="a trained model folder (models/) instead of --arch")
-    ap.add_argument("--captum-ppe", type=int, nargs="+", default=[16, 32], help="Captum batch sizes to try")
+    ap.add_argument("--captum-ppe", type=int, nargs="+", default=[4, 8, 16, 32], help="Captum batch sizes to try")
     ap.add_argument("--batch", type=int, default=32, help="occluded copies per pass of ours (explain.batch_size)")
     ap.add_argument("--rounds", type=int, default=2, help="timed rounds (the fastest is reported)")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.size} px, window {args.window}, "
-          f"stride {args.stride}, fill zero")
+          f"stride {args.stride}, fill zero; {keep_freed_memory()}")
+    exact_ratios = {}
     for arch in ([None] if args.model else args.arch):
         model, arch, what = load(arch, args.model)
         batch = images(Path(args.data), args.images, args.size, preprocessing(arch))
@@ -96,9 +121,11 @@ def main() -> None:
                 baselines=0.0, perturbations_per_eval=ppe)[0, 0].numpy()
         occluders = {"batched": Occluder(model, args.window, args.stride, "batched", args.batch, score=score),
                      "exact": Occluder(model, args.window, args.stride, "exact", args.batch, score=score)}
-        for coarse in args.coarse:
-            occluders[f"approximate coarse={coarse}"] = Occluder(model, args.window, args.stride, "approximate", args.batch,
-                                                                 score=score, coarse=coarse, refine=args.refine)
+        for setting in args.approx:
+            coarse, refine = setting.split(":")
+            occluders[f"approximate {coarse}:{refine}"] = Occluder(model, args.window, args.stride, "approximate",
+                                                                   args.batch, score=score, coarse=int(coarse),
+                                                                   refine=float(refine))
         for name, occ in occluders.items():
             runs[name] = lambda occ=occ: occ(x, fill)
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -111,7 +138,14 @@ def main() -> None:
         captum = min((min(t), k) for k, t in times.items() if k.startswith("captum"))
         others = {name: [occ(b, baseline(b, "zero")) for b in batch[1:]]
                   for name, occ in occluders.items() if name != "batched"}
+        engine = occluders["exact"].engine
+        engine.set_image(x)
+        with torch.inference_mode():
+            occluders["exact"](x, fill)
+        positions = len(results["exact"].ys) * len(results["exact"].xs)
         print(f"\n{arch} ({what}): captum's best is {captum[1]} ({captum[0]:.2f} s); fastest of {args.rounds} rounds")
+        print(f"  convolution multiply-adds of one map: {positions} plain forward passes {positions * engine.image_macs / 1e9:.0f} G, "
+              f"exact {engine.macs / 1e9:.0f} G: {positions * engine.image_macs / engine.macs:.2f}x fewer")
         print(f"  {'method':26s} {'s/map':>7s} {'vs captum':>9s} {'max |map - captum|':>19s} {'pearson vs exact':>17s}")
         for name, seconds in times.items():
             diff = corr = ""
@@ -123,6 +157,10 @@ def main() -> None:
                 r = [np.corrcoef(a.pixel_map().ravel(), e.pixel_map().ravel())[0, 1] for a, e in zip(maps, exact)]
                 corr = f"{min(r):.4f} (min of {len(r)})"
             print(f"  {name:26s} {min(seconds):7.2f} {captum[0] / min(seconds):8.2f}x {diff:>19s} {corr:>17s}")
+        exact_ratios[arch] = captum[0] / min(times["exact"])
+    slowest = min(exact_ratios, key=exact_ratios.get)
+    print(f"\nexact mode against Captum's Occlusion (lowest over {', '.join(exact_ratios)}): "
+          f"{exact_ratios[slowest]:.2f}x ({slowest})")
 
 
 if __name__ == "__main__":

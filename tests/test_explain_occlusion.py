@@ -63,6 +63,26 @@ def test_incremental_equals_one_forward_pass_per_copy(name):
         _close(np.array([exact.base, ref.base]), np.array([plain, plain]), spread)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "densenet121"])
+def test_exact_with_batches_of_one_leaves_image_and_unoccluded_pass_intact(name):
+    """A batch of one copy once pasted its patch into the cached unoccluded maps (a view, not a
+    copy, for one copy) and so into the caller's image: every later score was wrong."""
+    model = _model(name)
+    x = _image(40, 40)
+    x_before = x.clone()
+    fill = baseline(x, "zero")
+    ref = Occluder(model, 12, 7, "batched", score=margin)(x, fill)
+    spread = np.ptp(ref.scores)
+    for batch_size in (1, 4, 8):  # 25 positions: the last batch of 4 and of 8 holds one copy
+        occluder = Occluder(model, 12, 7, "exact", batch_size=batch_size, score=margin)
+        for _ in range(2):  # the same engine twice: nothing of the first map stays behind
+            _close(occluder(x, fill).scores, ref.scores, spread)
+        assert torch.equal(x, x_before)
+    channels_last = x.contiguous(memory_format=torch.channels_last)  # the engine's own layout: no copy made
+    _close(Occluder(model, 12, 7, "exact", batch_size=1, score=margin)(channels_last, fill).scores, ref.scores, spread)
+    assert torch.equal(channels_last, x_before)
+
+
 def test_reference_is_one_forward_pass_per_occluded_copy():
     model = _model("resnet18")
     x = _image(40, 40)
@@ -120,6 +140,28 @@ def test_incremental_engine_on_a_single_copy_matches_the_model():
         expected = model(occluded).numpy()
         np.testing.assert_allclose(engine(patch, torch.tensor([30]), torch.tensor([5])).numpy(), expected,
                                    atol=1e-5 * max(1.0, np.abs(expected).max()), rtol=0)
+
+
+def test_multiply_add_count_of_the_engine():
+    """The count the benchmark prints: one plain pass counted from the model's own convolutions
+    (forward hooks); a patch as large as the image costs as much as plain passes, a small one less."""
+    model = _model("resnet18")
+    x = _image(48, 48)
+    counted = []
+    hooks = [m.register_forward_hook(lambda m, i, o: counted.append(o.numel() * m.weight[0].numel()))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    engine = IncrementalOcclusion(model)
+    engine.set_image(x)
+    assert engine.image_macs == sum(counted) > 0 and engine.macs == 0
+    engine(torch.zeros(3, 3, 48, 48), torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+    assert engine.macs == 3 * engine.image_macs
+    engine.set_image(x)
+    engine(torch.zeros(3, 3, 8, 8), torch.tensor([0, 20, 40]), torch.tensor([40, 20, 0]))
+    assert 0 < engine.macs < 3 * engine.image_macs
 
 
 def test_approximate_is_exact_where_computed_and_close_elsewhere():

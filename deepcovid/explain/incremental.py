@@ -26,6 +26,25 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 _UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout, nn.Identity, nn.BatchNorm2d, nn.LeakyReLU)
 _UNARY_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.hardtanh, F.dropout, F.leaky_relu}
 _ADD = {operator.add, torch.add, operator.iadd}
+_ACTIVATIONS = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU)  # nn.ReLU6 is a Hardtanh
+_ALIASING = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.ZeroPad2d)
+_ALIASING_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.hardtanh, F.leaky_relu, F.dropout, F.pad}
+
+
+def _activation_inplace(module: nn.Module, data: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Hardtanh):
+        return F.hardtanh(data, module.min_val, module.max_val, inplace=True)
+    if isinstance(module, nn.LeakyReLU):
+        return F.leaky_relu(data, module.negative_slope, inplace=True)
+    return data.relu_()
+
+
+_INPLACE_FUNCTIONS = {
+    F.relu: lambda data, inplace=False: data.relu_(), torch.relu: lambda data: data.relu_(),
+    F.relu6: lambda data, inplace=False: F.hardtanh(data, 0.0, 6.0, inplace=True),
+    F.hardtanh: lambda data, min_val=-1.0, max_val=1.0, inplace=False: F.hardtanh(data, min_val, max_val, inplace=True),
+    F.leaky_relu: lambda data, negative_slope=0.01, inplace=False: F.leaky_relu(data, negative_slope, inplace=True),
+}
 CL = torch.channels_last  # the memory format of every map: convolutions run fastest on it
 
 
@@ -116,7 +135,7 @@ class Patch:
         """The (B, C, H, W) maps."""
         if tuple(self.data.shape[-2:]) == tuple(self.base.shape[-2:]):
             return self.data
-        out = self.base.expand(self.batch, -1, -1, -1).contiguous(memory_format=CL)
+        out = self.base.expand(self.batch, -1, -1, -1).clone(memory_format=CL)  # a copy, also of one
         zero = torch.zeros_like(self.y)
         return self._paste(out, zero, zero)
 
@@ -126,6 +145,8 @@ class Patch:
         negative inside the padding) of the maps; ``padded`` is the base map padded with ``value``
         by ``pad_top`` and ``pad_left`` (and enough on the other sides)."""
         ph, pw = self.data.shape[-2:]
+        if (ph, pw) == (h, w) and torch.equal(y, self.y) and torch.equal(x, self.x):
+            return self.data  # the window is the patch (a 1 x 1 convolution, a pool without halo)
         if (ph, pw) == tuple(self.base.shape[-2:]) and bool((y == y[0]).all() and (x == x[0]).all()):
             top, left = -int(y[0]), -int(x[0])  # the patch is the whole map: pad (or cut) it alike
             return F.pad(self.data, (left, w - left - pw, top, h - top - ph), value=value)
@@ -141,7 +162,12 @@ class Patch:
             groups.setdefault(key, []).append(b)
         for (oy, ox), members in groups.items():
             a0, a1, b0, b1 = max(0, oy), min(h, oy + ph), max(0, ox), min(w, ox + pw)
-            if a1 > a0 and b1 > b0:
+            if a1 <= a0 or b1 <= b0:
+                continue
+            if members[-1] - members[0] + 1 == len(members):  # consecutive copies: a plain slice copy
+                m = slice(members[0], members[-1] + 1)
+                out[m, :, a0:a1, b0:b1] = self.data[m, :, a0 - oy:a1 - oy, b0 - ox:b1 - ox]
+            else:
                 index = torch.tensor(members)
                 out[index, :, a0:a1, b0:b1] = self.data[index, :, a0 - oy:a1 - oy, b0 - ox:b1 - ox]
         return out
@@ -151,7 +177,8 @@ def gather(maps: torch.Tensor, y: torch.Tensor, x: torch.Tensor, h: int, w: int)
     """The (B, C, h, w) boxes of the (1, C, H, W) ``maps`` at rows ``y`` and columns ``x`` (B,), copied."""
     ys, xs = y.tolist(), x.tolist()
     if len(set(ys)) == 1 and len(set(xs)) == 1:
-        return maps[:, :, ys[0]:ys[0] + h, xs[0]:xs[0] + w].expand(len(ys), -1, -1, -1).contiguous(memory_format=CL)
+        # clone: contiguous() would hand back the base itself for one copy, and the patch is pasted into it
+        return maps[:, :, ys[0]:ys[0] + h, xs[0]:xs[0] + w].expand(len(ys), -1, -1, -1).clone(memory_format=CL)
     return torch.cat([maps[:, :, a:a + h, b:b + w] for a, b in zip(ys, xs)])
 
 
@@ -175,8 +202,25 @@ class IncrementalOcclusion:
     def __init__(self, model: nn.Module) -> None:
         self.gm = fold_batchnorm(model).to(memory_format=CL)
         self.modules = dict(self.gm.named_modules())
+        self._overwritable = {node for node in self.gm.graph.nodes if self._sole_owner(node)}
         self._base: dict[fx.Node, object] = {}
         self._padded: dict = {}
+        self.image_macs = 0  # convolution multiply-adds of one plain forward pass of the image
+        self.macs = 0  # those of the occluded passes since :meth:`set_image`
+
+    def _sole_owner(self, node: fx.Node) -> bool:
+        """Whether ``node`` may overwrite its input's values: nothing else reads them, and they are
+        computed in the occluded pass (not the caller's input or a parameter), also through the
+        operations that pass their input on (padding, identity, dropout, activations)."""
+        if node.op == "call_module" and isinstance(self.modules[node.target], _ACTIVATIONS) or \
+                node.op == "call_function" and node.target in _INPLACE_FUNCTIONS:
+            src = node.args[0] if node.args else None
+            while isinstance(src, fx.Node) and len(src.users) == 1 and src.op not in ("placeholder", "get_attr"):
+                module = self.modules.get(src.target) if src.op == "call_module" else None
+                if not (isinstance(module, _ALIASING) or src.op == "call_function" and src.target in _ALIASING_FUNCTIONS):
+                    return True
+                src = src.args[0]
+        return False
 
     @torch.inference_mode()
     def set_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -192,6 +236,9 @@ class IncrementalOcclusion:
 
         out = Recorder(self.gm).run(image)
         self._base = base
+        self.macs = 0
+        self.image_macs = sum(_conv_macs(g[0], base[n]) for n in self.gm.graph.nodes
+                              if (g := _conv_geometry(self.gm, self.modules, n)) is not None)
         return out
 
     @torch.inference_mode()
@@ -227,23 +274,33 @@ class IncrementalOcclusion:
             return self._union(node, list(first), lambda parts: torch.cat(parts, 1))
         args, kwargs = _full(args), _full(kwargs)
         if module is not None:
-            return module(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        return node.target(*args, **kwargs)
+            out = module(*args, **kwargs)
+        elif node.op == "call_method":
+            out = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            out = node.target(*args, **kwargs)
+        if isinstance(module, nn.Conv2d) or node.target is F.conv2d:  # a convolution run on whole maps
+            self.macs += _conv_macs(module.weight if module is not None else kwargs.get("weight", args[1]), out)
+        return out
 
     def _patched(self, node, module, p: Patch, args, kwargs) -> Patch | torch.Tensor | None:
         base = self._base[node]
         if module is not None and isinstance(module, _UNARY_MODULES) and len(args) == 1 and not kwargs:
+            if node in self._overwritable:  # in place: a large batch of patches is not allocated twice
+                return Patch(base, _activation_inplace(module, p.data), p.y, p.x)
             return Patch(base, module(p.data), p.y, p.x)
         if node.op == "call_function" and node.target in _UNARY_FUNCTIONS:
+            if node in self._overwritable:
+                return Patch(base, _INPLACE_FUNCTIONS[node.target](p.data, *args[1:], **kwargs), p.y, p.x)
             return Patch(base, node.target(p.data, *args[1:], **kwargs), p.y, p.x)
         geometry = _conv_geometry(self.gm, self.modules, node)
         if geometry is not None:
             weight, bias, stride, padding, dilation, groups = geometry
             k = weight.shape[-2:]
-            return self._sliding(node, p, k, stride, padding, dilation, 0.0,
-                                 lambda win: F.conv2d(win, weight, bias, stride, 0, dilation, groups))
+            out = self._sliding(node, p, k, stride, padding, dilation, 0.0,
+                                lambda win: F.conv2d(win, weight, bias, stride, 0, dilation, groups))
+            self.macs += _conv_macs(weight, out.data)
+            return out
         if isinstance(module, nn.ZeroPad2d) or (node.op == "call_function" and node.target is F.pad):
             pads = module.padding if module is not None else args[1]
             mode = "constant" if module is not None else (args[2] if len(args) > 2 else kwargs.get("mode", "constant"))
@@ -302,6 +359,11 @@ class IncrementalOcclusion:
         same = all(torch.equal(q.y, y0) and torch.equal(q.x, x0) and q.data.shape[-2:] == (h, w) for q in parts)
         data = [q.data if same else q.window(y0, x0, h, w, q.base, 0, 0) for q in parts]
         return Patch(self._base[node], combine(data), y0, x0)
+
+
+def _conv_macs(weight: torch.Tensor, out: torch.Tensor) -> int:
+    """Multiply-adds of a convolution with ``weight`` (O, C / groups, kh, kw) that gave ``out``."""
+    return out.numel() * weight[0].numel()
 
 
 def _cat_dim(args, kwargs) -> int:

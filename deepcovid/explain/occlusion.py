@@ -8,8 +8,8 @@ map is Captum's: the mean probability drop over every window that covers the pix
 Three ways to compute the scores: ``batched`` (one forward pass per occluded copy, the plain
 reference), ``exact`` (the same scores by incremental inference, :mod:`deepcovid.explain.incremental`)
 and ``approximate`` (coarse to fine: exact scores on every ``coarse``-th window position, linear
-interpolation between them, then exact scores again where the interpolated drop is among the
-highest ``refine`` fraction).
+interpolation between them, then exact scores again at the ``refine`` fraction of positions where
+the interpolation is least certain: the largest spread of the scores within a coarse step).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 from scipy.interpolate import RegularGridInterpolator
+from scipy.ndimage import maximum_filter, minimum_filter
 from torchvision.transforms.v2 import functional as TF
 
 from deepcovid.errors import InputError
@@ -142,12 +143,12 @@ class Occluder:
         base = self.score(logits).reshape(1, -1)[0].tolist()
         run = lambda cells: self._at(image, fill, [(ys[i], xs[j]) for i, j in cells], len(base))  # noqa: E731
         if self.method == "approximate":
-            scores = self._coarse_to_fine(run, len(ys), len(xs), base[0])
+            scores = self._coarse_to_fine(run, len(ys), len(xs))
         else:
             scores = run([(i, j) for i in range(len(ys)) for j in range(len(xs))]).reshape(len(ys), len(xs), -1)
         return [OcclusionMap(b, scores[:, :, m], ys, xs, self.window, (h, w)) for m, b in enumerate(base)]
 
-    def _coarse_to_fine(self, run, ny: int, nx: int, base: float) -> np.ndarray:
+    def _coarse_to_fine(self, run, ny: int, nx: int) -> np.ndarray:
         rows = np.unique(np.r_[np.arange(0, ny, self.coarse), ny - 1])
         cols = np.unique(np.r_[np.arange(0, nx, self.coarse), nx - 1])
         coarse = run([(i, j) for i in rows for j in cols]).reshape(len(rows), len(cols), -1)
@@ -157,7 +158,12 @@ class Occluder:
                            np.broadcast_to(coarse[:, :, m].mean(), (ny, nx)) for m in range(coarse.shape[2])], -1)
         known = np.zeros((ny, nx), bool)
         known[np.ix_(rows, cols)] = True
-        order = np.argsort(scores[:, :, 0] - base, axis=None, kind="stable")  # the highest drops first
+        # refined first: where the interpolation is least certain, the largest spread of the scores
+        # within a coarse step around the position (the highest drops were refined first before:
+        # the maps correlated less with the exact ones, 0.966 against 0.979 at coarse 2 on real X-rays)
+        size = 2 * self.coarse - 1
+        spread = maximum_filter(scores[:, :, 0], size=size) - minimum_filter(scores[:, :, 0], size=size)
+        order = np.argsort(-spread, axis=None, kind="stable")
         refine = [divmod(int(k), nx) for k in order[:math.ceil(self.refine * ny * nx)] if not known.flat[k]]
         if refine:
             scores[tuple(np.array(refine).T)] = run(refine)
@@ -167,8 +173,15 @@ class Occluder:
     def _at(self, image, fill, positions, m: int) -> np.ndarray:
         """(n, m) scores with the window at each ``(y, x)`` of ``positions``, in batches."""
         h, w = image.shape[-2:]
-        return torch.cat([self._scores(image, fill, positions[k:k + self.batch_size], h, w).reshape(-1, m)
-                          for k in range(0, len(positions), self.batch_size)]).numpy()
+        # positions at the same offset modulo the networks' total stride (32) next to each other:
+        # their patches then sit alike in every layer's windows, and a batch moves them as slices
+        order = sorted(range(len(positions)), key=lambda k: (positions[k][0] % 32, positions[k][1] % 32, k))
+        ordered = [positions[k] for k in order]
+        scores = torch.cat([self._scores(image, fill, ordered[k:k + self.batch_size], h, w).reshape(-1, m)
+                            for k in range(0, len(ordered), self.batch_size)])
+        out = torch.empty_like(scores)
+        out[torch.tensor(order)] = scores
+        return out.numpy()
 
     def _scores(self, image, fill, chunk, h, w) -> torch.Tensor:
         n = self.window
