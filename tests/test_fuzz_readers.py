@@ -431,6 +431,16 @@ def check_dicom_result(result) -> None:
     assert isinstance(notes, list) and all(isinstance(n, str) and "\n" not in n for n in notes), notes
 
 
+def check_dicom_read(read_dicom, path, unnamed: list) -> None:
+    """``read_dicom(path)`` gives a valid (image, notes) or a one-line project error naming the file
+    (one that does not is collected in ``unnamed``)."""
+    result, err = call(read_dicom, path)
+    if err is not None:
+        check_error(err, path.name, unnamed=unnamed)
+    else:
+        check_dicom_result(result)
+
+
 def test_read_dicom_mutated(tmp_path):
     from deepcovid.data.dicom import read_dicom
 
@@ -440,11 +450,7 @@ def test_read_dicom_mutated(tmp_path):
     @given(st.sampled_from(DICOM_KINDS), byte_ops)
     def run(kind, ops):
         path.write_bytes(apply_ops(image_files()[kind][0], ops))
-        result, err = call(read_dicom, path)
-        if err is not None:
-            check_error(err, path.name, unnamed=unnamed)
-            return
-        check_dicom_result(result)
+        check_dicom_read(read_dicom, path, unnamed)
 
     run()
     assert_all_named(unnamed, path.name)
@@ -467,11 +473,7 @@ def test_read_dicom_random_after_preamble(tmp_path):
         base = image_files()[kind][0]
         head = b"\0" * 128 + b"DICM" if start == "preamble" else base[:_file_meta_end(base)]
         path.write_bytes(head + body)
-        result, err = call(read_dicom, path)
-        if err is not None:
-            check_error(err, path.name, unnamed=unnamed)
-            return
-        check_dicom_result(result)
+        check_dicom_read(read_dicom, path, unnamed)
 
     run()
     assert_all_named(unnamed, path.name)
