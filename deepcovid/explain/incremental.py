@@ -27,8 +27,6 @@ _UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout, nn.Identity, nn.Ba
 _UNARY_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.hardtanh, F.dropout, F.leaky_relu}
 _ADD = {operator.add, torch.add, operator.iadd}
 _ACTIVATIONS = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU)  # nn.ReLU6 is a Hardtanh
-_ALIASING = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.ZeroPad2d)
-_ALIASING_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.hardtanh, F.leaky_relu, F.dropout, F.pad}
 
 
 def _activation_inplace(module: nn.Module, data: torch.Tensor) -> torch.Tensor:
@@ -45,6 +43,9 @@ _INPLACE_FUNCTIONS = {
     F.hardtanh: lambda data, min_val=-1.0, max_val=1.0, inplace=False: F.hardtanh(data, min_val, max_val, inplace=True),
     F.leaky_relu: lambda data, negative_slope=0.01, inplace=False: F.leaky_relu(data, negative_slope, inplace=True),
 }
+# operations whose output may be their input itself (in place, or passed on)
+_ALIASING = _ACTIVATIONS + (nn.Identity, nn.Dropout, nn.ZeroPad2d)
+_ALIASING_FUNCTIONS = set(_INPLACE_FUNCTIONS) | {F.dropout, F.pad}
 CL = torch.channels_last  # the memory format of every map: convolutions run fastest on it
 
 
