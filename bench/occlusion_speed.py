@@ -19,9 +19,10 @@ runs. The benchmark therefore first tells glibc (``mallopt``) to keep freed memo
 process, for every method alike; where that call is unavailable it says so and measures anyway.
 
 Also printed: the convolution multiply-adds of the exact mode against one plain forward pass per
-occluded copy (what incremental inference saves in arithmetic: the ceiling of its speed-up over a
-plain batched forward at equal efficiency). The last line is the exact ratio (the lowest over the
-networks benchmarked).
+occluded copy, both counted as direct convolutions (what incremental inference saves in
+arithmetic: the ceiling of its speed-up over a plain batched forward at equal efficiency, which
+the exact mode passes where Winograd's algorithm multiplies less, and where memory-bound layers
+shrink to patches). The last line is the exact ratio (the lowest over the networks benchmarked).
 """
 
 from __future__ import annotations

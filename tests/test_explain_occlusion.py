@@ -4,14 +4,18 @@ exact where it computes and close elsewhere."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from captum.attr import Occlusion
 
 from deepcovid.config import ARCHITECTURES
-from deepcovid.explain.incremental import IncrementalOcclusion, fold_batchnorm
-from deepcovid.explain.occlusion import ExplainError, OcclusionMap, Occluder, baseline, covid_probability, starts
+from deepcovid.explain.incremental import IncrementalOcclusion, fold_batchnorm, fold_padding, pad_maps, repeat
+from deepcovid.explain.occlusion import (ExplainError, OcclusionMap, Occluder, baseline, covid_probability, in_threads,
+                                         starts)
 from deepcovid.model.architectures import SPECS, construct, replace_head
 from deepcovid.model.weights import build_model
 
@@ -61,6 +65,57 @@ def test_incremental_equals_one_forward_pass_per_copy(name):
         with torch.inference_mode():
             plain = margin(model(x)).item()
         _close(np.array([exact.base, ref.base]), np.array([plain, plain]), spread)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_exact_mode_convolves_wide_layers_by_winograd(name):
+    """The networks with 3 x 3 convolutions of 256 channels and more: the exact mode takes them, and
+    uses them on this small input, so that the exactness tests above cover Winograd's algorithm."""
+    model = _model(name)
+    x = _image(72, 69)
+    exact = Occluder(model, 16, 7, "exact", batch_size=13, score=margin)
+    ref = Occluder(model, 16, 7, "batched", score=margin)(x, baseline(x, "zero"))
+    _close(exact(x, baseline(x, "zero")).scores, ref.scores, np.ptp(ref.scores))
+    convs = exact.engine.winograd.values()
+    assert len(convs) == {"resnet18": 6, "resnet50": 7}[name]  # layer3 and 4, their unstrided 3 x 3s
+    assert sum(c.calls for c in convs) > 0
+
+
+def test_batches_run_in_threads_one_thread_each():
+    seen = []
+
+    def fn(item):
+        seen.append((torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        return item * 2
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert in_threads(fn, list(range(7))) == [2 * k for k in range(7)]
+        assert set(seen) == {(1, True)} and torch.get_num_threads() == 2
+        with pytest.raises(ZeroDivisionError):
+            in_threads(lambda item: 1 / item, [1, 0, 2])
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        torch.set_num_threads(1)  # one thread: run in the caller's, as it is
+        assert in_threads(fn, [1, 2]) == [2, 4] and seen == [(1, False)] * 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threaded_map_equals_the_single_threaded_one():
+    model = _model("resnet18")
+    x = _image(72, 69)
+    fill = baseline(x, "zero")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        threaded = Occluder(model, 16, 7, "exact", batch_size=13, score=margin)(x, fill)
+        torch.set_num_threads(1)
+        single = Occluder(model, 16, 7, "exact", batch_size=13, score=margin)(x, fill)
+    finally:
+        torch.set_num_threads(before)
+    _close(threaded.scores, single.scores, np.ptp(single.scores))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "densenet121"])
@@ -126,6 +181,40 @@ def test_fold_batchnorm_keeps_outputs():
         x = _image(64, 64)
         with torch.inference_mode():
             np.testing.assert_allclose(folded(x).numpy(), model(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_padding_and_repeating_helpers_match_torch():
+    x = _image(7, 6).repeat(2, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+    for top, bottom, left, right in itertools.product([-2, 0, 3], [-1, 0, 2], [-3, 0, 2], [1, 0, -1]):
+        out = pad_maps(x, top, bottom, left, right, -1.5)
+        torch.testing.assert_close(out, F.pad(x, (left, right, top, bottom), value=-1.5), rtol=0, atol=0)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    one = x[:1, :, 1:5, 2:6]
+    for n in (1, 3):
+        copies = repeat(one, n)
+        assert torch.equal(copies, one.expand(n, -1, -1, -1)) and copies.is_contiguous(memory_format=torch.channels_last)
+        copies += 1  # a copy, also of one: the engine pastes patches into it
+        assert torch.equal(one, x[:1, :, 1:5, 2:6]) and not torch.equal(copies[:1], one)
+
+
+def test_fold_padding_moves_symmetric_zero_padding_into_the_convolution():
+    """EfficientNet-Lite pads with ZeroPad2d before its convolutions: the stride-1 ones (same on
+    both sides) become the convolution's padding, the stride-2 ones (one more below and right) stay."""
+    model = _model("efficientnet_lite0")
+    before, after = fold_batchnorm(model), fold_padding(fold_batchnorm(model))
+
+    def pads(gm):
+        modules = dict(gm.named_modules())
+        return [tuple(modules[n.target].padding) for n in gm.graph.nodes
+                if n.op == "call_module" and isinstance(modules[n.target], torch.nn.ZeroPad2d)]
+
+    assert len(pads(before)) == 17 and any(p[0] == p[1] for p in pads(before))
+    assert pads(after) and all(p[0] != p[1] for p in pads(after))
+    padded = [n.args[4] for n in after.graph.nodes if n.target is torch.nn.functional.conv2d and n.args[4] != (0, 0)]
+    assert len(padded) == len(pads(before)) - len(pads(after))
+    x = _image(64, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(after(x).numpy(), model(x).numpy(), atol=1e-4, rtol=1e-4)
 
 
 def test_incremental_engine_on_a_single_copy_matches_the_model():

@@ -1,9 +1,12 @@
 """Incremental occlusion inference (Nakandala et al., "Incremental and Approximate Inference for
 Faster Occlusion-based Deep CNN Explanations", SIGMOD 2019): an occluder changes only a patch of
 each layer's output, so each layer recomputes that patch of a batch of occluded copies and reuses
-the unoccluded pass everywhere else. Exact up to float summation order.
+the unoccluded pass everywhere else. Exact up to float rounding: the patches of wide 3 x 3
+convolutions (256 channels and more) are convolved by Winograd's algorithm
+(:mod:`deepcovid.explain.winograd`), which rounds differently from a direct convolution.
 
-The network is traced with ``torch.fx`` and BatchNorm folded into the convolution before it.
+The network is traced with ``torch.fx``, BatchNorm folded into the convolution before it and
+symmetric zero padding into the convolution after it.
 Patched: convolutions, zero padding, max and average pooling, element-wise activations, ``add``,
 channel ``cat`` and global average pooling (updated from the patch alone). Any other operation
 runs on whole maps, which is exact but saves nothing.
@@ -15,6 +18,7 @@ import copy
 import itertools
 import math
 import operator
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +26,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from deepcovid.explain.winograd import Conv3x3
 
 _UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout, nn.Identity, nn.BatchNorm2d, nn.LeakyReLU)
 _UNARY_FUNCTIONS = {F.relu, F.relu6, torch.relu, F.hardtanh, F.dropout, F.leaky_relu}
@@ -82,6 +88,38 @@ def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
     return gm.eval()
 
 
+def fold_padding(gm: fx.GraphModule) -> fx.GraphModule:
+    """``gm`` with each zero padding that is the same on both sides and read only by a convolution
+    without padding of its own (EfficientNet-Lite's "same" padding at stride 1) made that
+    convolution's padding: the exact mode then convolves whole maps without a padded copy of them.
+    Same outputs up to rounding."""
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if len(node.users) != 1:
+            continue
+        if node.op == "call_module" and type(modules.get(node.target)) is nn.ZeroPad2d:
+            pads = tuple(modules[node.target].padding)
+        elif node.op == "call_function" and node.target is F.pad and len(node.args) == 2 and not node.kwargs:
+            pads = tuple(node.args[1]) if isinstance(node.args[1], (tuple, list)) else ()
+        else:
+            continue
+        conv = next(iter(node.users))
+        if len(pads) != 4 or pads[0] != pads[1] or pads[2] != pads[3] or min(pads) < 0 \
+                or conv.op != "call_function" or conv.target is not F.conv2d or conv.args[0] is not node:
+            continue
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        values = dict(zip(names, (None, None, None, 1, 0, 1, 1)))
+        values.update(zip(names, conv.args))
+        values.update(conv.kwargs)
+        if isinstance(values["padding"], str) or tuple(torch.nn.modules.utils._pair(values["padding"])) != (0, 0):
+            continue
+        values.update(input=node.args[0], padding=(pads[2], pads[0]))
+        conv.args, conv.kwargs = tuple(values[n] for n in names), {}
+        gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
 def _attr(gm: nn.Module, node) -> torch.Tensor | None:
     if node is None:
         return None
@@ -136,7 +174,7 @@ class Patch:
         """The (B, C, H, W) maps."""
         if tuple(self.data.shape[-2:]) == tuple(self.base.shape[-2:]):
             return self.data
-        out = self.base.expand(self.batch, -1, -1, -1).clone(memory_format=CL)  # a copy, also of one
+        out = repeat(self.base, self.batch)
         zero = torch.zeros_like(self.y)
         return self._paste(out, zero, zero)
 
@@ -150,7 +188,7 @@ class Patch:
             return self.data  # the window is the patch (a 1 x 1 convolution, a pool without halo)
         if (ph, pw) == tuple(self.base.shape[-2:]) and bool((y == y[0]).all() and (x == x[0]).all()):
             top, left = -int(y[0]), -int(x[0])  # the patch is the whole map: pad (or cut) it alike
-            return F.pad(self.data, (left, w - left - pw, top, h - top - ph), value=value)
+            return pad_maps(self.data, top, h - top - ph, left, w - left - pw, value)
         return self._paste(gather(padded, y + pad_top, x + pad_left, h, w), y, x)
 
     def _paste(self, out: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -174,12 +212,33 @@ class Patch:
         return out
 
 
+def pad_maps(maps: torch.Tensor, top: int, bottom: int, left: int, right: int, value: float = 0.0) -> torch.Tensor:
+    """``F.pad(maps, (left, right, top, bottom), value=value)`` (negative amounts cut), channels_last:
+    written into a new tensor, which is 2-3x faster than ``F.pad`` on channels_last maps."""
+    h, w = maps.shape[-2:]
+    maps = maps[:, :, max(0, -top):h - max(0, -bottom), max(0, -left):w - max(0, -right)]
+    top, bottom, left, right = max(0, top), max(0, bottom), max(0, left), max(0, right)
+    h, w = maps.shape[-2:]
+    out = torch.empty(*maps.shape[:2], top + h + bottom, left + w + right, dtype=maps.dtype, memory_format=CL)
+    for rows, cols in (((0, top), slice(None)), ((top + h, top + h + bottom), slice(None)),
+                       ((top, top + h), slice(0, left)), ((top, top + h), slice(left + w, left + w + right))):
+        out[:, :, rows[0]:rows[1], cols] = value
+    out[:, :, top:top + h, left:left + w] = maps
+    return out
+
+
+def repeat(one: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` channels_last copies of the (1, C, h, w) ``one``, always copied (also for ``n`` = 1: patches
+    are pasted into them): as rows of its channels_last memory, 2x faster than cloning it expanded."""
+    h, w = one.shape[-2:]
+    return one.permute(0, 2, 3, 1).reshape(1, -1).expand(n, -1).clone().view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
 def gather(maps: torch.Tensor, y: torch.Tensor, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """The (B, C, h, w) boxes of the (1, C, H, W) ``maps`` at rows ``y`` and columns ``x`` (B,), copied."""
     ys, xs = y.tolist(), x.tolist()
     if len(set(ys)) == 1 and len(set(xs)) == 1:
-        # clone: contiguous() would hand back the base itself for one copy, and the patch is pasted into it
-        return maps[:, :, ys[0]:ys[0] + h, xs[0]:xs[0] + w].expand(len(ys), -1, -1, -1).clone(memory_format=CL)
+        return repeat(maps[:, :, ys[0]:ys[0] + h, xs[0]:xs[0] + w], len(ys))
     return torch.cat([maps[:, :, a:a + h, b:b + w] for a, b in zip(ys, xs)])
 
 
@@ -201,11 +260,15 @@ class IncrementalOcclusion:
     changes. ``model`` maps (N, C, H, W) to logits; it is traced and folded once."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.gm = fold_batchnorm(model).to(memory_format=CL)
+        self.gm = fold_padding(fold_batchnorm(model)).to(memory_format=CL)
         self.modules = dict(self.gm.named_modules())
         self._overwritable = {node for node in self.gm.graph.nodes if self._sole_owner(node)}
         self._base: dict[fx.Node, object] = {}
         self._padded: dict = {}
+        self.winograd = {node: Conv3x3(g[0], g[1]) for node in self.gm.graph.nodes  # the convolutions
+                         if (g := _conv_geometry(self.gm, self.modules, node)) is not None  # it speeds up
+                         and Conv3x3.useful(g[0], g[2], g[4], g[5])}
+        self._lock = threading.Lock()  # batches may run in threads (the multiply-add count)
         self.image_macs = 0  # convolution multiply-adds of one plain forward pass of the image
         self.macs = 0  # those of the occluded passes since :meth:`set_image`
 
@@ -281,7 +344,7 @@ class IncrementalOcclusion:
         else:
             out = node.target(*args, **kwargs)
         if isinstance(module, nn.Conv2d) or node.target is F.conv2d:  # a convolution run on whole maps
-            self.macs += _conv_macs(module.weight if module is not None else kwargs.get("weight", args[1]), out)
+            self._count(_conv_macs(module.weight if module is not None else kwargs.get("weight", args[1]), out))
         return out
 
     def _patched(self, node, module, p: Patch, args, kwargs) -> Patch | torch.Tensor | None:
@@ -298,28 +361,34 @@ class IncrementalOcclusion:
         if geometry is not None:
             weight, bias, stride, padding, dilation, groups = geometry
             k = weight.shape[-2:]
-            out = self._sliding(node, p, k, stride, padding, dilation, 0.0,
-                                lambda win: F.conv2d(win, weight, bias, stride, 0, dilation, groups))
-            self.macs += _conv_macs(weight, out.data)
+            if node in self.winograd:  # Winograd's algorithm on large patches (windows only)
+                op = lambda win, pads: self.winograd[node](win) if pads == (0, 0) else None  # noqa: E731
+            else:
+                op = lambda maps, pads: F.conv2d(maps, weight, bias, stride, pads, dilation, groups)  # noqa: E731
+            out = self._sliding(node, p, k, stride, padding, dilation, 0.0, op)
+            self._count(_conv_macs(weight, out.data))
             return out
         if isinstance(module, nn.ZeroPad2d) or (node.op == "call_function" and node.target is F.pad):
             pads = module.padding if module is not None else args[1]
             mode = "constant" if module is not None else (args[2] if len(args) > 2 else kwargs.get("mode", "constant"))
             value = 0.0 if module is not None else (args[3] if len(args) > 3 else kwargs.get("value", 0.0))
             if len(pads) == 4 and mode == "constant" and not value and min(pads) >= 0:
+                if p.data.shape[-2:] == self._base[node.args[0]].shape[-2:]:  # whole maps: pad them (a
+                    zero = torch.zeros_like(p.y)  # copy either way, and the smallest)
+                    return Patch(base, pad_maps(p.data, pads[2], pads[3], pads[0], pads[1]), zero, zero)
                 return Patch(base, p.data, p.y + pads[2], p.x + pads[0])
             return None
         if isinstance(module, nn.MaxPool2d) and not module.return_indices:
             pair = torch.nn.modules.utils._pair
             k, s, pad, d = pair(module.kernel_size), pair(module.stride), pair(module.padding), pair(module.dilation)
             return self._sliding(node, p, k, s, pad, d, -math.inf,
-                                 lambda win: F.max_pool2d(win, k, s, 0, d, ceil_mode=False))
+                                 lambda maps, pads: F.max_pool2d(maps, k, s, pads, d, ceil_mode=False))
         if isinstance(module, nn.AvgPool2d) and not module.ceil_mode and module.divisor_override is None:
             pair = torch.nn.modules.utils._pair
             k, s, pad = pair(module.kernel_size), pair(module.stride), pair(module.padding)
             if module.count_include_pad or pad == (0, 0):
-                return self._sliding(node, p, k, s, pad, (1, 1), 0.0,
-                                     lambda win: F.avg_pool2d(win, k, s, 0, ceil_mode=False, count_include_pad=True))
+                return self._sliding(node, p, k, s, pad, (1, 1), 0.0, lambda maps, pads: F.avg_pool2d(
+                    maps, k, s, pads, ceil_mode=False, count_include_pad=True))
             return None
         global_pool = (isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))) or \
             (node.op == "call_function" and node.target is F.adaptive_avg_pool2d and len(args) == 2
@@ -330,6 +399,10 @@ class IncrementalOcclusion:
             return base + (p.data - covered).sum(dim=(2, 3), keepdim=True) / before.shape[-2:].numel()
         return None
 
+    def _count(self, macs: int) -> None:
+        with self._lock:
+            self.macs += macs
+
     def _pad(self, node, top: int, bottom: int, left: int, right: int, value: float) -> torch.Tensor:
         key = (node, top, bottom, left, right, value)
         if key not in self._padded:
@@ -337,17 +410,24 @@ class IncrementalOcclusion:
         return self._padded[key]
 
     def _sliding(self, node, p: Patch, k, s, pad, d, pad_value: float, op) -> Patch:
+        """The output patch of a sliding-window operation: ``op(maps, padding)`` runs it on a window
+        of the patched maps with ``padding`` (0, 0), or on the whole maps with the layer's own padding
+        when the output patch is the whole map (no padded copy; ``op`` may return None to decline)."""
         src = node.args[0]
         n_in, m_in = self._base[src].shape[-2:]
         n_out, m_out = self._base[node].shape[-2:]
         oy, h = _out_box(p.y, p.data.shape[-2], k[0], s[0], pad[0], d[0], n_out)
         ox, w = _out_box(p.x, p.data.shape[-1], k[1], s[1], pad[1], d[1], m_out)
+        if (h, w) == (n_out, m_out) and tuple(pad) != (0, 0):
+            out = op(p.full(), tuple(pad))
+            if out is not None:
+                return Patch(self._base[node], out, oy, ox)
         span_h, span_w = (h - 1) * s[0] + (k[0] - 1) * d[0] + 1, (w - 1) * s[1] + (k[1] - 1) * d[1] + 1
         bottom = max(pad[0], (n_out - 1) * s[0] - pad[0] + (k[0] - 1) * d[0] + 1 - n_in)
         right = max(pad[1], (m_out - 1) * s[1] - pad[1] + (k[1] - 1) * d[1] + 1 - m_in)
         padded = self._pad(src, pad[0], bottom, pad[1], right, pad_value)
         win = p.window(oy * s[0] - pad[0], ox * s[1] - pad[1], span_h, span_w, padded, pad[0], pad[1], pad_value)
-        return Patch(self._base[node], op(win), oy, ox)
+        return Patch(self._base[node], op(win, (0, 0)), oy, ox)
 
     def _union(self, node, parts: list[Patch], combine) -> Patch:
         n, m = parts[0].base.shape[-2:]
