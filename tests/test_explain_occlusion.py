@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from captum.attr import Occlusion
 
 from deepcovid.config import ARCHITECTURES
-from deepcovid.explain.incremental import IncrementalOcclusion, fold_batchnorm, fold_padding, pad_maps, repeat
+from deepcovid.explain.channels_last import pad_maps, repeat
+from deepcovid.explain.incremental import IncrementalOcclusion, fold_batchnorm, fold_padding
 from deepcovid.explain.occlusion import (ExplainError, OcclusionMap, Occluder, baseline, covid_probability, in_threads,
                                          starts)
 from deepcovid.model.architectures import SPECS, construct, replace_head
@@ -192,7 +193,8 @@ def test_padding_and_repeating_helpers_match_torch():
     one = x[:1, :, 1:5, 2:6]
     for n in (1, 3):
         copies = repeat(one, n)
-        assert torch.equal(copies, one.expand(n, -1, -1, -1)) and copies.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(copies, one.expand(n, -1, -1, -1))
+        assert copies.is_contiguous(memory_format=torch.channels_last)
         copies += 1  # a copy, also of one: the engine pastes patches into it
         assert torch.equal(one, x[:1, :, 1:5, 2:6]) and not torch.equal(copies[:1], one)
 

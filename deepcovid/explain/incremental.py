@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from deepcovid.explain.channels_last import CL, pad_maps, repeat
 from deepcovid.explain.winograd import Conv3x3
 
 _UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout, nn.Identity, nn.BatchNorm2d, nn.LeakyReLU)
@@ -52,7 +53,6 @@ _INPLACE_FUNCTIONS = {
 # operations whose output may be their input itself (in place, or passed on)
 _ALIASING = _ACTIVATIONS + (nn.Identity, nn.Dropout, nn.ZeroPad2d)
 _ALIASING_FUNCTIONS = set(_INPLACE_FUNCTIONS) | {F.dropout, F.pad}
-CL = torch.channels_last  # the memory format of every map: convolutions run fastest on it
 
 
 def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
@@ -210,28 +210,6 @@ class Patch:
                 index = torch.tensor(members)
                 out[index, :, a0:a1, b0:b1] = self.data[index, :, a0 - oy:a1 - oy, b0 - ox:b1 - ox]
         return out
-
-
-def pad_maps(maps: torch.Tensor, top: int, bottom: int, left: int, right: int, value: float = 0.0) -> torch.Tensor:
-    """``F.pad(maps, (left, right, top, bottom), value=value)`` (negative amounts cut), channels_last:
-    written into a new tensor, which is 2-3x faster than ``F.pad`` on channels_last maps."""
-    h, w = maps.shape[-2:]
-    maps = maps[:, :, max(0, -top):h - max(0, -bottom), max(0, -left):w - max(0, -right)]
-    top, bottom, left, right = max(0, top), max(0, bottom), max(0, left), max(0, right)
-    h, w = maps.shape[-2:]
-    out = torch.empty(*maps.shape[:2], top + h + bottom, left + w + right, dtype=maps.dtype, memory_format=CL)
-    for rows, cols in (((0, top), slice(None)), ((top + h, top + h + bottom), slice(None)),
-                       ((top, top + h), slice(0, left)), ((top, top + h), slice(left + w, left + w + right))):
-        out[:, :, rows[0]:rows[1], cols] = value
-    out[:, :, top:top + h, left:left + w] = maps
-    return out
-
-
-def repeat(one: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` channels_last copies of the (1, C, h, w) ``one``, always copied (also for ``n`` = 1: patches
-    are pasted into them): as rows of its channels_last memory, 2x faster than cloning it expanded."""
-    h, w = one.shape[-2:]
-    return one.permute(0, 2, 3, 1).reshape(1, -1).expand(n, -1).clone().view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 def gather(maps: torch.Tensor, y: torch.Tensor, x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepcovid.explain.channels_last import pad_maps
+
 POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
 TILES = (2, 3, 4, 5)  # output tile sizes considered (larger ones lose float accuracy)
 MIN_CHANNELS = 256  # narrower layers: the transforms cost about what the products save (128: 0.9-1.0x)
@@ -99,13 +101,9 @@ class Conv3x3:
             u, bth, btw, ath, atw = self._kernel(mh, mw)
         nh, nw, th, tw = mh + 2, mw + 2, -(-oh // mh), -(-ow // mw)
         hp, wp = mh * th + 2, mw * tw + 2
-        d = x.permute(0, 2, 3, 1)  # (B, H, W, C): the channels_last memory as it lies
         if (hp, wp) != (h, w):  # zeros below and to the right, up to whole tiles
-            d, inner = torch.empty(b, hp, wp, c, dtype=x.dtype), d
-            d[:, h:] = 0
-            d[:, :h, w:] = 0
-            d[:, :h, :w] = inner
-        d = d.contiguous()
+            x = pad_maps(x, 0, hp - h, 0, wp - w)
+        d = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): the channels_last memory as it lies
         s = d.stride()
         tiles = torch.empty(nh, nw, b, th, tw, c, dtype=x.dtype)  # copy_ into it: 2x faster than reshape
         tiles.copy_(d.as_strided(tiles.shape, (s[1], s[2], s[0], mh * s[1], mw * s[2], s[3])))
