@@ -22,7 +22,10 @@ Also printed: the convolution multiply-adds of the exact mode against one plain 
 occluded copy, both counted as direct convolutions (what incremental inference saves in
 arithmetic: the ceiling of its speed-up over a plain batched forward at equal efficiency, which
 the exact mode passes where Winograd's algorithm multiplies less, and where memory-bound layers
-shrink to patches). The last line is the exact ratio (the lowest over the networks benchmarked).
+shrink to patches). The row ``exact, torch only`` runs the exact mode without ONNX Runtime (the
+stage's ``explain.runtime: torch``); the exact mode's first map, which exports and loads its ONNX
+Runtime segments, is printed apart (the rows are the fastest of the rounds). The last line is the
+exact ratio (the lowest over the networks benchmarked).
 """
 
 from __future__ import annotations
@@ -121,7 +124,9 @@ def main() -> None:
                 x, sliding_window_shapes=(3, args.window, args.window), strides=(3, args.stride, args.stride),
                 baselines=0.0, perturbations_per_eval=ppe)[0, 0].numpy()
         occluders = {"batched": Occluder(model, args.window, args.stride, "batched", args.batch, score=score),
-                     "exact": Occluder(model, args.window, args.stride, "exact", args.batch, score=score)}
+                     "exact": Occluder(model, args.window, args.stride, "exact", args.batch, score=score),
+                     "exact, torch only": Occluder(model, args.window, args.stride, "exact", args.batch, score=score,
+                                                   runtime="torch")}
         for setting in args.approx:
             coarse, refine = setting.split(":")
             occluders[f"approximate {coarse}:{refine}"] = Occluder(model, args.window, args.stride, "approximate",
@@ -136,6 +141,7 @@ def main() -> None:
                 with torch.inference_mode():
                     results[name], seconds = timed(fn)
                 times[name].append(seconds)
+        first = times["exact"][0]  # its ONNX Runtime segments exported and loaded in this one
         captum = min((min(t), k) for k, t in times.items() if k.startswith("captum"))
         others = {name: [occ(b, baseline(b, "zero")) for b in batch[1:]]
                   for name, occ in occluders.items() if name != "batched"}
@@ -157,6 +163,7 @@ def main() -> None:
                 r = [np.corrcoef(a.pixel_map().ravel(), e.pixel_map().ravel())[0, 1] for a, e in zip(maps, exact)]
                 corr = f"{min(r):.4f} (min of {len(r)})"
             print(f"  {name:26s} {min(seconds):7.2f} {captum[0] / min(seconds):8.2f}x {diff:>19s} {corr:>17s}")
+        print(f"  the exact mode's first map, its ONNX Runtime segments exported and loaded: {first:.2f} s")
         exact_ratios[arch] = captum[0] / min(times["exact"])
     slowest = min(exact_ratios, key=exact_ratios.get)
     print(f"\nexact mode against Captum's Occlusion (lowest over {', '.join(exact_ratios)}): "

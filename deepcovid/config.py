@@ -236,6 +236,7 @@ class Explain(Section):
     false_negatives: Annotated[Int, Field(ge=0)]
     false_positives: Annotated[Int, Field(ge=0)]
     batch_size: Annotated[Int, Field(ge=1)]
+    runtime: Literal["onnxruntime", "torch"]
 
     @model_validator(mode="after")
     def _window(self):

@@ -112,6 +112,7 @@ def test_unknown_keys_are_rejected(section):
     ("evaluate.thresholds", [], "at least 1"),
     ("evaluate.thresholds", [0.5, 1.2], "less than or equal to 1"),
     ("evaluate.ci_method", "normal", "wilson"),
+    ("explain.runtime", "tensorrt", "onnxruntime"),
     ("evaluate.alpha", 0.7, "less than or equal to 0.5"),
     ("fetch.cohen.tree_sha256", "abc", "pattern"),
     ("fetch.cohen.retries", 0, "greater than 0"),

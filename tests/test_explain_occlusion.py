@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from captum.attr import Occlusion
 
 from deepcovid.config import ARCHITECTURES
+from deepcovid.errors import InputError
 from deepcovid.explain.channels_last import pad_maps, repeat
-from deepcovid.explain.incremental import IncrementalOcclusion, fold_batchnorm, fold_padding
+from deepcovid.explain.incremental import (WHOLE, IncrementalOcclusion, Patch, _whole, fold_batchnorm,
+                                          fold_padding)
+from deepcovid.explain.tail import Tail, extract, segment
 from deepcovid.explain.occlusion import (ExplainError, OcclusionMap, Occluder, baseline, covid_probability, in_threads,
                                          starts)
 from deepcovid.model.architectures import SPECS, construct, replace_head
@@ -82,6 +85,89 @@ def test_exact_mode_convolves_wide_layers_by_winograd(name):
     assert sum(c.calls for c in convs) > 0
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18"])
+def test_whole_map_layers_run_in_onnxruntime_where_depthwise(name):
+    """Once the patches cover half their maps, the layers after them run on whole maps in ONNX
+    Runtime, for networks with depthwise convolutions only; same scores as PyTorch and as one
+    forward pass per copy, and their multiply-adds counted (as whole maps)."""
+    model = _model(name)
+    x = _image(72, 69)
+    fill = baseline(x, "zero")
+    ref = Occluder(model, 16, 7, "batched", score=margin)(x, fill)
+    runs = {rt: Occluder(model, 16, 7, "exact", batch_size=13, score=margin, runtime=rt) for rt in ("onnxruntime", "torch")}
+    maps = {rt: occ(x, fill) for rt, occ in runs.items()}
+    spread = np.ptp(ref.scores)
+    for result in maps.values():
+        _close(result.scores, ref.scores, spread)
+    tails = runs["onnxruntime"].engine._tails
+    assert not runs["torch"].engine._tails
+    if name == "resnet18":  # dense convolutions only: PyTorch (and Winograd's algorithm) throughout
+        assert not tails and runs["onnxruntime"].engine.macs == runs["torch"].engine.macs
+        return
+    assert tails and all(t._sessions for t, _ in tails.values())
+    engine = runs["onnxruntime"].engine
+    nodes = list(engine.gm.graph.nodes)
+    for tail, macs in tails.values():  # every segment holds a depthwise convolution, ends on tensors
+        assert macs > 0 and any(n.op == "call_function" and n.target is F.conv2d and n.args[6] > 1
+                                for n in nodes[tail.segment.start:tail.segment.end])
+    # the whole maps cost at least what the patches cost, never more than plain passes
+    positions = ref.scores.size
+    assert runs["torch"].engine.macs <= engine.macs <= positions * engine.image_macs
+    with pytest.raises(InputError, match="unknown runtime 'tvm'"):
+        Occluder(model, 16, 7, "exact", runtime="tvm")
+
+
+def test_onnx_segment_stops_before_a_python_number_and_computes_the_same():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.fc = torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            n = x.size(0)
+            y = torch.relu(self.a(x))
+            z = F.relu6(self.b(y)) + y
+            return self.fc(F.adaptive_avg_pool2d(z, 1).view(n, -1))
+
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(Net().eval())
+    nodes = list(gm.graph.nodes)
+    x = torch.randn(1, 3, 10, 10)
+    base = {}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            base[n] = super().run_node(n)
+            return base[n]
+
+    Recorder(gm).run(x)
+    start = [n.name for n in nodes].index("a")
+    seg = segment(gm, base, start, lambda inside: True)
+    names = [n.name for n in nodes]
+    assert names[seg.end] == "view" and [n.name for n in seg.inputs] == ["x"]  # view reads n = x.size(0)
+    assert [n.name for n in seg.outputs] == ["adaptive_avg_pool2d"]
+    assert segment(gm, base, start, lambda inside: False) is None
+    assert segment(gm, base, names.index("view"), lambda inside: True) is None  # nothing before a number
+    batch = torch.randn(4, 3, 10, 10)
+    with torch.inference_mode():
+        expected = F.adaptive_avg_pool2d(F.relu6(gm.b(y := torch.relu(gm.a(batch)))) + y, 1)
+        (pooled,) = extract(gm, seg)(batch)
+        (in_onnx,) = Tail(gm, seg, base)([batch.contiguous(memory_format=torch.channels_last)])
+    torch.testing.assert_close(pooled, expected)
+    torch.testing.assert_close(in_onnx, expected, rtol=0, atol=1e-5)
+
+
+def test_patches_covering_enough_of_their_map_count_as_whole():
+    base = torch.zeros(1, 4, 20, 10)  # 200 positions
+    zero = torch.zeros(3, dtype=torch.long)
+    rows = int(WHOLE * 20)  # a patch of these rows and all columns covers WHOLE of the map
+    assert _whole(Patch(base, torch.zeros(3, 4, rows, 10), zero, zero))
+    assert not _whole(Patch(base, torch.zeros(3, 4, rows, 9), zero, zero))
+    assert _whole(torch.zeros(3, 4, 20, 10)) and not _whole(3)
+
+
 def test_batches_run_in_threads_one_thread_each():
     seen = []
 
@@ -104,8 +190,9 @@ def test_batches_run_in_threads_one_thread_each():
         torch.set_num_threads(before)
 
 
-def test_threaded_map_equals_the_single_threaded_one():
-    model = _model("resnet18")
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_threaded_map_equals_the_single_threaded_one(name):
+    model = _model(name)
     x = _image(72, 69)
     fill = baseline(x, "zero")
     before = torch.get_num_threads()

@@ -112,7 +112,7 @@ def run_explain(cfg: dict, *, seed: int, models, manifest, cache, predictions, e
     mean = dataset_mean(table.reset_index(), transform) if cfg["fill"] == "mean" else None
     occluder = Occluder(TrainedAndRandomHead(model, record["architecture"], seed).eval(), cfg["window"],
                         cfg["stride"], cfg["method"], cfg["batch_size"], score=two_scores, coarse=cfg["coarse"],
-                        refine=cfg["refine"])
+                        refine=cfg["refine"], runtime=cfg["runtime"])
     sources = read_sources(raw)
     annotations: dict[str, dict] = {}
     rows, rejected, arrays = [], [], {"pixel": [], "scores": [], "random_pixel": [], "lung": [], "lesion": []}
@@ -179,7 +179,7 @@ def explain_images(paths: list[str], cfg: dict, *, models, out: str | os.PathLik
     if cfg["fill"] == "mean":
         raise ExplainError("fill 'mean' needs the training images: use the explain stage, or fill zero or blur")
     occluder = Occluder(model, cfg["window"], cfg["stride"], cfg["method"], cfg["batch_size"], coarse=cfg["coarse"],
-                        refine=cfg["refine"])
+                        refine=cfg["refine"], runtime=cfg["runtime"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []

@@ -135,10 +135,12 @@ class Occluder:
     ``model`` maps (N, C, H, W) to logits (eval mode, not changed); ``score`` maps them to the
     explained score, (N,) or (N, M) for M maps at once (:meth:`maps`). ``method``: ``exact``,
     ``approximate`` (with ``coarse`` and ``refine``) or ``batched``; ``batch_size`` occluded
-    copies per pass."""
+    copies per pass; ``runtime`` of the exact and approximate modes' whole-map layers
+    (:class:`~deepcovid.explain.incremental.IncrementalOcclusion`)."""
 
     def __init__(self, model: nn.Module, window: int, stride: int, method: str = "exact",
-                 batch_size: int = 64, score=covid_probability, coarse: int = 3, refine: float = 0.1) -> None:
+                 batch_size: int = 64, score=covid_probability, coarse: int = 3, refine: float = 0.1,
+                 runtime: str = "onnxruntime") -> None:
         if method not in METHODS:
             raise ExplainError(f"unknown occlusion method {method!r}; valid: {', '.join(METHODS)}")
         if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 1:
@@ -149,7 +151,7 @@ class Occluder:
             raise ExplainError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model, self.window, self.stride, self.method, self.batch_size = model.eval(), window, stride, method, batch_size
         self.score, self.coarse, self.refine = score, coarse, refine
-        self.engine = None if method == "batched" else IncrementalOcclusion(model)
+        self.engine = None if method == "batched" else IncrementalOcclusion(model, runtime)
 
     def __call__(self, image: torch.Tensor, fill: torch.Tensor) -> OcclusionMap:
         """The map of ``image`` with occluder content ``fill`` (:func:`baseline`), both (1, C, H, W)."""
