@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 
 from deepcovid.errors import StateError
+from deepcovid.explain.channels_last import CL
 
 _EXPORTING = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
 
@@ -36,8 +37,8 @@ def _inputs(node: fx.Node) -> list[fx.Node]:
 
 @dataclass
 class Segment:
-    """Nodes ``nodes`` of the graph (in order), reading ``inputs`` from before them and giving
-    ``outputs`` to the nodes after them."""
+    """The graph's nodes ``start`` to ``end`` (exclusive, in order), reading ``inputs`` from before
+    them and giving ``outputs`` to the nodes after them."""
 
     start: int
     end: int
@@ -120,5 +121,5 @@ class Tail:
         outs = session.run(None, feed)
         if len(outs) != len(self.segment.outputs):
             raise StateError(f"the ONNX Runtime segment gave {len(outs)} outputs, expected {len(self.segment.outputs)}")
-        return [torch.from_numpy(o).contiguous(memory_format=torch.channels_last) if o.ndim == 4
+        return [torch.from_numpy(o).contiguous(memory_format=CL) if o.ndim == 4
                 else torch.from_numpy(o) for o in outs]
