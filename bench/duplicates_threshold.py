@@ -1,9 +1,11 @@
-"""How the near-duplicate threshold (duplicates.max_distance) was chosen, on the real data.
+"""How the near-duplicate thresholds (duplicates.max_distance, duplicates.min_correlation) were
+chosen, on the real data.
 
     python bench/duplicates_threshold.py [--data ../shared/data] [--images 100]
 
 1. Hashes every image of the Cohen and Actualmed copies (as `deepcovid duplicates` does) and
-   lists the closest pairs with their distance and whether they share a patient id: every pair
+   lists the closest pairs with their distance, their pixel correlation (the stage's second
+   check) and whether they share a patient id: every pair
    at or under the threshold should be the same radiograph (checked by eye), the pairs just
    above it different radiographs or serial films of one patient.
 2. Counts the pairs of different patients under each candidate threshold: the false positives
@@ -68,7 +70,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=100, help="real images to transform")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    threshold = load_config(REPO / "params.yaml").duplicates.max_distance
+    cfg = load_config(REPO / "params.yaml").duplicates
+    threshold, min_corr = cfg.max_distance, cfg.min_correlation
     table = _table(Path(args.data))
     thumbs, errors = dup.read_thumbnails(list(table["path"]))
     assert not errors, errors
@@ -80,7 +83,8 @@ def main() -> None:
     distinct = int(sum((key[:, None] != key[None, :])[np.triu_indices(n, 1)]))
     print(f"{n} images, {distinct} pairs of different patients; threshold {threshold} "
           f"(similarity >= {dup.similarity(threshold):.4f})\n")
-    print("closest pairs (distance, same patient, files):")
+    mean = thumbs.sum(axis=0, dtype=np.int64) // n
+    print(f"closest pairs (distance, pixel correlation, same patient, files; min_correlation {min_corr}):")
     above = False
     for i, j, d, same in pairs.sort_values(["distance", "i", "j"]).itertuples(index=False):
         if d > threshold + 12:
@@ -88,7 +92,8 @@ def main() -> None:
         if d > threshold and not above:
             print(f"  ---- max_distance {threshold} ----")
             above = True
-        print(f"  {d:3d}  {'same' if same else 'diff'}  {table['file'][i]}  |  {table['file'][j]}")
+        r = dup.ratio(dup.pixel_correlation(thumbs[i], thumbs[j], mean))
+        print(f"  {d:3d}  {r:.4f}  {'same' if same else 'diff'}  {table['file'][i]}  |  {table['file'][j]}")
     print("\npairs of different patients at or under each distance:")
     for t in range(threshold - 8, threshold + 25, 4):
         print(f"  <= {t:3d}: {int(((pairs['distance'] <= t) & ~pairs['same_patient']).sum())}")
@@ -101,15 +106,19 @@ def main() -> None:
         for tag, copy in _copies(image).items():
             names.append((k, tag))
             copy_thumbs.append(dup.thumbnails(np.asarray(copy.convert("L"))))
-    all_hashes = dup.hash_thumbnails(np.concatenate([thumbs, np.stack(copy_thumbs)]))
-    result: dict[str, list[int]] = {}
+    everything = np.concatenate([thumbs, np.stack(copy_thumbs)])
+    all_hashes = dup.hash_thumbnails(everything)
+    all_mean = everything.sum(axis=0, dtype=np.int64) // len(everything)
+    result: dict[str, list[tuple[int, float]]] = {}
     for m, (k, tag) in enumerate(names):
-        result.setdefault(tag, []).append(int(dup.distances(all_hashes[k:k + 1], all_hashes[n + m:n + m + 1])[0, 0]))
-    print(f"\ntransformed copies of {len(chosen)} real images (distance to the original):")
-    print(f"  {'transform':22s} {'median':>6s} {'max':>4s}  found at <= {threshold}")
-    for tag, d in result.items():
-        d = np.array(d)
-        print(f"  {tag:22s} {np.median(d):6.0f} {d.max():4d}  {np.mean(d <= threshold):.3f}")
+        d = int(dup.distances(all_hashes[k:k + 1], all_hashes[n + m:n + m + 1])[0, 0])
+        r = dup.ratio(dup.pixel_correlation(everything[k], everything[n + m], all_mean))
+        result.setdefault(tag, []).append((d, r))
+    print(f"\ntransformed copies of {len(chosen)} real images (distance and pixel correlation to the original):")
+    print(f"  {'transform':22s} {'median':>6s} {'max':>4s} {'min r':>7s}  found (<= {threshold} bits, r >= {min_corr})")
+    for tag, values in result.items():
+        d, r = np.array([v[0] for v in values]), np.array([v[1] for v in values])
+        print(f"  {tag:22s} {np.median(d):6.0f} {d.max():4d} {r.min():7.4f}  {np.mean((d <= threshold) & (r >= min_corr)):.3f}")
 
 
 if __name__ == "__main__":

@@ -55,16 +55,19 @@ def _duplicates(args) -> int:
     import sys
 
     from deepcovid import files
-    from deepcovid.config import load_config
+    from deepcovid.config import load_config, override
     from deepcovid.data.duplicates import audit_paths, similarity
 
-    max_distance = load_config(args.params).duplicates.max_distance if args.max_distance is None else args.max_distance
-    groups, unreadable, n_files = audit_paths(args.paths, max_distance, args.workers)
+    cfg = override(load_config(args.params).duplicates, "duplicates", max_distance=args.max_distance,
+                   min_correlation=args.min_correlation, workers=args.workers)
+    max_distance = cfg.max_distance
+    groups, unreadable, n_files = audit_paths(args.paths, max_distance, cfg.min_correlation, cfg.workers)
     for path, reason in unreadable.items():
         print(f"{path}: left out ({reason})", file=sys.stderr)
     files.write_csv(args.out, groups[["group", "path", "similarity", "closest"]])
     print(f"{groups['group'].nunique()} groups of near-duplicates ({len(groups)} of {n_files - len(unreadable)} "
-          f"images; similarity >= {similarity(max_distance):.4f}): {args.out}")
+          f"images; similarity >= {similarity(max_distance):.4f}, pixel correlation >= {cfg.min_correlation}): "
+          f"{args.out}")
     return 0
 
 
@@ -207,7 +210,8 @@ COVID-19 probability, figure (or why the image was not read). Exit status 1 if a
 DUPLICATES_HELP = """\
 Near-duplicate radiographs among image files and folders (every file under a folder), with the
 detector of the pipeline's duplicates stage (the same image re-encoded, rescaled, cropped by a
-few percent or with another contrast):
+few percent or with another contrast): pairs within the hash distance, confirmed by the
+correlation of their thumbnails' pixels, grouped:
 
     deepcovid duplicates data/cohen/images more/images --out duplicates.csv
 
@@ -279,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output CSV: group,path,similarity,closest")
     p.add_argument("--max-distance", type=int, default=None,
                    help="hash bits (of 255) that may differ (default: duplicates.max_distance in params)")
-    p.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    p.add_argument("--min-correlation", type=float, default=None,
+                   help="pixel correlation a pair must reach (default: duplicates.min_correlation in params)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: duplicates.workers)")
     p.add_argument("--params", default="params.yaml")
 
     p = command("evaluate-external", _evaluate_external, EXTERNAL_HELP, "a trained model on a Cohen-layout folder")

@@ -162,6 +162,7 @@ class Negatives(Section):
 
 class Duplicates(Section):
     max_distance: Annotated[Int, Field(ge=0, le=254)]
+    min_correlation: Fraction
     workers: Annotated[Int, Field(ge=1)]
 
 
@@ -202,6 +203,7 @@ class Train(Section):
     device: str = Field(min_length=1)
     num_workers: Annotated[Int, Field(ge=0)]
     feature_batch_size: Annotated[Int, Field(ge=1)]
+    feature_runtime: Literal["auto", "torch", "onnxruntime"]
     shuffle_labels: StrictBool
     class_weight: Literal["none", "balanced"]
     checkpoint_dir: str = Field(min_length=1)
@@ -390,6 +392,16 @@ def _one_line(exc: ValidationError) -> str:
         seen.add(where)
         kept.append(f"parameter {where}: {message}" if where else message)
     return "; ".join(kept)
+
+
+def override(section: Section, where: str, **values) -> Section:
+    """``section`` with the given values (those not None) replaced, validated as params.yaml's
+    own (a command-line option gets the same checks and the same one-line error)."""
+    merged = {**section.model_dump(), **{k: v for k, v in values.items() if v is not None}}
+    try:
+        return type(section).model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc).replace("parameter ", f"parameter {where}.")) from None
 
 
 def validate(params: dict) -> Params:

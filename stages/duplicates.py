@@ -21,7 +21,8 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     cfg = load_config(args.params).duplicates
-    groups, _ = find_duplicates(args.raw, args.positives, args.negatives, cfg.max_distance, cfg.workers)
+    groups, _ = find_duplicates(args.raw, args.positives, args.negatives, cfg.max_distance, cfg.min_correlation,
+                                cfg.workers)
     files.write_csv(args.out, groups)
 
 

@@ -122,7 +122,8 @@ def test_transformed_copies_of_real_xrays_are_found_and_nothing_else(shared_data
         if k < 4:
             for tag, copy in _copies(image).items():
                 copy.convert("L").save(tmp_path / f"copy{k:02d}_{tag}.png")
-    groups, unreadable, n = dup.audit_paths([str(tmp_path)], max_distance=load_config(REPO / "params.yaml").duplicates.max_distance)
+    cfg = load_config(REPO / "params.yaml").duplicates
+    groups, unreadable, n = dup.audit_paths([str(tmp_path)], cfg.max_distance, cfg.min_correlation)
     assert not unreadable and n == 60 + 4 * 5
     members = groups.groupby("group")["path"].apply(lambda p: sorted(Path(x).name for x in p)).tolist()
     want = [sorted([f"orig{k:02d}.png", *[f"copy{k:02d}_{t}.png" for t in ("jpeg40", "half", "crop3", "crop4", "gamma")]])

@@ -57,6 +57,34 @@ def _max_diff(a: dict, b: dict) -> float:
 
 # ------------------------------------------------------------------ a. cached == paper's path
 
+@pytest.mark.parametrize("arch,weights,size", [("efficientnet_lite0", "imagenet", 224), ("resnet18", "none", 64),
+                                                ("squeezenet", "none", 96)])
+def test_onnx_runtime_features_equal_pytorch_features(arch, weights, size):
+    """The featurize stage's ONNX Runtime pass gives PyTorch's features within float rounding,
+    in the same order, for a batch that does not divide the set."""
+    torch.manual_seed(0)
+    model, _ = build_model(arch, weights)
+    backbone, _ = split_backbone_head(model, arch)
+    images = torch.randn(11, 3, size, size)
+    data = TensorDataset(images, torch.zeros(11, dtype=torch.long))
+    ref = extract_features(copy.deepcopy(backbone), data, batch_size=4, progress=False)
+    got = extract_features(copy.deepcopy(backbone), data, batch_size=4, progress=False, runtime="onnxruntime",
+                           image_size=size)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert np.max(np.abs(got - ref)) <= 1e-4 * max(1.0, float(np.max(np.abs(ref))))
+    assert np.max(np.abs(got[3] - ref[4])) > 1e-3        # rows differ: an order mix-up would show
+
+
+def test_feature_runtime_auto_is_onnx_runtime_on_the_cpu_only():
+    from deepcovid.errors import InputError
+    from deepcovid.model.features import resolve_runtime
+    assert resolve_runtime("auto", torch.device("cpu")) == "onnxruntime"
+    assert resolve_runtime("auto", torch.device("cuda")) == "torch"
+    assert resolve_runtime("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(InputError, match="train.feature_runtime"):
+        resolve_runtime("onnxruntime", torch.device("cuda"))
+
+
 @pytest.mark.parametrize("arch,size,ntr,nval,epochs", [("resnet18", 32, 30, 10, 3), ("squeezenet", 224, 24, 4, 2)])
 def test_cached_features_give_the_same_head_as_encoding_every_epoch(arch, size, ntr, nval, epochs):
     """Head trained on features extracted once (channels_last, batch 64: the featurize

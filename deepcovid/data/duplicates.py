@@ -12,9 +12,12 @@ cropped; the groups are the connected components of that relation; ``similarity`
 from __future__ import annotations
 
 import logging
+import math
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,6 +26,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from deepcovid import portable
+from deepcovid.data import hamming
 from deepcovid.data.images import ImageReadError, read_image
 from deepcovid.data.sources import image_path, read_sources
 from deepcovid.errors import InputError, MissingInputError
@@ -75,12 +79,58 @@ def thumbnails(gray: np.ndarray) -> np.ndarray:
         scale = _WORK / max(h, w)
         gray = portable.resize_uint8(gray, max(1, round(w * scale)), max(1, round(h * scale)))
         h, w = gray.shape
-    out = np.zeros((len(CROPS), _THUMB, _THUMB), dtype=np.uint16)
-    for k, (left, top, right, bottom) in enumerate(CROPS):
-        part = gray[int(h * top):h - int(h * bottom), int(w * left):w - int(w * right)]
-        part = np.ascontiguousarray(part if part.size else gray)
-        out[k] = equalise(portable.resize_uint8(part, _THUMB, _THUMB))
-    return out
+    boxes = []
+    for left, top, right, bottom in CROPS:
+        box = (int(h * top), h - int(h * bottom), int(w * left), w - int(w * right))
+        boxes.append(box if box[0] < box[1] and box[2] < box[3] else (0, h, 0, w))   # an empty crop: the whole
+    resized = portable.resize_uint8_crops(np.ascontiguousarray(gray), boxes, _THUMB, _THUMB)
+    return np.stack([equalise(t) for t in resized])
+
+
+def read_thumbnails(paths: Sequence, workers: int = 2) -> tuple[np.ndarray, dict[int, str]]:
+    """``(len(paths), len(CROPS), 64, 64)`` thumbnails of image files (decoded as the
+    preprocess stage decodes them, grey), and ``{index: reason}`` for the files that cannot be
+    read (their thumbnails are zero; leave them out with ``skip``). All in memory (229 KB an
+    image): for tests and benchmarks; the stage streams through :func:`hash_files`."""
+    thumbs = np.zeros((len(paths), len(CROPS), _THUMB, _THUMB), dtype=np.uint16)
+    errors: dict[int, str] = {}
+    for i, t, err in _thumbnail_stream(paths, workers):
+        if err:
+            errors[i] = err
+        else:
+            thumbs[i] = t
+    return thumbs, errors
+
+
+def _thumbnail_stream(paths: Sequence, workers: int):
+    """``(index, thumbnails or None, error)`` for each file, in order, ``workers`` at a time."""
+    def one(i):
+        try:
+            return i, thumbnails(np.asarray(read_image(paths[i], grayscale=True).convert("L"))), ""
+        except ImageReadError as exc:
+            return i, None, exc.reason
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # at most a few images decoded ahead of the consumer: memory does not grow with the set
+        window = 4 * max(1, workers)
+        pending = [pool.submit(one, i) for i in range(min(window, len(paths)))]
+        for i in tqdm(range(len(paths)), desc="thumbnails", mininterval=2):
+            result = pending.pop(0).result()
+            if i + window < len(paths):
+                pending.append(pool.submit(one, i + window))
+            yield result
+
+
+def _low_frequencies(thumbs: np.ndarray) -> np.ndarray:
+    """``(..., 255)`` int64: the 16 x 16 lowest fixed-point DCT coefficients but the constant one."""
+    low = _DCT @ thumbs.astype(np.int64) @ _DCT.T
+    return low.reshape(low.shape[:-2] + (-1,))[..., 1:]
+
+
+def _bits(low: np.ndarray) -> np.ndarray:
+    """``(..., 4)`` uint64 hashes: each coefficient above the median of its row or not."""
+    median = np.sort(low, axis=-1)[..., HASH_BITS // 2:HASH_BITS // 2 + 1]
+    bits = np.concatenate([low > median, np.zeros(low.shape[:-1] + (1,), dtype=bool)], axis=-1)
+    return np.packbits(bits, axis=-1).view(">u8").astype(np.uint64)
 
 
 def hash_thumbnails(thumbs: np.ndarray) -> np.ndarray:
@@ -96,42 +146,102 @@ def hash_thumbnails(thumbs: np.ndarray) -> np.ndarray:
         return out
     mean = thumbs.sum(axis=0, dtype=np.int64) // len(thumbs)
     for start in range(0, len(thumbs), 32):
-        centred = thumbs[start:start + 32].astype(np.int64) - mean
-        low = (_DCT @ centred @ _DCT.T).reshape(centred.shape[:2] + (-1,))[..., 1:]
-        median = np.sort(low, axis=-1)[..., HASH_BITS // 2:HASH_BITS // 2 + 1]
-        bits = np.concatenate([low > median, np.zeros(low.shape[:2] + (1,), dtype=bool)], axis=-1)
-        out[start:start + 32] = np.packbits(bits, axis=-1).view(">u8")
+        out[start:start + 32] = _bits(_low_frequencies(thumbs[start:start + 32].astype(np.int64) - mean))
     return out
 
 
-def read_thumbnails(paths: Sequence, workers: int = 2) -> tuple[np.ndarray, dict[int, str]]:
-    """``(len(paths), len(CROPS), 64, 64)`` thumbnails of image files (decoded as the
-    preprocess stage decodes them, grey), and ``{index: reason}`` for the files that cannot be
-    read (their thumbnails are zero; leave them out with ``skip``)."""
-    def one(i):
-        try:
-            return i, thumbnails(np.asarray(read_image(paths[i], grayscale=True).convert("L"))), ""
-        except ImageReadError as exc:
-            return i, None, exc.reason
-    thumbs = np.zeros((len(paths), len(CROPS), _THUMB, _THUMB), dtype=np.uint16)
+class HashSet(NamedTuple):
+    hashes: np.ndarray           # (n, len(CROPS), 4) uint64
+    errors: dict[int, str]       # {index: reason} of the files that cannot be read (hashes zero)
+    mean: np.ndarray             # (len(CROPS), 64, 64) int64: the mean thumbnails the hashes are centred on
+
+
+def hash_files(paths: Sequence, workers: int = 2, block: int = 256) -> HashSet:
+    """Hashes of image files and ``{index: reason}`` for those that cannot be read (their hashes
+    are zero), the same bits as :func:`hash_thumbnails` over the readable ones, and the mean
+    thumbnails they are centred on.
+
+    One pass over the files, in bounded memory: the DCT is linear, so each thumbnail's
+    coefficients are kept (in a temporary file, 57 KB an image) with the running sum of the
+    thumbnails, and the mean's coefficients are subtracted at the end: integers, exact."""
+    n, coeffs = len(paths), len(CROPS) * HASH_BITS
+    total = np.zeros((len(CROPS), _THUMB, _THUMB), dtype=np.int64)
     errors: dict[int, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, t, err in tqdm(pool.map(one, range(len(paths))), total=len(paths), desc="thumbnails",
-                              mininterval=2):
+    hashes = np.zeros((n, len(CROPS), _WORDS), dtype=np.uint64)
+    with tempfile.TemporaryFile(prefix="deepcovid-dct-") as store:
+        batch: list[np.ndarray] = []
+        for i, thumbs, err in _thumbnail_stream(paths, workers):
             if err:
                 errors[i] = err
+                thumbs = np.zeros((len(CROPS), _THUMB, _THUMB), dtype=np.uint16)
             else:
-                thumbs[i] = t
-    return thumbs, errors
+                total += thumbs
+            batch.append(_low_frequencies(thumbs))
+            if len(batch) == block or i == n - 1:
+                store.write(np.stack(batch).tobytes())
+                batch = []
+        ok = n - len(errors)
+        if ok == 0:
+            return HashSet(hashes, errors, total)
+        mean = total // ok
+        mean_low = _low_frequencies(mean)
+        store.seek(0)
+        for start in range(0, n, block):
+            count = min(block, n - start)
+            low = np.frombuffer(store.read(count * coeffs * 8), dtype=np.int64).reshape(count, len(CROPS), HASH_BITS)
+            hashes[start:start + count] = _bits(low - mean_low)
+    if errors:
+        hashes[sorted(errors)] = 0
+    return HashSet(hashes, errors, mean)
 
 
-def hash_files(paths: Sequence, workers: int = 2) -> tuple[np.ndarray, dict[int, str]]:
-    """Hashes of image files (:func:`hash_thumbnails` over the readable ones) and the errors."""
-    thumbs, errors = read_thumbnails(paths, workers)
-    ok = np.array([i for i in range(len(paths)) if i not in errors], dtype=np.int64)
-    hashes = np.zeros((len(paths), len(CROPS), _WORDS), dtype=np.uint64)
-    hashes[ok] = hash_thumbnails(thumbs[ok])
-    return hashes, errors
+def _correlation_terms(x: np.ndarray, y: np.ndarray) -> tuple[int, int, int]:
+    """(sum xy, sum xx, sum yy) of two centred thumbnails, exact integers."""
+    x, y = x.astype(np.int64).ravel(), y.astype(np.int64).ravel()
+    return int(x @ y), int(x @ x), int(y @ y)
+
+
+def pixel_correlation(thumbs_a: np.ndarray, thumbs_b: np.ndarray, mean: np.ndarray) -> tuple[int, int, int]:
+    """The highest correlation between one image whole and the other whole or cropped (either
+    way round), both centred on the set's mean thumbnail of that crop (the framing the two
+    share when they are the same radiograph): ``(sum xy, sum xx, sum yy)`` of the
+    best, exact integers (compare with :func:`at_least`; turn into a number with :func:`ratio`).
+    Ties: the first of a-whole against b's crops in order, then b-whole against a's."""
+    best = None
+    thumbs_a, thumbs_b = thumbs_a.astype(np.int64), thumbs_b.astype(np.int64)
+    for whole, crops in ((thumbs_a[0], thumbs_b), (thumbs_b[0], thumbs_a)):
+        for crop, centre in zip(crops, mean):
+            terms = _correlation_terms(whole - centre, crop - centre)   # one framing, one centre
+            if best is None or _greater(terms, best):
+                best = terms
+    return best
+
+
+def _greater(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    """Whether correlation a > correlation b, exactly (signed squares of integers)."""
+    def signed(t):
+        num, xx, yy = t
+        return (num * abs(num), xx * yy)
+    (na, da), (nb, db) = signed(a), signed(b)
+    if da == 0 or db == 0:
+        return db == 0 and da != 0 and na > 0
+    return na * db > nb * da
+
+
+def at_least(terms: tuple[int, int, int], threshold: float) -> bool:
+    """Whether the correlation of ``terms`` is at least ``threshold`` (in 0..1, read as the
+    exact decimal it prints as), in integers only."""
+    num, xx, yy = terms
+    if num <= 0 or xx == 0 or yy == 0:
+        return threshold <= 0 and num >= 0
+    p, q = Fraction(repr(float(threshold))).as_integer_ratio()
+    return num * num * q * q >= p * p * xx * yy
+
+
+def ratio(terms: tuple[int, int, int]) -> float:
+    """The correlation as a number, rounded to 4 decimals (for reports)."""
+    num, xx, yy = terms
+    return round(num / math.sqrt(xx * yy), 4) if xx and yy else 0.0
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -147,11 +257,34 @@ def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.minimum(a_cropped, b_cropped)
 
 
-def near_pairs(hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (), chunk: int = 16) -> pd.DataFrame:
-    """Every pair ``i < j`` within ``max_distance`` (:func:`distances`): columns
-    ``i, j, distance``, sorted by ``i, j``."""
+def _check_distance(max_distance: int) -> None:
     if not 0 <= max_distance < HASH_BITS:
         raise InputError(f"duplicates.max_distance must be in 0..{HASH_BITS - 1}, got {max_distance}")
+
+
+def near_pairs(hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (), workers: int = 1) -> pd.DataFrame:
+    """Every pair ``i < j`` within ``max_distance`` (:func:`distances`): columns
+    ``i, j, distance``, sorted by ``i, j``.
+
+    Through a multi-index (:mod:`deepcovid.data.hamming`): each image whole is looked up among
+    every image's whole and cropped hashes, so both ways round are covered; the same pairs as
+    :func:`near_pairs_exhaustive` (tested), without comparing every pair."""
+    _check_distance(max_distance)
+    valid = np.setdiff1d(np.arange(len(hashes)), np.asarray(list(skip), dtype=np.int64))
+    crops = hashes.shape[1] if hashes.ndim == 3 else 1
+    query, entry, dist = hamming.radius_pairs(hashes[valid, 0, :], hashes[valid].reshape(-1, hashes.shape[-1]),
+                                              max_distance, workers=workers)
+    i, j = valid[query], valid[entry // crops]
+    keep = i != j
+    found = pd.DataFrame({"i": np.minimum(i, j)[keep], "j": np.maximum(i, j)[keep], "distance": dist[keep]})
+    found = found.groupby(["i", "j"], sort=True, as_index=False)["distance"].min()
+    return found.astype(np.int64).reset_index(drop=True)
+
+
+def near_pairs_exhaustive(hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (),
+                          chunk: int = 16) -> pd.DataFrame:
+    """:func:`near_pairs` by comparing every pair (quadratic): the reference of the tests."""
+    _check_distance(max_distance)
     valid = np.ones(len(hashes), dtype=bool)
     valid[list(skip)] = False
     found = [np.zeros((0, 3), dtype=np.int64)]
@@ -163,14 +296,46 @@ def near_pairs(hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (), 
     return pd.DataFrame(np.concatenate(found).astype(np.int64), columns=["i", "j", "distance"])
 
 
-def duplicate_groups(names: Sequence[str], hashes: np.ndarray, max_distance: int,
-                     skip: Sequence[int] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def verify_pairs(paths: Sequence, pairs: pd.DataFrame, mean: np.ndarray, min_correlation: float,
+                 workers: int = 2) -> pd.DataFrame:
+    """``pairs`` (``i, j, distance``) with a ``correlation`` column (:func:`pixel_correlation`
+    of the two images' thumbnails) and a ``same`` column: whether it reaches ``min_correlation``.
+
+    The second, stricter look at each pair the hashes found: two different radiographs drawn
+    alike can agree on the signs of 255 coefficients while their pixels differ; the same
+    radiograph re-encoded, rescaled, cropped or with another contrast keeps its pixels. The
+    thumbnails of the images in pairs are decoded again (229 KB each while the pairs are checked)."""
+    pairs = pairs.copy()
+    needed = sorted(set(pairs["i"]) | set(pairs["j"]))
+    thumbs: dict[int, np.ndarray] = {}
+    for k, t, err in _thumbnail_stream([paths[i] for i in needed], workers):
+        if err:   # was readable when hashed: changed since; the pair cannot be confirmed
+            log.warning("%s: not re-read for the pixel check (%s)", paths[needed[k]], err)
+        else:
+            thumbs[needed[k]] = t
+    terms = [pixel_correlation(thumbs[i], thumbs[j], mean) if i in thumbs and j in thumbs else (0, 0, 0)
+             for i, j in zip(pairs["i"], pairs["j"])]
+    pairs["correlation"] = [ratio(t) for t in terms]
+    pairs["same"] = [at_least(t, min_correlation) for t in terms]
+    return pairs
+
+
+def duplicate_groups(names: Sequence[str], hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (),
+                     check: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                     workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(groups, pairs)``: one row per image in a group of two or more near-duplicates
     (``group, name, similarity, closest``: its highest similarity and the member it has it
-    with; ties: the first in ``names``), and every near pair (``name_a, name_b, similarity``).
-    Groups (connected components) are numbered ``d00000``... in the order of their first member."""
+    with; ties: the first in ``names``), and every near pair (``name_a, name_b, similarity``,
+    and ``correlation, same`` when checked).
+
+    ``check``: the second look at the pairs within ``max_distance`` (:func:`verify_pairs`);
+    only pairs it confirms (``same``) link images. Groups are the connected components of the
+    confirmed links, numbered ``d00000``... in the order of their first member."""
     names = list(names)
-    pairs = near_pairs(hashes, max_distance, skip)
+    found = near_pairs(hashes, max_distance, skip, workers=workers)
+    if check is not None:
+        found = check(found)
+    pairs = found[found["same"]] if "same" in found else found
     n = len(names)
     graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs["i"], pairs["j"])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
@@ -190,8 +355,11 @@ def duplicate_groups(names: Sequence[str], hashes: np.ndarray, max_distance: int
         "similarity": similarity(least[member]),
         "closest": [names[closest[i]] for i in member],
     })
-    pair_table = pd.DataFrame({"name_a": [names[i] for i in pairs["i"]], "name_b": [names[j] for j in pairs["j"]],
-                               "similarity": similarity(pairs["distance"].to_numpy())})
+    pair_table = pd.DataFrame({"name_a": [names[i] for i in found["i"]], "name_b": [names[j] for j in found["j"]],
+                               "similarity": similarity(found["distance"].to_numpy())})
+    for column in ("correlation", "same"):
+        if column in found:
+            pair_table[column] = found[column].to_numpy()
     return groups.sort_values(["group", "name"], kind="stable").reset_index(drop=True), pair_table
 
 
@@ -200,7 +368,7 @@ def similarity(distance) -> np.ndarray:
     return np.round(1.0 - np.asarray(distance, dtype=np.float64) / HASH_BITS, 4)
 
 
-def find_duplicates(raw_dir, positives_csv, negatives_csv, max_distance: int,
+def find_duplicates(raw_dir, positives_csv, negatives_csv, max_distance: int, min_correlation: float,
                     workers: int = 2) -> tuple[pd.DataFrame, dict]:
     """The duplicates stage: near-duplicate groups among every image the split may use.
 
@@ -213,21 +381,26 @@ def find_duplicates(raw_dir, positives_csv, negatives_csv, max_distance: int,
     table["image_id"] = table["source"] + "/" + table["relpath"]
     table = table.drop_duplicates("image_id").reset_index(drop=True)
     paths = [image_path(roots, s, r, raw_dir) for s, r in zip(table["source"], table["relpath"])]
-    hashes, errors = hash_files(paths, workers)
+    hashes, errors, mean = hash_files(paths, workers)
     for i, reason in errors.items():
         log.warning("%s: not hashed (%s)", table["image_id"][i], reason)
-    groups, _ = duplicate_groups(table["image_id"], hashes, max_distance, skip=list(errors))
+    groups, pairs = duplicate_groups(
+        table["image_id"], hashes, max_distance, skip=list(errors), workers=workers,
+        check=lambda p: verify_pairs(paths, p, mean, min_correlation, workers))
     info = table.set_index("image_id")
     groups = groups.rename(columns={"name": "image_id"})
     groups.insert(2, "source", info.loc[groups["image_id"], "source"].to_numpy())
     groups.insert(3, "patient", info.loc[groups["image_id"], "patient"].to_numpy())
     groups.insert(4, "label", info.loc[groups["image_id"], "label"].astype(int).to_numpy())
     report = {"max_distance": int(max_distance), "min_similarity": float(similarity(max_distance)),
+              "min_correlation": float(min_correlation),
               "images_hashed": int(len(table) - len(errors)), "images_not_hashed": int(len(errors)),
+              "pairs_within_distance": int(len(pairs)), "pairs_confirmed": int(pairs["same"].sum()),
               **group_summary(groups)}
-    log.info("%d near-duplicate groups (%d images; %d span patients, %d span labels) at distance <= %d",
-             report["groups"], report["images"], report["groups_of_several_patients"],
-             report["groups_of_both_labels"], max_distance)
+    log.info("%d near-duplicate groups (%d images; %d span patients, %d span labels): %d of %d pairs within "
+             "distance %d confirmed by pixels (correlation >= %s)", report["groups"], report["images"],
+             report["groups_of_several_patients"], report["groups_of_both_labels"], report["pairs_confirmed"],
+             report["pairs_within_distance"], max_distance, min_correlation)
     return groups, report
 
 
@@ -258,12 +431,13 @@ def image_files(paths: Sequence[str]) -> list[str]:
     return found
 
 
-def audit_paths(paths: Sequence[str], max_distance: int,
+def audit_paths(paths: Sequence[str], max_distance: int, min_correlation: float,
                 workers: int = 2) -> tuple[pd.DataFrame, dict[str, str], int]:
     """``deepcovid duplicates``: groups among the image files in ``paths`` (files and folders):
     ``group, path, similarity, closest``, ``{path: reason}`` for the files that are not
     readable images, and the number of files."""
     names = image_files(paths)
-    hashes, errors = hash_files(names, workers)
-    groups, _ = duplicate_groups(names, hashes, max_distance, skip=list(errors))
+    hashes, errors, mean = hash_files(names, workers)
+    groups, _ = duplicate_groups(names, hashes, max_distance, skip=list(errors), workers=workers,
+                                 check=lambda p: verify_pairs(names, p, mean, min_correlation, workers))
     return groups.rename(columns={"name": "path"}), {names[i]: reason for i, reason in errors.items()}, len(names)

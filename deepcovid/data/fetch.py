@@ -4,12 +4,14 @@ safe extraction), a shallow git fetch or a local folder, verified by its content
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
 import subprocess
 import time
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -307,6 +309,13 @@ def _same_commit(head: str, commit: str) -> bool:
     return head == commit or (len(commit) >= 7 and head.startswith(commit))
 
 
+def _generator_pool() -> ProcessPoolExecutor:
+    """Processes for the generator, one per available core (at most 8): the images are the same
+    bytes for any number of them, so this is not a parameter. They die with the stage."""
+    workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
+
+
 def fetch_dataset(selection: dict, out: str | os.PathLike, *, log: Callable[[str], object] = print) -> dict:
     """The fetch stage: bring the sources of ``selection`` (from :meth:`deepcovid.config.Params.fetch_selection`) into ``out``
     atomically, with ``sources.json`` recording each source's root and fetch record."""
@@ -331,7 +340,9 @@ def fetch_dataset(selection: dict, out: str | os.PathLike, *, log: Callable[[str
 
             seed, cfg = selection["seed"], selection["synthetic"]
             records["cohen"] = synthetic.generate_cohen(tmp / "cohen", cfg["cohen"], seed)
-            records["chexpert"] = synthetic.generate_chexpert(tmp / "chexpert", cfg["chexpert"], seed + 1)
+            with _generator_pool() as pool:
+                records["chexpert"] = synthetic.generate_chexpert(tmp / "chexpert", cfg["chexpert"], seed + 1,
+                                                                  map=functools.partial(pool.map, chunksize=16))
             roots["cohen"], roots["chexpert"] = "cohen", "chexpert/CheXpert-v1.0-small"
         else:
             for name in sources:

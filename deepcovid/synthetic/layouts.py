@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 from collections import Counter
 from pathlib import Path
 
@@ -221,19 +222,27 @@ def plan_chexpert(cfg: dict, seed: int) -> list[dict]:
     return plan
 
 
-def generate_chexpert(root: Path, cfg: dict, seed: int) -> dict:
-    """Write a CheXpert-v1.0-small lookalike under ``root``/CheXpert-v1.0-small; return a summary."""
-    root, plan, rows, truth = Path(root), plan_chexpert(cfg, seed), {"train": [], "valid": []}, []
+def _chexpert_image(root: Path, cfg: dict, seed: int, im: dict) -> list:
+    """Render and write one planned image (its own RNG stream: any order, any process); its
+    truth row."""
+    irng, lateral = _rng(seed, 2, im["index"]), im["Frontal/Lateral"] == "Lateral"
+    height = int(irng.integers(cfg["height_range"][0], cfg["height_range"][1] + 1))
+    rad = render(irng, height, cfg["width"], im["drawn"], im["severity"], "L" if lateral else im["AP/PA"],
+                 ("chexpert", float(cfg["style_shift"])))
+    _save(rad.image, root / im["Path"])
+    masks = _save_masks(root, f"{_CHEX}/synthetic-masks", im["Path"][len(_CHEX) + 1:-4], rad)
+    return [im["Path"], im["split"], im["Frontal/Lateral"], ";".join(im["drawn"]) or "No Finding",
+            f"{im['severity']:.4f}", *masks, int(rad.lesion_mask.sum())]
+
+
+def generate_chexpert(root: Path, cfg: dict, seed: int, map=map) -> dict:
+    """Write a CheXpert-v1.0-small lookalike under ``root``/CheXpert-v1.0-small; return a summary.
+    ``map``: how the images are rendered (a process pool's ``map`` to use several cores; the same
+    bytes either way, each image drawing from its own RNG stream)."""
+    root, plan, rows = Path(root), plan_chexpert(cfg, seed), {"train": [], "valid": []}
+    truth = list(map(functools.partial(_chexpert_image, root, cfg, seed), plan))
     for im in plan:
-        irng, lateral = _rng(seed, 2, im["index"]), im["Frontal/Lateral"] == "Lateral"
-        height = int(irng.integers(cfg["height_range"][0], cfg["height_range"][1] + 1))
-        rad = render(irng, height, cfg["width"], im["drawn"], im["severity"], "L" if lateral else im["AP/PA"],
-                     ("chexpert", float(cfg["style_shift"])))
-        _save(rad.image, root / im["Path"])
-        masks = _save_masks(root, f"{_CHEX}/synthetic-masks", im["Path"][len(_CHEX) + 1:-4], rad)
         rows[im["split"]].append([im[c] for c in CHEXPERT_COLUMNS[:5]] + [im["labels"][c] for c in CHEXPERT_CATEGORIES])
-        truth.append([im["Path"], im["split"], im["Frontal/Lateral"], ";".join(im["drawn"]) or "No Finding",
-                      f"{im['severity']:.4f}", *masks, int(rad.lesion_mask.sum())])
     for split in rows:
         _write_rows(root / _CHEX / f"{split}.csv", CHEXPERT_COLUMNS, rows[split])
     _write_rows(root / _CHEX / "synthetic_truth.csv", ["Path", "split", "Frontal/Lateral", "findings", "severity",
