@@ -16,6 +16,7 @@ by them; the median batch is printed too.
     python bench/feature_throughput.py                         # all architectures, defaults
     python bench/feature_throughput.py --archs resnet18 --sweep  # try batch/layout/fusion
     python bench/feature_throughput.py --batch-size 32 --no-channels-last --no-fuse-bn
+    python bench/feature_throughput.py --archs efficientnet_lite0 --runtime onnxruntime --batch-size 64
 
 Options that help inference on CPU (see --sweep): channels_last memory format (oneDNN's
 preferred layout for convolutions) and folding BatchNorm into the preceding convolution
@@ -42,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deepcovid.model.architectures import ARCHITECTURES, split_backbone_head  # noqa: E402
+from deepcovid.model.features import OnnxBackbone  # noqa: E402
 from deepcovid.model.weights import build_model  # noqa: E402
 
 REFERENCE = "resnet18"
@@ -57,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch intra-op threads (default: all CPUs)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="PyTorch eager, or ONNX Runtime as the featurize stage runs on the CPU")
     p.add_argument("--fuse-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="fold BatchNorm into the preceding conv (inference only)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
@@ -155,9 +159,12 @@ def make_backbone(name: str, seed: int) -> torch.nn.Module:
     return backbone.eval()
 
 
-def optimise(backbone: torch.nn.Module, channels_last: bool, fuse_bn: bool, compile_: bool):
+def optimise(backbone: torch.nn.Module, channels_last: bool, fuse_bn: bool, compile_: bool, runtime: str = "torch"):
     """Return (module, notes) prepared for inference with the requested options."""
     notes = []
+    if runtime == "onnxruntime":   # the featurize stage's CPU path: exported once, run by ONNX Runtime
+        onnx = OnnxBackbone(backbone, 224)
+        return (lambda x: torch.from_numpy(onnx(x.contiguous()))), ["onnxruntime"]
     module = copy.deepcopy(backbone)  # the original stays the numerical reference
     if fuse_bn:
         try:
@@ -185,6 +192,7 @@ def check_same(reference, module, channels_last: bool, name: str) -> None:
     with torch.inference_mode():
         want = reference(x)
         got = module(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    got, want = got.reshape(len(got), -1), want.reshape(len(want), -1)
     err = ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
     if not err < 1e-3:
         raise SystemExit(f"{name}: optimised backbone differs from the reference (rel. {err:.2e})")
@@ -211,7 +219,7 @@ def measure(name, args, batch, channels_last, fuse_bn, compile_, flops=None, bet
     backbone = make_backbone(name, args.seed)
     if flops is None:
         flops = count_flops(backbone)
-    module, notes = optimise(backbone, channels_last, fuse_bn, compile_)
+    module, notes = optimise(backbone, channels_last, fuse_bn, compile_, getattr(args, "runtime", "torch"))
     check_same(backbone, module, channels_last, name)
     times = time_batches(module, batch, args.images, args.warmup, channels_last, between)
     best = batch / min(times)

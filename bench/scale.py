@@ -6,7 +6,7 @@ sizes of generated data, and the slope of log(time) against log(images).
     python bench/scale.py --sizes paper --stages fetch_params fetch filter negatives duplicates
 
 Each size runs in a fresh copy of this working tree (tracked and untracked files, not the
-outputs) under ``--workdir``, with params.yaml changed as below, one ``dvc repro --single-item``
+outputs) under ``--workdir``, with params.yaml changed as below, one ``dvc repro --single-item --force``
 per stage in pipeline order, each timed (wall clock) with its peak resident memory (the
 largest of the stage's processes and dvc's own, from ``wait4``). The sizes:
 
@@ -109,7 +109,7 @@ def run_size(name: str, workdir: Path, stages: list[str]) -> dict:
     result = {"stages": {}, "images": None}
     with open(dest / "scale.log", "w") as log:
         for stage in stages:
-            seconds, peak, code = _timed([dvc, "repro", "--single-item", stage], dest, log)
+            seconds, peak, code = _timed([dvc, "repro", "--single-item", "--force", stage], dest, log)
             log.flush()
             result["stages"][stage] = {"seconds": round(seconds, 2), "peak_rss_gb": round(peak, 3)}
             print(f"[{name}] {stage}: {seconds:.1f} s, peak RSS {peak:.2f} GB", flush=True)

@@ -232,29 +232,16 @@ def _int_matrix(n_in: int, n_out: int, kernel: str) -> np.ndarray:
     return m
 
 
-def resize_uint8(img: np.ndarray, width: int, height: int, kernel: str = "bicubic") -> np.ndarray:
-    """Resize a uint8 image (H x W or H x W x C), antialiased, in integer arithmetic:
-    weights in 12-bit fixed point, one rounding at the end. The role of Pillow's 8-bit
-    ``resize``, with no platform-dependent step.
-
-    The two passes are matrix products in float64 (BLAS) of integers: every product and
-    partial sum is an integer below 2 ** 34 (255 x 4096 x 1.25, times 4096 x 1.25 again),
-    exactly representable, so any summation order or fused multiply-add gives the same exact
-    integers as the tap-by-tap int64 sums (tested against them)."""
-    if img.dtype != np.uint8:
-        raise TypeError(f"resize_uint8 needs a uint8 array, got {img.dtype}")
-    a = img.astype(np.float64)
-    for axis, n_out in ((1, width), (0, height)):
-        m = _int_matrix(a.shape[axis], n_out, kernel)
-        a = np.moveaxis(np.moveaxis(a, axis, -1) @ m.T, -1, axis)
-    half = 1 << (2 * _PREC - 1)
-    return np.clip((a.astype(np.int64) + half) >> (2 * _PREC), 0, 255).astype(np.uint8)
-
-
 def resize_uint8_crops(img: np.ndarray, boxes, width: int, height: int, kernel: str = "bicubic") -> np.ndarray:
     """``(len(boxes), height, width)`` uint8: each ``img[top:bottom, left:right]`` of ``boxes``
     (``(top, bottom, left, right)``) resized as :func:`resize_uint8` resizes it, byte for byte.
-    Boxes that share their columns share the horizontal pass (exact integers either way)."""
+
+    For many small crops (the duplicates' 28 thumbnails of a 256-pixel image): the two passes are
+    matrix products in float64 (BLAS) of integers, every product and partial sum an integer below
+    2 ** 34 (255 x 4096 x 1.25, times 4096 x 1.25 again), exactly representable, so any summation
+    order or fused multiply-add gives the exact integers of the tap sums (tested against them);
+    boxes that share their columns share the horizontal pass. Dense matrices cost the input size
+    times the output size: for one large image :func:`resize_uint8` is the faster."""
     if img.dtype != np.uint8 or img.ndim != 2:
         raise TypeError(f"resize_uint8_crops needs a 2-D uint8 array, got {img.dtype} {img.shape}")
     a = img.astype(np.float64)
@@ -268,8 +255,12 @@ def resize_uint8_crops(img: np.ndarray, boxes, width: int, height: int, kernel: 
     return np.clip((out.astype(np.int64) + half) >> (2 * _PREC), 0, 255).astype(np.uint8)
 
 
-def resize_uint8_taps(img: np.ndarray, width: int, height: int, kernel: str = "bicubic") -> np.ndarray:
-    """:func:`resize_uint8` tap by tap in int64 (the reference of its tests)."""
+def resize_uint8(img: np.ndarray, width: int, height: int, kernel: str = "bicubic") -> np.ndarray:
+    """Resize a uint8 image (H x W or H x W x C), antialiased, in integer arithmetic:
+    weights in 12-bit fixed point, sums in int64 (exact in any order), one rounding at
+    the end. The role of Pillow's 8-bit ``resize``, with no platform-dependent step."""
+    if img.dtype != np.uint8:
+        raise TypeError(f"resize_uint8 needs a uint8 array, got {img.dtype}")
     a = img.astype(np.int64)
     for axis, n_out in ((1, width), (0, height)):
         idx, wi = _int_taps(a.shape[axis], n_out, kernel)

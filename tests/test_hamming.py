@@ -182,3 +182,38 @@ def test_a_link_the_pixels_do_not_confirm_joins_nothing():
     groups, pairs = dup.duplicate_groups(list("abcd"), h, max_distance=1, check=refuse_bc)
     assert sorted(groups["name"]) == ["a", "b"]
     assert pairs["same"].tolist() == [True, False] and len(pairs) == 2
+
+
+def test_pixel_check_with_a_small_thumbnail_cache_gives_the_same_answers(tmp_path, monkeypatch):
+    """verify_pairs holds at most _MAX_THUMBS thumbnails; with room for 3 it decodes again as it
+    goes and still gives every pair's correlation, in order; an image gone since hashing fails
+    its pairs (not confirmed) instead of stopping the stage."""
+    import pandas as pd
+    from PIL import Image
+    rng = np.random.default_rng(9)
+    base = rng.integers(0, 256, size=(6, 8), dtype=np.uint8)
+    paths = []
+    for k in range(7):
+        img = base if k % 2 == 0 else rng.integers(0, 256, size=(6, 8), dtype=np.uint8)
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(img).resize((120 + k, 100), Image.BICUBIC).save(paths[-1])
+    hashes = dup.hash_files(paths)
+    pairs = pd.DataFrame({"i": [0, 0, 1, 2, 3, 4, 0], "j": [2, 4, 5, 6, 6, 6, 6], "distance": [0] * 7})
+    full = dup.verify_pairs(paths, pairs, hashes.mean, 0.94)
+    assert full["same"].tolist()[:2] == [True, True] and not full["same"].iloc[2]
+    monkeypatch.setattr(dup, "_MAX_THUMBS", 3)
+    small = dup.verify_pairs(paths, pairs, hashes.mean, 0.94, workers=1)
+    pd.testing.assert_frame_equal(small, full)
+    paths[6].unlink()
+    gone = dup.verify_pairs(paths, pairs, hashes.mean, 0.94)
+    assert gone["same"].tolist() == [True, True, False, False, False, False, False]
+
+
+def test_no_pair_within_the_distance_gives_no_group_through_the_check(tmp_path):
+    """The pixel check on an empty pair list (nothing near, or every image unreadable) keeps the
+    table's columns and types: no group, no error."""
+    h = np.random.default_rng(0).integers(0, 2 ** 63, size=(5, len(dup.CROPS), 4), dtype=np.uint64)
+    groups, pairs = dup.duplicate_groups(list("abcde"), h, 3,
+                                         check=lambda p: dup.verify_pairs([], p, None, 0.94))
+    assert groups.empty and list(groups.columns) == ["group", "name", "similarity", "closest"]
+    assert pairs.empty and pairs["same"].dtype == bool

@@ -110,7 +110,7 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"train.image_size": 96}, TRAIN_INPUT),
     ("synthetic", {"train.device": "cpu-test"}, TRAIN_INPUT),
     ("synthetic", {"train.feature_batch_size": 7}, TRAIN_INPUT),
-    ("synthetic", {"train.feature_runtime": "torch"}, {"featurize"}),
+    ("synthetic", {"train.feature_runtime": "torch"}, TRAIN_INPUT),
     ("synthetic", {"train.epochs": 3}, {"train", "repeats"}),
     ("synthetic", {"train.lr": 0.5}, {"train", "repeats"}),
     ("synthetic", {"train.shuffle_labels": operator.not_}, {"train", "repeats"}),

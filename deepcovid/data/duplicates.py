@@ -1,13 +1,15 @@
-"""Near-duplicate radiographs: the same image re-encoded, rescaled, slightly cropped or with
-another contrast, under another file name or patient id.
+"""Near-duplicate radiographs: the same image re-encoded, rescaled, slightly cropped or with another
+contrast, under another file name or patient id.
 
 Each image gets a perceptual hash (pHash as ``imagehash.phash`` computes it: the 2-D DCT of a grey
 thumbnail, each low frequency above or below their median; here 255 bits of a 64 x 64 thumbnail
 equalised by rank and centred on the set's mean thumbnail), of the whole image and of 27 crops of
 it, in integer arithmetic only, so the same bits on every CPU (the split is an exact stage). Two
 images are near-duplicates when one, whole, is within ``max_distance`` bits of the other whole or
-cropped; the groups are the connected components of that relation; ``similarity`` is
-``1 - distance / 255``. The threshold and its measurement on real data: README, "Duplicates"."""
+cropped (found through a multi-index, :mod:`deepcovid.data.hamming`, not by comparing every pair)
+and the pixels of their thumbnails agree (:func:`pixel_correlation` at least ``min_correlation``);
+the groups are the connected components of the confirmed pairs; ``similarity`` is
+``1 - distance / 255``. The thresholds and their measurement on real data: README, "Duplicates"."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ _WORK = 256              # images are first reduced to this longer side (one res
 _THUMB = 64
 _LOW = 16
 _PREC = 12               # fixed-point bits of the DCT matrix
+_MAX_THUMBS = 4096       # thumbnails held at once by the pixel check (about 0.9 GB)
 # Crops (left, top, right, bottom fractions) hashed besides the whole image, so that a copy
 # cropped by a few percent on some sides still matches one of them: all sides, one side, two
 # sides meeting at a corner, each by 2, 4 and 6%.
@@ -304,19 +307,32 @@ def verify_pairs(paths: Sequence, pairs: pd.DataFrame, mean: np.ndarray, min_cor
     The second, stricter look at each pair the hashes found: two different radiographs drawn
     alike can agree on the signs of 255 coefficients while their pixels differ; the same
     radiograph re-encoded, rescaled, cropped or with another contrast keeps its pixels. The
-    thumbnails of the images in pairs are decoded again (229 KB each while the pairs are checked)."""
+    thumbnails of the images in pairs are decoded again, at most ``_MAX_THUMBS`` held at once
+    (229 KB each)."""
     pairs = pairs.copy()
-    needed = sorted(set(pairs["i"]) | set(pairs["j"]))
-    thumbs: dict[int, np.ndarray] = {}
-    for k, t, err in _thumbnail_stream([paths[i] for i in needed], workers):
-        if err:   # was readable when hashed: changed since; the pair cannot be confirmed
-            log.warning("%s: not re-read for the pixel check (%s)", paths[needed[k]], err)
-        else:
-            thumbs[needed[k]] = t
-    terms = [pixel_correlation(thumbs[i], thumbs[j], mean) if i in thumbs and j in thumbs else (0, 0, 0)
-             for i, j in zip(pairs["i"], pairs["j"])]
-    pairs["correlation"] = [ratio(t) for t in terms]
-    pairs["same"] = [at_least(t, min_correlation) for t in terms]
+    terms: list[tuple[int, int, int]] = []
+    thumbs: dict[int, np.ndarray | None] = {}
+    start = 0
+    while start < len(pairs):     # chunks of pairs whose images fit the cache together
+        stop, needed = start, set()
+        while stop < len(pairs):
+            new = {pairs["i"].iat[stop], pairs["j"].iat[stop]} - needed
+            if needed and len(needed) + len(new) > _MAX_THUMBS:
+                break
+            needed |= new
+            stop += 1
+        thumbs = {i: t for i, t in thumbs.items() if i in needed}
+        missing = sorted(needed - set(thumbs))
+        for k, t, err in _thumbnail_stream([paths[i] for i in missing], workers):
+            if err:   # was readable when hashed: changed since; the pair cannot be confirmed
+                log.warning("%s: not re-read for the pixel check (%s)", paths[missing[k]], err)
+            thumbs[missing[k]] = t
+        for i, j in zip(pairs["i"].iloc[start:stop], pairs["j"].iloc[start:stop]):
+            a, b = thumbs[i], thumbs[j]
+            terms.append((0, 0, 0) if a is None or b is None else pixel_correlation(a, b, mean))
+        start = stop
+    pairs["correlation"] = np.array([ratio(t) for t in terms], dtype=np.float64)
+    pairs["same"] = np.array([at_least(t, min_correlation) for t in terms], dtype=bool)
     return pairs
 
 
@@ -335,7 +351,7 @@ def duplicate_groups(names: Sequence[str], hashes: np.ndarray, max_distance: int
     found = near_pairs(hashes, max_distance, skip, workers=workers)
     if check is not None:
         found = check(found)
-    pairs = found[found["same"]] if "same" in found else found
+    pairs = found.loc[found["same"].to_numpy(dtype=bool)] if "same" in found else found
     n = len(names)
     graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs["i"], pairs["j"])), shape=(n, n))
     _, component = connected_components(graph, directed=False)

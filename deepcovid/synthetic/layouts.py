@@ -191,12 +191,14 @@ def plan_chexpert(cfg: dict, seed: int) -> list[dict]:
         first = 1 if split == "train" else max(64541, cfg["train_patients"] + 1)
         studies = []  # [patient, study, [lateral?, ...]]: a lateral right after a frontal joins its study
         for k in range(cfg[f"{split}_patients"]):
+            count = 0  # this patient's studies so far (patients come in order)
             for lat in (rng.random() < cfg["lateral_fraction"] for _ in range(
                     int(rng.integers(cfg["images_per_patient"][0], cfg["images_per_patient"][1] + 1)))):
                 if lat and studies and studies[-1][0] == first + k and studies[-1][2] == [False]:
                     studies[-1][2].append(True)
                 else:
-                    studies.append([first + k, 1 + sum(s[0] == first + k for s in studies), [bool(lat)]])
+                    count += 1
+                    studies.append([first + k, count, [bool(lat)]])
         if studies and cfg["lateral_fraction"] > 0 and not any(any(s[2]) for s in studies):
             studies[-1][2].append(True)
         frontal = [i for i, s in enumerate(studies) if not s[2][0]]
