@@ -4,6 +4,7 @@ sizes of generated data, and the slope of log(time) against log(images).
     python bench/scale.py                          # default (~700), paper (~5,000), 30k
     python bench/scale.py --sizes default paper    # the 30k point takes about an hour more
     python bench/scale.py --sizes paper --stages fetch_params fetch filter negatives duplicates
+    python bench/scale.py --sizes 30k --add-to scale.json --out scale3.json   # a size more, later
 
 Each size runs in a fresh copy of this working tree (tracked and untracked files, not the
 outputs) under ``--workdir``, with params.yaml changed as below, one ``dvc repro --single-item --force``
@@ -176,11 +177,13 @@ def plot(results: dict, stages: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
     names = [n for n in results if results[n].get("images")]
     fig, ax = plt.subplots(figsize=(7, 5))
-    for stage in stages:
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    for k, stage in enumerate(stages):
         pts = [(results[n]["images"], results[n]["stages"][stage]["seconds"]) for n in names
                if stage in results[n]["stages"]]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=stage)
+            ax.plot(*zip(*pts), marker="osD^v"[k % 5], linestyle=("-", "--", ":")[k % 3], color=colours[k % 20],
+                    label=stage)
     ax.set(xscale="log", yscale="log", xlabel="images in the manifest", ylabel="wall time of the stage (s)",
            title="dvc repro, stage by stage (2 cores)")
     ax.legend(fontsize=7, ncol=2)
@@ -194,10 +197,12 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=None, help="stages to run, in order (default: all)")
     ap.add_argument("--workdir", default=None, help="where the copies are made (default: a temporary folder)")
     ap.add_argument("--out", default="scale.json", help="JSON of the figures (a PNG plot beside it)")
+    ap.add_argument("--add-to", default=None,
+                    help="an earlier run's JSON: its sizes join this run's in the table, the slopes and the plot")
     args = ap.parse_args()
     stages = args.stages or _stages()
     workdir = Path(args.workdir) if args.workdir else Path(os.environ.get("TMPDIR", "/tmp")) / "deepcovid-scale"
-    results = {}
+    results = json.loads(Path(args.add_to).read_text())["results"] if args.add_to else {}
     for name in args.sizes:
         started = time.perf_counter()
         results[name] = run_size(name, workdir, stages)

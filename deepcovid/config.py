@@ -412,8 +412,21 @@ def validate(params: dict) -> Params:
         raise ConfigError(_one_line(exc)) from None
 
 
+MAX_PARAMS_BYTES = 1 << 20   # a parameter file is a few kilobytes; anything near this is not one
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)
+    and anchors and aliases (``&a`` / ``*a``: nothing in params.yaml needs them, and nested aliases
+    expand exponentially: a few lines can keep a loader busy for hours)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors and aliases (&name, *name) are not allowed in a parameter file",
+                event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -430,6 +443,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_PARAMS_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes, more than a parameter file's "
+                              f"{MAX_PARAMS_BYTES} (refused before parsing)")
         text = path.read_bytes().decode("utf-8")
         params = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:

@@ -163,3 +163,29 @@ def test_load_config_errors_name_the_file(tmp_path):
     bad.write_text(yaml.safe_dump(_with(PARAMS, "train.epochs", 0)))
     with pytest.raises(ConfigError, match=rf"^{bad}: parameter train.epochs"):
         load_config(bad)
+
+
+def test_yaml_alias_bombs_and_huge_files_are_refused_before_any_work(tmp_path):
+    """A billion-laughs alias bomb inside a valid key is refused at its first anchor, at once; so
+    is a plain anchor; a file over the size limit is refused without being parsed."""
+    import time
+
+    from deepcovid.config import MAX_PARAMS_BYTES
+    text = (REPO / "params.yaml").read_text()
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{k}: &a{k} [*a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}]\n"
+        for k in range(1, 12))
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("mlflow:\n", "mlflow:\n  bomb:\n" + "".join("    " + line + "\n" for line in bomb.splitlines()), 1))
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"anchors and aliases .* are not allowed"):
+        load_config(path)
+    assert time.perf_counter() - start < 2
+    path.write_text(text.replace("seed: 42", "seed: &s 42", 1))
+    with pytest.raises(ConfigError, match=r"anchors and aliases"):
+        load_config(path)
+    path.write_text(text + "#" * MAX_PARAMS_BYTES)
+    with pytest.raises(ConfigError, match=rf"^{path}: \d+ bytes, more than a parameter file's"):
+        load_config(path)
+    path.write_text(text)
+    load_config(path)

@@ -154,6 +154,40 @@ def _kill_while_writing(pid: int, folders: list[Path], extra_slices: int) -> boo
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to find the stage processes")
+@pytest.mark.parametrize("stage", ["preprocess", "train"])
+def test_sigterm_to_dvc_alone_stops_the_stage_and_its_workers(project, stage):
+    """What `timeout`, a CI cancel or a scheduler does: SIGTERM to the `dvc repro` process only
+    (not its process group). The stage and its workers must stop within seconds, not finish
+    re-parented after dvc is gone; the committed outputs (dvc.lock) stay as they were."""
+    root, env = project
+    dvc = str(BIN / "dvc")
+    lock = (root / "dvc.lock").read_text()
+    repro = subprocess.Popen([dvc, "repro", "-f", "-s", stage], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _stage_processes(stage) and repro.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _stage_processes(stage), f"{stage} never started"
+        time.sleep(0.5)                                 # into its work (imports, workers started)
+        repro.send_signal(signal.SIGTERM)
+        repro.wait(timeout=60)
+        stop_by = time.monotonic() + 15
+        while _stage_processes(stage) and time.monotonic() < stop_by:
+            time.sleep(0.05)
+        assert _stage_processes(stage) == [], f"{stage}: still running after dvc was terminated"
+    finally:
+        if repro.poll() is None:
+            os.killpg(repro.pid, signal.SIGKILL)
+        for pid in _stage_processes(stage):
+            os.kill(pid, signal.SIGKILL)
+    assert (root / "dvc.lock").read_text() == lock
+    _sh([dvc, "repro", "-s", stage], root, env)         # what DVC removed before the stage ran (run cache)
+    assert (root / "dvc.lock").read_text() == lock
+    assert _stale(root, env) == set()
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to find the stage processes")
 def test_sigkill_each_stage_under_dvc_repro_then_rerun(project):
     """For each stage: `dvc repro -f -s STAGE`, and SIGKILL the stage process at a random moment
     while it writes its outputs (a random number, 0 to 20, of 1 ms run slices after its temporary

@@ -5,6 +5,7 @@ random strings with planted near copies, on hypothesis-drawn sets, and on the re
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,44 @@ def test_no_pair_within_the_distance_gives_no_group_through_the_check(tmp_path):
                                          check=lambda p: dup.verify_pairs([], p, None, 0.94))
     assert groups.empty and list(groups.columns) == ["group", "name", "similarity", "closest"]
     assert pairs.empty and pairs["same"].dtype == bool
+
+
+def test_generated_radiographs_that_hash_alike_are_not_linked_but_planted_copies_are(tmp_path):
+    """Generated CheXpert-style radiographs are drawn from one template: many pairs of different
+    images fall within a wide hash distance. The pixel check links none of them, and links each
+    planted copy (re-encoded, rescaled, cropped, contrast-changed, under another name) with its
+    original: the groups are exactly the planted ones."""
+    import io
+
+    import yaml
+    from PIL import Image
+
+    from deepcovid.synthetic import generate_chexpert
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["synthetic"]["chexpert"]
+    generate_chexpert(tmp_path / "x", {**cfg, "train_patients": 70, "valid_patients": 0, "lateral_fraction": 0.0}, 5)
+    originals = sorted((tmp_path / "x").rglob("view*_frontal.jpg"))
+    assert len(originals) >= 80
+    planted = {}
+    for k, src in enumerate(originals[:12:2]):
+        image = Image.open(src).convert("L")
+        w, h = image.size
+        copy = [image.resize((w // 2, h // 2), Image.BILINEAR), image.crop((0, 0, w - int(0.04 * w), h)),
+                Image.eval(image, lambda v: min(255, int(v * 1.2)))][k % 3]
+        buf = io.BytesIO()
+        copy.save(buf, "JPEG", quality=60)
+        path = tmp_path / f"copy{k}.jpg"
+        path.write_bytes(buf.getvalue())
+        planted[str(path)] = str(src)
+    paths = [str(p) for p in originals] + list(planted)
+    hashed = dup.hash_files(paths)
+    wide = dup.near_pairs(hashed.hashes, 60, workers=2)
+    copy_pairs = {(paths.index(b), paths.index(a)) for a, b in planted.items()}
+    different = wide[[(i, j) not in copy_pairs for i, j in zip(wide["i"], wide["j"])]]
+    assert len(different) >= 10          # different radiographs that hash alike: the hard case
+    checked = dup.verify_pairs(paths, wide, hashed.mean, 0.94)
+    confirmed = {(i, j) for i, j, same in zip(checked["i"], checked["j"], checked["same"]) if same}
+    assert confirmed == copy_pairs
+    groups, _ = dup.duplicate_groups(paths, hashed.hashes, 60, workers=2,
+                                     check=lambda p: dup.verify_pairs(paths, p, hashed.mean, 0.94))
+    found = sorted(sorted(g) for g in groups.groupby("group")["name"].apply(list))
+    assert found == sorted(sorted([a, b]) for a, b in planted.items())

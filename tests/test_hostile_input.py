@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -477,3 +478,34 @@ def test_train_and_predict_open_no_network_socket(tiny_trained, tmp_path):
                               env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert (ws / "mlflow.db").is_file() and (ws / "s.csv").is_file()
+
+
+def test_sigterm_ends_a_stage_in_one_line_and_marks_its_mlflow_run_killed(tmp_path):
+    """A stage under runner.run with an MLflow run open, sent SIGTERM: exit 143, one line saying
+    what happened (no traceback), and the run recorded as KILLED, not FINISHED."""
+    script = tmp_path / "stage.py"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script.write_text(f"""
+import sys, time
+import mlflow
+from deepcovid import runner
+
+def main():
+    mlflow.set_tracking_uri({uri!r})
+    mlflow.set_experiment("t")
+    run = mlflow.start_run()
+    print(run.info.run_id, flush=True)
+    time.sleep(120)
+
+runner.run(main, "fake")
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    run_id = proc.stdout.readline().strip()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1].startswith("fake: stopped by SIGTERM; this run wrote none of its outputs")
+    assert "Traceback" not in err
+    from mlflow.tracking import MlflowClient
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "KILLED"
