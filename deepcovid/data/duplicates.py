@@ -247,16 +247,12 @@ def ratio(terms: tuple[int, int, int]) -> float:
     return round(num / math.sqrt(xx * yy), 4) if xx and yy else 0.0
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(x).sum(axis=-1, dtype=np.int64)
-
-
 def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``(len(a), len(b))`` distances between images: the fewest differing bits between one
     image whole and the other whole or cropped (any crop of ``CROPS``, either way round)."""
     whole_a, whole_b = a[:, None, 0, :], b[None, :, 0, :]
-    a_cropped = _popcount(a[:, None, :, :] ^ whole_b[:, :, None, :]).min(axis=2)
-    b_cropped = _popcount(b[None, :, :, :] ^ whole_a[:, :, None, :]).min(axis=2)
+    a_cropped = hamming.popcount(a[:, None, :, :] ^ whole_b[:, :, None, :]).min(axis=2)
+    b_cropped = hamming.popcount(b[None, :, :, :] ^ whole_a[:, :, None, :]).min(axis=2)
     return np.minimum(a_cropped, b_cropped)
 
 

@@ -23,14 +23,15 @@ from math import comb
 
 import numpy as np
 
-__all__ = ["radius_pairs", "radius_pairs_exhaustive", "plan_parts"]
+__all__ = ["radius_pairs", "radius_pairs_exhaustive", "plan_parts", "popcount"]
 
 _WORD = 64
 _MAX_PART_BITS = 24        # a part's table: 2 ** bits counts (int64), at most 128 MiB
 _CANDIDATES_PER_BLOCK = 4_000_000
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
+def popcount(x: np.ndarray) -> np.ndarray:
+    """Set bits of each row of uint64 words (the last axis summed)."""
     return np.bitwise_count(x).sum(axis=-1, dtype=np.int64)
 
 
@@ -142,7 +143,7 @@ def radius_pairs(queries: np.ndarray, entries: np.ndarray, radius: int, workers:
             rows, ids = _candidates(table, values[start:stop])
             if len(rows) == 0:
                 continue
-            dist = _popcount(queries[start + rows] ^ entries[ids])
+            dist = popcount(queries[start + rows] ^ entries[ids])
             keep = dist <= radius
             found.append(np.stack([rows[keep] + start, ids[keep], dist[keep]], axis=1))
         if not found:
@@ -163,7 +164,7 @@ def radius_pairs_exhaustive(queries: np.ndarray, entries: np.ndarray, radius: in
     entries = np.asarray(entries, dtype=np.uint64)
     found = [np.zeros((0, 3), dtype=np.int64)]
     for start in range(0, len(queries), chunk):
-        dist = _popcount(queries[start:start + chunk, None, :] ^ entries[None, :, :])
+        dist = popcount(queries[start:start + chunk, None, :] ^ entries[None, :, :])
         q, e = np.nonzero(dist <= radius)
         found.append(np.stack([q + start, e, dist[q, e]], axis=1))
     hits = np.concatenate(found)
