@@ -2,7 +2,10 @@
 # Mutation testing (mutmut, configured in pyproject.toml [tool.mutmut]) of the statistics,
 # evaluation, split and training modules, in a scratch copy of the working tree; then the
 # score per module (bench/mutation_report.py). Takes more than an hour on 2 cores.
-#   usage: bench/mutation.sh [--list]      (--list: print every surviving mutant's diff)
+#   usage: bench/mutation.sh [--set trust] [--list]
+#     --list: print every surviving mutant's diff
+#     --set trust: the modules and tests of [tool.deepcovid.mutation.trust] in pyproject.toml instead
+#                  (the image and DICOM readers, inference, predict, audit, regions, reproduction)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
@@ -10,6 +13,21 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work"
 cd "$work"
+if [ "${1:-}" = "--set" ]; then
+  "$repo/.venv/bin/python" - "$2" <<'PY'
+import json, re, sys, tomllib
+text = open("pyproject.toml").read()
+chosen = tomllib.loads(text)["tool"]["deepcovid"]["mutation"][sys.argv[1]]
+block = "\n".join(["[tool.mutmut]", 'source_paths = ["deepcovid"]',
+                   f"only_mutate = {json.dumps(chosen['only_mutate'])}",
+                   f"pytest_add_cli_args_test_selection = {json.dumps(chosen['tests'])}",
+                   f"pytest_add_cli_args = {json.dumps(chosen['pytest_args'])}",
+                   'also_copy = ["tests", "params.yaml", "stages", "curation", "dvc.yaml"]', "", ""])
+open("pyproject.toml", "w").write(re.sub(r"^\[tool\.mutmut\]\n.*?(?=^\[)", lambda m: block, text, count=1,
+                                         flags=re.S | re.M))
+PY
+  shift 2
+fi
 # One OpenMP thread: forked mutant processes of torch code (model/training.py train_head) stalled
 # until the timeout with torch's threads running in the parent.
 OMP_NUM_THREADS=1 "$repo/.venv/bin/python" -m mutmut run --max-children "$(nproc)" > mutmut.log 2>&1 || { tail -c 3000 mutmut.log; exit 1; }

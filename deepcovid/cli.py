@@ -64,7 +64,7 @@ def _duplicates(args) -> int:
     groups, unreadable, n_files = audit_paths(args.paths, max_distance, cfg.min_correlation, cfg.workers)
     for path, reason in unreadable.items():
         print(f"{path}: left out ({reason})", file=sys.stderr)
-    files.write_csv(args.out, groups[["group", "path", "similarity", "closest"]])
+    files.write_csv(args.out, groups[["group", "path", "similarity", "closest"]], report=True)
     print(f"{groups['group'].nunique()} groups of near-duplicates ({len(groups)} of {n_files - len(unreadable)} "
           f"images; similarity >= {similarity(max_distance):.4f}, pixel correlation >= {cfg.min_correlation}): "
           f"{args.out}")
@@ -78,6 +78,7 @@ def _evaluate_external(args) -> int:
 
     cfg = load_config(args.params)
     metrics = evaluate_external(args.folder, models=args.model, evaluation=args.evaluation, out_dir=args.out_dir,
+                                threshold=args.threshold,
                                 cfg=EvalConfig.from_config(cfg), frontal_views=cfg.filter.frontal_views,
                                 batch_size=args.batch_size)
     t = metrics["test"]
@@ -92,13 +93,16 @@ def _explain(args) -> int:
     from deepcovid.config import load_config
     from deepcovid.evaluation.predictions import operating_point
     from deepcovid.explain.explain_run import explain_images
+    from deepcovid.model.inference import model_sha256
 
     cfg = load_config(args.params).explain.as_dict()
     cfg.update({k: v for k, v in (("window", args.window), ("stride", args.stride), ("fill", args.fill),
                                   ("method", args.method)) if v is not None})
     threshold = None
-    if Path(args.evaluation).is_file():
-        threshold = operating_point(args.evaluation)
+    if args.threshold is not None:
+        threshold = args.threshold
+    elif Path(args.evaluation).is_file():
+        threshold = operating_point(args.evaluation, model_sha256=model_sha256(args.model))
     else:
         print(f"explain: {args.evaluation} not found: label flips drawn at threshold 0.5")
     failed = 0
@@ -114,9 +118,13 @@ def _predict(args) -> int:
     from deepcovid import files
     from deepcovid.config import load_config
     from deepcovid.evaluation.predictions import operating_point
+    from deepcovid.model.inference import model_sha256
     from deepcovid.model.predict import collect_files, predict_files
 
-    threshold = args.threshold if args.threshold is not None else operating_point(args.evaluation)
+    threshold = (args.threshold if args.threshold is not None
+                 else operating_point(args.evaluation, model_sha256=model_sha256(args.model)))
+    if args.out != "-":
+        files.check_writable(args.out)  # before scoring, not after
     paths = collect_files(args.paths)
     if not paths:
         raise InputError(f"no image files found in {', '.join(args.paths)}")
@@ -131,9 +139,9 @@ def _predict(args) -> int:
                                  out=args.explain, threshold=threshold)}
         table["explanation"] = table["path"].map(figure).fillna("")
     if args.out == "-":
-        table.to_csv(sys.stdout, index=False)
+        files.neutralise_formulas(table).to_csv(sys.stdout, index=False)
     else:
-        files.write_csv(args.out, table)
+        files.write_csv(args.out, table, report=True)
     failed, warned = int((table["error"] != "").sum()), int((table["warning"] != "").sum())
     print(f"predict: {len(table)} files, {len(table) - failed} scored, {failed} unreadable, {warned} with warnings; "
           f"label COVID-19 at score >= {threshold:.6g}" + ("" if args.out == "-" else f": {args.out}"),
@@ -292,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="folder with metadata.csv and the images")
     p.add_argument("--model", default="models", help="model folder of the train stage (default: models)")
     p.add_argument("--evaluation", default="metrics/evaluate.json", help="the operating point (test.threshold)")
+    p.add_argument("--threshold", type=float, default=None, help="label threshold instead of the operating point")
     p.add_argument("--out-dir", required=True, help="output folder")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--params", default="params.yaml")
@@ -314,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models", help="model folder of the train stage (default: models)")
     p.add_argument("--out", default="explain", help="folder for the figures (default: explain)")
     p.add_argument("--evaluation", default="metrics/evaluate.json", help="the operating point (test.threshold)")
+    p.add_argument("--threshold", type=float, default=None, help="label threshold instead of the operating point")
     p.add_argument("--window", type=int, default=None)
     p.add_argument("--stride", type=int, default=None)
     p.add_argument("--fill", choices=("zero", "blur"), default=None)

@@ -41,6 +41,12 @@ def _pair(value: tuple) -> tuple:
 
 
 Int = Annotated[StrictInt, Field()]
+# Upper bounds of size parameters: none may allocate beyond a machine in one step (a typo such as
+# an extra zero is refused in one line, not met as an out-of-memory kill an hour later).
+MAX_COUNT = 10_000_000  # patients or images of one kind
+MAX_SIDE = 8192  # pixels of a generated image's side
+MAX_WORKERS = 256
+MAX_BATCH = 4096
 Number = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
 Fraction = Annotated[float, BeforeValidator(_not_bool), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 IntPair = Annotated[tuple[StrictInt, StrictInt], AfterValidator(_pair)]
@@ -97,24 +103,26 @@ class Fetch(Section):
 
 
 class SyntheticCohen(Section):
-    covid_patients: Annotated[Int, Field(ge=0)]
-    other_patients: Annotated[Int, Field(ge=0)]
+    covid_patients: Annotated[Int, Field(ge=0, le=MAX_COUNT)]
+    other_patients: Annotated[Int, Field(ge=0, le=MAX_COUNT)]
     images_per_patient: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 1 else _fail("low must be >= 1"))]
     lateral_fraction: Fraction
     ct_rows: Annotated[Int, Field(ge=0)]
-    size_range: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 64 else _fail("low must be >= 64"))]
+    size_range: Annotated[IntPair, AfterValidator(lambda v: v if 64 <= v[0] and v[1] <= MAX_SIDE else
+                                                  _fail(f"must lie within [64, {MAX_SIDE}]"))]
     severity: Annotated[NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else
                                                    _fail("must lie within [0, 1]"))]
     style_shift: Annotated[Number, Field(ge=0)]
 
 
 class SyntheticChexpert(Section):
-    train_patients: Annotated[Int, Field(ge=0)]
-    valid_patients: Annotated[Int, Field(ge=0)]
+    train_patients: Annotated[Int, Field(ge=0, le=MAX_COUNT)]
+    valid_patients: Annotated[Int, Field(ge=0, le=MAX_COUNT)]
     images_per_patient: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 1 else _fail("low must be >= 1"))]
     lateral_fraction: Fraction
-    width: Annotated[Int, Field(ge=64)]
-    height_range: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 64 else _fail("low must be >= 64"))]
+    width: Annotated[Int, Field(ge=64, le=MAX_SIDE)]
+    height_range: Annotated[IntPair, AfterValidator(lambda v: v if 64 <= v[0] and v[1] <= MAX_SIDE else
+                                                    _fail(f"must lie within [64, {MAX_SIDE}]"))]
     severity: Annotated[NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else
                                                    _fail("must lie within [0, 1]"))]
     style_shift: Annotated[Number, Field(ge=0)]
@@ -163,7 +171,7 @@ class Negatives(Section):
 class Duplicates(Section):
     max_distance: Annotated[Int, Field(ge=0, le=254)]
     min_correlation: Fraction
-    workers: Annotated[Int, Field(ge=1)]
+    workers: Annotated[Int, Field(ge=1, le=MAX_WORKERS)]
 
 
 class Split(Section):
@@ -174,14 +182,17 @@ class Split(Section):
 
 
 class Preprocess(Section):
-    cache_size: Annotated[Int, Field(ge=32)]
+    cache_size: Annotated[Int, Field(ge=32, le=2048)]
     resize: Literal["stretch", "pad"]
     grayscale: StrictBool
-    workers: Annotated[Int, Field(ge=1)]
+    workers: Annotated[Int, Field(ge=1, le=MAX_WORKERS)]
+    # width x height (x frames) of a source image, read from its header before any pixel is
+    # decoded; at most Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
+    max_pixels: Annotated[Int, Field(ge=65_536, le=89_478_485)]
 
 
 class Augment(Section):
-    copies: Annotated[Int, Field(ge=0)]
+    copies: Annotated[Int, Field(ge=0, le=100)]
     hflip_p: Fraction
     rotation_degrees: Annotated[Number, Field(ge=0, le=45)]
     translate: Annotated[Number, Field(ge=0, le=0.5)]
@@ -194,15 +205,15 @@ class Augment(Section):
 
 class Train(Section):
     mode: Literal["last_layer", "full"]
-    image_size: Annotated[Int, Field(ge=32)]
-    epochs: Annotated[Int, Field(ge=1)]
-    batch_size: Annotated[Int, Field(ge=1)]
+    image_size: Annotated[Int, Field(ge=32, le=1024)]
+    epochs: Annotated[Int, Field(ge=1, le=100_000)]
+    batch_size: Annotated[Int, Field(ge=1, le=MAX_BATCH)]
     lr: Annotated[Number, Field(gt=0, le=1)]
     weight_decay: Annotated[Number, Field(ge=0, le=1)]
-    patience: Annotated[Int, Field(ge=0)]
+    patience: Annotated[Int, Field(ge=0, le=100_000)]
     device: str = Field(min_length=1)
-    num_workers: Annotated[Int, Field(ge=0)]
-    feature_batch_size: Annotated[Int, Field(ge=1)]
+    num_workers: Annotated[Int, Field(ge=0, le=MAX_WORKERS)]
+    feature_batch_size: Annotated[Int, Field(ge=1, le=MAX_BATCH)]
     feature_runtime: Literal["auto", "torch", "onnxruntime"]
     shuffle_labels: StrictBool
     class_weight: Literal["none", "balanced"]
@@ -227,17 +238,17 @@ class Evaluate(Section):
 
 
 class Explain(Section):
-    window: Annotated[Int, Field(ge=1)]
-    stride: Annotated[Int, Field(ge=1)]
+    window: Annotated[Int, Field(ge=1, le=1024)]
+    stride: Annotated[Int, Field(ge=1, le=1024)]
     fill: Literal["zero", "mean", "blur"]
     blur_sigma: Annotated[Number, Field(gt=0, le=100)]
     method: Literal["exact", "approximate", "batched"]
     coarse: Annotated[Int, Field(ge=2, le=16)]
     refine: Fraction
-    top_covid: Annotated[Int, Field(ge=0)]
-    false_negatives: Annotated[Int, Field(ge=0)]
-    false_positives: Annotated[Int, Field(ge=0)]
-    batch_size: Annotated[Int, Field(ge=1)]
+    top_covid: Annotated[Int, Field(ge=0, le=MAX_COUNT)]
+    false_negatives: Annotated[Int, Field(ge=0, le=MAX_COUNT)]
+    false_positives: Annotated[Int, Field(ge=0, le=MAX_COUNT)]
+    batch_size: Annotated[Int, Field(ge=1, le=MAX_BATCH)]
     runtime: Literal["onnxruntime", "torch"]
 
     @model_validator(mode="after")
@@ -253,7 +264,7 @@ Tolerance = Annotated[Number, Field(ge=0)]
 
 
 class Audit(Section):
-    folds: Annotated[Int, Field(ge=2)]
+    folds: Annotated[Int, Field(ge=2, le=100)]
     flag_auc: Annotated[Number, Field(ge=0.5, le=1.0)]
     metadata: list[str] = Field(min_length=1)
     min_per_class: Annotated[Int, Field(ge=2)]

@@ -38,5 +38,9 @@ class FileReadError(DeepCovidError):
         super().__init__(self.reason if path is None else f"{path}: {self.reason}")
 
 
+class OutputError(DeepCovidError, OSError):
+    """An output cannot be written (a full disk, a read-only folder, no permission): names the path."""
+
+
 class StateError(DeepCovidError, RuntimeError):
     """Earlier outputs do not fit together (features of another backbone, a checkpoint that cannot be used...)."""

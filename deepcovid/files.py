@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -16,7 +17,29 @@ import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator
 
-from deepcovid.errors import InputError
+from deepcovid.errors import InputError, OutputError
+
+#: The OS errors of an output that a user fixes (space, a read-only or foreign folder, a quota).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG})
+
+
+def output_error(path: str | os.PathLike, exc: OSError) -> OutputError:
+    """The one-line error of an OS error met writing the output ``path``."""
+    return OutputError(f"{path}: cannot be written ({exc.strerror or exc}); nothing was replaced")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, in one line, if the file ``path`` could not be written (its folder missing and
+    not creatable, read-only, not ours, full): before long work whose result would be lost."""
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{Path(path).name}.", suffix=".probe") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise output_error(path, exc) from None
 
 
 class TreeError(InputError):
@@ -68,12 +91,23 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise output_error(path, exc) from None
+        raise
     target = tmp / (path.name + suffix)
     try:
-        yield target
+        try:
+            yield target
+        except OSError as exc:  # writing the output (not reading an input: that error names its own file)
+            mine = exc.filename is None or str(exc.filename).startswith(str(tmp))
+            if exc.errno in WRITE_ERRNOS and mine and not isinstance(exc, OutputError):
+                raise output_error(path, exc) from None
+            raise
         if not target.exists():
             raise FileNotFoundError(f"nothing was written to {target}")
         if target.is_dir() and path.is_dir():
@@ -153,8 +187,35 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     write_text(path, json.dumps(obj, indent=indent, sort_keys=False, allow_nan=False) + "\n")
 
 
-def write_csv(path: str | os.PathLike, frame) -> None:
-    """Write a pandas DataFrame as CSV atomically (no index, LF line endings)."""
+#: What a spreadsheet reads as the start of a formula (OWASP "CSV injection"): such a cell from
+#: outside data (a file name, a patient id, a finding) would run when the report is opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(frame):
+    """A copy of ``frame`` in which every text cell that starts with one of
+    :data:`FORMULA_STARTS` gets a leading ``'`` (OWASP's rule: shown as text, never evaluated).
+    Numeric columns are untouched (a negative number stays a number)."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column]
+        if is_numeric_dtype(values) or is_bool_dtype(values):
+            continue
+        out[column] = [f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v for v in values]
+    return out
+
+
+def write_csv(path: str | os.PathLike, frame, *, report: bool = False) -> None:
+    """Write a pandas DataFrame as CSV atomically (no index, LF line endings).
+
+    ``report=True`` for the tables written for people (predict's output, rejected files,
+    duplicate groups, external evaluations): text cells that a spreadsheet would run as a formula
+    are neutralised (:func:`neutralise_formulas`). Tables the pipeline reads back (manifests,
+    indexes, predictions) keep the sources' values exactly."""
+    if report:
+        frame = neutralise_formulas(frame)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\n")
 

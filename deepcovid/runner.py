@@ -22,10 +22,13 @@ _FILE_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirec
 
 def is_user_error(exc: BaseException) -> bool:
     """True for the errors a user can fix from a one-line message: the project's own
-    (:class:`deepcovid.errors.DeepCovidError`) and an OS error about a file it names. Anything else
+    (:class:`deepcovid.errors.DeepCovidError`), an OS error about a file it names, and a full disk,
+    a read-only folder or a missing permission (:data:`deepcovid.files.WRITE_ERRNOS`). Anything else
     (a ``ValueError`` from deep inside a library, a ``KeyError``...) is a bug or a surprise and keeps
     its traceback."""
     if isinstance(exc, DeepCovidError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in files.WRITE_ERRNOS:  # a full disk, a read-only folder
         return True
     return isinstance(exc, _FILE_ERRORS) and getattr(exc, "filename", None) is not None
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from deepcovid.config import flatten
@@ -133,9 +135,9 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     """Log the numeric metrics (the environment is logged as parameters), the wall time, the
     loss curve, model.json and the model, and register the model; end the run.
 
-    The model is logged as MLflow "model from code" (:mod:`deepcovid.model.mlflow_model`): a
-    state_dict (``model_pt``) and ``model.json``, loaded without unpickling any code, with the
-    deepcovid package beside it; registered as :func:`registered_name`. The run is tagged with
+    The model is logged as MLflow "model from code": a state_dict (``model_pt``) and
+    ``model.json``, loaded without unpickling anything, by :mod:`deepcovid.model.mlflow_loader`,
+    which imports the installed deepcovid package (no copy of the package is logged); registered as :func:`registered_name`. The run is tagged with
     the state_dict's SHA-256 (``model_sha256``) so later stages find it (the model card)."""
     import mlflow
     import mlflow.pyfunc
@@ -145,7 +147,7 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     from mlflow.types import ColSpec, Schema
 
     from deepcovid import files
-    from deepcovid.model import mlflow_model  # the model's code, logged as a file (nothing pickled)
+    from deepcovid.model import mlflow_loader  # the file MLflow runs on loading (nothing pickled)
 
     record = json.loads(Path(model_json).read_text(encoding="utf-8"))
     mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -154,19 +156,31 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     mlflow.log_artifact(str(plot))
     mlflow.log_artifact(str(model_json))
     mlflow.set_tag("model_sha256", files.sha256_file(model_pt))
-    package = Path(files.__file__).resolve().parent
+    loader = Path(mlflow_loader.__file__)
+    mlflow.set_tag("loader_sha256", files.sha256_file(loader))
     signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("double", "score")]))
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
                     "pillow", "numpy", "pandas", "pydicom", "simplejpeg"]
     if record["architecture"].startswith("efficientnet_lite"):
         requirements.append("efficientnet-lite-pytorch==0.1.0")
-    mlflow.pyfunc.log_model(name="model", python_model=mlflow_model.__file__,
-                            artifacts={"state_dict": str(model_pt), "model_json": str(model_json)},
-                            code_paths=[str(package)], signature=signature, pip_requirements=requirements,
-                            registered_model_name=registered_name(record["architecture"]),
-                            metadata={"architecture": record["architecture"], "preprocessing": record["preprocessing"],
-                                      "classes": record["classes"], "intended_use": "research only; not for "
-                                      "clinical diagnosis"})
+    # No absolute path of this checkout in what is logged: artifacts relative to the working
+    # directory, the loader from a temporary copy (MLflow records the loader's resolved path).
+    # No code_paths: loading imports the installed deepcovid package, not a copy stored in the artifact.
+    staging = Path(tempfile.mkdtemp(prefix="deepcovid-mlflow-"))
+    try:
+        shutil.copyfile(loader, staging / loader.name)
+        mlflow.pyfunc.log_model(name="model", python_model=str(staging / loader.name),
+                                artifacts={"state_dict": os.path.relpath(model_pt),
+                                           "model_json": os.path.relpath(model_json)},
+                                signature=signature, pip_requirements=requirements,
+                                registered_model_name=registered_name(record["architecture"]),
+                                metadata={"architecture": record["architecture"],
+                                          "preprocessing": record["preprocessing"], "classes": record["classes"],
+                                          "model_sha256": record["model_sha256"],
+                                          "loader_sha256": files.sha256_file(loader),
+                                          "intended_use": "research only; not for clinical diagnosis"})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     mlflow.end_run()
 
 

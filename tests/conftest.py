@@ -77,3 +77,13 @@ def tiny_trained(tmp_path_factory) -> Path:
     for stage in TINY_TRAINED_STAGES:
         run_stage(ws, stage, args=("--no-mlflow",) if stage == "train" else ())
     return ws
+
+
+#: Fixtures that run pipeline stages in a workspace: their tests are marked ``pipeline``.
+PIPELINE_FIXTURES = {"tiny_data", "tiny_trained"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.pipeline)

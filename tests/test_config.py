@@ -119,6 +119,20 @@ def test_unknown_keys_are_rejected(section):
     ("negatives.public_test_fraction", -0.1, "greater than or equal to 0"),
     ("regression.tolerances.test.auc", -0.01, "greater than or equal to 0"),
     ("reproduction.tolerances.*", "big", "valid number"),
+    # size parameters: none may allocate beyond the machine in one step
+    ("train.image_size", 0, "greater than or equal to 32"),
+    ("train.image_size", 100_000, "less than or equal to 1024"),
+    ("preprocess.cache_size", 100_000, "less than or equal to 2048"),  # was 35.8 GiB of cache per image... at once
+    ("preprocess.max_pixels", 10**9, "less than or equal to 89478485"),
+    ("preprocess.max_pixels", 100, "greater than or equal to 65536"),
+    ("preprocess.workers", 10_000, "less than or equal to 256"),
+    ("train.epochs", 10**9, "less than or equal to 100000"),
+    ("train.batch_size", 10**6, "less than or equal to 4096"),
+    ("train.feature_batch_size", 10**6, "less than or equal to 4096"),
+    ("explain.batch_size", 10**6, "less than or equal to 4096"),
+    ("augment.copies", 1000, "less than or equal to 100"),
+    ("synthetic.chexpert.width", 100_000, "less than or equal to 8192"),
+    ("synthetic.cohen.size_range", [64, 100_000], "within [64, 8192]"),
 ])
 def test_bad_values_name_the_parameter(dotted, value, expect):
     message = _error(_with(PARAMS, dotted, value))

@@ -6,6 +6,7 @@ one-liners (anything else keeps its traceback)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -114,7 +115,7 @@ def test_preprocess_rejects_escaping_manifest_rows_and_writes_nothing_outside(tm
     out.parent.mkdir(parents=True)
     before = sorted(p for p in tmp_path.rglob("*"))
     report = build_cache(raw, tmp_path / "manifest.csv", out, cache_size=32, resize="stretch", grayscale=True,
-                         workers=1)
+                         workers=1, max_pixels=50_000_000)
     assert report == {"cache_size": 32, "resize": "stretch", "grayscale": True, "decoded": 1, "rejected": 2}
     rejected = pd.read_csv(out / "rejected.csv", dtype=str)
     assert list(rejected["image_id"]) == ["cohen/../../../../escaped", "cohen/x"]
@@ -207,7 +208,7 @@ def test_corruption_recorded_in_rejected_csv(tmp_path):
                   "relpath": ["images/good.jpg", "images/bad.jpg"], "split": "test", "label": "0",
                   "group": "normal"}).to_csv(tmp_path / "m.csv", index=False)
     build_cache(raw, tmp_path / "m.csv", tmp_path / "out", cache_size=32, resize="stretch", grayscale=True,
-                workers=1)
+                workers=1, max_pixels=50_000_000)
     rejected = pd.read_csv(tmp_path / "out" / "rejected.csv", dtype=str)
     assert list(rejected["image_id"]) == ["src/bad"] and "Corrupt JPEG data" in rejected["reason"].iloc[0]
 
@@ -440,6 +441,10 @@ def test_model_file_with_a_pickled_payload_runs_no_code(tiny_trained, tmp_path):
     shutil.copy(tiny_trained / "models" / "model.json", models / "model.json")
     marker = tmp_path / "pwned"
     subprocess.run([sys.executable, "-c", PAYLOAD, str(models / "model.pt"), str(marker)], check=True)
+    # an attacker who writes model.pt writes model.json too: its digest alone must not be the defence
+    record = json.loads((models / "model.json").read_text())
+    record["model_sha256"] = hashlib.sha256((models / "model.pt").read_bytes()).hexdigest()
+    (models / "model.json").write_text(json.dumps(record))
     image = next((tiny_trained / "data" / "preprocessed" / "images").rglob("*.png"))
     proc = subprocess.run([sys.executable, "-m", "deepcovid", "predict", str(image), "--model", str(models),
                            "--threshold", "0.5", "--out", str(tmp_path / "scores.csv")],

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from deepcovid.files import sha256_file
 from workspace import copy_without, error_line, override_params, read, run_stage
 
 # the tests' model, whatever params.yaml's default: random init (offline, fast)
@@ -120,8 +121,30 @@ def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     logged = set(json.loads(proc.stdout.strip().splitlines()[-1]))
-    assert {"MLmodel", "mlflow_model.py", "artifacts/model.pt", "artifacts/model.json"} <= logged, logged
+    assert {"MLmodel", "mlflow_loader.py", "artifacts/model.pt", "artifacts/model.json"} <= logged, logged
     assert not [p for p in logged if p.endswith((".pkl", ".pickle"))], logged
+    # no copy of the package (loading runs the installed deepcovid), and no absolute path of the
+    # checkout in what the project logs (MLflow's own artifact_path is the store's location)
+    assert not [p for p in logged if p.startswith("code/") or p.endswith(".py") and p != "mlflow_loader.py"], logged
+
+    mlmodel = yaml.safe_load((tmp_path / "logged" / "MLmodel").read_text())
+    flavor = mlmodel["flavors"]["python_function"]
+    recorded = [flavor["model_code_path"], *(a["uri"] for a in flavor["artifacts"].values())]
+    assert Path(flavor["model_code_path"]).name == "mlflow_loader.py"
+    checkouts = (str(ws.resolve()), str(Path(__file__).resolve().parents[1]))
+    assert not [p for p in recorded if p.startswith(checkouts)], recorded
+    from deepcovid.model import mlflow_loader
+
+    assert mlmodel["metadata"]["loader_sha256"] == sha256_file(mlflow_loader.__file__)
+    assert mlmodel["metadata"]["model_sha256"] == sha256_file(ws / "models/model.pt")
+    # a state_dict swapped in the artifact is refused on loading (the digest model.json records)
+    state = torch.load(tmp_path / "logged/artifacts/model.pt", weights_only=True)
+    state["fc.bias"] = state["fc.bias"] + 1
+    torch.save(state, tmp_path / "logged/artifacts/model.pt")
+    swapped = ("import mlflow, sys\nmlflow.pyfunc.load_model(sys.argv[1])\n")
+    proc = subprocess.run([sys.executable, "-c", swapped, str(tmp_path / "logged")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0 and "come from different runs" in proc.stderr, proc.stderr[-2000:]
 
     # the model card, logged to the same run
     run_stage(ws, "evaluate")

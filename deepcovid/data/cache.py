@@ -27,11 +27,11 @@ def _job(roots, raw_dir, out_dir: Path, source: str, relpath: str, cache_path: s
 
 
 def _process(job):
-    src, dst, size, mode, grayscale = job
+    src, dst, size, mode, grayscale, max_pixels = job
     if src is None:
         return None, None, dst
     try:
-        img = read_image(src, grayscale=grayscale)
+        img = read_image(src, grayscale=grayscale, max_pixels=max_pixels)
     except ImageReadError as exc:
         return None, None, exc.reason
     width, height = img.size
@@ -42,15 +42,17 @@ def _process(job):
 
 
 def build_cache(raw_dir, manifest_csv, out_dir, *, cache_size: int, resize: str, grayscale: bool,
-                workers: int) -> dict:
+                workers: int, max_pixels: int) -> dict:
     """Write ``images/<image_id>.png``, ``index.csv``, ``rejected.csv`` (with the reason) and
-    ``report.json`` into the new folder ``out_dir``; returns the report."""
+    ``report.json`` into the new folder ``out_dir``; returns the report. Images above
+    ``max_pixels`` are refused from their header, before decoding, so that the stage's memory
+    is bounded by ``workers`` x the budget."""
     out_dir = Path(out_dir)
     roots = read_sources(raw_dir)
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
     rel = [f"images/{i}.png" for i in manifest["image_id"]]
     out_dir.mkdir()
-    jobs = [_job(roots, raw_dir, out_dir, s, r, p, cache_size, resize, grayscale)
+    jobs = [_job(roots, raw_dir, out_dir, s, r, p, cache_size, resize, grayscale, max_pixels)
             for s, r, p in zip(manifest["source"], manifest["relpath"], rel)]
     with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         results = list(tqdm(pool.map(_process, jobs, chunksize=8), total=len(jobs), desc="preprocess", mininterval=2))
@@ -60,7 +62,7 @@ def build_cache(raw_dir, manifest_csv, out_dir, *, cache_size: int, resize: str,
     rejected = table[table["reason"] != ""].drop(columns=["cache_path", "width", "height"])
     index = table[table["reason"] == ""].drop(columns="reason")
     files.write_csv(out_dir / "index.csv", index.astype({"width": int, "height": int}))
-    files.write_csv(out_dir / "rejected.csv", rejected)
+    files.write_csv(out_dir / "rejected.csv", rejected, report=True)
     report = {"cache_size": cache_size, "resize": resize, "grayscale": grayscale,
               "decoded": int(len(index)), "rejected": int(len(rejected))}
     files.write_json(out_dir / "report.json", report)

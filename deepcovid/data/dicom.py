@@ -8,13 +8,20 @@ reason (:class:`~deepcovid.data.images.ImageReadError`): files that are not DICO
 data, more than one frame, colour models other than MONOCHROME1/2 and RGB, and compressed transfer
 syntaxes the installed pydicom handlers cannot decode.
 
+A pixel budget is checked before any pixel is decoded: rows x columns x frames from the header
+(read without the pixel data) against ``max_pixels``; a file larger than any image within the
+budget could be is refused before it is read; a deflated data set is inflated with a bounded
+buffer (its header first, then at most what the header declares), never as a whole.
+
 Header facts a user should know are returned as notes: a lateral view, a modality that is not
 a radiograph, a body part other than the chest.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +32,13 @@ from deepcovid.errors import FileReadError
 MAGIC_OFFSET = 128  # the DICOM preamble, then "DICM"
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"}
 RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
+#: Bytes of header (everything before the pixel data) a deflated file may inflate to.
+DEFLATED_HEADER_BYTES = 1 << 20
+#: Bytes a stored pixel may take at most (3 samples of 32 bits), and room for the header: a file
+#: larger than max_pixels x this + the room cannot hold an image within the budget.
+_MAX_BYTES_PER_PIXEL = 12
+_HEADER_ROOM = 16 << 20
+_PIXEL_DATA = 0x7FE00010
 
 
 class DicomError(FileReadError):
@@ -100,11 +114,21 @@ def _voi(values: np.ndarray, ds) -> tuple[np.ndarray, float, float, str]:
     return values, float(values.min()), float(values.max()), "full range"
 
 
-def read_dicom(path: str | Path) -> tuple[Image.Image, list[str]]:
+def pixel_budget(max_pixels: int | None) -> int:
+    """The pixel budget in force: ``max_pixels`` (``preprocess.max_pixels``), or Pillow's own
+    decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) when None; never above Pillow's."""
+    ceiling = int(Image.MAX_IMAGE_PIXELS or 0)
+    if max_pixels is None:
+        return ceiling
+    return min(int(max_pixels), ceiling) if ceiling else int(max_pixels)
+
+
+def read_dicom(path: str | Path, max_pixels: int | None = None) -> tuple[Image.Image, list[str]]:
     """An 8-bit grayscale (mode ``L``) or RGB image of a DICOM file, and the header's notes.
-    Raises :class:`DicomError` naming the file and the reason."""
+    Raises :class:`DicomError` naming the file and the reason; images of more than
+    :func:`pixel_budget` pixels (rows x columns x frames) are refused before their pixels are read."""
     try:
-        return _read_dicom(path)
+        return _read_dicom(path, pixel_budget(max_pixels))
     except DicomError as exc:
         raise DicomError(exc.reason, path) from None
     except _parser_errors() as exc:  # a malformed element met while reading the header's other fields
@@ -112,15 +136,75 @@ def read_dicom(path: str | Path) -> tuple[Image.Image, list[str]]:
         raise DicomError(f"invalid DICOM data: {type(exc).__name__}: {first}", path) from None
 
 
-def _read_dicom(path: str | Path) -> tuple[Image.Image, list[str]]:
+def check_budget(ds, max_pixels: int) -> int:
+    """The bytes of pixel data the header declares (rows x columns x frames x samples x bytes
+    allocated); raises :class:`DicomError` when rows x columns x frames exceeds ``max_pixels``."""
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError) as exc:
+        raise DicomError(f"invalid image size in the DICOM header: {exc}") from None
+    pixels = rows * cols * max(frames, 1)
+    if pixels > max_pixels:
+        raise DicomError(f"{cols} x {rows} pixels x {frames} frames = {pixels:,} pixels: above the pixel budget of "
+                         f"{max_pixels:,} (preprocess.max_pixels); refused before decoding")
+    return pixels * max(samples, 1) * max(1, (bits + 7) // 8)
+
+
+def _dataset(path: str | Path, max_pixels: int):
+    """The data set of ``path`` after the budget checks, its pixel data not yet decoded."""
     import pydicom
+    from pydicom.filereader import read_file_meta_info
+
+    size = os.stat(path).st_size
+    if size > max_pixels * _MAX_BYTES_PER_PIXEL + _HEADER_ROOM:
+        raise DicomError(f"a DICOM file of {size:,} bytes: larger than an image within the pixel budget of "
+                         f"{max_pixels:,} (preprocess.max_pixels) can be")
+    syntax = read_file_meta_info(path).get("TransferSyntaxUID")
+    if syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        return _inflate(path, max_pixels)
+    check_budget(pydicom.dcmread(path, stop_before_pixels=True), max_pixels)
+    return pydicom.dcmread(path)
+
+
+def _inflate(path: str | Path, max_pixels: int):
+    """A deflated data set (PS3.5 A.5) inflated in bounded steps: the header (at most
+    :data:`DEFLATED_HEADER_BYTES`), its budget checked, then at most the pixel bytes it declares
+    (pydicom inflates the whole stream at once: a 280 KB file can inflate to gigabytes)."""
+    from pydicom.dataset import FileDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    with open(path, "rb") as f:
+        preamble = read_preamble(f, False)
+        file_meta = _read_file_meta_info(f)
+        zipped = f.read()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    data = inflater.decompress(zipped, DEFLATED_HEADER_BYTES)
+    header = read_dataset(DicomBytesIO(data), False, True, stop_when=lambda tag, vr, length: tag == _PIXEL_DATA)
+    if "Rows" not in header and not inflater.eof:
+        raise DicomError(f"deflated DICOM whose header inflates beyond {DEFLATED_HEADER_BYTES:,} bytes: refused")
+    expected = check_budget(header, max_pixels)
+    data += inflater.decompress(inflater.unconsumed_tail, expected + DEFLATED_HEADER_BYTES)
+    if inflater.unconsumed_tail:
+        raise DicomError(f"deflated DICOM that inflates beyond the {expected:,} bytes of pixels its header "
+                         f"declares: refused")
+    dataset = read_dataset(DicomBytesIO(data), False, True)
+    return FileDataset(str(path), dataset, preamble, file_meta, False, True)
+
+
+def _read_dicom(path: str | Path, max_pixels: int) -> tuple[Image.Image, list[str]]:
     from pydicom.pixels import apply_modality_lut
 
     try:
         with warnings.catch_warnings():  # pydicom warns of each oddity it tolerates; the outcome is what counts
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path)
-    except _parser_errors() as exc:
+            ds = _dataset(path, max_pixels)
+    except DicomError:
+        raise
+    except (_parser_errors() + (zlib.error,)) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DicomError(f"not a readable DICOM file: {reason}") from None
     if "PixelData" not in ds:

@@ -20,6 +20,10 @@ from deepcovid.errors import FileReadError, InputError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 RESIZE_MODES = ("stretch", "pad")
+# A file larger than max_pixels x this + the room cannot hold an image within the budget
+# (16-bit RGBA stored raw is 8 bytes a pixel; room for metadata).
+_MAX_BYTES_PER_PIXEL = 12
+_HEADER_ROOM = 16 << 20
 
 
 class ImageReadError(FileReadError):
@@ -54,26 +58,39 @@ def to_rgb8(img: Image.Image, grayscale: bool = True) -> Image.Image:
     return rgb
 
 
-def read_image(path: str | Path, grayscale: bool = True, notes: list[str] | None = None) -> Image.Image:
+def read_image(path: str | Path, grayscale: bool = True, notes: list[str] | None = None,
+               max_pixels: int | None = None) -> Image.Image:
     """Open ``path`` by content and return an 8-bit RGB image, or raise ImageReadError.
 
     DICOM files (recognised by their ``DICM`` marker) are shown as a viewer would
     (:func:`deepcovid.data.dicom.read_dicom`); their header's warnings (a lateral view, ...)
-    are appended to ``notes`` when given."""
+    are appended to ``notes`` when given. Before any pixel is decoded, the image's size from its
+    header (width x height; x frames for DICOM) must lie within ``max_pixels``
+    (:func:`~deepcovid.data.dicom.pixel_budget`: Pillow's own limit when None), and the
+    file must not be larger than an image within it can be."""
     path = Path(path)
+    budget = dicom.pixel_budget(max_pixels)
     if dicom.is_dicom(path):
         try:
-            image, header = dicom.read_dicom(path)
+            image, header = dicom.read_dicom(path, budget)
         except dicom.DicomError as exc:
             raise ImageReadError(exc.reason, path) from None
         if notes is not None:
             notes.extend(header)
         return to_rgb8(image, grayscale=grayscale)
     try:
+        size = path.stat().st_size
+        if size > budget * _MAX_BYTES_PER_PIXEL + _HEADER_ROOM:
+            raise ImageReadError(f"a file of {size:,} bytes: larger than an image within the pixel budget of "
+                                 f"{budget:,} (preprocess.max_pixels) can be", path)
         data = path.read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > budget:  # the header's size, before any pixel is decoded
+                    raise ImageReadError(f"{img.width} x {img.height} = {img.width * img.height:,} pixels: above "
+                                         f"the pixel budget of {budget:,} (preprocess.max_pixels); refused before "
+                                         f"decoding", path)
                 if img.format == "PNG":
                     img.verify()  # every chunk's CRC, IDAT included (load() alone does not check them)
                     img = Image.open(io.BytesIO(data))

@@ -188,12 +188,20 @@ class EvalResult:
     @property
     def metrics(self) -> dict:
         """The compact view written to metrics/evaluate.json (see :data:`COMPACT_KEYS`)."""
-        return {section: {k: self.details[section][k] for k in keys}
-                for section, keys in COMPACT_KEYS.items() if section in self.details}
+        compact = {section: {k: self.details[section][k] for k in keys}
+                   for section, keys in COMPACT_KEYS.items() if section in self.details}
+        if "model_sha256" in self.details:  # the model whose operating point this is
+            compact["model_sha256"] = self.details["model_sha256"]
+        return compact
 
 
-def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", threshold: float | None = None) -> EvalResult:
+def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", threshold: float | None = None,
+             model_sha256: str | None = None) -> EvalResult:
     """Evaluate a table returned by :func:`~deepcovid.evaluation.predictions.load_predictions`.
+
+    ``model_sha256``, the SHA-256 of the model.pt that scored ``df``, is recorded beside the
+    operating point (``model_sha256`` of evaluate.json): inference refuses to label another
+    model's scores at it (:func:`~deepcovid.evaluation.predictions.operating_point`).
 
     The operating point is chosen on ``val`` unless ``threshold`` is given (an external test at
     a trained model's operating point). Rows of the split ``external`` (sources held out of
@@ -269,6 +277,8 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", thres
         "seed": cfg.seed,
         "calibration_bins": cfg.calibration_bins,
     }
+    if model_sha256 is not None:
+        metrics["model_sha256"] = str(model_sha256)
     for section in ("test", "val", "external", "paper_style"):
         if section in metrics:
             metrics[section] = _ordered(metrics[section])

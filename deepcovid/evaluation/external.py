@@ -53,21 +53,25 @@ def folder_table(folder: str | Path, frontal_views: list[str]) -> tuple[pd.DataF
 
 
 def evaluate_external(folder: str | Path, *, models: str | Path, evaluation: str | Path, out_dir: str | Path,
-                      cfg, frontal_views: list[str], batch_size: int = 32) -> dict:
+                      cfg, frontal_views: list[str], batch_size: int = 32, threshold: float | None = None) -> dict:
     """``deepcovid evaluate-external``: score a Cohen-layout folder with the trained model and
     write, under ``out_dir``, predictions.csv, rejected.csv, the evaluate stage's metrics
     (evaluate.json, evaluate_details.json, thresholds.csv) and its plots and figures, at the
-    model's operating point (``test.threshold`` of ``evaluation``). Returns the compact metrics."""
+    model's operating point (``test.threshold`` of ``evaluation``, which must name this model's
+    SHA-256) or at ``threshold`` when given. Returns the compact metrics."""
     from deepcovid.evaluation.evaluate import evaluate
     from deepcovid.evaluation.predictions import operating_point
     from deepcovid.evaluation.report import OutputPaths, write_outputs
     from deepcovid.model.inference import load_model, score_files
 
-    threshold = operating_point(evaluation)
+    model, record = load_model(models)
+    if threshold is None:
+        threshold = operating_point(evaluation, model_sha256=record["model_sha256"])
+    elif not 0.0 <= threshold <= 1.0:
+        raise InputError(f"threshold {threshold}: must lie in [0, 1]")
     table, rejected = folder_table(folder, frontal_views)
     if table.empty:
         raise InputError(f"{folder}: no frontal X-ray with a finding in metadata.csv")
-    model, record = load_model(models)
     scores, errors = score_files(model, record, list(table["path"]), batch_size)
     unreadable = pd.DataFrame({"image_id": table["image_id"].iloc[list(errors)], "reason": list(errors.values())})
     rejected = pd.concat([rejected, unreadable], ignore_index=True)
@@ -75,11 +79,11 @@ def evaluate_external(folder: str | Path, *, models: str | Path, evaluation: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     predictions = table[["image_id", "source", "patient", "label", "group", "category", "view", "split", "score"]]
-    files.write_csv(out / "predictions.csv", predictions)
-    files.write_csv(out / "rejected.csv", rejected)
+    files.write_csv(out / "predictions.csv", predictions, report=True)
+    files.write_csv(out / "rejected.csv", rejected, report=True)
     log.info("%s: %d images scored (%d COVID-19), %d left out (rejected.csv)", folder, len(table),
              int(table["label"].sum()), len(rejected))
     result = evaluate(predictions.astype({"label": np.int64, "score": np.float64}), cfg, name=str(folder),
-                      threshold=threshold)
+                      threshold=threshold, model_sha256=record["model_sha256"])
     write_outputs(result, OutputPaths.into(out, out / "plots"))
     return result.metrics

@@ -111,13 +111,44 @@ class SplitData:
         return len(self.frame) > 0 and 0 < int(self.frame["label"].sum()) < len(self.frame)
 
 
-def operating_point(evaluation: str | Path) -> float:
-    """The test threshold the evaluate stage chose (``test.threshold`` of metrics/evaluate.json)."""
+def recorded_model(model_json: str | Path) -> str:
+    """The SHA-256 of model.pt recorded in the train stage's ``model.json``."""
     import json
 
     try:
-        return float(json.loads(Path(evaluation).read_text(encoding="utf-8"))["test"]["threshold"])
+        digest = json.loads(Path(model_json).read_text(encoding="utf-8"))["model_sha256"]
+    except FileNotFoundError:
+        raise MissingInputError(f"{model_json} not found: run the train stage first") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{model_json}: no model_sha256 ({type(exc).__name__}: {exc}): rerun the train stage") from None
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise InputError(f"{model_json}: model_sha256 {digest!r} is not a SHA-256 digest")
+    return digest
+
+
+def operating_point(evaluation: str | Path, model_sha256: str | None = None) -> float:
+    """The test threshold the evaluate stage chose (``test.threshold`` of metrics/evaluate.json).
+
+    With ``model_sha256`` (the model that will be labelled at it), the file must name that
+    model (its ``model_sha256``): a threshold chosen for another model's scores is refused."""
+    import json
+
+    try:
+        record = json.loads(Path(evaluation).read_text(encoding="utf-8"))
+        threshold = float(record["test"]["threshold"])
     except FileNotFoundError:
         raise MissingInputError(f"{evaluation} not found: run the evaluate stage first") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{evaluation}: no test.threshold ({type(exc).__name__}: {exc})") from None
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"{evaluation}: test.threshold {threshold} does not lie in [0, 1]")
+    if model_sha256 is not None:
+        named = record.get("model_sha256")
+        if named is None:
+            raise InputError(f"{evaluation} does not name the model its operating point was chosen for: "
+                             f"rerun the evaluate stage, or give a threshold (--threshold)")
+        if named != model_sha256:
+            raise InputError(f"{evaluation}: its operating point was chosen for another model "
+                             f"(SHA-256 {str(named)[:16]}...), not this one ({model_sha256[:16]}...): give that model's "
+                             f"evaluation (--evaluation) or a threshold (--threshold)")
+    return threshold

@@ -103,7 +103,7 @@ def run_explain(cfg: dict, *, seed: int, models, manifest, cache, predictions, e
     prep, size = record["preprocessing"], int(record["train"]["image_size"])
     if cfg["window"] > size:
         raise ExplainError(f"explain.window {cfg['window']} is larger than the model input {size}")
-    threshold = operating_point(evaluation)
+    threshold = operating_point(evaluation, model_sha256=record["model_sha256"])
     chosen = select_images(pd.read_csv(predictions, dtype={"image_id": str}), threshold,
                            cfg["top_covid"], cfg["false_negatives"], cfg["false_positives"])
     table = load_table(manifest, cache).set_index("image_id")
@@ -162,7 +162,7 @@ def run_explain(cfg: dict, *, seed: int, models, manifest, cache, predictions, e
         np.savez_compressed(tmp_out / "maps.npz", image_id=index["image_id"].to_numpy(str),
                             **{k: np.stack(v) if v else np.zeros((0,)) for k, v in arrays.items()})
         files.write_csv(tmp_out / "index.csv", index)
-        files.write_csv(tmp_out / "rejected.csv", pd.DataFrame(rejected, columns=["image_id", "reason"]))
+        files.write_csv(tmp_out / "rejected.csv", pd.DataFrame(rejected, columns=["image_id", "reason"]), report=True)
         summary = summarise(index, cfg, threshold, record["architecture"])
         files.write_json(metrics, summary)
     for image_id, reason in rejected:

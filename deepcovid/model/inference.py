@@ -20,8 +20,13 @@ from tqdm import tqdm
 
 from deepcovid.data.images import ImageReadError, read_image, resize_square
 from deepcovid.errors import MissingInputError
+from deepcovid.files import sha256_file
+from deepcovid.model.architectures import ModelError
 from deepcovid.model.presets import eval_transform
-from deepcovid.model.weights import build_model
+from deepcovid.model.weights import load_trained
+
+#: What a non-finite model output is reported as (a row's error, never a score).
+NON_FINITE = "the model gave a non-finite score (NaN or infinity) for this image"
 
 
 def covid_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -29,15 +34,51 @@ def covid_probability(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=1)[:, 1]
 
 
+def read_record(model_json: str | os.PathLike, model_pt: str | os.PathLike) -> dict:
+    """``model.json`` after checking that ``model_pt`` is the file it was written for: the
+    SHA-256 it records (``model_sha256``) must be the file's. Raises a one-line
+    :class:`~deepcovid.model.architectures.ModelError` otherwise (files of two different runs,
+    a model.pt replaced by hand, a record written before the digest was recorded)."""
+    model_json, model_pt = Path(model_json), Path(model_pt)
+    try:
+        record = json.loads(model_json.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MissingInputError(f"{model_json} not found: run the train stage first") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{model_json}: not a model record ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in ("architecture", "classes", "preprocessing", "train", "model_sha256")
+               if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise ModelError(f"{model_json}: no {', '.join(missing)} (a record of another version or not the "
+                         f"train stage's): rerun the train stage")
+    if not model_pt.is_file():
+        raise MissingInputError(f"{model_pt} not found: run the train stage (or dvc checkout) first")
+    digest = sha256_file(model_pt)
+    if digest != record["model_sha256"]:
+        raise ModelError(f"{model_pt}: SHA-256 {digest[:16]}... is not the {str(record['model_sha256'])[:16]}... "
+                         f"that {model_json.name} records: the two files come from different runs "
+                         f"(dvc checkout models, or train again)")
+    return record
+
+
+def load_files(model_pt: str | os.PathLike, model_json: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """The trained model of ``model_pt`` as ``model_json`` describes it (checked by
+    :func:`read_record`; loaded by :func:`~deepcovid.model.weights.load_trained`, which never
+    builds a new head), in eval mode, and the record."""
+    record = read_record(model_json, model_pt)
+    return load_trained(record["architecture"], model_pt, num_classes=len(record["classes"])), record
+
+
 def load_model(models: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """The trained model of the train stage's folder (model.pt, model.json), in eval mode."""
     models = Path(models)
-    try:
-        record = json.loads((models / "model.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MissingInputError(f"{models / 'model.json'} not found: run the train stage first") from None
-    model, _ = build_model(record["architecture"], str(models / "model.pt"), num_classes=len(record["classes"]))
-    return model.eval(), record
+    return load_files(models / "model.pt", models / "model.json")
+
+
+def model_sha256(models: str | os.PathLike) -> str:
+    """The SHA-256 of the train stage folder's model.pt, checked against its model.json."""
+    models = Path(models)
+    return read_record(models / "model.json", models / "model.pt")["model_sha256"]
 
 
 def prepare(path: str | os.PathLike, record: dict, notes: list[str] | None = None) -> torch.Tensor:
@@ -48,7 +89,7 @@ def prepare(path: str | os.PathLike, record: dict, notes: list[str] | None = Non
     model input."""
     prep = record["preprocessing"]
     size = int(record["train"]["image_size"])
-    image = read_image(path, grayscale=prep["grayscale"], notes=notes)
+    image = read_image(path, grayscale=prep["grayscale"], notes=notes, max_pixels=prep["max_pixels"])
     if notes is not None and min(image.size) < size:
         notes.append(f"image {image.size[0]}x{image.size[1]} px, smaller than the model input ({size} px): upscaled")
     cached = resize_square(image, int(prep["cache_size"]), prep["resize"])
@@ -60,7 +101,7 @@ def score_files(model: torch.nn.Module, record: dict, paths: Sequence[str | os.P
                 *, device: torch.device | None = None,
                 warnings: dict[int, str] | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """COVID-19 probabilities of image files (NaN for the unreadable ones) and
-    ``{index: reason}`` for those. The batches run on ``device`` (the model must be there;
+    ``{index: reason}`` for those (a non-finite model output is such a reason, never a score). The batches run on ``device`` (the model must be there;
     default CPU); ``warnings``, when given, receives ``{index: "; "-joined notes}`` of the files
     :func:`prepare` had a warning for."""
     scores = np.full(len(paths), np.nan)
@@ -80,5 +121,10 @@ def score_files(model: torch.nn.Module, record: dict, paths: Sequence[str | os.P
                 warnings[i] = "; ".join(notes)
         if batch:
             x = torch.stack(batch) if device is None else torch.stack(batch).to(device)
-            scores[where] = covid_probability(model(x)).cpu().numpy()
+            out = covid_probability(model(x)).cpu().numpy().astype(np.float64)
+            for i, score in zip(where, out):
+                if np.isfinite(score):
+                    scores[i] = score
+                else:
+                    errors[i] = NON_FINITE
     return scores, errors

@@ -1,7 +1,8 @@
 """The MLflow model the train stage logs and registers, defined in code (MLflow's "models from
-code"): nothing in it is pickled. MLflow runs this file when the model is loaded; the weights
-are a state_dict read with ``torch.load(weights_only=True)`` and the architecture and
-preprocessing come from ``model.json``.
+code"): nothing in it is pickled. When the model is loaded MLflow runs the logged
+:mod:`deepcovid.model.mlflow_loader`, which takes this class from the installed package; the
+weights are a state_dict read with ``torch.load(weights_only=True)``, checked against the SHA-256
+that ``model.json`` records, and the architecture and preprocessing come from ``model.json``.
 
     import mlflow
     model = mlflow.pyfunc.load_model("models:/deep-covid-efficientnet_lite0/latest")
@@ -14,10 +15,6 @@ Output: a DataFrame with the column ``score``. For research only: not for clinic
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import mlflow.models
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
@@ -26,12 +23,10 @@ from deepcovid.errors import InputError
 
 class DeepCovidModel(PythonModel):
     def load_context(self, context) -> None:
-        from deepcovid.model.weights import build_model
+        from deepcovid.model.inference import load_files
 
-        self.record = json.loads(Path(context.artifacts["model_json"]).read_text(encoding="utf-8"))
-        self.model, _ = build_model(self.record["architecture"], str(context.artifacts["state_dict"]),
-                                    num_classes=len(self.record["classes"]))
-        self.model.eval()
+        # the state_dict must be the file model.json records (SHA-256), loaded as trained (no new head)
+        self.model, self.record = load_files(context.artifacts["state_dict"], context.artifacts["model_json"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from deepcovid.model.inference import score_files
@@ -43,5 +38,3 @@ class DeepCovidModel(PythonModel):
             raise InputError(f"{paths[i]}: {errors[i]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
         return pd.DataFrame({"score": scores})
 
-
-mlflow.models.set_model(DeepCovidModel())

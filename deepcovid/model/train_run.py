@@ -168,9 +168,11 @@ def run_training(params: dict, *, manifest: str | os.PathLike, cache: str | os.P
         "architecture": name, "classes": ["non-COVID", "COVID-19"], "positive_class": 1,
         "preprocessing": {**prep, "input_size": cfg["image_size"],
                           "cache_size": params["preprocess"]["cache_size"],
-                          "resize": params["preprocess"]["resize"], "grayscale": params["preprocess"]["grayscale"]},
+                          "resize": params["preprocess"]["resize"], "grayscale": params["preprocess"]["grayscale"],
+                          "max_pixels": params["preprocess"]["max_pixels"]},
         "weights": provenance, "train": cfg, "seed": seed, "dataset": params.get("dataset"),
         "best_epoch": int(best_epoch), "device": str(device),
+        "model_sha256": files.sha256_file(models / "model.pt"),  # inference refuses a model.pt without it
     })
     scored = pd.concat([parts[s].assign(score=scores[s]) for s in SCORED], ignore_index=True)
     files.write_csv(predictions, scored[PRED_COLUMNS])

@@ -278,6 +278,33 @@ def _weights_file(name: str, path: Path, num_classes: int) -> tuple[nn.Module, d
     }, head_from_file
 
 
+def load_trained(name: str, path: str | os.PathLike, num_classes: int) -> nn.Module:
+    """A trained model exactly as the train stage saved it (``model.pt``), in eval mode.
+
+    Unlike :func:`build_model`, nothing is ever replaced: the file must hold every parameter of
+    ``name`` with a ``num_classes``-output head, each of the model's shape, and finite; anything
+    else is a one-line :class:`ModelError` (a 1000-class ImageNet file, another architecture's
+    weights, NaN weights)."""
+    spec = get_spec(name)
+    num_classes = check_num_classes(num_classes)
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file: run the train stage (or dvc checkout) first")
+    state = _normalise_keys(_read_state_dict(path), name)
+    head = state.get(spec.head_weight)
+    if isinstance(head, torch.Tensor) and head.ndim >= 1 and head.shape[0] != num_classes:
+        raise ModelError(f"{path}: its head ({spec.head_weight}) has {head.shape[0]} outputs, the model "
+                         f"record names {num_classes} classes: not the trained model")
+    model = construct(name)
+    replace_head(model, name, num_classes)
+    _load_strict(model, state, path, name)
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ModelError(f"{path}: {len(broken)} tensors hold NaN or infinite values (first: {broken[0]}): "
+                         f"not a usable model")
+    return model.eval()
+
+
 def build_model(name: str, weights: str = "none", num_classes: int = 2) -> tuple[nn.Module, dict]:
     """Build ``name`` with a NEW ``num_classes``-output head; return ``(model, provenance)``.
 
