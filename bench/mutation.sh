@@ -22,7 +22,7 @@ block = "\n".join(["[tool.mutmut]", 'source_paths = ["deepcovid"]',
                    f"only_mutate = {json.dumps(chosen['only_mutate'])}",
                    f"pytest_add_cli_args_test_selection = {json.dumps(chosen['tests'])}",
                    f"pytest_add_cli_args = {json.dumps(chosen['pytest_args'])}",
-                   'also_copy = ["tests", "params.yaml", "stages", "curation", "dvc.yaml"]', "", ""])
+                   "also_copy = " + json.dumps(chosen["also_copy"]), "", ""])
 open("pyproject.toml", "w").write(re.sub(r"^\[tool\.mutmut\]\n.*?(?=^\[)", lambda m: block, text, count=1,
                                          flags=re.S | re.M))
 PY
@@ -30,5 +30,6 @@ PY
 fi
 # One OpenMP thread: forked mutant processes of torch code (model/training.py train_head) stalled
 # until the timeout with torch's threads running in the parent.
+export DEEPCOVID_SHARED_DATA="${DEEPCOVID_SHARED_DATA:-$repo/../shared/data}"  # the real-data tests too
 OMP_NUM_THREADS=1 "$repo/.venv/bin/python" -m mutmut run --max-children "$(nproc)" > mutmut.log 2>&1 || { tail -c 3000 mutmut.log; exit 1; }
 "$repo/.venv/bin/python" "$repo/bench/mutation_report.py" "$@"

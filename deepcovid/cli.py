@@ -58,10 +58,12 @@ def _duplicates(args) -> int:
     from deepcovid.config import load_config, override
     from deepcovid.data.duplicates import audit_paths, similarity
 
-    cfg = override(load_config(args.params).duplicates, "duplicates", max_distance=args.max_distance,
+    params = load_config(args.params)
+    cfg = override(params.duplicates, "duplicates", max_distance=args.max_distance,
                    min_correlation=args.min_correlation, workers=args.workers)
     max_distance = cfg.max_distance
-    groups, unreadable, n_files = audit_paths(args.paths, max_distance, cfg.min_correlation, cfg.workers)
+    groups, unreadable, n_files = audit_paths(args.paths, max_distance, cfg.min_correlation, cfg.workers,
+                                              max_pixels=params.preprocess.max_pixels)
     for path, reason in unreadable.items():
         print(f"{path}: left out ({reason})", file=sys.stderr)
     files.write_csv(args.out, groups[["group", "path", "similarity", "closest"]], report=True)

@@ -272,6 +272,7 @@ class Audit(Section):
 
 class Repeats(Section):
     splits: Annotated[Int, Field(ge=0, le=1000)]
+    workers: Annotated[Int, Field(ge=1, le=MAX_WORKERS)]
 
 
 class Regression(Section):

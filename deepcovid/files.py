@@ -32,6 +32,9 @@ def check_writable(path: str | os.PathLike) -> None:
     """Fail now, in one line, if the file ``path`` could not be written (its folder missing and
     not creatable, read-only, not ours, full): before long work whose result would be lost."""
     parent = Path(path).parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputError(f"{path}: cannot be written ({blocker} is a file, not a folder)")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{Path(path).name}.", suffix=".probe") as probe:

@@ -20,9 +20,10 @@ def main() -> None:
     ap.add_argument("out", help="output: one row per image in a group of near-duplicates (CSV)")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
-    cfg = load_config(args.params).duplicates
+    params = load_config(args.params)
+    cfg = params.duplicates
     groups, _ = find_duplicates(args.raw, args.positives, args.negatives, cfg.max_distance, cfg.min_correlation,
-                                cfg.workers)
+                                cfg.workers, max_pixels=params.preprocess.max_pixels)
     files.write_csv(args.out, groups)
 
 

@@ -16,6 +16,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold, cross_val_predict
 from statsmodels.stats.proportion import proportion_confint
 
+from PIL import Image
+
 from deepcovid.evaluation import audit as A
 from workspace import TINY, error_line, make_workspace, run_stage
 
@@ -212,3 +214,59 @@ def test_stage_bad_parameter_is_one_line(tmp_path):
     ws = make_workspace(tmp_path, **{"audit.metadata": []})
     proc = run_stage(ws, "audit", check=False)
     assert proc.returncode == 2 and "audit.metadata" in error_line(proc)
+
+
+def test_run_audit_reads_its_files_as_the_stage_does(tmp_path):
+    """The stage's reading, in process: features of the original images in manifest order (the
+    cache holds augmented copies and another order), the cached images' statistics, the scores
+    of val/test, the operating point; the result is audit() of what was read."""
+    table = _table(n=100)
+    manifest = table.drop(columns="score")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((len(table), 6))
+    order = rng.permutation(len(table))
+    fdir = tmp_path / "features"
+    fdir.mkdir()
+    stored = np.vstack([feats[order], feats[:3] + 100.0])  # then 3 augmented copies, far away
+    np.save(fdir / "features.npy", stored.astype(np.float32))
+    pd.DataFrame({"image_id": list(table["image_id"].iloc[order]) + list(table["image_id"].iloc[:3]),
+                  "parent": [""] * len(table) + list(table["image_id"].iloc[:3])}).to_csv(fdir / "index.csv",
+                                                                                        index=False)
+    assert np.array_equal(A.load_features(fdir, table["image_id"]), feats.astype(np.float32).astype(np.float64))
+    with pytest.raises(A.AuditError, match=r"no features for nope \(1 images\)"):
+        A.load_features(fdir, ["nope"])
+    assert A.load_features(tmp_path / "no-features", table["image_id"]) is None
+    pre = tmp_path / "pre"
+    (pre / "images").mkdir(parents=True)
+    grays = {}
+    for k, image_id in enumerate(table["image_id"]):
+        g = rng.integers(0, 256, (16, 16)).astype(np.uint8)
+        grays[image_id] = g
+        Image.fromarray(np.stack([g] * 3, axis=-1)).save(pre / "images" / f"{image_id}.png")
+    pd.DataFrame({"image_id": table["image_id"][::-1], "cache_path": [f"images/{i}.png" for i in table["image_id"][::-1]],
+                  "width": 300, "height": 200}).to_csv(pre / "index.csv", index=False)
+    stats = A.load_statistics(pre, table["image_id"])
+    assert stats.shape == (len(table), len(A.STYLE_FEATURES))
+    assert np.array_equal(stats[5], A.image_statistics(grays[table["image_id"][5]], 300, 200))
+    with pytest.raises(A.AuditError, match=r"no cached image for nope"):
+        A.load_statistics(pre, ["nope"])
+    assert A.load_statistics(tmp_path / "no-cache", table["image_id"]) is None
+    scored = table[table["split"] != "train"]
+    scored[["image_id", "score"]].to_csv(tmp_path / "predictions.csv", index=False)
+    (tmp_path / "evaluate.json").write_text(json.dumps({"test": {"threshold": 0.4}}))
+    cfg = {"folds": 5, "flag_auc": 0.7, "metadata": ["source", "view"], "min_per_class": 5}
+    result = A.run_audit(tmp_path / "manifest.csv", fdir, tmp_path / "predictions.csv", tmp_path / "evaluate.json",
+                         cfg, seed=0, preprocessed_dir=pre)
+    read_table = A.audit_table(pd.read_csv(tmp_path / "manifest.csv", dtype=str, keep_default_na=False),
+                               pd.read_csv(tmp_path / "predictions.csv", dtype={"image_id": str}))
+    assert read_table["score"].isna().tolist() == (table["split"] == "train").tolist()
+    want = A.audit(read_table, feats.astype(np.float32).astype(np.float64), 0.4, folds=5, seed=0, flag_auc=0.7,
+                   metadata=["source", "view"], min_per_class=5, statistics=stats)
+    assert json.dumps(result, sort_keys=True, default=str) == json.dumps(want, sort_keys=True, default=str)
+    assert result["settings"]["threshold"] == 0.4 and "auc" in result["style_baseline"]
+    first_test = scored.loc[scored["split"] == "test", "image_id"].iloc[0]
+    scored[scored["image_id"] != first_test][["image_id", "score"]].to_csv(tmp_path / "predictions.csv", index=False)
+    with pytest.raises(A.AuditError, match=f"no score for test image {first_test}"):
+        A.run_audit(tmp_path / "manifest.csv", fdir, tmp_path / "predictions.csv", tmp_path / "evaluate.json",
+                    cfg, seed=0)

@@ -58,5 +58,5 @@ def test_predict_refuses_an_unwritable_out_before_scoring(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert "scores.csv: cannot be written" in last  # not the missing model: the output is checked first
+    assert "scores.csv: cannot be written" in last and "a-file is a file, not a folder" in last  # before the model
     files.check_writable(tmp_path / "new" / "scores.csv")  # a folder that can be made is fine

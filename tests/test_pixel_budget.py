@@ -115,3 +115,57 @@ def test_predict_on_a_280_kb_decompression_bomb_stays_under_1_gb(tiny_trained, t
     assert ",COVID-19," in ok.stdout or ",non-COVID," in ok.stdout, ok.stderr
     assert peak_kb < 1_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
     assert peak_kb < normal_kb + 64_000, f"bomb {peak_kb / 1e6:.2f} GB, a normal image {normal_kb / 1e6:.2f} GB"
+
+
+def _header(**attributes):
+    ds = pydicom.Dataset()
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def test_check_budget_counts_pixels_and_bytes_from_the_header():
+    assert dicom.check_budget(_header(Rows=100, Columns=50, SamplesPerPixel=3, BitsAllocated=8), 5000) == 15_000
+    assert dicom.check_budget(_header(Rows=100, Columns=50, BitsAllocated=12), 5000) == 10_000  # 12 bits: 2 bytes
+    assert dicom.check_budget(_header(Rows=100, Columns=50), 5000) == 10_000  # no BitsAllocated: 16 bits
+    assert dicom.check_budget(_header(Rows=10, Columns=10, BitsAllocated=1), 5000) == 100
+    assert dicom.check_budget(_header(Rows=10, Columns=10, NumberOfFrames=3, BitsAllocated=32), 300) == 1200
+    assert dicom.check_budget(_header(), 1) == 0  # no image in the header: nothing to budget
+    assert dicom.check_budget(_header(Rows=10), 1) == 0
+    with pytest.raises(dicom.DicomError, match=r"10 x 10 pixels x 3 frames = 300 pixels: above the pixel budget of 299"):
+        dicom.check_budget(_header(Rows=10, Columns=10, NumberOfFrames=3), 299)
+    with pytest.raises(dicom.DicomError, match=r"20 x 10 pixels x 1 frames = 200 pixels"):
+        dicom.check_budget(_header(Rows=10, Columns=20), 199)
+    with pytest.raises(dicom.DicomError, match="invalid image size in the DICOM header"):
+        dicom.check_budget({"Rows": 10, "Columns": 10, "NumberOfFrames": "many"}, 1000)  # as a lenient reader gives
+
+
+def test_the_file_size_limit_is_exact(tmp_path):
+    from deepcovid.data import images
+
+    png = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    limit = 65_536 * images._MAX_BYTES_PER_PIXEL + images._HEADER_ROOM
+    png.write_bytes(png.read_bytes() + bytes(limit - png.stat().st_size))  # exactly at the limit: read
+    assert read_image(png, max_pixels=65_536).size == (8, 8)
+    png.write_bytes(png.read_bytes() + b"\0")
+    with pytest.raises(ImageReadError, match=f"a file of {limit + 1:,} bytes: larger than an image within the "
+                                             f"pixel budget of 65,536"):
+        read_image(png, max_pixels=65_536)
+    dcm = write_dicom(tmp_path / "a.dcm", chest(8, 8), bits_stored=12)
+    room = 65_536 * dicom._MAX_BYTES_PER_PIXEL + dicom._HEADER_ROOM
+    ds = pydicom.dcmread(dcm)
+    ds.add_new(0x00091010, "OB", bytes(room - dcm.stat().st_size - 12 + 2))  # private padding, before the pixels
+    ds.save_as(dcm)
+    over = dcm.stat().st_size - room
+    with pytest.raises(ImageReadError, match=f"a DICOM file of {dcm.stat().st_size:,} bytes"):
+        read_image(dcm, max_pixels=65_536)
+    assert read_image(dcm, max_pixels=65_536 + over).size == (8, 8)
+
+
+def test_a_deflated_file_exactly_as_long_as_its_header_declares_is_read(tmp_path):
+    path = write_deflated(tmp_path / "exact.dcm", 100, 100, pixel_bytes=20_000)
+    image, _ = dicom.read_dicom(path, 10_000)
+    assert image.size == (100, 100)
+    with pytest.raises(dicom.DicomError, match="above the pixel budget of 9,999"):
+        dicom.read_dicom(path, 9_999)

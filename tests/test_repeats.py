@@ -126,6 +126,15 @@ def test_repeats_find_the_signal_and_spread_over_distinct_splits():
     assert again == summary
 
 
+def test_repeats_give_the_same_numbers_in_worker_processes():
+    table, features = _planted(n_groups=60)
+    kw = dict(splits=3, seed=5, val_fraction=0.25, train={**TRAIN, "epochs": 5}, target_sensitivity=0.9)
+    serial, rows = R.repeated_splits(table, features, _head(4), **kw)
+    parallel, rows2 = R.repeated_splits(table, features, _head(4), workers=2, **kw)
+    pd.testing.assert_frame_equal(rows, rows2)
+    assert serial == parallel
+
+
 def test_repeats_cannot_memorise_groups():
     """Each group has a random label and a one-hot feature naming it: a split that put a group on
     both sides would let the head recall its label; whole-group splits give AUCs near 0.5."""

@@ -64,19 +64,39 @@ def test_check_reproduction_command(tmp_path):
     (tmp_path / "a.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages}, train="1")))
     (tmp_path / "b.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages}, train="2")))
 
-    def run(lock="b.lock"):
-        return subprocess.run([sys.executable, "-m", "deepcovid", "check-reproduction", "--committed-lock",
-                               "a.lock", "--lock", lock, "--committed-metrics", "committed"],
-                              cwd=tmp_path, capture_output=True, text=True)
+    def run(lock="b.lock"):  # in process (mutation testing sees it), as the command calls it
+        import contextlib
+        import io
+        import types
+
+        from deepcovid.checks.reproduction import check_reproduction
+        from deepcovid.config import load_config
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = check_reproduction(load_config(tmp_path / "params.yaml").reproduction, tmp_path / "a.lock",
+                                      tmp_path / lock, committed, current)
+        return types.SimpleNamespace(returncode=code, stdout=out.getvalue())
 
     ok = run()
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.returncode == 0, ok.stdout
+    assert ok.stdout.splitlines() == [
+        f"data stages ({', '.join(stages)}): outputs identical to the committed dvc.lock",
+        "metrics/evaluate.json: 2/2 within tolerance (largest difference 0.00 of its tolerance)",
+        "metrics/train.json: 2/2 within tolerance (largest difference 0.00 of its tolerance)",
+        "metrics/explain.json: 3/3 within tolerance (largest difference 0.00 of its tolerance)",
+        "metrics/audit.json: 2/2 within tolerance (largest difference 0.00 of its tolerance)",
+        "metrics/repeats.json: 3/3 within tolerance (largest difference 0.00 of its tolerance)",
+        "ok: data stages byte-identical, model metrics within the measured tolerance"]
     (current / "train.json").write_text(json.dumps({**train, "test_auc": 0.95, "torch_threads": 1}))
     bad = run()
     assert bad.returncode == 1 and "test_auc" in bad.stdout and "torch_threads" not in bad.stdout
     (current / "train.json").write_text(json.dumps(train))
     (current / "explain.json").write_text(json.dumps({**explain, "pointing_lung": 0.625}))  # one image of 8
-    assert run().returncode == 0
+    half = run()
+    assert half.returncode == 0
+    assert "metrics/explain.json: 3/3 within tolerance (largest difference" in half.stdout
+    assert "(largest difference 0.00 of its tolerance)" not in half.stdout.splitlines()[3]
     (current / "explain.json").write_text(json.dumps({**explain, "lung_mass": 0.31}))
     moved = run()
     assert moved.returncode == 1 and "lung_mass" in moved.stdout
@@ -98,7 +118,10 @@ def test_check_reproduction_command(tmp_path):
     (tmp_path / "c.lock").write_text(yaml.safe_dump(_lock(**{s: "h" for s in stages[:-1]}, **{stages[-1]: "z"})))
     bad = run("c.lock")
     assert bad.returncode == 1 and f"{stages[-1]}: data/{stages[-1]} differs" in bad.stdout
-    missing = run("nope.lock")
+    assert "ok: data stages byte-identical" in ok.stdout and "NOT REPRODUCED" in bad.stdout
+    missing = subprocess.run([sys.executable, "-m", "deepcovid", "check-reproduction", "--committed-lock", "a.lock",
+                              "--lock", "nope.lock", "--committed-metrics", "committed"], cwd=tmp_path,
+                             capture_output=True, text=True)
     assert missing.returncode == 2 and "nope.lock: dvc.lock not found" in missing.stderr
     assert missing.stderr.strip().splitlines()[-1].startswith("check-reproduction: error:")
     usage = subprocess.run([sys.executable, "-m", "deepcovid", "check-reproduction"], cwd=tmp_path,

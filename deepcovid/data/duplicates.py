@@ -90,14 +90,14 @@ def thumbnails(gray: np.ndarray) -> np.ndarray:
     return np.stack([equalise(t) for t in resized])
 
 
-def read_thumbnails(paths: Sequence, workers: int = 2) -> tuple[np.ndarray, dict[int, str]]:
+def read_thumbnails(paths: Sequence, workers: int = 2, max_pixels: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """``(len(paths), len(CROPS), 64, 64)`` thumbnails of image files (decoded as the
     preprocess stage decodes them, grey), and ``{index: reason}`` for the files that cannot be
     read (their thumbnails are zero; leave them out with ``skip``). All in memory (229 KB an
     image): for tests and benchmarks; the stage streams through :func:`hash_files`."""
     thumbs = np.zeros((len(paths), len(CROPS), _THUMB, _THUMB), dtype=np.uint16)
     errors: dict[int, str] = {}
-    for i, t, err in _thumbnail_stream(paths, workers):
+    for i, t, err in _thumbnail_stream(paths, workers, max_pixels):
         if err:
             errors[i] = err
         else:
@@ -105,11 +105,14 @@ def read_thumbnails(paths: Sequence, workers: int = 2) -> tuple[np.ndarray, dict
     return thumbs, errors
 
 
-def _thumbnail_stream(paths: Sequence, workers: int):
-    """``(index, thumbnails or None, error)`` for each file, in order, ``workers`` at a time."""
+def _thumbnail_stream(paths: Sequence, workers: int, max_pixels: int | None = None):
+    """``(index, thumbnails or None, error)`` for each file, in order, ``workers`` at a time;
+    images above ``max_pixels`` (``preprocess.max_pixels``; None: Pillow's limit) are refused
+    from their header, before decoding."""
     def one(i):
         try:
-            return i, thumbnails(np.asarray(read_image(paths[i], grayscale=True).convert("L"))), ""
+            image = read_image(paths[i], grayscale=True, max_pixels=max_pixels)
+            return i, thumbnails(np.asarray(image.convert("L"))), ""
         except ImageReadError as exc:
             return i, None, exc.reason
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -159,7 +162,7 @@ class HashSet(NamedTuple):
     mean: np.ndarray             # (len(CROPS), 64, 64) int64: the mean thumbnails the hashes are centred on
 
 
-def hash_files(paths: Sequence, workers: int = 2, block: int = 256) -> HashSet:
+def hash_files(paths: Sequence, workers: int = 2, block: int = 256, max_pixels: int | None = None) -> HashSet:
     """Hashes of image files and ``{index: reason}`` for those that cannot be read (their hashes
     are zero), the same bits as :func:`hash_thumbnails` over the readable ones, and the mean
     thumbnails they are centred on.
@@ -173,7 +176,7 @@ def hash_files(paths: Sequence, workers: int = 2, block: int = 256) -> HashSet:
     hashes = np.zeros((n, len(CROPS), _WORDS), dtype=np.uint64)
     with tempfile.TemporaryFile(prefix="deepcovid-dct-") as store:
         batch: list[np.ndarray] = []
-        for i, thumbs, err in _thumbnail_stream(paths, workers):
+        for i, thumbs, err in _thumbnail_stream(paths, workers, max_pixels):
             if err:
                 errors[i] = err
                 thumbs = np.zeros((len(CROPS), _THUMB, _THUMB), dtype=np.uint16)
@@ -296,7 +299,7 @@ def near_pairs_exhaustive(hashes: np.ndarray, max_distance: int, skip: Sequence[
 
 
 def verify_pairs(paths: Sequence, pairs: pd.DataFrame, mean: np.ndarray, min_correlation: float,
-                 workers: int = 2) -> pd.DataFrame:
+                 workers: int = 2, max_pixels: int | None = None) -> pd.DataFrame:
     """``pairs`` (``i, j, distance``) with a ``correlation`` column (:func:`pixel_correlation`
     of the two images' thumbnails) and a ``same`` column: whether it reaches ``min_correlation``.
 
@@ -319,7 +322,7 @@ def verify_pairs(paths: Sequence, pairs: pd.DataFrame, mean: np.ndarray, min_cor
             stop += 1
         thumbs = {i: t for i, t in thumbs.items() if i in needed}
         missing = sorted(needed - set(thumbs))
-        for k, t, err in _thumbnail_stream([paths[i] for i in missing], workers):
+        for k, t, err in _thumbnail_stream([paths[i] for i in missing], workers, max_pixels):
             if err:   # was readable when hashed: changed since; the pair cannot be confirmed
                 log.warning("%s: not re-read for the pixel check (%s)", paths[missing[k]], err)
             thumbs[missing[k]] = t
@@ -381,7 +384,7 @@ def similarity(distance) -> np.ndarray:
 
 
 def find_duplicates(raw_dir, positives_csv, negatives_csv, max_distance: int, min_correlation: float,
-                    workers: int = 2) -> tuple[pd.DataFrame, dict]:
+                    workers: int = 2, max_pixels: int | None = None) -> tuple[pd.DataFrame, dict]:
     """The duplicates stage: near-duplicate groups among every image the split may use.
 
     Returns one row per image in a group (``group, image_id, source, patient, label,
@@ -393,12 +396,12 @@ def find_duplicates(raw_dir, positives_csv, negatives_csv, max_distance: int, mi
     table["image_id"] = table["source"] + "/" + table["relpath"]
     table = table.drop_duplicates("image_id").reset_index(drop=True)
     paths = [image_path(roots, s, r, raw_dir) for s, r in zip(table["source"], table["relpath"])]
-    hashes, errors, mean = hash_files(paths, workers)
+    hashes, errors, mean = hash_files(paths, workers, max_pixels=max_pixels)
     for i, reason in errors.items():
         log.warning("%s: not hashed (%s)", table["image_id"][i], reason)
     groups, pairs = duplicate_groups(
         table["image_id"], hashes, max_distance, skip=list(errors), workers=workers,
-        check=lambda p: verify_pairs(paths, p, mean, min_correlation, workers))
+        check=lambda p: verify_pairs(paths, p, mean, min_correlation, workers, max_pixels))
     info = table.set_index("image_id")
     groups = groups.rename(columns={"name": "image_id"})
     groups.insert(2, "source", info.loc[groups["image_id"], "source"].to_numpy())
@@ -444,12 +447,12 @@ def image_files(paths: Sequence[str]) -> list[str]:
 
 
 def audit_paths(paths: Sequence[str], max_distance: int, min_correlation: float,
-                workers: int = 2) -> tuple[pd.DataFrame, dict[str, str], int]:
+                workers: int = 2, max_pixels: int | None = None) -> tuple[pd.DataFrame, dict[str, str], int]:
     """``deepcovid duplicates``: groups among the image files in ``paths`` (files and folders):
     ``group, path, similarity, closest``, ``{path: reason}`` for the files that are not
     readable images, and the number of files."""
     names = image_files(paths)
-    hashes, errors, mean = hash_files(names, workers)
+    hashes, errors, mean = hash_files(names, workers, max_pixels=max_pixels)
     groups, _ = duplicate_groups(names, hashes, max_distance, skip=list(errors), workers=workers,
-                                 check=lambda p: verify_pairs(names, p, mean, min_correlation, workers))
+                                 check=lambda p: verify_pairs(names, p, mean, min_correlation, workers, max_pixels))
     return groups.rename(columns={"name": "path"}), {names[i]: reason for i, reason in errors.items()}, len(names)

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ from deepcovid.evaluation.proportions import confusion_at_threshold, threshold_f
 from deepcovid.model.architectures import construct, replace_head, split_backbone_head
 from deepcovid.model.inference import covid_probability
 from deepcovid.model.training import class_weights, train_head
+from deepcovid.runner import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +128,42 @@ def fit_and_score(head: torch.nn.Module, features: np.ndarray, labels: np.ndarra
             "specificity": c["tn"] / (c["tn"] + c["fp"]), "best_epoch": int(best_epoch)}
 
 
+_WORK: tuple | None = None  # what a worker process fits on (set once by its initializer)
+
+
+def _init_worker(features, labels, head, kw, parent: int) -> None:
+    global _WORK
+    die_with_parent(parent)
+    torch.set_num_threads(1)  # one fit per core (the fits' numbers do not depend on the thread count: tested)
+    _WORK = (features, labels, head, kw)
+
+
+def _fit_job(job: tuple[np.ndarray, int]) -> dict:
+    features, labels, head, kw = _WORK
+    split, seed = job
+    return fit_and_score(head, features, labels, split, seed=seed, **kw)
+
+
+def _fits(jobs: list[tuple[np.ndarray, int]], features, labels, head, kw, workers: int):
+    """:func:`fit_and_score` of each ``(split, seed)`` job, in order; ``workers`` processes at a
+    time (spawned: torch's threads do not survive a fork)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for split, seed in jobs:
+            yield fit_and_score(head, features, labels, split, seed=seed, **kw)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
+                             initargs=(features, labels, head, kw, os.getpid())) as pool:
+        yield from pool.map(_fit_job, jobs)
+
+
 def repeated_splits(table: pd.DataFrame, features: np.ndarray, head: torch.nn.Module, *, splits: int, seed: int,
-                    val_fraction: float, train: dict, target_sensitivity: float) -> tuple[dict, pd.DataFrame]:
+                    val_fraction: float, train: dict, target_sensitivity: float,
+                    workers: int = 1) -> tuple[dict, pd.DataFrame]:
     """The pipeline's split (``table["split"]``) and ``splits`` new grouped splits of the internal
     images of ``table`` (``split_group``, ``label``, ``split``; ``features`` row-aligned), each
-    retrained and scored by :func:`fit_and_score`. Returns (summary, one row per split)."""
+    retrained and scored by :func:`fit_and_score`, ``workers`` at a time (the same numbers for any
+    count). Returns (summary, one row per split)."""
     internal = table["split"].isin(INTERNAL).to_numpy()
     table, features = table[internal].reset_index(drop=True), features[internal]
     labels = table["label"].astype(int).to_numpy()
@@ -136,12 +171,16 @@ def repeated_splits(table: pd.DataFrame, features: np.ndarray, head: torch.nn.Mo
     test = table["split"] == "test"
     test_pos, test_neg = int(labels[test].sum()), int((labels[test] == 0).sum())
     kw = dict(train=train, target_sensitivity=target_sensitivity)
-    rows = [{"split": "pipeline", "seed": seed,
-             **fit_and_score(head, features, labels, table["split"].to_numpy(), seed=seed, **kw)}]
+    jobs = [(table["split"].to_numpy(), seed)]
     for r in range(splits):
         s = int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
-        split = grouped_split(table, test_pos, test_neg, val_fraction, np.random.default_rng(s)).to_numpy()
-        rows.append({"split": f"repeat-{r + 1}", "seed": s, **fit_and_score(head, features, labels, split, seed=s, **kw)})
+        jobs.append((grouped_split(table, test_pos, test_neg, val_fraction, np.random.default_rng(s)).to_numpy(), s))
+    rows = []
+    for k, result in enumerate(_fits(jobs, features, labels, head, kw, workers)):
+        rows.append({"split": "pipeline" if k == 0 else f"repeat-{k}", "seed": jobs[k][1], **result})
+        if k == 0:
+            continue
+        r = k - 1
         log.info("split %d/%d: test %d images (%d COVID-19), AUC %.4f, sensitivity %.4f, specificity %.4f at %.4g",
                  r + 1, splits, rows[-1]["test_images"], rows[-1]["test_covid"], rows[-1]["auc"],
                  rows[-1]["sensitivity"], rows[-1]["specificity"], rows[-1]["threshold"])
@@ -194,7 +233,8 @@ def run_repeats(manifest_csv, features_dir, evaluation_json, params: dict) -> tu
     _, head = split_backbone_head(model, params["model"])
     summary, frame = repeated_splits(manifest, features, head, splits=cfg["splits"], seed=int(params["seed"]),
                                      val_fraction=params["split"]["val_fraction"], train=train,
-                                     target_sensitivity=params["evaluate"]["target_sensitivity"])
+                                     target_sensitivity=params["evaluate"]["target_sensitivity"],
+                                     workers=cfg["workers"])
     summary["single_split"] = single_split(evaluation)
     r, one = summary["repeats"], summary["single_split"]
     log.info("test AUC over %d patient-grouped splits: mean %.3f, 95%% of splits in [%.3f, %.3f] (sd %.3f); "
