@@ -155,9 +155,10 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     mlflow.log_metric("train_seconds", round(seconds, 1))
     mlflow.log_artifact(str(plot))
     mlflow.log_artifact(str(model_json))
-    mlflow.set_tag("model_sha256", files.sha256_file(model_pt))
+    mlflow.set_tag("model_sha256", record["model_sha256"])  # model.pt's, as model.json records it
     loader = Path(mlflow_loader.__file__)
-    mlflow.set_tag("loader_sha256", files.sha256_file(loader))
+    loader_sha256 = files.sha256_file(loader)
+    mlflow.set_tag("loader_sha256", loader_sha256)
     signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("double", "score")]))
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
                     "pillow", "numpy", "pandas", "pydicom", "simplejpeg"]
@@ -177,7 +178,7 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
                                 metadata={"architecture": record["architecture"],
                                           "preprocessing": record["preprocessing"], "classes": record["classes"],
                                           "model_sha256": record["model_sha256"],
-                                          "loader_sha256": files.sha256_file(loader),
+                                          "loader_sha256": loader_sha256,
                                           "intended_use": "research only; not for clinical diagnosis"})
     finally:
         shutil.rmtree(staging, ignore_errors=True)

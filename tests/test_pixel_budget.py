@@ -142,11 +142,9 @@ def test_check_budget_counts_pixels_and_bytes_from_the_header():
 
 
 def test_the_file_size_limit_is_exact(tmp_path):
-    from deepcovid.data import images
-
     png = tmp_path / "a.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
-    limit = 65_536 * images._MAX_BYTES_PER_PIXEL + images._HEADER_ROOM
+    limit = 65_536 * dicom._MAX_BYTES_PER_PIXEL + dicom._HEADER_ROOM
     png.write_bytes(png.read_bytes() + bytes(limit - png.stat().st_size))  # exactly at the limit: read
     assert read_image(png, max_pixels=65_536).size == (8, 8)
     png.write_bytes(png.read_bytes() + b"\0")

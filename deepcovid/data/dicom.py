@@ -34,8 +34,9 @@ LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"}
 RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
 #: Bytes of header (everything before the pixel data) a deflated file may inflate to.
 DEFLATED_HEADER_BYTES = 1 << 20
-#: Bytes a stored pixel may take at most (3 samples of 32 bits), and room for the header: a file
-#: larger than max_pixels x this + the room cannot hold an image within the budget.
+#: Bytes a stored pixel may take at most (3 samples of 32 bits; 16-bit RGBA in a PNG is 8), and
+#: room for metadata: a file larger than max_pixels x this + the room cannot hold an image within
+#: the budget (:func:`check_file_size`).
 _MAX_BYTES_PER_PIXEL = 12
 _HEADER_ROOM = 16 << 20
 _PIXEL_DATA = 0x7FE00010
@@ -136,6 +137,15 @@ def read_dicom(path: str | Path, max_pixels: int | None = None) -> tuple[Image.I
         raise DicomError(f"invalid DICOM data: {type(exc).__name__}: {first}", path) from None
 
 
+def check_file_size(path: str | Path, max_pixels: int, kind: str = "file") -> None:
+    """Raise :class:`DicomError` when ``path`` is larger than any image of at most
+    ``max_pixels`` pixels can be stored in (checked before the file is read)."""
+    size = os.stat(path).st_size
+    if size > max_pixels * _MAX_BYTES_PER_PIXEL + _HEADER_ROOM:
+        raise DicomError(f"a {kind} of {size:,} bytes: larger than an image within the pixel budget of "
+                         f"{max_pixels:,} (preprocess.max_pixels) can be")
+
+
 def check_budget(ds, max_pixels: int) -> int:
     """The bytes of pixel data the header declares (rows x columns x frames x samples x bytes
     allocated); raises :class:`DicomError` when rows x columns x frames exceeds ``max_pixels``."""
@@ -158,10 +168,7 @@ def _dataset(path: str | Path, max_pixels: int):
     import pydicom
     from pydicom.filereader import read_file_meta_info
 
-    size = os.stat(path).st_size
-    if size > max_pixels * _MAX_BYTES_PER_PIXEL + _HEADER_ROOM:
-        raise DicomError(f"a DICOM file of {size:,} bytes: larger than an image within the pixel budget of "
-                         f"{max_pixels:,} (preprocess.max_pixels) can be")
+    check_file_size(path, max_pixels, "DICOM file")
     syntax = read_file_meta_info(path).get("TransferSyntaxUID")
     if syntax == pydicom.uid.DeflatedExplicitVRLittleEndian:
         return _inflate(path, max_pixels)

@@ -20,10 +20,6 @@ from deepcovid.errors import FileReadError, InputError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 RESIZE_MODES = ("stretch", "pad")
-# A file larger than max_pixels x this + the room cannot hold an image within the budget
-# (16-bit RGBA stored raw is 8 bytes a pixel; room for metadata).
-_MAX_BYTES_PER_PIXEL = 12
-_HEADER_ROOM = 16 << 20
 
 
 class ImageReadError(FileReadError):
@@ -79,10 +75,10 @@ def read_image(path: str | Path, grayscale: bool = True, notes: list[str] | None
             notes.extend(header)
         return to_rgb8(image, grayscale=grayscale)
     try:
-        size = path.stat().st_size
-        if size > budget * _MAX_BYTES_PER_PIXEL + _HEADER_ROOM:
-            raise ImageReadError(f"a file of {size:,} bytes: larger than an image within the pixel budget of "
-                                 f"{budget:,} (preprocess.max_pixels) can be", path)
+        try:
+            dicom.check_file_size(path, budget)
+        except dicom.DicomError as exc:
+            raise ImageReadError(exc.reason, path) from None
         data = path.read_bytes()
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
