@@ -102,9 +102,10 @@ def _predict_peak_kb(tiny_trained, image) -> tuple[subprocess.CompletedProcess, 
     return proc, int(proc.stdout.split("PEAK_KB")[1].split()[0])
 
 
-def test_predict_on_a_280_kb_decompression_bomb_stays_under_1_gb(tiny_trained, tmp_path):
-    """Importing torch alone peaks near 0.65 GB here, the whole predict on a 240 x 240 PNG near
-    0.9 GB: the bomb must add nothing to that (before: 5.9 GB)."""
+def test_predict_on_a_280_kb_decompression_bomb_costs_no_more_than_a_normal_image(tiny_trained, tmp_path):
+    """The whole predict on a 240 x 240 PNG peaks near 0.9 GB on one machine, 1.3 GB on another
+    (torch's import alone is most of it): the bomb must add nothing to that (before: 5.9 GB), so the
+    bound is relative to the normal image measured in the same run, not an absolute figure."""
     bomb = write_deflated(tmp_path / "bomb.dcm", 12000, 12000)
     assert bomb.stat().st_size < 300_000
     proc, peak_kb = _predict_peak_kb(tiny_trained, bomb)
@@ -114,7 +115,6 @@ def test_predict_on_a_280_kb_decompression_bomb_stays_under_1_gb(tiny_trained, t
     ok, normal_kb = _predict_peak_kb(tiny_trained, normal)
     assert ",COVID-19," in ok.stdout or ",non-COVID," in ok.stdout, ok.stderr
     print(f"peak RSS: bomb {peak_kb / 1e6:.3f} GB, a normal image {normal_kb / 1e6:.3f} GB")
-    assert peak_kb < 1_000_000, f"peak RSS {peak_kb / 1e6:.2f} GB"
     assert peak_kb < normal_kb + 64_000, f"bomb {peak_kb / 1e6:.2f} GB, a normal image {normal_kb / 1e6:.2f} GB"
 
 
