@@ -92,14 +92,13 @@ def _evaluate_external(args) -> int:
 
 
 def _explain(args) -> int:
-    from deepcovid.config import load_config
+    from deepcovid.config import load_config, override
     from deepcovid.evaluation.predictions import operating_point
     from deepcovid.explain.explain_run import explain_images
     from deepcovid.model.inference import model_sha256
 
-    cfg = load_config(args.params).explain.as_dict()
-    cfg.update({k: v for k, v in (("window", args.window), ("stride", args.stride), ("fill", args.fill),
-                                  ("method", args.method)) if v is not None})
+    cfg = override(load_config(args.params).explain, "explain", window=args.window, stride=args.stride,
+                   fill=args.fill, method=args.method)  # validated as params.yaml's own values
     threshold = None
     if args.threshold is not None:
         threshold = args.threshold
@@ -137,7 +136,7 @@ def _predict(args) -> int:
 
         ok = table.loc[table["error"] == "", "path"].tolist()
         figure = {path: (what if score is not None else "") for path, score, what in
-                  explain_images(ok, load_config(args.params).explain.as_dict(), models=args.model,
+                  explain_images(ok, load_config(args.params).explain, models=args.model,
                                  out=args.explain, threshold=threshold)}
         table["explanation"] = table["path"].map(figure).fillna("")
     if args.out == "-":

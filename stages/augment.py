@@ -19,7 +19,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.params)
     with files.atomic_path(args.out) as tmp:
-        augment_positives(args.manifest, args.cache, tmp, cfg.augment.as_dict(), cfg.seed)
+        augment_positives(args.manifest, args.cache, tmp, cfg.augment, cfg.seed)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ logged to the model's MLflow run.
 import argparse
 import logging
 
-from deepcovid import runner, tracking
+from deepcovid import runner
+from deepcovid.model import tracking
 from deepcovid.config import load_config
 from deepcovid.evaluation.card import write_card
 
@@ -27,11 +28,9 @@ def main() -> None:
     ap.add_argument("--no-mlflow", action="store_true", help="do not log the card to the model's MLflow run")
     args = ap.parse_args()
     cfg = load_config(args.params)
-    params = cfg.as_dict()
     digest = write_card(models=args.models, data_json=args.data, filter_report=args.filter_report,
-                        exclusions=params["filter"]["exclusions"], train_json=args.train, evaluation_json=args.evaluation,
-                        audit_json=args.audit, repeats_json=args.repeats, explain_json=args.explain, params=params,
-                        out=args.out)
+                        train_json=args.train, evaluation_json=args.evaluation, audit_json=args.audit,
+                        repeats_json=args.repeats, explain_json=args.explain, params=cfg, out=args.out)
     log.info("wrote %s", args.out)
     if cfg.mlflow.enabled and not args.no_mlflow:
         run = tracking.log_to_training_run(args.out, digest, cfg.mlflow.experiment, cfg.mlflow.tracking_uri)

@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     config = load_config(args.params)
-    run_explain(config.explain.as_dict(), seed=config.seed, models=args.models, manifest=args.manifest,
+    run_explain(config.explain, seed=config.seed, models=args.models, manifest=args.manifest,
                 cache=args.cache, predictions=args.predictions, evaluation=args.evaluation, raw=args.raw,
                 out=args.out, metrics=args.metrics, plots=args.plots)
 

@@ -18,7 +18,7 @@ def main() -> None:
     ap.add_argument("out", help="output folder: features.npy, index.csv, meta.json")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
-    featurize(load_config(args.params).as_dict(), manifest=args.manifest, cache=args.cache,
+    featurize(load_config(args.params), manifest=args.manifest, cache=args.cache,
               augmented=args.augmented, out=args.out)
 
 

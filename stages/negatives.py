@@ -17,7 +17,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     cfg = load_config(args.params)
-    negatives, report = select_negatives(args.raw, cfg.dataset, cfg.sources.negatives, cfg.negatives.as_dict(),
+    negatives, report = select_negatives(args.raw, cfg.dataset, cfg.sources.negatives, cfg.negatives,
                                          cfg.filter.frontal_views, cfg.seed)
     with files.atomic_path(args.out) as tmp:
         tmp.mkdir()

@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     cfg = load_config(args.params)
-    summary, table = run_repeats(args.manifest, args.features, args.evaluation, cfg.as_dict())
+    summary, table = run_repeats(args.manifest, args.features, args.evaluation, cfg)
     files.write_csv(args.table, table)
     files.write_json(args.out, summary)
 

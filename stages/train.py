@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow (as mlflow.enabled: false)")
     args = ap.parse_args()
     cfg = load_config(args.params)
-    run_training(cfg.as_dict(), manifest=args.manifest, cache=args.cache,
+    run_training(cfg, manifest=args.manifest, cache=args.cache,
                  augmented=args.augmented, features=args.features, models=args.models,
                  predictions=args.predictions, metrics=args.metrics, plot=args.plot,
                  use_mlflow=cfg.mlflow.enabled and not args.no_mlflow)

@@ -46,6 +46,7 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
+    from deepcovid.config import Augment
     from deepcovid.model import environment, training
     from deepcovid.model.architectures import preprocessing
     from deepcovid.model.datasets import ImageDataset
@@ -84,8 +85,8 @@ def main() -> None:
     environment.seed_everything(args.seed)
     model, _ = build_model("resnet18", "none")
     prep = preprocessing("resnet18")
-    aug = {"hflip_p": 0.5, "rotation_degrees": 10, "translate": 0.05, "scale": [0.95, 1.05], "shear_degrees": 5,
-           "elastic_alpha": 3.0, "elastic_grid": 5}
+    aug = Augment(copies=1, hflip_p=0.5, rotation_degrees=10, translate=0.05, scale=[0.95, 1.05], shear_degrees=5,
+                  elastic_alpha=3.0, elastic_grid=5)
     train_set = ImageDataset(*files("train"), train_transform(prep, args.image_size, aug))
     val_set = ImageDataset(*files("val"), eval_transform(prep, args.image_size))
 

@@ -54,7 +54,7 @@ def evaluate_to(root: Path, frame, cfg):
 
 
 @pytest.fixture(scope="session")
-def repo_cfg():
+def cfg():
     """The evaluate section of the committed params.yaml."""
     from deepcovid.evaluation.evaluate import EvalConfig
     from deepcovid.config import load_config

@@ -18,6 +18,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from PIL import Image
 
+from deepcovid.config import Audit
 from deepcovid.evaluation import audit as A
 from workspace import TINY, error_line, make_workspace, run_stage
 
@@ -255,9 +256,9 @@ def test_run_audit_reads_its_files_as_the_stage_does(tmp_path):
     scored = table[table["split"] != "train"]
     scored[["image_id", "score"]].to_csv(tmp_path / "predictions.csv", index=False)
     (tmp_path / "evaluate.json").write_text(json.dumps({"test": {"threshold": 0.4}}))
-    cfg = {"folds": 5, "flag_auc": 0.7, "metadata": ["source", "view"], "min_per_class": 5}
+    cfg = Audit(folds=5, flag_auc=0.7, metadata=["source", "view"], min_per_class=5)
     result = A.run_audit(tmp_path / "manifest.csv", fdir, tmp_path / "predictions.csv", tmp_path / "evaluate.json",
-                         cfg, seed=0, preprocessed_dir=pre)
+                         cfg, seed=0, ci_method="wilson", alpha=0.05, preprocessed_dir=pre)
     read_table = A.audit_table(pd.read_csv(tmp_path / "manifest.csv", dtype=str, keep_default_na=False),
                                pd.read_csv(tmp_path / "predictions.csv", dtype={"image_id": str}))
     assert read_table["score"].isna().tolist() == (table["split"] == "train").tolist()
@@ -269,4 +270,4 @@ def test_run_audit_reads_its_files_as_the_stage_does(tmp_path):
     scored[scored["image_id"] != first_test][["image_id", "score"]].to_csv(tmp_path / "predictions.csv", index=False)
     with pytest.raises(A.AuditError, match=f"no score for test image {first_test}"):
         A.run_audit(tmp_path / "manifest.csv", fdir, tmp_path / "predictions.csv", tmp_path / "evaluate.json",
-                    cfg, seed=0)
+                    cfg, seed=0, ci_method="wilson", alpha=0.05)

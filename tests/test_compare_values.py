@@ -8,7 +8,6 @@ statsmodels and by hand. Each test names, in its docstring, the planted bugs it 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -235,11 +234,6 @@ def three_models():
 
 
 @pytest.fixture(scope="module")
-def cfg() -> EvalConfig:
-    return EvalConfig.from_config(load_config(REPO / "params.yaml"))
-
-
-@pytest.fixture(scope="module")
 def three(cfg):
     y, scores, runs = three_models()
     table, details = compare_models(runs, cfg, reference="A")
@@ -311,7 +305,7 @@ def test_three_models_markdown(three, cfg):
 def test_three_models_alpha_0_1(cfg):
     """Bug: alpha ignored in the ΔAUC interval (z = norm.ppf(0.95) at alpha = 0.1)."""
     y, scores, runs = three_models()
-    table, _ = compare_models(runs, dataclasses.replace(cfg, alpha=0.1), reference="A")
+    table, _ = compare_models(runs, cfg.model_copy(update=dict(alpha=0.1)), reference="A")
     table = table.set_index("run")
     z90 = float(norm.ppf(0.95))
     for other in ("B", "C"):
@@ -339,7 +333,7 @@ def test_compare_bootstrap_values(cfg):
     s_val = np.clip(0.3 + 0.4 * y_val + rng.normal(scale=0.1, size=y_val.size), 0, 1)
     runs = {name: _run_frame(y, s, y_val, s_val) for name, s in (("S", strong), ("T", shuffled), ("N", noise))}
     b = 200
-    table, _ = compare_models(runs, dataclasses.replace(cfg, bootstrap_resamples=b), reference="S",
+    table, _ = compare_models(runs, cfg.model_copy(update=dict(bootstrap_resamples=b)), reference="S",
                               paired="bootstrap")
     table = table.set_index("run")
     assert table.loc["N", "auc_diff"] == pytest.approx(skm.roc_auc_score(y, noise) - skm.roc_auc_score(y, strong),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 
 import pytest
@@ -203,3 +204,36 @@ def test_yaml_alias_bombs_and_huge_files_are_refused_before_any_work(tmp_path):
         load_config(path)
     path.write_text(text)
     load_config(path)
+
+
+STAGE_SCRIPTS = sorted((REPO / "stages").glob("*.py"))
+
+
+def dict_passing(source: str) -> list[str]:
+    """Where a stage script turns the typed configuration back into a dict: ``.as_dict()``,
+    ``.model_dump()``, ``dict(section)``, ``vars(section)`` or a ``**`` expansion."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in ("as_dict", "model_dump", "model_dump_json"):
+                found.append(f"line {node.lineno}: .{func.attr}()")
+            elif isinstance(func, ast.Name) and func.id in ("dict", "vars") and node.args:
+                found.append(f"line {node.lineno}: {func.id}(...)")
+            found += [f"line {node.lineno}: **{ast.unparse(k.value)}" for k in node.keywords if k.arg is None]
+    return sorted(found)
+
+
+@pytest.mark.parametrize("script", STAGE_SCRIPTS, ids=lambda p: p.name)
+def test_stages_pass_the_typed_configuration_not_dicts(script):
+    """Each stage hands its validated section (or plain values) to the package: a dict of
+    parameters would lose the validation and the names (the code would read params["train"]["lr"])."""
+    found = dict_passing(script.read_text(encoding="utf-8"))
+    assert not found, f"{script.relative_to(REPO)} passes the configuration as a dict: {'; '.join(found)}"
+
+
+def test_the_dict_check_sees_each_form():
+    assert dict_passing("run(cfg.as_dict())\nrun(**cfg.train.model_dump())\n") == [
+        "line 1: .as_dict()", "line 2: **cfg.train.model_dump()", "line 2: .model_dump()"]
+    assert dict_passing("f(dict(cfg.train))\ng(**config.explain)\n") == ["line 1: dict(...)", "line 2: **config.explain"]
+    assert dict_passing("run(cfg.train, seed=cfg.seed)\nx = dict()\n") == []

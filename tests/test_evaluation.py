@@ -70,20 +70,20 @@ def random_predictions(seed: int, n_val=(30, 120), n_test=(60, 240), shift=2.5) 
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory, repo_cfg):
+def planted(tmp_path_factory, cfg):
     """The planted table evaluated in-process and written under a temporary root."""
     root = tmp_path_factory.mktemp("planted")
-    _, result, _ = evaluate_to(root, planted_predictions(), repo_cfg)
+    _, result, _ = evaluate_to(root, planted_predictions(), cfg)
     return root, result
 
 
 # --------------------------------------------------------------------------- operating point
 
 
-def test_planted_operating_point(planted, repo_cfg):
+def test_planted_operating_point(planted, cfg):
     _, result = planted
     m = result.details
-    assert repo_cfg.target_sensitivity == 0.98
+    assert cfg.target_sensitivity == 0.98
     assert m["settings"]["operating_point_chosen_on"] == "val"
     assert m["val"]["threshold"] == pytest.approx(0.40)
     assert m["val"]["sensitivity"] == 0.98
@@ -107,12 +107,12 @@ def test_planted_operating_point(planted, repo_cfg):
                   ("non-COVID", "COVID-19"): 20, ("non-COVID", "non-COVID"): 180}
 
 
-def test_paper_interval_outside_unit_is_flagged(repo_cfg, caplog):
+def test_paper_interval_outside_unit_is_flagged(cfg, caplog):
     df = planted_predictions()
     # every test COVID-19 image above 0.40 but one: sensitivity 0.99, 0.99 + 1.96 * sqrt(.99 * .01 / 100) > 1
     df.loc[(df["split"] == "test") & (df["label"] == 1), "score"] = [0.05] + [0.9] * 99
     with caplog.at_level("WARNING", logger="evaluate"):
-        result = evaluate(df, repo_cfg)
+        result = evaluate(df, cfg)
     t = result.details["test"]
     assert t["sensitivity"] == 0.99
     assert t["paper_sensitivity_high"] > 1.0 and t["paper_sensitivity_high_clipped"] == 1.0
@@ -121,10 +121,10 @@ def test_paper_interval_outside_unit_is_flagged(repo_cfg, caplog):
     assert result.thresholds["paper_interval_outside_unit"].any()
 
 
-def test_thresholds_table_matches_metrics(planted, repo_cfg):
+def test_thresholds_table_matches_metrics(planted, cfg):
     _, result = planted
     table = result.thresholds
-    assert table["threshold"].tolist() == list(repo_cfg.thresholds)
+    assert table["threshold"].tolist() == list(cfg.thresholds)
     y = planted_predictions().query("split == 'test'")
     for row in table.itertuples():
         c = P.confusion_at_threshold(y["label"], y["score"], row.threshold)
@@ -189,10 +189,10 @@ def test_plot_files_finite(planted):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
 
-def test_outputs_deterministic(tmp_path, planted, repo_cfg):
+def test_outputs_deterministic(tmp_path, planted, cfg):
     """Same predictions, same bytes, figures included (the CI compares rebuilt outputs with dvc.lock)."""
     root, _ = planted
-    again = evaluate(load_predictions(root / "predictions.csv"), repo_cfg, name=str(root / "predictions.csv"))
+    again = evaluate(load_predictions(root / "predictions.csv"), cfg, name=str(root / "predictions.csv"))
     write_outputs(again, OutputPaths.under(tmp_path))
     files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert len(files) == 13
@@ -286,12 +286,12 @@ def test_bad_predictions_named(tmp_path, change, fragment):
     assert str(pred) in str(err.value)
 
 
-def test_test_split_only_falls_back_to_paper_style(tmp_path, repo_cfg, caplog):
+def test_test_split_only_falls_back_to_paper_style(tmp_path, cfg, caplog):
     df = planted_predictions().query("split == 'test'").drop(columns=["group"])
     with caplog.at_level("WARNING", logger="evaluate"):
         path = tmp_path / "p.csv"
         df.to_csv(path, index=False)
-        result = evaluate(load_predictions(path), repo_cfg)
+        result = evaluate(load_predictions(path), cfg)
     m = result.details
     assert m["settings"]["operating_point_chosen_on"] == "test" and "val" not in m
     assert result.metrics["test"]["threshold_chosen_on_val"] is False
@@ -300,11 +300,10 @@ def test_test_split_only_falls_back_to_paper_style(tmp_path, repo_cfg, caplog):
     assert list(result.scores.columns)[3:] == ["covid", "non_covid"]  # group derived from the label
 
 
-def test_bootstrap_auc_interval(repo_cfg):
-    import dataclasses
-
+def test_bootstrap_auc_interval(cfg):
+    
     df = random_predictions(4)
-    cfg = dataclasses.replace(repo_cfg, auc_ci="bootstrap", bootstrap_resamples=200)
+    cfg = cfg.model_copy(update=dict(auc_ci="bootstrap", bootstrap_resamples=200))
     a, b = evaluate(df, cfg).details, evaluate(df, cfg).details
     assert a["settings"]["auc_ci_method"] == "bootstrap" and a["settings"]["bootstrap_resamples"] == 200
     assert a["test"] == b["test"]  # seeded
@@ -313,10 +312,9 @@ def test_bootstrap_auc_interval(repo_cfg):
     assert (a["test"]["auc_low"], a["test"]["auc_high"]) == pytest.approx((ref["low"], ref["high"]))
 
 
-def test_clopper_pearson_option(repo_cfg):
-    import dataclasses
-
-    cfg = dataclasses.replace(repo_cfg, ci_method="clopper-pearson")
+def test_clopper_pearson_option(cfg):
+    
+    cfg = cfg.model_copy(update=dict(ci_method="clopper-pearson"))
     t = evaluate(planted_predictions(), cfg).metrics["test"]
     assert (t["sensitivity_low"], t["sensitivity_high"]) == pytest.approx(
         P.proportion_ci(95, 100, "clopper-pearson"))
@@ -370,10 +368,10 @@ def test_regression_rows_directions():
 # --------------------------------------------------------------------------- compare
 
 
-def test_compare_paired_tests(repo_cfg):
+def test_compare_paired_tests(cfg):
     a, b = random_predictions(5), random_predictions(6)
     b["image_id"] = a["image_id"]  # same images and labels, different scores
-    table, _ = compare_models({"a": a, "b": b, "a2": a.copy()}, repo_cfg)
+    table, _ = compare_models({"a": a, "b": b, "a2": a.copy()}, cfg)
     rows = table.set_index("run")
     assert bool(rows.loc["a", "reference"]) and pd.isna(rows.loc["a", "p_value"])
     assert 0.0 < rows.loc["b", "p_value"] <= 1.0
@@ -383,11 +381,11 @@ def test_compare_paired_tests(repo_cfg):
     assert rows.loc["b", "p_value"] == pytest.approx(D.delong_paired_test(y, sb, sa)["p_value"])
 
 
-def test_compare_rejects_different_test_images(repo_cfg):
+def test_compare_rejects_different_test_images(cfg):
     a, b = random_predictions(5), random_predictions(6)
     b = b.drop(index=b.index[-3:])  # three test images not scored by b
     with pytest.raises(ValueError, match="did not score the same test images"):
-        compare_models({"a": a, "b": b}, repo_cfg)
+        compare_models({"a": a, "b": b}, cfg)
 
 
 def test_compare_command(tmp_path, capsys):

@@ -10,7 +10,6 @@ Each test names, in its docstring, the planted bugs it is meant to catch.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -129,11 +128,6 @@ def paper_bounds(k, n, z=Z95):
 
 
 @pytest.fixture(scope="module")
-def cfg(repo_cfg) -> EvalConfig:
-    return repo_cfg
-
-
-@pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, cfg):
     """value_predictions() through load_predictions, evaluate and write_outputs (the evaluate stage)."""
     return evaluate_to(tmp_path_factory.mktemp("values"), value_predictions(), cfg)
@@ -235,7 +229,7 @@ def test_ece_uses_configured_bins_on_both_splits(cfg):
     """Bug: the validation (or test) ECE computed with another bin count than evaluate.calibration_bins."""
     df = value_predictions()
     for bins in (7, 15):
-        other = dataclasses.replace(cfg, calibration_bins=bins)
+        other = cfg.model_copy(update=dict(calibration_bins=bins))
         m = evaluate(df, other).details
         for section in ("test", "val"):
             y, s, _, _ = _split(df, section)
@@ -250,7 +244,7 @@ def test_alpha_0_1_reaches_every_interval(cfg):
     df = value_predictions()
     y, s, _, _ = _split(df, "test")
     tied = sorted(set(s[y == 1]) & set(s[y == 0]))  # thresholds on observed scores of both classes
-    c = dataclasses.replace(cfg, alpha=0.1, thresholds=(0.2, 0.5, *tied))
+    c = cfg.model_copy(update=dict(alpha=0.1, thresholds=(0.2, 0.5, *tied)))
     result = evaluate(df, c)
     z90 = float(norm.ppf(0.95))
     t = result.details["test"]
@@ -311,7 +305,7 @@ def test_threshold_table_alpha(cfg, alpha):
     assert len(tied) == 3
     thresholds = [0.1, 0.3, 0.5, 0.7, 0.9, *tied]
     _check_threshold_table(P.threshold_table(y, s, thresholds, method="wilson", alpha=alpha), y, s, thresholds, alpha)
-    c = dataclasses.replace(cfg, alpha=alpha, thresholds=tuple(thresholds))
+    c = cfg.model_copy(update=dict(alpha=alpha, thresholds=tuple(thresholds)))
     rows = threshold_rows(y, s, c)
     _check_threshold_table(rows, y, s, thresholds, alpha)
     # narrower than the 95% intervals: the alpha really changed something
@@ -556,14 +550,14 @@ def test_bootstrap_holds_a_single_image_class_fixed():
         auc_bootstrap([1, 0], [0.5, 0.2])
 
 
-def test_evaluate_falls_back_to_the_bootstrap_and_names_an_impossible_split(repo_cfg):
+def test_evaluate_falls_back_to_the_bootstrap_and_names_an_impossible_split(cfg):
     frame = pd.DataFrame({"image_id": list("abcdefgh"), "label": [1, 0, 0, 0, 1, 0, 0, 1],
                           "split": ["val"] * 4 + ["test"] * 4, "score": [.9, .2, .4, .1, .8, .3, .6, .7],
                           "group": ["covid", "normal", "normal", "normal", "covid", "normal", "normal", "covid"]})
-    result = evaluate(frame, repo_cfg, name="p.csv")
+    result = evaluate(frame, cfg, name="p.csv")
     val = result.metrics["val"]  # 1 COVID-19 image in val: the bootstrap over its negatives (AUC 1 in each)
     assert (val["auc"], val["auc_low"], val["auc_high"]) == (1.0, 1.0, 1.0)
     frame.loc[frame.index[:4], "label"] = [1, 0, 0, 0]
     frame = frame.drop(index=[2, 3])  # val: one image of each class
     with pytest.raises(ValueError, match=r"p.csv: val split \(1 COVID-19, 1 other\): .*at least 2 images"):
-        evaluate(frame, repo_cfg, name="p.csv")
+        evaluate(frame, cfg, name="p.csv")

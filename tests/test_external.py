@@ -83,12 +83,6 @@ def _predictions(rng, split, n_pos, n_neg, shift):
                          "score": scores, "group": np.where(labels == 1, "covid", "normal")})
 
 
-@pytest.fixture
-def cfg():
-    from deepcovid.config import load_config
-    return EvalConfig.from_config(load_config(REPO / "params.yaml"))
-
-
 def test_evaluate_reports_the_external_split_at_the_validation_operating_point(cfg):
     rng = np.random.default_rng(0)
     df = pd.concat([_predictions(rng, "val", 20, 40, 0.4), _predictions(rng, "test", 30, 60, 0.4),

@@ -293,7 +293,8 @@ def test_runner_one_line_only_for_user_errors(tmp_path, kind, status, expected):
 def test_every_project_error_type_is_a_deepcovid_error():
     import deepcovid.data.dicom as dicom
     import deepcovid.data.split as split
-    from deepcovid import config, tracking
+    from deepcovid import config
+    from deepcovid.model import tracking
     from deepcovid.data.augment import AugmentError
     from deepcovid.data.errors import FetchError
     from deepcovid.evaluation.audit import AuditError
@@ -310,15 +311,15 @@ def test_every_project_error_type_is_a_deepcovid_error():
 
 # --- constant scores ----------------------------------------------------------------------------
 
-def test_constant_scores_warned(caplog, repo_cfg):
+def test_constant_scores_warned(caplog, cfg):
     from deepcovid.evaluation.evaluate import auc_with_ci
     y = np.array([0, 0, 0, 1, 1, 1])
     with caplog.at_level(logging.WARNING, logger="evaluate"):
-        r = auc_with_ci(y, np.full(6, 0.3), repo_cfg)
+        r = auc_with_ci(y, np.full(6, 0.3), cfg)
     assert r["auc"] == 0.5 and "all 6 scores are equal" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="evaluate"):
-        auc_with_ci(y, np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), repo_cfg)
+        auc_with_ci(y, np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), cfg)
     assert "scores are equal" not in caplog.text
 
 
@@ -330,7 +331,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-OPEN_STORE = "import sys\nfrom deepcovid import runner, tracking\nrunner.run(lambda: print(tracking.open_store('x', sys.argv[1])), 'train')\n"
+OPEN_STORE = "import sys\nfrom deepcovid import runner\nfrom deepcovid.model import tracking\nrunner.run(lambda: print(tracking.open_store('x', sys.argv[1])), 'train')\n"
 
 
 @pytest.mark.parametrize("make_uri", [

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from deepcovid.config import Augment
 from deepcovid.data.augment import AugmentError, augment_image, build_transform, check_augmented, copy_seed
-from deepcovid.data.metadata import CHEXPERT_CATEGORIES
+from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.data.negatives import chexpert_single_label, sample_chexpert
 from deepcovid.data.split import SplitError, check_no_leak, make_split
 
@@ -123,7 +124,7 @@ def test_leak_detected():
 def test_augment_deterministic_and_leak_check():
     cfg = {"hflip_p": 0.5, "rotation_degrees": 10, "translate": 0.05, "scale": [0.95, 1.05], "shear_degrees": 5,
            "elastic_alpha": 3.0, "elastic_grid": 5}
-    transform = build_transform(cfg)
+    transform = build_transform(Augment(copies=1, **cfg))
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     a = augment_image(image, transform, copy_seed(42, "cohen/x.png", 1))
     b = augment_image(image, transform, copy_seed(42, "cohen/x.png", 1))

@@ -20,11 +20,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deepcovid.config import load_config
 from deepcovid.evaluation import repeats as R
-from workspace import error_line, run_stage
+from workspace import REPO, error_line, run_stage
 
-TRAIN = {"epochs": 30, "batch_size": 20, "lr": 0.01, "weight_decay": 0.0, "patience": 0, "shuffle_labels": False,
-         "class_weight": "none"}
+TRAIN = load_config(REPO / "params.yaml").train.model_copy(update=dict(
+    mode="last_layer", epochs=30, batch_size=20, lr=0.01, weight_decay=0.0, patience=0, shuffle_labels=False,
+    class_weight="none"))
 
 
 def _table(sizes_pos: list[int], sizes_neg: list[int], neg_in_pos: int = 0) -> pd.DataFrame:
@@ -128,7 +130,7 @@ def test_repeats_find_the_signal_and_spread_over_distinct_splits():
 
 def test_repeats_give_the_same_numbers_in_worker_processes():
     table, features = _planted(n_groups=60)
-    kw = dict(splits=3, seed=5, val_fraction=0.25, train={**TRAIN, "epochs": 5}, target_sensitivity=0.9)
+    kw = dict(splits=3, seed=5, val_fraction=0.25, train=TRAIN.model_copy(update={"epochs": 5}), target_sensitivity=0.9)
     serial, rows = R.repeated_splits(table, features, _head(4), **kw)
     parallel, rows2 = R.repeated_splits(table, features, _head(4), workers=2, **kw)
     pd.testing.assert_frame_equal(rows, rows2)
@@ -145,7 +147,7 @@ def test_repeats_cannot_memorise_groups():
     table["split"] = R.grouped_split(table, 20, 30, 0.2, np.random.default_rng(0)).to_numpy()
     features = np.eye(n)[np.repeat(np.arange(n), 2)] * 5
     summary, _ = R.repeated_splits(table, features, _head(n), splits=4, seed=0, val_fraction=0.2,
-                                   train={**TRAIN, "epochs": 60}, target_sensitivity=0.9)
+                                   train=TRAIN.model_copy(update={"epochs": 60}), target_sensitivity=0.9)
     assert 0.3 < summary["repeats"]["auc"]["mean"] < 0.7
 
 
@@ -153,10 +155,10 @@ def test_shuffled_labels_and_class_weight_are_honoured():
     table, features = _planted(signal=4.0)
     features = np.c_[features, np.random.default_rng(9).standard_normal((len(features), 20))]  # noise to fit
     kw = dict(splits=5, seed=1, val_fraction=0.25, target_sensitivity=0.9)
-    shuffled, _ = R.repeated_splits(table, features, _head(24), train={**TRAIN, "shuffle_labels": True}, **kw)
+    shuffled, _ = R.repeated_splits(table, features, _head(24), train=TRAIN.model_copy(update={"shuffle_labels": True}), **kw)
     plain, _ = R.repeated_splits(table, features, _head(24), train=TRAIN, **kw)
     assert plain["repeats"]["auc"]["mean"] > 0.95 and shuffled["repeats"]["auc"]["mean"] < 0.8
-    balanced, _ = R.repeated_splits(table, features, _head(24), train={**TRAIN, "class_weight": "balanced"}, **kw)
+    balanced, _ = R.repeated_splits(table, features, _head(24), train=TRAIN.model_copy(update={"class_weight": "balanced"}), **kw)
     assert balanced["repeats"]["threshold"] != plain["repeats"]["threshold"]
 
 

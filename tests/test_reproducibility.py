@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # when run as a script
     sys.path.insert(0, str(REPO))
 
+from deepcovid.config import validate  # noqa: E402
 from deepcovid.files import tree_digest  # noqa: E402
 from deepcovid.model.checkpoints import checkpoint_inputs, checkpoint_key  # noqa: E402
 
@@ -106,7 +107,7 @@ def _params() -> dict:
 
 def _key(ws: Path, params: dict | None = None, provenance: dict | None = None, **kw) -> str:
     kw = {"device": "cpu", "world_size": 1, "code_files": [ws / "code/extra.py"], **kw}
-    inputs = checkpoint_inputs(params or _params(), provenance or {"weights_sha256": None},
+    inputs = checkpoint_inputs(validate(params or _params()), provenance or {"weights_sha256": None},
                                manifest=ws / "data/manifest.csv", preprocessed=ws / "data/preprocessed",
                                augmented=ws / "data/augmented", **kw)
     json.dumps(inputs, allow_nan=False)  # plain JSON

@@ -85,7 +85,7 @@ def test_mlflow_server_on_localhost_receives_a_run(tmp_path):
         listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout if shutil.which("ss") else ""
         if listening:
             assert f"127.0.0.1:{port}" in listening and f"0.0.0.0:{port}" not in listening, listening
-        script = ("import sys\nfrom deepcovid import tracking\nimport mlflow\n"
+        script = ("import sys\nfrom deepcovid.model import tracking\nimport mlflow\n"
                   "run = tracking.start_run('scaling-out')\nmlflow.log_metric('auc', 0.5)\n"
                   "mlflow.log_text('hello', 'note.txt')\nmlflow.end_run()\nprint(run.info.run_id)\n")
         proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepcovid.data.metadata import CHEXPERT_CATEGORIES
+from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.data.negatives import assign_pools_by_patient, sample_chexpert
 from deepcovid.data.split import check_no_leak, make_split
 from workspace import make_workspace, read, run_stage, write_raw_images

@@ -1,10 +1,14 @@
-"""Every dvc.yaml stage depends on every project module its script runs, and on no other.
+"""Every dvc.yaml stage depends on every project module its script runs, and on no other code.
+
+Code dependencies are written at subpackage level (``deepcovid/data``) or as top-level modules
+(``deepcovid/config.py``): a stage re-runs when any module of a subpackage it imports changes (a
+little more often than needed), and dvc.yaml needs no edit when a subpackage gains a module.
 
 The import closure of each stage's script (``python stages/X.py`` or ``python -m pkg.mod`` in its
 cmd) is derived from the code with ``ast``: ``import deepcovid.x``, ``from deepcovid import x``,
 ``from deepcovid.x import y``, relative imports, imports inside functions, followed through every
 project module reached. A missing module means DVC does not re-run the stage when that code
-changes; a module listed but not imported re-runs it for nothing. No DVC call: this is fast.
+changes; code listed but never imported re-runs it for nothing. No DVC call: this is fast.
 
 ``deepcovid/__init__.py`` runs on every import of the package. While it only binds constants
 (a docstring, ``__version__``) it is a dependency of the stages whose code uses one of its names
@@ -173,10 +177,25 @@ def test_stage_lists_no_module_it_does_not_import(stage):
     used = set()
     for script in stage_scripts(spec["cmd"]):
         used |= {_rel(script), *(_rel(m) for m in import_closure(script))}
-    code = [d for d in map(_dep_path, spec.get("deps", []))
-            if d.endswith(".py") and _is_project(d.split("/")[0])]
-    stale = sorted(set(code) - used)
-    assert not stale, f"dvc.yaml stage {stage} depends on modules its script never imports: {', '.join(stale)}"
+    code = [d for d in map(_dep_path, spec.get("deps", [])) if _is_project(d.split("/")[0])]
+    stale = sorted(d for d in code if not any(u == d or u.startswith(d + "/") for u in used))
+    assert not stale, f"dvc.yaml stage {stage} depends on code its script never imports: {', '.join(stale)}"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_code_deps_are_subpackages_and_top_level_modules(stage):
+    """The readable form: a subpackage folder (deepcovid/data) or a top-level module
+    (deepcovid/config.py), never a module inside a subpackage, so the lists need no edit when a
+    subpackage gains a module. And __pycache__ is ignored by DVC, or a folder's hash would change
+    with the Python version that ran it."""
+    code = [d for d in map(_dep_path, STAGES[stage].get("deps", [])) if _is_project(d.split("/")[0])]
+    for dep in code:
+        path = REPO / dep
+        subpackage = path.is_dir() and (path / "__init__.py").is_file()
+        top_level = path.suffix == ".py" and len(path.relative_to(REPO).parts) == 2
+        assert subpackage or top_level, f"dvc.yaml stage {stage}: {dep} is neither a subpackage nor a top-level module"
+    ignored = (REPO / ".dvcignore").read_text(encoding="utf-8").split()
+    assert "__pycache__/" in ignored
 
 
 # ---- the closure itself, on a small synthetic package ----------------------------------------

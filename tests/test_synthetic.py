@@ -63,7 +63,7 @@ def test_column_constants():
         "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,"
         "Pleural Effusion,Pleural Other,Fracture,Support Devices")
     assert syn.CHEXPERT_CATEGORIES == syn.CHEXPERT_COLUMNS[5:] and len(syn.CHEXPERT_CATEGORIES) == 14
-    from deepcovid.data.metadata import CHEXPERT_CATEGORIES
+    from deepcovid.labels import CHEXPERT_CATEGORIES
     assert syn.CHEXPERT_CATEGORIES == CHEXPERT_CATEGORIES
 
 

@@ -175,12 +175,12 @@ def _checkpoint_path(ws: Path) -> Path:
     from deepcovid.model.weights import build_model
     from deepcovid.config import load_config
 
-    params = load_config(ws / "params.yaml").as_dict()
-    _, provenance = build_model(params["model"], params["weights"])
+    params = load_config(ws / "params.yaml")
+    _, provenance = build_model(params.model, params.weights)
     inputs = checkpoint_inputs(params, provenance, manifest=ws / "data/manifest.csv",
                                preprocessed=ws / "data/preprocessed", augmented=ws / "data/augmented",
                                device="cpu")
-    return ws / params["train"]["checkpoint_dir"] / f"{params['model']}-{checkpoint_key(inputs)[:16]}.pt"
+    return ws / params.train.checkpoint_dir / f"{params.model}-{checkpoint_key(inputs)[:16]}.pt"
 
 
 def test_full_mode_skips_features_and_cleans_checkpoint(tiny_data, tmp_path):

@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from deepcovid import files, portable
+from deepcovid import config, files, portable
 from deepcovid.data.images import load_cached
 from deepcovid.errors import StateError
 
@@ -107,16 +107,16 @@ def bilinear_sample(image: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.nda
     return out[..., 0] if image.ndim == 2 else out
 
 
-def build_transform(cfg: dict) -> Augmentation:
-    scale = cfg.get("scale", [1.0, 1.0])
+def build_transform(cfg: config.Augment) -> Augmentation:
+    """The augmentation the ``augment`` section of params.yaml describes."""
     return Augmentation(
-        hflip_p=float(cfg["hflip_p"]),
-        rotation_degrees=float(cfg["rotation_degrees"]),
-        translate=float(cfg.get("translate", 0.0)),
-        scale=(float(scale[0]), float(scale[1])),
-        shear_degrees=float(cfg.get("shear_degrees", 0.0)),
-        elastic_alpha=float(cfg.get("elastic_alpha", 0.0)),
-        elastic_grid=int(cfg.get("elastic_grid", 5)),
+        hflip_p=float(cfg.hflip_p),
+        rotation_degrees=float(cfg.rotation_degrees),
+        translate=float(cfg.translate),
+        scale=(float(cfg.scale[0]), float(cfg.scale[1])),
+        shear_degrees=float(cfg.shear_degrees),
+        elastic_alpha=float(cfg.elastic_alpha),
+        elastic_grid=int(cfg.elastic_grid),
     )
 
 
@@ -148,8 +148,8 @@ AUGMENTED_COLUMNS = ["image_id", "parent", "copy", "source", "patient", "split_g
                      "category", "split", "cache_path"]
 
 
-def augment_positives(manifest_csv, cache_dir, out_dir, cfg: dict, seed: int) -> pd.DataFrame:
-    """The augment stage: ``cfg["copies"]`` seeded copies of every COVID-19 training image into the new
+def augment_positives(manifest_csv, cache_dir, out_dir, cfg: config.Augment, seed: int) -> pd.DataFrame:
+    """The augment stage: ``cfg.copies`` seeded copies of every COVID-19 training image into the new
     folder ``out_dir`` (``images/`` and ``index.csv``, each copy recording its parent)."""
     cache_dir, out_dir = Path(cache_dir), Path(out_dir)
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
@@ -161,7 +161,7 @@ def augment_positives(manifest_csv, cache_dir, out_dir, cfg: dict, seed: int) ->
     (out_dir / "images").mkdir(parents=True)
     for row in tqdm(list(parents.itertuples(index=False)), desc="augment", mininterval=2):
         image = load_cached(files.inside(cache_dir, row.cache_path))
-        for k in range(1, int(cfg["copies"]) + 1):
+        for k in range(1, cfg.copies + 1):
             out = augment_image(image, transform, copy_seed(seed, row.image_id, k))
             rel = f"images/{row.image_id}.aug{k}.png"
             target = files.inside(out_dir, rel)

@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from deepcovid import synthetic
 from deepcovid.data.archive import safe_extract_zip
 from deepcovid.data.download import DEFAULT_RETRIES, DEFAULT_TIMEOUT, download
 from deepcovid.data.errors import FetchError
@@ -336,8 +337,6 @@ def fetch_dataset(selection: dict, out: str | os.PathLike, *, log: Callable[[str
     with atomic_path(out) as tmp:
         tmp.mkdir()
         if dataset == "synthetic":
-            from deepcovid import synthetic
-
             seed, cfg = selection["seed"], selection["synthetic"]
             records["cohen"] = synthetic.generate_cohen(tmp / "cohen", cfg["cohen"], seed)
             with _generator_pool() as pool:

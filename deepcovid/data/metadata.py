@@ -14,13 +14,9 @@ import numpy as np
 import pandas as pd
 
 from deepcovid import files
+from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.errors import InputError
 
-CHEXPERT_CATEGORIES = [
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
-]
 
 # normalised column name -> accepted spellings (compared lower-case, without spaces, _ and -)
 _COHEN_ALIASES = {

@@ -12,7 +12,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from deepcovid.data.metadata import CHEXPERT_CATEGORIES, read_chexpert, read_cohen_style
+from deepcovid.config import Negatives
+from deepcovid.data.metadata import read_chexpert, read_cohen_style
+from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.data.positives import is_covid, is_frontal, is_xray
 from deepcovid.data.sources import read_sources, source_root, unsafe_rows
 
@@ -121,7 +123,7 @@ def drop_unsafe(frame: pd.DataFrame, root, source: str, report: dict) -> pd.Data
     return frame[inside].reset_index(drop=True)
 
 
-def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: dict, frontal_views: list[str],
+def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: Negatives, frontal_views: list[str],
                      seed: int) -> tuple[pd.DataFrame, dict]:
     """The negatives stage: CheXpert negatives sampled as the paper did and/or the public ones.
 
@@ -131,9 +133,9 @@ def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: dict, front
     frames, report = [], {}
     if "chexpert" in sources:
         root = source_root(roots, "chexpert", raw_dir)
-        table = drop_unsafe(read_chexpert(root, cfg["use_valid_csv"]), root, "chexpert", report)
+        table = drop_unsafe(read_chexpert(root, cfg.use_valid_csv), root, "chexpert", report)
         candidates = chexpert_single_label(table)
-        counts = cfg["counts"][dataset if dataset in ("paper", "synthetic") else "paper"]
+        counts = cfg.counts[dataset if dataset in ("paper", "synthetic") else "paper"].model_dump()
         chosen, per_category = sample_chexpert(candidates, counts, seed)
         report["chexpert"] = {"rows": int(len(table)), "frontal_single_label": int(len(candidates)),
                               "categories": per_category}
@@ -143,7 +145,7 @@ def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: dict, front
         metas = [drop_unsafe(read_cohen_style(source_root(roots, n, raw_dir) / "metadata.csv", n),
                              source_root(roots, n, raw_dir), n, report) for n in cohen_style]
         chosen, rep = public_negatives(metas, frontal_views)
-        chosen = assign_pools_by_patient(chosen, cfg["public_test_fraction"], seed)
+        chosen = assign_pools_by_patient(chosen, cfg.public_test_fraction, seed)
         report.update(rep)
         frames.append(chosen)
     negatives = pd.concat(frames, ignore_index=True)

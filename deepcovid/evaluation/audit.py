@@ -30,6 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from deepcovid import config
 from deepcovid.errors import InputError
 from deepcovid.evaluation.delong import auc_delong, delong_paired_test
 from deepcovid.evaluation.predictions import operating_point
@@ -302,16 +303,17 @@ def load_features(features_dir, image_ids) -> np.ndarray | None:
     return feats[row.loc[list(image_ids)].to_numpy()].astype(np.float64)
 
 
-def run_audit(manifest_csv, features_dir, predictions_csv, evaluation_json, cfg: dict, *, seed: int,
-              ci_method: str = "wilson", alpha: float = 0.05, preprocessed_dir=None) -> dict:
-    """The audit stage: read the manifest, features, predictions and operating point; log the verdict."""
+def run_audit(manifest_csv, features_dir, predictions_csv, evaluation_json, cfg: config.Audit, *, seed: int,
+              ci_method: str, alpha: float, preprocessed_dir=None) -> dict:
+    """The audit stage: read the manifest, features, predictions and operating point; log the verdict.
+    ``cfg``: the ``audit`` section; ``ci_method`` and ``alpha``: those of ``evaluate``."""
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
     predictions = pd.read_csv(predictions_csv, dtype={"image_id": str})
     table = audit_table(manifest, predictions)
     features = load_features(features_dir, table["image_id"])
     statistics = None if preprocessed_dir is None else load_statistics(preprocessed_dir, table["image_id"])
-    result = audit(table, features, operating_point(evaluation_json), folds=cfg["folds"], seed=seed,
-                   flag_auc=cfg["flag_auc"], metadata=cfg["metadata"], min_per_class=cfg["min_per_class"],
+    result = audit(table, features, operating_point(evaluation_json), folds=cfg.folds, seed=seed,
+                   flag_auc=cfg.flag_auc, metadata=list(cfg.metadata), min_per_class=cfg.min_per_class,
                    ci_method=ci_method, alpha=alpha, statistics=statistics)
     for what in ("source", "view"):
         for part, r in result[f"{what}_readability"].items():
@@ -322,7 +324,7 @@ def run_audit(manifest_csv, features_dir, predictions_csv, evaluation_json, cfg:
                 log.info("%s readability (%s): %s", what, part, r["skipped"])
     m = result["metadata_baseline"]
     log.info("metadata-only baseline (%s): test AUC %.3f [%.3f, %.3f]; model %.3f, difference %+.3f [%+.3f, %+.3f]",
-             ", ".join(cfg["metadata"]), m["auc"], m["auc_low"], m["auc_high"], m["model_auc"], m["difference"],
+             ", ".join(cfg.metadata), m["auc"], m["auc_low"], m["auc_high"], m["model_auc"], m["difference"],
              m["difference_low"], m["difference_high"])
     st = result["style_baseline"]
     if "auc" in st:

@@ -15,6 +15,9 @@ from scipy import stats
 from deepcovid.errors import InputError
 from deepcovid.evaluation.inputs import check_inputs, two_sided_z
 
+#: DeLong's variance estimates a covariance within each class: it needs this many samples of each.
+MIN_PER_CLASS = 2
+
 
 def _midrank(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n with ties given the mean of the ranks they span (Sun & Xu's midranks)."""
@@ -43,9 +46,10 @@ def _delong_components(y: np.ndarray, score_matrix: np.ndarray):
 def _delong_covariance(y: np.ndarray, score_matrix: np.ndarray):
     y_pos = int(y.sum())
     y_neg = y.size - y_pos
-    if y_pos < 2 or y_neg < 2:
+    if y_pos < MIN_PER_CLASS or y_neg < MIN_PER_CLASS:
         raise InputError(
-            f"DeLong's variance needs at least 2 samples of each class; got {y_pos} positive, {y_neg} negative"
+            f"DeLong's variance needs at least {MIN_PER_CLASS} samples of each class; got {y_pos} positive, "
+            f"{y_neg} negative"
         )
     aucs, v10, v01 = _delong_components(y, score_matrix)
     s10 = np.atleast_2d(np.cov(v10, ddof=1))

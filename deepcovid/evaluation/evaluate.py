@@ -12,13 +12,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 
-from deepcovid.config import Params
+from pydantic import Field
+
+from deepcovid.config import Evaluate, Params
 from deepcovid.errors import InputError
 from deepcovid.evaluation.calibration import expected_calibration_error
+from deepcovid.evaluation.delong import MIN_PER_CLASS as DELONG_MIN_PER_CLASS
 from deepcovid.evaluation.delong import auc_delong
 from deepcovid.evaluation.plot_data import calibration_frame, confusion_frame, pr_frame, roc_frame, score_histogram
 from deepcovid.evaluation.predictions import SplitData
@@ -27,27 +31,16 @@ from deepcovid.evaluation.ranking import auc_bootstrap, average_precision
 
 log = logging.getLogger("evaluate")
 
-AUC_CI_METHODS = ("delong", "bootstrap")
-CI_METHODS = ("wilson", "clopper-pearson")
 
-#: Used only when no params file exists (evaluate.py run outside the repository).
-@dataclass(frozen=True)
-class EvalConfig:
-    """The ``evaluate`` section of params.yaml and the top-level ``seed`` (validated by deepcovid.config)."""
-    thresholds: tuple[float, ...]
-    target_sensitivity: float
-    ci_method: str
-    alpha: float
-    auc_ci: str
-    bootstrap_resamples: int
-    seed: int
-    calibration_bins: int
-    histogram_bins: int
+class EvalConfig(Evaluate):
+    """The ``evaluate`` section of params.yaml (:class:`deepcovid.config.Evaluate`, every field and
+    bound) with the top-level ``seed`` of its bootstrap. Validated when built, like the section."""
+
+    seed: Annotated[int, Field(ge=0)]
 
     @classmethod
-    def from_config(cls, cfg: Params) -> "EvalConfig":
-        section = cfg.evaluate.as_dict()
-        return cls(**{**section, "thresholds": tuple(section["thresholds"])}, seed=cfg.seed)
+    def from_config(cls, cfg: Params) -> EvalConfig:
+        return cls(**dict(cfg.evaluate), seed=cfg.seed)
 
 
 # --------------------------------------------------------------------------- pieces
@@ -55,8 +48,8 @@ class EvalConfig:
 
 def _finite(x: float) -> float:
     x = float(x)
-    if not math.isfinite(x):
-        raise InputError(f"internal error: non-finite metric {x}")
+    if not math.isfinite(x):  # the inputs are checked finite: this is a bug, with its traceback
+        raise ValueError(f"non-finite metric {x} (a bug: the inputs are checked finite)")
     return x
 
 
@@ -89,15 +82,14 @@ def auc_with_ci(y, s, cfg: EvalConfig) -> dict:
     if np.unique(np.asarray(s)).size == 1:
         log.warning("all %d scores are equal (%.6g): the model does not rank these images; AUC 0.5 and its "
                     "zero-width interval say nothing about it", np.asarray(s).size, float(np.asarray(s).flat[0]))
-    method = cfg.auc_ci
-    if method == "delong":
-        try:
+    if cfg.auc_ci == "delong":
+        n_pos = int(np.sum(np.asarray(y) == 1))
+        n_neg = np.asarray(y).size - n_pos
+        if min(n_pos, n_neg) >= DELONG_MIN_PER_CLASS:
             r = auc_delong(y, s, alpha=cfg.alpha)
             return {"auc": r["auc"], "auc_low": r["low"], "auc_high": r["high"], "auc_ci_method": "delong"}
-        except ValueError as exc:
-            if "at least 2 samples" not in str(exc):
-                raise
-            log.warning("DeLong interval impossible (%s); using the bootstrap", exc)
+        log.warning("DeLong interval impossible (%d positive, %d negative: needs %d of each); using the bootstrap",
+                    n_pos, n_neg, DELONG_MIN_PER_CLASS)
     r = auc_bootstrap(y, s, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, alpha=cfg.alpha)
     return {"auc": r["auc"], "auc_low": r["low"], "auc_high": r["high"], "auc_ci_method": "bootstrap"}
 
@@ -236,7 +228,7 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", thres
         out = operating_summary(data.labels, data.scores, thr, cfg)
         try:
             auc = auc_with_ci(data.labels, data.scores, cfg)
-        except ValueError as exc:
+        except InputError as exc:
             n_pos = int(data.labels.sum())
             raise InputError(f"{name}: {split} split ({n_pos} COVID-19, {data.labels.size - n_pos} other): {exc}") from None
         auc_methods.append(auc.pop("auc_ci_method"))

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
+from deepcovid import config
 from deepcovid.data.split import take_groups_until
 from deepcovid.errors import InputError
 from deepcovid.evaluation.audit import load_features
@@ -97,7 +98,7 @@ def _fresh_head(head: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def fit_and_score(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray, split: np.ndarray, *, seed: int,
-                  train: dict, target_sensitivity: float) -> dict:
+                  train: config.Train, target_sensitivity: float) -> dict:
     """Train a fresh copy of ``head`` on the ``train`` rows as the train stage does (its epochs,
     batch size, learning rate, weight decay, patience, class weight; permuted labels when
     ``train.shuffle_labels``), choose the operating point on ``val`` for ``target_sensitivity``
@@ -110,13 +111,13 @@ def fit_and_score(head: torch.nn.Module, features: np.ndarray, labels: np.ndarra
     x = torch.from_numpy(features.astype(np.float32))
     y = torch.from_numpy(labels.astype(np.int64))
     train_y = y[parts["train"]]
-    if train["shuffle_labels"]:
+    if train.shuffle_labels:
         train_y = train_y[torch.from_numpy(np.random.default_rng(seed).permutation(len(train_y)))]
     net, _, best_epoch = train_head(_fresh_head(head, seed), x[parts["train"]], train_y, x[parts["val"]],
-                                    y[parts["val"]], epochs=train["epochs"], batch_size=train["batch_size"],
-                                    lr=train["lr"], seed=seed, weight_decay=train["weight_decay"],
-                                    patience=train["patience"],
-                                    class_weight=class_weights(train_y, train["class_weight"]))
+                                    y[parts["val"]], epochs=train.epochs, batch_size=train.batch_size,
+                                    lr=train.lr, seed=seed, weight_decay=train.weight_decay,
+                                    patience=train.patience,
+                                    class_weight=class_weights(train_y, train.class_weight))
     with torch.no_grad():
         score = {s: covid_probability(net(x[parts[s]])).numpy().astype(np.float64) for s in ("val", "test")}
     threshold = threshold_for_sensitivity(labels[parts["val"]], score["val"], target_sensitivity)
@@ -158,7 +159,7 @@ def _fits(jobs: list[tuple[np.ndarray, int]], features, labels, head, kw, worker
 
 
 def repeated_splits(table: pd.DataFrame, features: np.ndarray, head: torch.nn.Module, *, splits: int, seed: int,
-                    val_fraction: float, train: dict, target_sensitivity: float,
+                    val_fraction: float, train: config.Train, target_sensitivity: float,
                     workers: int = 1) -> tuple[dict, pd.DataFrame]:
     """The pipeline's split (``table["split"]``) and ``splits`` new grouped splits of the internal
     images of ``table`` (``split_group``, ``label``, ``split``; ``features`` row-aligned), each
@@ -206,35 +207,35 @@ def single_split(evaluation: dict) -> dict:
     return {k: t[k] for k in keys}
 
 
-def run_repeats(manifest_csv, features_dir, evaluation_json, params: dict) -> tuple[dict, pd.DataFrame]:
+def run_repeats(manifest_csv, features_dir, evaluation_json, params: config.Params) -> tuple[dict, pd.DataFrame]:
     """The repeats stage: the summary for metrics/repeats.json and the per-split table."""
     import json
 
-    cfg, train = params["repeats"], params["train"]
+    cfg, train = params.repeats, params.train
     empty = pd.DataFrame(columns=ROW_COLUMNS)
-    if cfg["splits"] == 0:
+    if cfg.splits == 0:
         return {"skipped": "repeats.splits is 0"}, empty
-    if train["mode"] != "last_layer":
-        return {"skipped": f"train.mode={train['mode']}: the repeats retrain the last layer on cached features, "
+    if train.mode != "last_layer":
+        return {"skipped": f"train.mode={train.mode}: the repeats retrain the last layer on cached features, "
                            f"which full fine-tuning does not have"}, empty
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
     features = load_features(features_dir, manifest["image_id"])
     if features is None:
         raise RepeatsError(f"{features_dir}: no cached features (run dvc repro featurize)")
     meta = json.loads((Path(features_dir) / "meta.json").read_text())
-    if meta.get("model") != params["model"]:
-        raise RepeatsError(f"{features_dir} holds {meta.get('model')} features, params say model={params['model']}")
+    if meta.get("model") != params.model:
+        raise RepeatsError(f"{features_dir} holds {meta.get('model')} features, params say model={params.model}")
     try:
         evaluation = json.loads(Path(evaluation_json).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RepeatsError(f"{evaluation_json} not found: run the evaluate stage first") from None
-    model = construct(params["model"])
-    replace_head(model, params["model"], 2)
-    _, head = split_backbone_head(model, params["model"])
-    summary, frame = repeated_splits(manifest, features, head, splits=cfg["splits"], seed=int(params["seed"]),
-                                     val_fraction=params["split"]["val_fraction"], train=train,
-                                     target_sensitivity=params["evaluate"]["target_sensitivity"],
-                                     workers=cfg["workers"])
+    model = construct(params.model)
+    replace_head(model, params.model, 2)
+    _, head = split_backbone_head(model, params.model)
+    summary, frame = repeated_splits(manifest, features, head, splits=cfg.splits, seed=params.seed,
+                                     val_fraction=params.split.val_fraction, train=train,
+                                     target_sensitivity=params.evaluate.target_sensitivity,
+                                     workers=cfg.workers)
     summary["single_split"] = single_split(evaluation)
     r, one = summary["repeats"], summary["single_split"]
     log.info("test AUC over %d patient-grouped splits: mean %.3f, 95%% of splits in [%.3f, %.3f] (sd %.3f); "

@@ -95,24 +95,24 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def run_explain(cfg: dict, *, seed: int, models, manifest, cache, predictions, evaluation, raw,
+def run_explain(cfg: config.Explain, *, seed: int, models, manifest, cache, predictions, evaluation, raw,
                 out: str | os.PathLike, metrics: str | os.PathLike, plots: str | os.PathLike) -> dict:
     """Write ``out`` (maps.npz, index.csv, rejected.csv), the ``metrics`` JSON and one PNG per
     image in the folder ``plots``; return the metrics. ``cfg``: the ``explain`` section."""
     model, record = load_model(models)
     prep, size = record["preprocessing"], int(record["train"]["image_size"])
-    if cfg["window"] > size:
-        raise ExplainError(f"explain.window {cfg['window']} is larger than the model input {size}")
+    if cfg.window > size:
+        raise ExplainError(f"explain.window {cfg.window} is larger than the model input {size}")
     threshold = operating_point(evaluation, model_sha256=record["model_sha256"])
     chosen = select_images(pd.read_csv(predictions, dtype={"image_id": str}), threshold,
-                           cfg["top_covid"], cfg["false_negatives"], cfg["false_positives"])
+                           cfg.top_covid, cfg.false_negatives, cfg.false_positives)
     table = load_table(manifest, cache).set_index("image_id")
     relpaths = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("image_id")["relpath"]
     transform = eval_transform(prep, size)
-    mean = dataset_mean(table.reset_index(), transform) if cfg["fill"] == "mean" else None
-    occluder = Occluder(TrainedAndRandomHead(model, record["architecture"], seed).eval(), cfg["window"],
-                        cfg["stride"], cfg["method"], cfg["batch_size"], score=two_scores, coarse=cfg["coarse"],
-                        refine=cfg["refine"], runtime=cfg["runtime"])
+    mean = dataset_mean(table.reset_index(), transform) if cfg.fill == "mean" else None
+    occluder = Occluder(TrainedAndRandomHead(model, record["architecture"], seed).eval(), cfg.window,
+                        cfg.stride, cfg.method, cfg.batch_size, score=two_scores, coarse=cfg.coarse,
+                        refine=cfg.refine, runtime=cfg.runtime)
     sources = read_sources(raw)
     annotations: dict[str, dict] = {}
     rows, rejected, arrays = [], [], {"pixel": [], "scores": [], "random_pixel": [], "lung": [], "lesion": []}
@@ -127,7 +127,7 @@ def run_explain(cfg: dict, *, seed: int, models, manifest, cache, predictions, e
             except (KeyError, OSError) as exc:
                 rejected.append((item.image_id, f"cached image unavailable ({type(exc).__name__}: {exc})"))
                 continue
-            fill = baseline(image, cfg["fill"], mean, cfg["blur_sigma"])
+            fill = baseline(image, cfg.fill, mean, cfg.blur_sigma)
             trained, random = occluder.maps(image, fill)
             regions = Regions()
             if entry["source"] not in annotations:
@@ -170,16 +170,16 @@ def run_explain(cfg: dict, *, seed: int, models, manifest, cache, predictions, e
     return summary
 
 
-def explain_images(paths: list[str], cfg: dict, *, models, out: str | os.PathLike,
+def explain_images(paths: list[str], cfg: config.Explain, *, models, out: str | os.PathLike,
                    threshold: float | None = None) -> list[tuple[str, float | None, str]]:
     """``deepcovid explain``: for each image file, preprocess it as the pipeline does (the
     settings recorded in ``models``/model.json), write ``<stem>_occlusion.png`` under ``out``
     and return ``(path, score, figure or the reason it failed)``."""
     model, record = load_model(models)
-    if cfg["fill"] == "mean":
+    if cfg.fill == "mean":
         raise ExplainError("fill 'mean' needs the training images: use the explain stage, or fill zero or blur")
-    occluder = Occluder(model, cfg["window"], cfg["stride"], cfg["method"], cfg["batch_size"], coarse=cfg["coarse"],
-                        refine=cfg["refine"], runtime=cfg["runtime"])
+    occluder = Occluder(model, cfg.window, cfg.stride, cfg.method, cfg.batch_size, coarse=cfg.coarse,
+                        refine=cfg.refine, runtime=cfg.runtime)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -189,7 +189,7 @@ def explain_images(paths: list[str], cfg: dict, *, models, out: str | os.PathLik
         except ImageReadError as exc:
             results.append((path, None, f"not explained: {exc.reason}"))
             continue
-        result = occluder(image, baseline(image, cfg["fill"], None, cfg["blur_sigma"]))
+        result = occluder(image, baseline(image, cfg.fill, None, cfg.blur_sigma))
         cut = 0.5 if threshold is None else threshold
         figure = out / f"{Path(path).stem}_occlusion.png"
         occlusion_figure(figure, image[0].numpy(), result.pixel_map(), result.flips(cut),
@@ -204,12 +204,12 @@ def _mean(values: pd.Series) -> float | None:
     return round(float(values.mean()), 6) if len(values) else None
 
 
-def summarise(index: pd.DataFrame, cfg: dict, threshold: float, architecture: str) -> dict:
+def summarise(index: pd.DataFrame, cfg: config.Explain, threshold: float, architecture: str) -> dict:
     """The metrics JSON: means over the explained images (None where no image has the annotation)."""
     covid = index[index["label"] == 1]
     return {
-        "architecture": architecture, "method": cfg["method"], "window": cfg["window"], "stride": cfg["stride"],
-        "fill": cfg["fill"], "threshold": threshold, "images": int(len(index)),
+        "architecture": architecture, "method": cfg.method, "window": cfg.window, "stride": cfg.stride,
+        "fill": cfg.fill, "threshold": threshold, "images": int(len(index)),
         "with_lungs": int(index["lung_area"].notna().sum()),
         "lung_mass": _mean(index["lung_mass"]), "lung_area": _mean(index["lung_area"]),
         "pointing_lung": _mean(index["pointing_lung"]),

@@ -15,6 +15,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from deepcovid import config
 from deepcovid.errors import InputError, StateError
 from deepcovid.files import sha256_file, tree_digest
 
@@ -37,7 +38,7 @@ def _folder_digest(path: Path | None) -> str | None:
     return tree_digest(path) if path is not None and path.is_dir() else None
 
 
-def checkpoint_inputs(params: dict, provenance: dict, *, manifest: str | os.PathLike,
+def checkpoint_inputs(params: config.Params, provenance: dict, *, manifest: str | os.PathLike,
                       preprocessed: str | os.PathLike, augmented: str | os.PathLike | None,
                       device: str | torch.device = "cpu", world_size: int = 1,
                       code_files: Iterable[str | os.PathLike] = ()) -> dict:
@@ -54,13 +55,13 @@ def checkpoint_inputs(params: dict, provenance: dict, *, manifest: str | os.Path
     code = {name: _file_digest(PACKAGE / name) for name in CODE_FILES}
     code.update({Path(p).name: _file_digest(Path(p)) for p in code_files})
     return {
-        "model": params["model"],
-        "weights": str(params["weights"]),
+        "model": params.model,
+        "weights": params.weights,
         "weights_sha256": provenance.get("weights_sha256"),
-        "seed": int(params["seed"]),
-        "train": params["train"],
-        "augment": params.get("augment"),
-        "preprocess": params.get("preprocess"),
+        "seed": params.seed,
+        "train": params.train.as_dict(),
+        "augment": params.augment.as_dict(),
+        "preprocess": params.preprocess.as_dict(),
         "data": {
             "manifest": sha256_file(Path(manifest)),
             "preprocessed_index": _file_digest(preprocessed / "index.csv"),

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from deepcovid import files
+from deepcovid import config, files
 from deepcovid.model.architectures import preprocessing, split_backbone_head
 from deepcovid.model.datasets import ImageDataset, load_table
 from deepcovid.model.environment import compute_environment, resolve_device, seed_everything
@@ -103,7 +103,7 @@ def state_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def featurize(params: dict, *, manifest: str | os.PathLike, cache: str | os.PathLike,
+def featurize(params: config.Params, *, manifest: str | os.PathLike, cache: str | os.PathLike,
               augmented: str | os.PathLike | None, out: str | os.PathLike) -> None:
     """Write the backbone features of every image (original and augmented) to the folder
     ``out`` (features.npy, index.csv, meta.json); in full mode only a meta.json saying so.
@@ -111,7 +111,7 @@ def featurize(params: dict, *, manifest: str | os.PathLike, cache: str | os.Path
     Seeded, with deterministic algorithms: a rerun on the same machine with the same thread
     count writes bitwise identical features. The compute environment is logged, not written
     (meta.json is a DVC output and must not differ between machines)."""
-    name, mode, size = params["model"], params["train"]["mode"], params["train"]["image_size"]
+    name, mode, size = params.model, params.train.mode, params.train.image_size
     with files.atomic_path(out) as tmp:
         tmp.mkdir()
         if mode != "last_layer":
@@ -119,16 +119,16 @@ def featurize(params: dict, *, manifest: str | os.PathLike, cache: str | os.Path
                                                  "reason": "full fine-tuning changes the backbone; nothing to cache"})
             log.info("train.mode=%s: no features to cache", mode)
             return
-        seed_everything(int(params["seed"]))  # and deterministic algorithms
+        seed_everything(params.seed)  # and deterministic algorithms
         log.info("compute environment: %s", ", ".join(f"{k}={v}" for k, v in compute_environment().items()))
-        model, provenance = build_model(name, params["weights"])
+        model, provenance = build_model(name, params.weights)
         backbone, _ = split_backbone_head(model, name)
-        device = resolve_device(params["train"]["device"])
+        device = resolve_device(params.train.device)
         table = load_table(manifest, cache, augmented)
         prep = preprocessing(name)
         dataset = ImageDataset(table["file"], table["label"], eval_transform(prep, size))
-        runtime = resolve_runtime(params["train"]["feature_runtime"], device)
-        feats = extract_features(backbone, dataset, batch_size=params["train"]["feature_batch_size"],
+        runtime = resolve_runtime(params.train.feature_runtime, device)
+        feats = extract_features(backbone, dataset, batch_size=params.train.feature_batch_size,
                                  num_workers=0, device=device, channels_last=True, runtime=runtime, image_size=size)
         np.save(tmp / "features.npy", feats.astype(np.float32))
         files.write_csv(tmp / "index.csv", table.drop(columns=["file"]))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from deepcovid import portable
+from deepcovid import config, portable
 from deepcovid.data.augment import build_transform
 
 _INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
@@ -34,7 +34,7 @@ class Augment:
     image (PIL or H x W x 3 array), seeded from torch's random numbers: reproducible under
     the training loop's per-epoch seeding, in DataLoader workers too."""
 
-    def __init__(self, aug: dict) -> None:
+    def __init__(self, aug: config.Augment) -> None:
         self.augmentation = build_transform(aug)
 
     def __call__(self, image) -> np.ndarray:
@@ -42,6 +42,6 @@ class Augment:
         return self.augmentation(np.asarray(image, dtype=np.uint8), portable.Rng(seed))
 
 
-def train_transform(prep: dict, image_size: int, aug: dict) -> v2.Compose:
+def train_transform(prep: dict, image_size: int, aug: config.Augment) -> v2.Compose:
     """Full fine-tuning: :class:`Augment` (params ``augment``), then :func:`eval_transform`."""
     return v2.Compose([Augment(aug), eval_transform(prep, image_size)])

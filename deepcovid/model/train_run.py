@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deepcovid import files, tracking
+from deepcovid import config, files
+from deepcovid.model import tracking
 from deepcovid.errors import StateError
 from deepcovid.model.architectures import preprocessing, split_backbone_head
 from deepcovid.model.checkpoints import checkpoint_inputs, checkpoint_key
@@ -42,54 +43,53 @@ def _auc(y, s) -> float | None:
     return float(roc_auc_score(y, s)) if len(set(y)) == 2 else None
 
 
-def _train_last_layer(model, params: dict, parts: dict, features: Path, on_epoch):
+def _train_last_layer(model, params: config.Params, parts: dict, features: Path, on_epoch):
     """Train the head on the cached features; return (history, best epoch, scores)."""
-    name, cfg = params["model"], params["train"]
+    name, cfg = params.model, params.train
     meta = json.loads((features / "meta.json").read_text())
-    if meta.get("skipped") or meta.get("model") != name or meta.get("image_size") != cfg["image_size"]:
-        raise StateError(f"{features} does not hold {name} features at {cfg['image_size']}px: "
-                           f"run dvc repro featurize")
+    if meta.get("skipped") or meta.get("model") != name or meta.get("image_size") != cfg.image_size:
+        raise StateError(f"{features} does not hold {name} features at {cfg.image_size}px: run dvc repro featurize")
     backbone, head = split_backbone_head(model, name)
     if state_digest(backbone) != meta["backbone_sha256"]:
-        raise StateError(f"{features} was computed with other backbone weights than weights={params['weights']}")
+        raise StateError(f"{features} was computed with other backbone weights than weights={params.weights}")
     feats = torch.from_numpy(np.load(features / "features.npy"))
     index = pd.read_csv(features / "index.csv", dtype=str, keep_default_na=False)
     row_of = {img: i for i, img in enumerate(index["image_id"])}
     x = {s: feats[[row_of[i] for i in parts[s]["image_id"]]] for s in parts}
     y = {s: torch.tensor(parts[s]["label"].to_numpy(), dtype=torch.long) for s in parts}
     head, history, best_epoch = train_head(head, x["train"], y["train"], x["val"], y["val"],
-                                           epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                                           seed=int(params["seed"]), weight_decay=cfg["weight_decay"],
-                                           patience=cfg["patience"], on_epoch=on_epoch,
-                                           class_weight=class_weights(y["train"], cfg["class_weight"]))
+                                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                           seed=params.seed, weight_decay=cfg.weight_decay,
+                                           patience=cfg.patience, on_epoch=on_epoch,
+                                           class_weight=class_weights(y["train"], cfg.class_weight))
     with torch.no_grad():
         scores = {s: covid_probability(head(x[s])).numpy() for s in SCORED}
     return history, best_epoch, scores
 
 
-def _train_full(model, params: dict, parts: dict, provenance: dict, device: torch.device, *, manifest, cache,
+def _train_full(model, params: config.Params, parts: dict, provenance: dict, device: torch.device, *, manifest, cache,
                 augmented, distributed: bool, rank0: bool, on_epoch):
     """Fine-tune end to end with a checkpoint; return (model, history, best epoch, scores)."""
-    name, cfg = params["model"], params["train"]
-    prep, size = preprocessing(name), cfg["image_size"]
+    name, cfg = params.model, params.train
+    prep, size = preprocessing(name), cfg.image_size
     evaluate = eval_transform(prep, size)
     train_set = ImageDataset(parts["train"]["file"], parts["train"]["label"],
-                             train_transform(prep, size, params["augment"]))
+                             train_transform(prep, size, params.augment))
     val_set = ImageDataset(parts["val"]["file"], parts["val"]["label"], evaluate)
     inputs = checkpoint_inputs(params, provenance, manifest=manifest, preprocessed=cache, augmented=augmented,
                                device=device, world_size=torch.distributed.get_world_size() if distributed else 1)
-    checkpoint = Path(cfg["checkpoint_dir"]) / f"{name}-{checkpoint_key(inputs)[:16]}.pt"
+    checkpoint = Path(cfg.checkpoint_dir) / f"{name}-{checkpoint_key(inputs)[:16]}.pt"
     log.info("checkpoint %s", checkpoint)
     others = sorted(p for p in checkpoint.parent.glob("*.pt*") if p != checkpoint and not p.name.endswith(".tmp"))
     if others and rank0:  # kept: switching parameters back resumes them; remove them by hand
         log.info("%s also holds %d other checkpoint file(s) (%.0f MB) that this run does not use",
                  checkpoint.parent, len(others), sum(p.stat().st_size for p in others) / 1e6)
-    model, history, best_epoch = train_full(model, train_set, val_set, epochs=cfg["epochs"],
-                                            batch_size=cfg["batch_size"], lr=cfg["lr"], seed=int(params["seed"]),
-                                            device=device, checkpoint=checkpoint, num_workers=cfg["num_workers"],
-                                            weight_decay=cfg["weight_decay"], patience=cfg["patience"],
+    model, history, best_epoch = train_full(model, train_set, val_set, epochs=cfg.epochs,
+                                            batch_size=cfg.batch_size, lr=cfg.lr, seed=params.seed,
+                                            device=device, checkpoint=checkpoint, num_workers=cfg.num_workers,
+                                            weight_decay=cfg.weight_decay, patience=cfg.patience,
                                             class_weight=class_weights(parts["train"]["label"].to_numpy(),
-                                                                       cfg["class_weight"]),
+                                                                       cfg.class_weight),
                                             on_epoch=on_epoch)
     scores = {s: predict_scores(model, ImageDataset(parts[s]["file"], parts[s]["label"], evaluate), 64, device)
               for s in SCORED} if rank0 else {}
@@ -98,7 +98,7 @@ def _train_full(model, params: dict, parts: dict, provenance: dict, device: torc
     return model, history, best_epoch, scores
 
 
-def run_training(params: dict, *, manifest: str | os.PathLike, cache: str | os.PathLike,
+def run_training(params: config.Params, *, manifest: str | os.PathLike, cache: str | os.PathLike,
                  augmented: str | os.PathLike | None, features: str | os.PathLike, models: str | os.PathLike,
                  predictions: str | os.PathLike, metrics: str | os.PathLike, plot: str | os.PathLike,
                  use_mlflow: bool = True) -> None:
@@ -108,21 +108,21 @@ def run_training(params: dict, *, manifest: str | os.PathLike, cache: str | os.P
     Seeded, with deterministic algorithms (strictly): a rerun on the same machine with the same
     thread count gives bitwise identical outputs. The compute environment goes to ``metrics``
     and MLflow; wall time to the log and MLflow only. Under torchrun only rank 0 writes."""
-    name, weights, cfg, seed = params["model"], params["weights"], params["train"], int(params["seed"])
-    device = resolve_device(cfg["device"])
+    name, weights, cfg, seed = params.model, params.weights, params.train, params.seed
+    device = resolve_device(cfg.device)
     distributed = init_distributed(device)
     rank0 = not distributed or torch.distributed.get_rank() == 0
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
 
     if rank0 and use_mlflow:  # a store that cannot be opened fails now, in one line, not after training
-        tracking.open_store(params["mlflow"]["experiment"], params["mlflow"]["tracking_uri"])
+        tracking.open_store(params.mlflow.experiment, params.mlflow.tracking_uri)
     seed_everything(seed)  # and deterministic algorithms
     environment = compute_environment()
     log.info("compute environment: %s", ", ".join(f"{k}={v}" for k, v in environment.items()))
     model, provenance = build_model(name, weights)
     table = load_table(manifest, cache, augmented)
-    if cfg["shuffle_labels"]:  # control experiment: labels carry no information
+    if cfg.shuffle_labels:  # control experiment: labels carry no information
         rng = np.random.default_rng(seed)
         is_train = table["split"] == "train"
         table.loc[is_train, "label"] = rng.permutation(table.loc[is_train, "label"].to_numpy())
@@ -137,7 +137,7 @@ def run_training(params: dict, *, manifest: str | os.PathLike, cache: str | os.P
             tracking.log_epoch(entry)
 
     start = time.perf_counter()
-    if cfg["mode"] == "last_layer":
+    if cfg.mode == "last_layer":
         history, best_epoch, scores = _train_last_layer(model, params, parts, Path(features), on_epoch)
     else:
         model, history, best_epoch, scores = _train_full(model, params, parts, provenance, device, manifest=manifest,
@@ -148,13 +148,13 @@ def run_training(params: dict, *, manifest: str | os.PathLike, cache: str | os.P
         return
 
     results = {
-        "model": name, "weights": provenance["weights"], "mode": cfg["mode"], "device": str(device),
+        "model": name, "weights": provenance["weights"], "mode": cfg.mode, "device": str(device),
         "best_epoch": int(best_epoch), "epochs_run": len(history),
         "best_val_loss": float(min(h.val_loss for h in history)),
         "val_auc": _auc(parts["val"]["label"], scores["val"]),
         "test_auc": _auc(parts["test"]["label"], scores["test"]),
         "train_images": int(len(parts["train"])),
-        "shuffled_labels": bool(cfg["shuffle_labels"]),
+        "shuffled_labels": cfg.shuffle_labels,
         **environment,  # what bitwise equality depends on (compared across machines within a tolerance)
     }
     log.info("best epoch %d; val AUC %s, test AUC %s; %.1f s", best_epoch, results["val_auc"], results["test_auc"],
@@ -166,11 +166,10 @@ def run_training(params: dict, *, manifest: str | os.PathLike, cache: str | os.P
         torch.save(model.state_dict(), tmp)
     files.write_json(models / "model.json", {
         "architecture": name, "classes": ["non-COVID", "COVID-19"], "positive_class": 1,
-        "preprocessing": {**prep, "input_size": cfg["image_size"],
-                          "cache_size": params["preprocess"]["cache_size"],
-                          "resize": params["preprocess"]["resize"], "grayscale": params["preprocess"]["grayscale"],
-                          "max_pixels": params["preprocess"]["max_pixels"]},
-        "weights": provenance, "train": cfg, "seed": seed, "dataset": params.get("dataset"),
+        "preprocessing": {**prep, "input_size": cfg.image_size, "cache_size": params.preprocess.cache_size,
+                          "resize": params.preprocess.resize, "grayscale": params.preprocess.grayscale,
+                          "max_pixels": params.preprocess.max_pixels},
+        "weights": provenance, "train": cfg.as_dict(), "seed": seed, "dataset": params.dataset,
         "best_epoch": int(best_epoch), "device": str(device),
         "model_sha256": files.sha256_file(models / "model.pt"),  # inference refuses a model.pt without it
     })

@@ -19,7 +19,8 @@ from PIL import Image
 
 from deepcovid import portable as pm
 from deepcovid.files import atomic_path
-from deepcovid.synthetic.render import CHEXPERT_CATEGORIES, Radiograph, render
+from deepcovid.labels import CHEXPERT_CATEGORIES
+from deepcovid.synthetic.render import Radiograph, render
 
 COHEN_COLUMNS = [
     "patientid", "offset", "sex", "age", "finding", "survival", "intubated", "intubation_present",

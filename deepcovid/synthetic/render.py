@@ -19,7 +19,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from deepcovid import portable as pm
-from deepcovid.data.metadata import CHEXPERT_CATEGORIES
+from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.errors import InputError
 
 GRID = 256

@@ -9,7 +9,6 @@ are replaced by recorders.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import math
@@ -29,11 +28,6 @@ from deepcovid.evaluation.evaluate import EvalConfig
 
 REPO = Path(__file__).resolve().parents[1]
 Z95 = float(norm.ppf(0.975))
-
-
-@pytest.fixture(scope="module")
-def cfg() -> EvalConfig:
-    return EvalConfig.from_config(load_config(REPO / "params.yaml"))
 
 
 # --------------------------------------------------------------------------- helpers computed here
@@ -215,7 +209,7 @@ def test_compare_bootstrap_uses_config(runs, cfg):
     """Bugs: the paired bootstrap not given the configured resamples, seed or alpha; z filled in."""
     from deepcovid.evaluation.ranking import paired_bootstrap_auc
 
-    c = dataclasses.replace(cfg, bootstrap_resamples=120, seed=5, alpha=0.1)
+    c = cfg.model_copy(update=dict(bootstrap_resamples=120, seed=5, alpha=0.1))
     table, _ = compare_models({"A": runs["A"], "B": runs["B"]}, c, paired="bootstrap")
     row = table.set_index("run").loc["B"]
     want = paired_bootstrap_auc(Y, SB, SA, n_resamples=120, seed=5, alpha=0.1)
@@ -248,7 +242,7 @@ def test_compare_errors_name_the_runs(runs, cfg):
 
 def test_compare_paper_radius_uses_alpha(runs, cfg):
     """Bug: the paper's radius at the default alpha instead of the configured one."""
-    table, details = compare_models({"A": runs["A"]}, dataclasses.replace(cfg, alpha=0.1))
+    table, details = compare_models({"A": runs["A"]}, cfg.model_copy(update=dict(alpha=0.1)))
     t = details["A"].details["test"]
     z90 = float(norm.ppf(0.95))
     p, q = t["tp"] / t["n_pos"], t["tn"] / t["n_neg"]
@@ -349,8 +343,8 @@ def test_markdown_cells(compared, cfg):
 def test_markdown_without_models_and_val_everywhere(runs, cfg):
     """Bugs: the Model column shown when no run has a model; the '(test!)' note when every run used val;
     the level, interval method and bootstrap wording not taken from the configuration."""
-    c = dataclasses.replace(cfg, alpha=0.1, ci_method="clopper-pearson", auc_ci="bootstrap",
-                            bootstrap_resamples=50, target_sensitivity=0.9)
+    c = cfg.model_copy(update=dict(alpha=0.1, ci_method="clopper-pearson", auc_ci="bootstrap",
+                            bootstrap_resamples=50, target_sensitivity=0.9))
     table, _ = compare_models({"A": runs["A"], "B": runs["B"]}, c, paired="bootstrap")
     md = comparison_markdown(table, c, paired="bootstrap")
     lines = md.splitlines()

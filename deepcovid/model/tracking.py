@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from deepcovid.config import flatten
+from deepcovid.config import Params, flatten
 from deepcovid.errors import DeepCovidError
 
 
@@ -105,15 +105,15 @@ def start_run(experiment: str, configured_uri: str = "", run_name: str | None = 
         raise _store_failure(uri, exc) from exc
 
 
-def start_training_run(params: dict, device, provenance: dict, environment: dict):
+def start_training_run(params: Params, device, provenance: dict, environment: dict):
     """Start the train stage's run (params ``mlflow``) and log its parameters, device, weights
     source and compute environment."""
     import mlflow
 
 
-    run = start_run(params["mlflow"]["experiment"], params["mlflow"]["tracking_uri"])
-    mlflow.log_params(flatten({"model": params["model"], "weights": params["weights"], "seed": int(params["seed"]),
-                               "dataset": params.get("dataset"), "train": params["train"]}))
+    run = start_run(params.mlflow.experiment, params.mlflow.tracking_uri)
+    mlflow.log_params(flatten({"model": params.model, "weights": params.weights, "seed": params.seed,
+                               "dataset": params.dataset, "train": params.train.as_dict()}))
     mlflow.log_params({"device": str(device), "weights_source": provenance["weights_source"]})
     mlflow.log_params(environment)
     return run

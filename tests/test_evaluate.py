@@ -7,7 +7,6 @@ Written to kill the surviving mutants of mutation testing (bench/mutation.sh).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -25,11 +24,6 @@ from deepcovid.evaluation import proportions as P
 
 REPO = Path(__file__).resolve().parents[1]
 Z95 = float(norm.ppf(0.975))
-
-
-@pytest.fixture(scope="module")
-def cfg() -> E.EvalConfig:
-    return E.EvalConfig.from_config(load_config(REPO / "params.yaml"))
 
 
 # --------------------------------------------------------------------------- operating point
@@ -249,15 +243,15 @@ def test_auc_interval_method(cfg):
 
     (The fallback from DeLong to the bootstrap for a class of one sample cannot succeed: scipy's
     bootstrap needs two observations per class too; see the report of the mutation-testing work.)"""
-    c = dataclasses.replace(cfg, bootstrap_resamples=50)
+    c = cfg.model_copy(update=dict(bootstrap_resamples=50))
     y2, s2 = np.array([1, 1, 0, 0, 0]), np.array([0.9, 0.3, 0.2, 0.4, 0.1])
     d = E.auc_with_ci(y2, s2, c)
     assert d["auc_ci_method"] == "delong" and d["auc"] == pytest.approx(5 / 6)
-    b = E.auc_with_ci(y2, s2, dataclasses.replace(c, auc_ci="bootstrap"))
+    b = E.auc_with_ci(y2, s2, c.model_copy(update=dict(auc_ci="bootstrap")))
     assert b["auc_ci_method"] == "bootstrap" and b["auc"] == pytest.approx(5 / 6) and b["auc_low"] != d["auc_low"]
     with pytest.raises(ValueError, match="alpha"):
-        E.auc_with_ci(y2, s2, dataclasses.replace(c, alpha=2.0))
-    res = E.evaluate(_frame(TEST), dataclasses.replace(c, auc_ci="bootstrap"))
+        E.auc_with_ci(y2, s2, c.model_copy(update=dict(alpha=2.0)))
+    res = E.evaluate(_frame(TEST), c.model_copy(update=dict(auc_ci="bootstrap")))
     st = res.details["settings"]
     assert st["auc_ci_method"] == "bootstrap" and st["bootstrap_resamples"] == 50
     res = E.evaluate(_frame(TEST), c)
@@ -313,8 +307,8 @@ def test_reliability_table_empty_bins_are_nan_with_integer_counts():
 
 
 @pytest.mark.parametrize("method", ["wilson", "clopper-pearson"])
-def test_threshold_rows_name_their_interval_method(repo_cfg, method):
-    cfg = dataclasses.replace(repo_cfg, ci_method=method, thresholds=(0.3, 0.6))
+def test_threshold_rows_name_their_interval_method(cfg, method):
+    cfg = cfg.model_copy(update=dict(ci_method=method, thresholds=(0.3, 0.6)))
     y = np.array([0, 0, 1, 1, 1, 0])
     s = np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.7])
     table = E.threshold_rows(y, s, cfg)
