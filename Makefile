@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv repro test test-fast clean-venv
+.PHONY: venv repro test test-fast lint format clean-venv
 
 venv: $(STAMP)
 
@@ -18,11 +18,22 @@ $(STAMP): requirements.txt pyproject.toml
 repro: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# the tests run in TEST_WORKERS processes (pytest-xdist); TEST_WORKERS=0 runs them in this one
+TEST_WORKERS ?= 2
+
 test: venv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: venv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -39,10 +39,16 @@ from deepcovid.checks.reproduction import flatten_numbers  # noqa: E402
 _ONE = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 VARIANTS = {
     "as-is": {},
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
-             "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"},
-    "baseline": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default",
-                 "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR"},
+    "avx2": {
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    },
+    "baseline": {
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "ATEN_CPU_CAPABILITY": "default",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V3 X86_V4 AVX512_ICL AVX512_SPR",
+    },
     "1-thread": _ONE,
 }
 MODEL_STAGES = ("featurize", "train", "evaluate")
@@ -60,8 +66,9 @@ def run_variant(name: str, params: Path, work: Path) -> tuple[dict, pd.DataFrame
     commands = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for stage in MODEL_STAGES:
         script, *args = shlex.split(commands[stage]["cmd"])[1:]  # as dvc.yaml runs it, paths from argv
-        subprocess.run([sys.executable, str(REPO / script), *args], cwd=ws, env=env, check=True,
-                       capture_output=True, text=True)
+        subprocess.run(
+            [sys.executable, str(REPO / script), *args], cwd=ws, env=env, check=True, capture_output=True, text=True
+        )
     seconds = time.perf_counter() - start
     metrics = {f: json.loads((ws / "metrics" / f).read_text()) for f in ("evaluate.json", "train.json")}
     return metrics, pd.read_csv(ws / "data" / "predictions.csv"), seconds

@@ -42,7 +42,9 @@ def _table(data: Path) -> pd.DataFrame:
         column = "filename" if "filename" in meta else "imagename"
         for name, patient in zip(meta[column], meta["patientid"]):
             rows.append((source, patient, name, str(data / source / "images" / name)))
-    return pd.DataFrame(rows, columns=["source", "patient", "file", "path"]).drop_duplicates("path").reset_index(drop=True)
+    return (
+        pd.DataFrame(rows, columns=["source", "patient", "file", "path"]).drop_duplicates("path").reset_index(drop=True)
+    )
 
 
 def _copies(image: Image.Image) -> dict[str, Image.Image]:
@@ -59,7 +61,7 @@ def _copies(image: Image.Image) -> dict[str, Image.Image]:
         out[f"crop {c:.0%} two sides"] = image.crop((dx, dy, w, h))
     a = np.asarray(image).astype(np.float64) / 255
     for g in (0.7, 1.4):
-        out[f"gamma {g}"] = Image.fromarray(np.round(255 * a ** g).astype(np.uint8))
+        out[f"gamma {g}"] = Image.fromarray(np.round(255 * a**g).astype(np.uint8))
     out["contrast x1.3"] = Image.fromarray(np.clip(np.round((a - 0.5) * 1.3 * 255 + 127.5), 0, 255).astype(np.uint8))
     return out
 
@@ -81,8 +83,10 @@ def main() -> None:
     pairs["same_patient"] = key[pairs["i"]] == key[pairs["j"]]
     n = len(table)
     distinct = int(sum((key[:, None] != key[None, :])[np.triu_indices(n, 1)]))
-    print(f"{n} images, {distinct} pairs of different patients; threshold {threshold} "
-          f"(similarity >= {dup.similarity(threshold):.4f})\n")
+    print(
+        f"{n} images, {distinct} pairs of different patients; threshold {threshold} "
+        f"(similarity >= {dup.similarity(threshold):.4f})\n"
+    )
     mean = thumbs.sum(axis=0, dtype=np.int64) // n
     print(f"closest pairs (distance, pixel correlation, same patient, files; min_correlation {min_corr}):")
     above = False
@@ -111,14 +115,17 @@ def main() -> None:
     all_mean = everything.sum(axis=0, dtype=np.int64) // len(everything)
     result: dict[str, list[tuple[int, float]]] = {}
     for m, (k, tag) in enumerate(names):
-        d = int(dup.distances(all_hashes[k:k + 1], all_hashes[n + m:n + m + 1])[0, 0])
+        d = int(dup.distances(all_hashes[k : k + 1], all_hashes[n + m : n + m + 1])[0, 0])
         r = dup.ratio(dup.pixel_correlation(everything[k], everything[n + m], all_mean))
         result.setdefault(tag, []).append((d, r))
     print(f"\ntransformed copies of {len(chosen)} real images (distance and pixel correlation to the original):")
     print(f"  {'transform':22s} {'median':>6s} {'max':>4s} {'min r':>7s}  found (<= {threshold} bits, r >= {min_corr})")
     for tag, values in result.items():
         d, r = np.array([v[0] for v in values]), np.array([v[1] for v in values])
-        print(f"  {tag:22s} {np.median(d):6.0f} {d.max():4d} {r.min():7.4f}  {np.mean((d <= threshold) & (r >= min_corr)):.3f}")
+        print(
+            f"  {tag:22s} {np.median(d):6.0f} {d.max():4d} {r.min():7.4f}  "
+            f"{np.mean((d <= threshold) & (r >= min_corr)):.3f}"
+        )
 
 
 if __name__ == "__main__":

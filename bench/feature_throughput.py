@@ -51,26 +51,47 @@ REFERENCE = "resnet18"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--archs", default=",".join(ARCHITECTURES),
-                   help="comma-separated architectures (resnet18 is always measured, last)")
+    p.add_argument(
+        "--archs",
+        default=",".join(ARCHITECTURES),
+        help="comma-separated architectures (resnet18 is always measured, last)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--images", type=int, default=64, help="timed images per architecture")
     p.add_argument("--warmup", type=int, default=1, help="untimed batches per architecture")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="torch intra-op threads (default: all CPUs)")
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads (default: all CPUs)"
+    )
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
-                   help="PyTorch eager, or ONNX Runtime as the featurize stage runs on the CPU")
-    p.add_argument("--fuse-bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="fold BatchNorm into the preceding conv (inference only)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile the backbone (minutes of compilation on a small CPU)")
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="PyTorch eager, or ONNX Runtime as the featurize stage runs on the CPU",
+    )
+    p.add_argument(
+        "--fuse-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fold BatchNorm into the preceding conv (inference only)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile the backbone (minutes of compilation on a small CPU)",
+    )
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--matmul-rounds", type=int, default=5)
-    p.add_argument("--conv-probe", action=argparse.BooleanOptionalAction, default=True,
-                   help="also probe a oneDNN 3x3 convolution (a second reference)")
-    p.add_argument("--sweep", action="store_true",
-                   help="try batch sizes x channels_last x fuse_bn on each arch and report")
+    p.add_argument(
+        "--conv-probe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also probe a oneDNN 3x3 convolution (a second reference)",
+    )
+    p.add_argument(
+        "--sweep", action="store_true", help="try batch sizes x channels_last x fuse_bn on each arch and report"
+    )
     p.add_argument("--sweep-batches", default="1,4,8,16,32")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -123,10 +144,8 @@ class ConvProbe(MatmulProbe):
 
     def __init__(self):
         gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(16, 256, 28, 28, generator=gen).contiguous(
-            memory_format=torch.channels_last)
-        self.w = torch.randn(256, 256, 3, 3, generator=gen).contiguous(
-            memory_format=torch.channels_last)
+        self.x = torch.randn(16, 256, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)
+        self.w = torch.randn(256, 256, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last)
         self.flops = 2.0 * 16 * 256 * 256 * 9 * 28 * 28
         self.reps = 1
         self.rates = []
@@ -162,7 +181,7 @@ def make_backbone(name: str, seed: int) -> torch.nn.Module:
 def optimise(backbone: torch.nn.Module, channels_last: bool, fuse_bn: bool, compile_: bool, runtime: str = "torch"):
     """Return (module, notes) prepared for inference with the requested options."""
     notes = []
-    if runtime == "onnxruntime":   # the featurize stage's CPU path: exported once, run by ONNX Runtime
+    if runtime == "onnxruntime":  # the featurize stage's CPU path: exported once, run by ONNX Runtime
         onnx = OnnxBackbone(backbone, 224)
         return (lambda x: torch.from_numpy(onnx(x.contiguous()))), ["onnxruntime"]
     module = copy.deepcopy(backbone)  # the original stays the numerical reference
@@ -198,8 +217,7 @@ def check_same(reference, module, channels_last: bool, name: str) -> None:
         raise SystemExit(f"{name}: optimised backbone differs from the reference (rel. {err:.2e})")
 
 
-def time_batches(module, batch: int, images: int, warmup: int, channels_last: bool,
-                 between=None) -> list[float]:
+def time_batches(module, batch: int, images: int, warmup: int, channels_last: bool, between=None) -> list[float]:
     x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     n_batches = max(1, -(-images // batch))
     times = []
@@ -257,20 +275,24 @@ def sweep(args) -> None:
             for fuse in (False, True):
                 for b in batches:
                     r = measure(name, args, b, cl, fuse, False, flops)
-                    print(f"sweep {name:18s} batch {b:3d} channels_last {cl!s:5s} "
-                          f"fuse_bn {fuse!s:5s}: {r['ips_best']:7.1f} images/s best, "
-                          f"{r['ips_median']:7.1f} median, {r['gflops_best']:6.1f} GFLOP/s",
-                          flush=True)
+                    print(
+                        f"sweep {name:18s} batch {b:3d} channels_last {cl!s:5s} "
+                        f"fuse_bn {fuse!s:5s}: {r['ips_best']:7.1f} images/s best, "
+                        f"{r['ips_median']:7.1f} median, {r['gflops_best']:6.1f} GFLOP/s",
+                        flush=True,
+                    )
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    print(f"torch {torch.__version__}, {cpu_name()}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"channels_last {args.channels_last}, fuse_bn {args.fuse_bn}, compile {args.compile}",
-          flush=True)
+    print(
+        f"torch {torch.__version__}, {cpu_name()}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"channels_last {args.channels_last}, fuse_bn {args.fuse_bn}, compile {args.compile}",
+        flush=True,
+    )
     if args.sweep:
         sweep(args)
     probe = MatmulProbe(args.matmul_size)
@@ -286,24 +308,30 @@ def main(argv=None) -> None:
     results = []
     for name in args.arch_list:
         between = probe_round if name == REFERENCE else None
-        results.append(measure(name, args, args.batch_size, args.channels_last,
-                               args.fuse_bn, args.compile, between=between))
+        results.append(
+            measure(name, args, args.batch_size, args.channels_last, args.fuse_bn, args.compile, between=between)
+        )
     peak = probe.peak
-    print(f"fp32 matmul peak ({args.matmul_size}x{args.matmul_size} torch.matmul): "
-          f"{peak:.1f} GFLOP/s (best of {len(probe.rates)} rounds; median "
-          f"{statistics.median(probe.rates):.1f})")
+    print(
+        f"fp32 matmul peak ({args.matmul_size}x{args.matmul_size} torch.matmul): "
+        f"{peak:.1f} GFLOP/s (best of {len(probe.rates)} rounds; median "
+        f"{statistics.median(probe.rates):.1f})"
+    )
     if conv is not None:
-        print(f"oneDNN 3x3 conv probe (channels_last, 256->256 ch, 28x28, batch 16): "
-              f"{conv.peak:.1f} GFLOP/s (best of {len(conv.rates)})")
+        print(
+            f"oneDNN 3x3 conv probe (channels_last, 256->256 ch, 28x28, batch 16): "
+            f"{conv.peak:.1f} GFLOP/s (best of {len(conv.rates)})"
+        )
     for r in results:
-        print(f"{r['arch']:18s} {r['flops'] / 1e9:6.2f} GFLOP/image  "
-              f"{r['ips_best']:7.1f} images/s ({r['ips_median']:.1f} median)  "
-              f"{r['gflops_best']:6.1f} GFLOP/s  fraction {r['gflops_best'] / peak:.2f}  "
-              f"[{', '.join(r['notes']) or 'plain'}]")
+        print(
+            f"{r['arch']:18s} {r['flops'] / 1e9:6.2f} GFLOP/image  "
+            f"{r['ips_best']:7.1f} images/s ({r['ips_median']:.1f} median)  "
+            f"{r['gflops_best']:6.1f} GFLOP/s  fraction {r['gflops_best'] / peak:.2f}  "
+            f"[{', '.join(r['notes']) or 'plain'}]"
+        )
     ref = next(r for r in results if r["arch"] == REFERENCE)
     if conv is not None:
-        print(f"{REFERENCE} fraction of the oneDNN conv probe: "
-              f"{ref['gflops_best'] / conv.peak:.2f}")
+        print(f"{REFERENCE} fraction of the oneDNN conv probe: {ref['gflops_best'] / conv.peak:.2f}")
     print(f"{REFERENCE} fraction of fp32 matmul peak: {ref['gflops_best'] / peak:.2f}")
 
 

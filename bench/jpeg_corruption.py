@@ -42,7 +42,7 @@ def _damage(data: bytes, kind: str, seed: int) -> bytes:
     out = bytearray(data)
     if kind == "400 bytes overwritten":
         mid = len(out) // 2
-        out[mid:mid + 400] = rng.integers(0, 256, 400, dtype=np.uint8).tobytes()
+        out[mid : mid + 400] = rng.integers(0, 256, 400, dtype=np.uint8).tobytes()
     else:
         for k in rng.integers(len(out) // 3, len(out) - 10, 3):
             out[int(k)] ^= 1 << int(rng.integers(0, 8))
@@ -55,8 +55,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
-    paths = [p for p in sorted((Path(args.data) / "cohen" / "images").iterdir())
-             if p.read_bytes()[:2] == b"\xff\xd8"][:args.images]
+    paths = [p for p in sorted((Path(args.data) / "cohen" / "images").iterdir()) if p.read_bytes()[:2] == b"\xff\xd8"][
+        : args.images
+    ]
     if not paths:
         sys.exit(f"no JPEG files under {args.data}/cohen/images")
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,8 +74,10 @@ def main() -> None:
                         read_image(target)
                     except ImageReadError:
                         reader += 1
-            print(f"{kind}: {n} damaged files; Pillow alone refuses {pillow}, the reader {reader}; "
-                  f"{n - reader} decode without a word")
+            print(
+                f"{kind}: {n} damaged files; Pillow alone refuses {pillow}, the reader {reader}; "
+                f"{n - reader} decode without a word"
+            )
     best = {"pillow": float("inf"), "reader": float("inf")}
     for _ in range(3):  # alternate, keep each one's fastest
         start = time.perf_counter()
@@ -87,8 +90,10 @@ def main() -> None:
         for path in paths:
             read_image(path)
         best["reader"] = min(best["reader"], time.perf_counter() - start)
-    print(f"reading {len(paths)} undamaged JPEGs: with the check {best['reader']:.2f} s, Pillow alone "
-          f"{best['pillow']:.2f} s; ratio {best['reader'] / best['pillow']:.2f}")
+    print(
+        f"reading {len(paths)} undamaged JPEGs: with the check {best['reader']:.2f} s, Pillow alone "
+        f"{best['pillow']:.2f} s; ratio {best['reader'] / best['pillow']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deepcovid.model.features import extract_features  # noqa: E402
 from deepcovid.model.architectures import ARCHITECTURES, split_backbone_head  # noqa: E402
+from deepcovid.model.features import extract_features  # noqa: E402
 from deepcovid.model.training import train_head  # noqa: E402
 from deepcovid.model.weights import build_model  # noqa: E402
 
@@ -54,17 +54,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--feature-batch-size", type=int, default=64, help="extraction batch (train.feature_batch_size)")
     p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (the paper: 1e-4)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch intra-op threads")
-    p.add_argument("--head-threads", type=int, default=1,
-                   help="torch threads while the cached path trains its head: a 512x2 layer gains nothing "
-                        "from more, and on busy cores a second thread can cost 50x in synchronisation")
-    p.add_argument("--naive-channels-last", action="store_true",
-                   help="give the naive path the channels_last layout too (the paper's code does not)")
+    p.add_argument(
+        "--head-threads",
+        type=int,
+        default=1,
+        help="torch threads while the cached path trains its head: a 512x2 layer gains nothing "
+        "from more, and on busy cores a second thread can cost 50x in synchronisation",
+    )
+    p.add_argument(
+        "--naive-channels-last",
+        action="store_true",
+        help="give the naive path the channels_last layout too (the paper's code does not)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if min(args.images, args.epochs, args.image_size, args.batch_size, args.feature_batch_size, args.threads,
-           args.head_threads) < 1:
-        p.error("--images, --epochs, --image-size, --batch-size, --feature-batch-size, --threads and "
-                "--head-threads must be >= 1")
+    if (
+        min(
+            args.images,
+            args.epochs,
+            args.image_size,
+            args.batch_size,
+            args.feature_batch_size,
+            args.threads,
+            args.head_threads,
+        )
+        < 1
+    ):
+        p.error(
+            "--images, --epochs, --image-size, --batch-size, --feature-batch-size, --threads and "
+            "--head-threads must be >= 1"
+        )
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be in [0, 1)")
     return args
@@ -80,9 +99,11 @@ def main(argv=None) -> None:
     n_train = args.images - n_val
     torch.manual_seed(args.seed)
     model, _ = build_model(args.arch, args.weights)
-    print(f"{args.arch} (weights {args.weights}), {n_train} train + {n_val} val images at "
-          f"{args.image_size}px, {args.epochs} epochs, batch {args.batch_size}, {args.threads} threads "
-          f"(cached head: {args.head_threads})")
+    print(
+        f"{args.arch} (weights {args.weights}), {n_train} train + {n_val} val images at "
+        f"{args.image_size}px, {args.epochs} epochs, batch {args.batch_size}, {args.threads} threads "
+        f"(cached head: {args.head_threads})"
+    )
 
     cached_bb, cached_head = split_backbone_head(copy.deepcopy(model), args.arch)
     naive_bb, naive_head = split_backbone_head(copy.deepcopy(model), args.arch)
@@ -103,25 +124,34 @@ def main(argv=None) -> None:
         dim = encode(images[:2]).shape[1]
     for threads in {args.threads, args.head_threads}:
         torch.set_num_threads(threads)
-        train_head(copy.deepcopy(cached_head), torch.zeros(4, dim), labels[:4], torch.zeros(2, dim), labels[:2],
-                   **{**kw, "epochs": 1})
+        train_head(
+            copy.deepcopy(cached_head),
+            torch.zeros(4, dim),
+            labels[:4],
+            torch.zeros(2, dim),
+            labels[:2],
+            **{**kw, "epochs": 1},
+        )
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    feats = torch.from_numpy(extract_features(cached_bb, TensorDataset(images, labels),
-                                              batch_size=args.feature_batch_size, progress=False))
+    feats = torch.from_numpy(
+        extract_features(cached_bb, TensorDataset(images, labels), batch_size=args.feature_batch_size, progress=False)
+    )
     t_extract = time.perf_counter() - t0
     torch.set_num_threads(args.head_threads)
     t0 = time.perf_counter()
-    cached_head, head_hist, _ = train_head(cached_head, feats[:n_train], labels[:n_train], feats[n_train:],
-                                           labels[n_train:], **kw)
+    cached_head, head_hist, _ = train_head(
+        cached_head, feats[:n_train], labels[:n_train], feats[n_train:], labels[n_train:], **kw
+    )
     t_head = time.perf_counter() - t0
     torch.set_num_threads(args.threads)
     t_cached = t_extract + t_head
 
     t0 = time.perf_counter()
-    naive_head, naive_hist, _ = train_head(naive_head, images[:n_train], labels[:n_train], images[n_train:],
-                                           labels[n_train:], encode=encode, **kw)
+    naive_head, naive_hist, _ = train_head(
+        naive_head, images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], encode=encode, **kw
+    )
     t_naive = time.perf_counter() - t0
 
     a, b = cached_head.state_dict(), naive_head.state_dict()
@@ -135,11 +165,15 @@ def main(argv=None) -> None:
     cached_100 = t_extract + head_once + PAPER_EPOCHS * head_epoch
     naive_100 = naive_once + PAPER_EPOCHS * naive_epoch
 
-    print(f"cached: extraction {t_extract:.2f} s ({args.images / t_extract:.1f} images/s) + head "
-          f"{t_head:.3f} s ({head_epoch * 1e3:.1f} ms/epoch) = {t_cached:.2f} s")
-    print(f"naive:  {t_naive:.2f} s ({naive_epoch:.2f} s/epoch, "
-          f"{args.images * args.epochs / t_naive:.1f} images/s; fastest epoch "
-          f"{min(h.seconds for h in naive_hist):.2f} s)")
+    print(
+        f"cached: extraction {t_extract:.2f} s ({args.images / t_extract:.1f} images/s) + head "
+        f"{t_head:.3f} s ({head_epoch * 1e3:.1f} ms/epoch) = {t_cached:.2f} s"
+    )
+    print(
+        f"naive:  {t_naive:.2f} s ({naive_epoch:.2f} s/epoch, "
+        f"{args.images * args.epochs / t_naive:.1f} images/s; fastest epoch "
+        f"{min(h.seconds for h in naive_hist):.2f} s)"
+    )
     print(f"measured speed-up at {args.epochs} epochs: {t_naive / t_cached:.1f}x")
     print(f"max abs difference of the heads: {diff:.3g}")
     print(f"projected at {PAPER_EPOCHS} epochs: cached {cached_100:.1f} s, naive {naive_100:.1f} s")

@@ -40,10 +40,16 @@ def _log_calls(path) -> tuple[dict[str, int], list[tuple[int, int]]]:
     key = str(path)
     if key not in _LOG_CALLS:
         tree = ast.parse(open(path, encoding="utf-8").read())
-        starts = {node.name: node.lineno for node in ast.walk(tree)
-                  if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
-        spans = [(node.lineno, node.end_lineno) for node in ast.walk(tree) if isinstance(node, ast.Call)
-                 and re.match(r"\(?(log|logging|logger)\.|print$", ast.unparse(node.func))]
+        starts = {
+            node.name: node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        }
+        spans = [
+            (node.lineno, node.end_lineno)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and re.match(r"\(?(log|logging|logger)\.|print$", ast.unparse(node.func))
+        ]
         _LOG_CALLS[key] = (starts, spans)
     return _LOG_CALLS[key]
 
@@ -73,14 +79,21 @@ def _tokens(code: str) -> list[tuple[int, str]]:
         toks = list(tokenize.generate_tokens(io.StringIO(code).readline))
     except (tokenize.TokenError, IndentationError, SyntaxError):
         return [(-1, code)]
-    return [(t.type, "<str>" if t.type == tokenize.STRING else t.string) for t in toks
-            if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT)]
+    return [
+        (t.type, "<str>" if t.type == tokenize.STRING else t.string)
+        for t in toks
+        if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT)
+    ]
 
 
 def message_only(diff: str) -> bool:
     """True when the mutant changes only string literals."""
-    old = "\n".join(l[1:].strip() for l in diff.splitlines() if l.startswith("-") and not l.startswith("---"))
-    new = "\n".join(l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++"))
+    old = "\n".join(
+        line[1:].strip() for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")
+    )
+    new = "\n".join(
+        line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")
+    )
     return bool(old) and _tokens(old) == _tokens(new)
 
 
@@ -101,15 +114,19 @@ def main() -> None:
         else:
             counts[module][status] += 1
     total = Counter()
-    print(f"{'module':24} {'checked':>8} {'killed':>7} {'survived':>9} {'msg-only':>9} {'no test':>8} "
-          f"{'score':>7} {'score*':>7}")
+    print(
+        f"{'module':24} {'checked':>8} {'killed':>7} {'survived':>9} {'msg-only':>9} {'no test':>8} "
+        f"{'score':>7} {'score*':>7}"
+    )
     for module, c in sorted(counts.items()):
         total.update(c)
         _row(module, c)
     _row("all", total)
-    print("killed includes timeouts; 'no test': mutants in code no selected test runs (counted as not killed);\n"
-          "score: killed / checked mutants; score*: the same without the survivors that change only a message text\n"
-          "or a logging call")
+    print(
+        "killed includes timeouts; 'no test': mutants in code no selected test runs (counted as not killed);\n"
+        "score: killed / checked mutants; score*: the same without the survivors that change only a message text\n"
+        "or a logging call"
+    )
     if args.list:
         for name, diff in survivors:
             print(f"\n# {name}\n{diff}")
@@ -119,8 +136,10 @@ def _row(module: str, c: Counter) -> None:
     checked = sum(v for k, v in c.items() if k != "not checked")
     msg = c["survived (message only)"]
     killed = c["killed"] + c["timeout"]
-    print(f"{module:24} {checked:8d} {killed:7d} {c['survived']:9d} {msg:9d} {c['no tests']:8d} "
-          f"{killed / max(checked, 1):7.1%} {killed / max(checked - msg, 1):7.1%}")
+    print(
+        f"{module:24} {checked:8d} {killed:7d} {c['survived']:9d} {msg:9d} {c['no tests']:8d} "
+        f"{killed / max(checked, 1):7.1%} {killed / max(checked - msg, 1):7.1%}"
+    )
 
 
 if __name__ == "__main__":

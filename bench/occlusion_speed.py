@@ -99,18 +99,24 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--stride", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--approx", nargs="+", default=["2:0", "2:0.1", "3:0.1", "3:0.2"],
-                    help="approximate settings to try, COARSE:REFINE (coarse step, fraction refined exactly)")
+    ap.add_argument(
+        "--approx",
+        nargs="+",
+        default=["2:0", "2:0.1", "3:0.1", "3:0.2"],
+        help="approximate settings to try, COARSE:REFINE (coarse step, fraction refined exactly)",
+    )
     ap.add_argument("--model", default=None, help="a trained model folder (models/) instead of --arch")
     ap.add_argument("--captum-ppe", type=int, nargs="+", default=[4, 8, 16, 32], help="Captum batch sizes to try")
     ap.add_argument("--batch", type=int, default=32, help="occluded copies per pass of ours (explain.batch_size)")
     ap.add_argument("--rounds", type=int, default=2, help="timed rounds (the fastest is reported)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.size} px, window {args.window}, "
-          f"stride {args.stride}, fill zero; {keep_freed_memory()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.size} px, window {args.window}, "
+        f"stride {args.stride}, fill zero; {keep_freed_memory()}"
+    )
     exact_ratios = {}
-    for arch in ([None] if args.model else args.arch):
+    for arch in [None] if args.model else args.arch:
         model, arch, what = load(arch, args.model)
         batch = images(Path(args.data), args.images, args.size, preprocessing(arch))
         x = batch[0]
@@ -121,18 +127,36 @@ def main() -> None:
         forward = lambda t: score(model(t))  # noqa: E731
         runs = {}
         for ppe in args.captum_ppe:
-            runs[f"captum ppe={ppe}"] = lambda ppe=ppe: Occlusion(forward).attribute(
-                x, sliding_window_shapes=(3, args.window, args.window), strides=(3, args.stride, args.stride),
-                baselines=0.0, perturbations_per_eval=ppe)[0, 0].numpy()
-        occluders = {"batched": Occluder(model, args.window, args.stride, "batched", args.batch, score=score),
-                     "exact": Occluder(model, args.window, args.stride, "exact", args.batch, score=score),
-                     "exact, torch only": Occluder(model, args.window, args.stride, "exact", args.batch, score=score,
-                                                   runtime="torch")}
+            runs[f"captum ppe={ppe}"] = lambda ppe=ppe: (
+                Occlusion(forward)
+                .attribute(
+                    x,
+                    sliding_window_shapes=(3, args.window, args.window),
+                    strides=(3, args.stride, args.stride),
+                    baselines=0.0,
+                    perturbations_per_eval=ppe,
+                )[0, 0]
+                .numpy()
+            )
+        occluders = {
+            "batched": Occluder(model, args.window, args.stride, "batched", args.batch, score=score),
+            "exact": Occluder(model, args.window, args.stride, "exact", args.batch, score=score),
+            "exact, torch only": Occluder(
+                model, args.window, args.stride, "exact", args.batch, score=score, runtime="torch"
+            ),
+        }
         for setting in args.approx:
             coarse, refine = setting.split(":")
-            occluders[f"approximate {coarse}:{refine}"] = Occluder(model, args.window, args.stride, "approximate",
-                                                                   args.batch, score=score, coarse=int(coarse),
-                                                                   refine=float(refine))
+            occluders[f"approximate {coarse}:{refine}"] = Occluder(
+                model,
+                args.window,
+                args.stride,
+                "approximate",
+                args.batch,
+                score=score,
+                coarse=int(coarse),
+                refine=float(refine),
+            )
         for name, occ in occluders.items():
             runs[name] = lambda occ=occ: occ(x, fill)
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -144,15 +168,21 @@ def main() -> None:
                 times[name].append(seconds)
         first = times["exact"][0]  # its one-time set-up for this input size paid in this one
         captum = min((min(t), k) for k, t in times.items() if k.startswith("captum"))
-        others = {name: [occ(b, baseline(b, "zero")) for b in batch[1:]]
-                  for name, occ in occluders.items() if name != "batched"}
+        others = {
+            name: [occ(b, baseline(b, "zero")) for b in batch[1:]]
+            for name, occ in occluders.items()
+            if name != "batched"
+        }
         engine = occluders["exact"].engine
         with torch.inference_mode():  # the count of the timed image (the last map was of another)
             occluders["exact"](x, fill)
         positions = len(results["exact"].ys) * len(results["exact"].xs)
         print(f"\n{arch} ({what}): captum's best is {captum[1]} ({captum[0]:.2f} s); fastest of {args.rounds} rounds")
-        print(f"  convolution multiply-adds of one map: {positions} plain forward passes {positions * engine.image_macs / 1e9:.0f} G, "
-              f"exact {engine.macs / 1e9:.0f} G: {positions * engine.image_macs / engine.macs:.2f}x fewer")
+        print(
+            f"  convolution multiply-adds of one map: {positions} plain forward passes "
+            f"{positions * engine.image_macs / 1e9:.0f} G, "
+            f"exact {engine.macs / 1e9:.0f} G: {positions * engine.image_macs / engine.macs:.2f}x fewer"
+        )
         print(f"  {'method':26s} {'s/map':>7s} {'vs captum':>9s} {'max |map - captum|':>19s} {'pearson vs exact':>17s}")
         for name, seconds in times.items():
             diff = corr = ""
@@ -165,13 +195,17 @@ def main() -> None:
                 corr = f"{min(r):.4f} (min of {len(r)})"
             print(f"  {name:26s} {min(seconds):7.2f} {captum[0] / min(seconds):8.2f}x {diff:>19s} {corr:>17s}")
         onnx = len(engine._tails)  # segments exported to and run by ONNX Runtime
-        print(f"  the exact mode's first map, its one-time set-up included "
-              f"({f'{onnx} ONNX Runtime segment(s) exported and loaded' if onnx else 'no ONNX Runtime segment'}): "
-              f"{first:.2f} s")
+        print(
+            f"  the exact mode's first map, its one-time set-up included "
+            f"({f'{onnx} ONNX Runtime segment(s) exported and loaded' if onnx else 'no ONNX Runtime segment'}): "
+            f"{first:.2f} s"
+        )
         exact_ratios[arch] = captum[0] / min(times["exact"])
     slowest = min(exact_ratios, key=exact_ratios.get)
-    print(f"\nexact mode against Captum's Occlusion (lowest over {', '.join(exact_ratios)}): "
-          f"{exact_ratios[slowest]:.2f}x ({slowest})")
+    print(
+        f"\nexact mode against Captum's Occlusion (lowest over {', '.join(exact_ratios)}): "
+        f"{exact_ratios[slowest]:.2f}x ({slowest})"
+    )
 
 
 if __name__ == "__main__":

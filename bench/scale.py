@@ -45,14 +45,18 @@ SIZES = {
     "paper": {
         "synthetic.chexpert.train_patients": 6000,
         "synthetic.chexpert.valid_patients": 200,
-        "negatives.counts.synthetic": {"train": {"no_finding": 700, "per_category": 100},
-                                       "test": {"no_finding": 1700, "per_category": 100}},
+        "negatives.counts.synthetic": {
+            "train": {"no_finding": 700, "per_category": 100},
+            "test": {"no_finding": 1700, "per_category": 100},
+        },
     },
     "30k": {
         "synthetic.chexpert.train_patients": 40000,
         "synthetic.chexpert.valid_patients": 2000,
-        "negatives.counts.synthetic": {"train": {"no_finding": 5000, "per_category": 800},
-                                       "test": {"no_finding": 7000, "per_category": 600}},
+        "negatives.counts.synthetic": {
+            "train": {"no_finding": 5000, "per_category": 800},
+            "test": {"no_finding": 7000, "per_category": 600},
+        },
     },
 }
 
@@ -72,8 +76,13 @@ def _set(params: dict, dotted: str, value) -> None:
 
 
 def _copy_tree(dest: Path) -> None:
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
-                            capture_output=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, listed):
         src = REPO / rel
         if src.is_file():
@@ -81,8 +90,11 @@ def _copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "scale"],
-                   cwd=dest, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "scale"],
+        cwd=dest,
+        check=True,
+    )
 
 
 def _timed(cmd: list[str], cwd: Path, log) -> tuple[float, float, int]:
@@ -91,7 +103,7 @@ def _timed(cmd: list[str], cwd: Path, log) -> tuple[float, float, int]:
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - start, usage.ru_maxrss / 1024 ** 2, proc.returncode
+    return time.perf_counter() - start, usage.ru_maxrss / 1024**2, proc.returncode
 
 
 def run_size(name: str, workdir: Path, stages: list[str]) -> dict:
@@ -129,6 +141,7 @@ def run_size(name: str, workdir: Path, stages: list[str]) -> dict:
 
 def _duplicate_summary(dest: Path) -> dict:
     import pandas as pd
+
     groups = pd.read_csv(dest / "data/duplicates.csv", dtype=str, keep_default_na=False)
     if groups.empty:
         return {"groups": 0, "largest": 0, "spanning_patients": 0}
@@ -161,8 +174,9 @@ def table(results: dict, stages: list[str], slope: dict) -> str:
         for n in names:
             s = results[n]["stages"]
             if stage == "total":
-                cells.append(f"{sum(v['seconds'] for v in s.values()):.0f} s, "
-                             f"{max(v['peak_rss_gb'] for v in s.values()):.2f} GB")
+                cells.append(
+                    f"{sum(v['seconds'] for v in s.values()):.0f} s, {max(v['peak_rss_gb'] for v in s.values()):.2f} GB"
+                )
             elif stage in s:
                 cells.append(f"{s[stage]['seconds']:.1f} s, {s[stage]['peak_rss_gb']:.2f} GB")
             else:
@@ -173,19 +187,30 @@ def table(results: dict, stages: list[str], slope: dict) -> str:
 
 def plot(results: dict, stages: list[str], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     names = [n for n in results if results[n].get("images")]
     fig, ax = plt.subplots(figsize=(7, 5))
     colours = plt.cm.tab20(np.linspace(0, 1, 20))
     for k, stage in enumerate(stages):
-        pts = [(results[n]["images"], results[n]["stages"][stage]["seconds"]) for n in names
-               if stage in results[n]["stages"]]
+        pts = [
+            (results[n]["images"], results[n]["stages"][stage]["seconds"])
+            for n in names
+            if stage in results[n]["stages"]
+        ]
         if pts:
-            ax.plot(*zip(*pts), marker="osD^v"[k % 5], linestyle=("-", "--", ":")[k % 3], color=colours[k % 20],
-                    label=stage)
-    ax.set(xscale="log", yscale="log", xlabel="images in the manifest", ylabel="wall time of the stage (s)",
-           title="dvc repro, stage by stage (2 cores)")
+            ax.plot(
+                *zip(*pts), marker="osD^v"[k % 5], linestyle=("-", "--", ":")[k % 3], color=colours[k % 20], label=stage
+            )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="images in the manifest",
+        ylabel="wall time of the stage (s)",
+        title="dvc repro, stage by stage (2 cores)",
+    )
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -197,8 +222,11 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=None, help="stages to run, in order (default: all)")
     ap.add_argument("--workdir", default=None, help="where the copies are made (default: a temporary folder)")
     ap.add_argument("--out", default="scale.json", help="JSON of the figures (a PNG plot beside it)")
-    ap.add_argument("--add-to", default=None,
-                    help="an earlier run's JSON: its sizes join this run's in the table, the slopes and the plot")
+    ap.add_argument(
+        "--add-to",
+        default=None,
+        help="an earlier run's JSON: its sizes join this run's in the table, the slopes and the plot",
+    )
     args = ap.parse_args()
     stages = args.stages or _stages()
     workdir = Path(args.workdir) if args.workdir else Path(os.environ.get("TMPDIR", "/tmp")) / "deepcovid-scale"
@@ -213,8 +241,10 @@ def main() -> None:
     plot(results, stages, out.with_suffix(".png"))
     for name, r in results.items():
         if "duplicates" in r:
-            print(f"{name}: duplicates {r['duplicates']}; manifest {r.get('images')} images; "
-                  f"whole run {r['wall_seconds']:.0f} s")
+            print(
+                f"{name}: duplicates {r['duplicates']}; manifest {r.get('images')} images; "
+                f"whole run {r['wall_seconds']:.0f} s"
+            )
     print(table(results, stages, slope))
 
 

@@ -22,9 +22,9 @@ from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from deepcovid.model.datasets import load_table  # noqa: E402
-from deepcovid.model.architectures import split_backbone_head  # noqa: E402
 from deepcovid.config import load_config  # noqa: E402
+from deepcovid.model.architectures import split_backbone_head  # noqa: E402
+from deepcovid.model.datasets import load_table  # noqa: E402
 from deepcovid.model.environment import seed_everything  # noqa: E402
 from deepcovid.model.training import train_head  # noqa: E402
 from deepcovid.model.weights import build_model  # noqa: E402
@@ -51,15 +51,27 @@ def main() -> None:
         seed_everything(seed)
         model, _ = build_model(name, params["weights"])
         _, head = split_backbone_head(model, name)
-        head, _, best = train_head(head, x["train"], y["train"], x["val"], y["val"], epochs=cfg["epochs"],
-                                   batch_size=cfg["batch_size"], lr=cfg["lr"], seed=seed,
-                                   weight_decay=cfg["weight_decay"], patience=cfg["patience"])
+        head, _, best = train_head(
+            head,
+            x["train"],
+            y["train"],
+            x["val"],
+            y["val"],
+            epochs=cfg["epochs"],
+            batch_size=cfg["batch_size"],
+            lr=cfg["lr"],
+            seed=seed,
+            weight_decay=cfg["weight_decay"],
+            patience=cfg["patience"],
+        )
         with torch.no_grad():
             scores = torch.softmax(head(x["test"]), 1)[:, 1].numpy()
         aucs.append(roc_auc_score(y["test"].numpy(), scores))
         print(f"permutation {seed}: best epoch {best}, test AUC {aucs[-1]:.3f}")
-    print(f"test AUC over {len(aucs)} permutations: mean {np.mean(aucs):.3f}, SD {np.std(aucs):.3f}, "
-          f"range {min(aucs):.3f} to {max(aucs):.3f}")
+    print(
+        f"test AUC over {len(aucs)} permutations: mean {np.mean(aucs):.3f}, SD {np.std(aucs):.3f}, "
+        f"range {min(aucs):.3f} to {max(aucs):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,16 +21,20 @@ from deepcovid.errors import InputError
 
 
 def _compare(args) -> int:
-    from deepcovid.evaluation import compare
     from deepcovid.config import load_config
+    from deepcovid.evaluation import compare
     from deepcovid.evaluation.evaluate import EvalConfig
 
     cfg = EvalConfig.from_config(load_config(args.params))
-    runs, models = compare.collect_runs(args.run, from_dvc_exps=args.from_dvc_exps, repo=args.repo,
-                                        predictions_path=args.predictions_path,
-                                        include_baseline=not args.no_baseline, commits=args.commits)
-    table, results = compare.compare_models(runs, cfg, reference=args.reference, paired=args.paired_test,
-                                            models=models)
+    runs, models = compare.collect_runs(
+        args.run,
+        from_dvc_exps=args.from_dvc_exps,
+        repo=args.repo,
+        predictions_path=args.predictions_path,
+        include_baseline=not args.no_baseline,
+        commits=args.commits,
+    )
+    table, results = compare.compare_models(runs, cfg, reference=args.reference, paired=args.paired_test, models=models)
     print(compare.write_comparison(Path(args.out_dir), table, results, models, cfg, paired=args.paired_test), end="")
     return 0
 
@@ -39,16 +43,18 @@ def _check_regression(args) -> int:
     from deepcovid.checks.regression import check_regression
     from deepcovid.config import load_config
 
-    return check_regression(load_config(args.params).regression, args.metrics, baseline=args.baseline,
-                            write_baseline=args.write_baseline)
+    return check_regression(
+        load_config(args.params).regression, args.metrics, baseline=args.baseline, write_baseline=args.write_baseline
+    )
 
 
 def _check_reproduction(args) -> int:
     from deepcovid.checks.reproduction import check_reproduction
     from deepcovid.config import load_config
 
-    return check_reproduction(load_config(args.params).reproduction, args.committed_lock, args.lock, args.committed_metrics,
-                              args.metrics)
+    return check_reproduction(
+        load_config(args.params).reproduction, args.committed_lock, args.lock, args.committed_metrics, args.metrics
+    )
 
 
 def _duplicates(args) -> int:
@@ -59,17 +65,25 @@ def _duplicates(args) -> int:
     from deepcovid.data.duplicates import audit_paths, similarity
 
     params = load_config(args.params)
-    cfg = override(params.duplicates, "duplicates", max_distance=args.max_distance,
-                   min_correlation=args.min_correlation, workers=args.workers)
+    cfg = override(
+        params.duplicates,
+        "duplicates",
+        max_distance=args.max_distance,
+        min_correlation=args.min_correlation,
+        workers=args.workers,
+    )
     max_distance = cfg.max_distance
-    groups, unreadable, n_files = audit_paths(args.paths, max_distance, cfg.min_correlation, cfg.workers,
-                                              max_pixels=params.preprocess.max_pixels)
+    groups, unreadable, n_files = audit_paths(
+        args.paths, max_distance, cfg.min_correlation, cfg.workers, max_pixels=params.preprocess.max_pixels
+    )
     for path, reason in unreadable.items():
         print(f"{path}: left out ({reason})", file=sys.stderr)
     files.write_csv(args.out, groups[["group", "path", "similarity", "closest"]], report=True)
-    print(f"{groups['group'].nunique()} groups of near-duplicates ({len(groups)} of {n_files - len(unreadable)} "
-          f"images; similarity >= {similarity(max_distance):.4f}, pixel correlation >= {cfg.min_correlation}): "
-          f"{args.out}")
+    print(
+        f"{groups['group'].nunique()} groups of near-duplicates ({len(groups)} of {n_files - len(unreadable)} "
+        f"images; similarity >= {similarity(max_distance):.4f}, pixel correlation >= {cfg.min_correlation}): "
+        f"{args.out}"
+    )
     return 0
 
 
@@ -79,15 +93,23 @@ def _evaluate_external(args) -> int:
     from deepcovid.evaluation.external import evaluate_external
 
     cfg = load_config(args.params)
-    metrics = evaluate_external(args.folder, models=args.model, evaluation=args.evaluation, out_dir=args.out_dir,
-                                threshold=args.threshold,
-                                cfg=EvalConfig.from_config(cfg), frontal_views=cfg.filter.frontal_views,
-                                batch_size=args.batch_size)
+    metrics = evaluate_external(
+        args.folder,
+        models=args.model,
+        evaluation=args.evaluation,
+        out_dir=args.out_dir,
+        threshold=args.threshold,
+        cfg=EvalConfig.from_config(cfg),
+        frontal_views=cfg.filter.frontal_views,
+        batch_size=args.batch_size,
+    )
     t = metrics["test"]
-    print(f"{args.folder}: external test AUC {t['auc']:.4f} [{t['auc_low']:.4f}, {t['auc_high']:.4f}], "
-          f"sensitivity {t['sensitivity']:.4f} [{t['sensitivity_low']:.4f}, {t['sensitivity_high']:.4f}], "
-          f"specificity {t['specificity']:.4f} [{t['specificity_low']:.4f}, {t['specificity_high']:.4f}] at the "
-          f"operating point {t['threshold']:.4g} ({t['n_pos']} COVID-19, {t['n_neg']} other): {args.out_dir}")
+    print(
+        f"{args.folder}: external test AUC {t['auc']:.4f} [{t['auc_low']:.4f}, {t['auc_high']:.4f}], "
+        f"sensitivity {t['sensitivity']:.4f} [{t['sensitivity_low']:.4f}, {t['sensitivity_high']:.4f}], "
+        f"specificity {t['specificity']:.4f} [{t['specificity_low']:.4f}, {t['specificity_high']:.4f}] at the "
+        f"operating point {t['threshold']:.4g} ({t['n_pos']} COVID-19, {t['n_neg']} other): {args.out_dir}"
+    )
     return 0
 
 
@@ -97,8 +119,14 @@ def _explain(args) -> int:
     from deepcovid.explain.explain_run import explain_images
     from deepcovid.model.inference import model_sha256
 
-    cfg = override(load_config(args.params).explain, "explain", window=args.window, stride=args.stride,
-                   fill=args.fill, method=args.method)  # validated as params.yaml's own values
+    cfg = override(
+        load_config(args.params).explain,
+        "explain",
+        window=args.window,
+        stride=args.stride,
+        fill=args.fill,
+        method=args.method,
+    )  # validated as params.yaml's own values
     threshold = None
     if args.threshold is not None:
         threshold = args.threshold
@@ -122,31 +150,38 @@ def _predict(args) -> int:
     from deepcovid.model.inference import model_sha256
     from deepcovid.model.predict import collect_files, predict_files
 
-    threshold = (args.threshold if args.threshold is not None
-                 else operating_point(args.evaluation, model_sha256=model_sha256(args.model)))
+    threshold = (
+        args.threshold
+        if args.threshold is not None
+        else operating_point(args.evaluation, model_sha256=model_sha256(args.model))
+    )
     if args.out != "-":
         files.check_writable(args.out)  # before scoring, not after
     paths = collect_files(args.paths)
     if not paths:
         raise InputError(f"no image files found in {', '.join(args.paths)}")
-    table = predict_files(paths, models=args.model, threshold=threshold, batch_size=args.batch_size,
-                          device=args.device)
+    table = predict_files(paths, models=args.model, threshold=threshold, batch_size=args.batch_size, device=args.device)
     if args.explain:
         from deepcovid.explain.explain_run import explain_images
 
         ok = table.loc[table["error"] == "", "path"].tolist()
-        figure = {path: (what if score is not None else "") for path, score, what in
-                  explain_images(ok, load_config(args.params).explain, models=args.model,
-                                 out=args.explain, threshold=threshold)}
+        figure = {
+            path: (what if score is not None else "")
+            for path, score, what in explain_images(
+                ok, load_config(args.params).explain, models=args.model, out=args.explain, threshold=threshold
+            )
+        }
         table["explanation"] = table["path"].map(figure).fillna("")
     if args.out == "-":
         files.neutralise_formulas(table).to_csv(sys.stdout, index=False)
     else:
         files.write_csv(args.out, table, report=True)
     failed, warned = int((table["error"] != "").sum()), int((table["warning"] != "").sum())
-    print(f"predict: {len(table)} files, {len(table) - failed} scored, {failed} unreadable, {warned} with warnings; "
-          f"label COVID-19 at score >= {threshold:.6g}" + ("" if args.out == "-" else f": {args.out}"),
-          file=sys.stderr)
+    print(
+        f"predict: {len(table)} files, {len(table) - failed} scored, {failed} unreadable, {warned} with warnings; "
+        f"label COVID-19 at score >= {threshold:.6g}" + ("" if args.out == "-" else f": {args.out}"),
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
@@ -247,27 +282,40 @@ metrics/evaluate.json, plus predictions.csv and rejected.csv (rows left out, wit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="deepcovid", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="deepcovid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, handler, text, summary):
-        p = sub.add_parser(name, help=summary, description=text,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(name, help=summary, description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(handler=handler)
         return p
 
     p = command("compare", _compare, COMPARE_HELP, "models side by side with paired AUC tests")
-    p.add_argument("--run", action="append", default=[], metavar="NAME=CSV",
-                   help="a run to compare (repeatable): its name and predictions file")
-    p.add_argument("--from-dvc-exps", action="store_true",
-                   help="add the baseline commit and every finished experiment of `dvc exp show`")
+    p.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="NAME=CSV",
+        help="a run to compare (repeatable): its name and predictions file",
+    )
+    p.add_argument(
+        "--from-dvc-exps",
+        action="store_true",
+        help="add the baseline commit and every finished experiment of `dvc exp show`",
+    )
     p.add_argument("--no-baseline", action="store_true", help="with --from-dvc-exps: experiments only")
-    p.add_argument("--commits", type=int, default=1,
-                   help="with --from-dvc-exps: experiments of the last N commits (default 1: HEAD)")
+    p.add_argument(
+        "--commits",
+        type=int,
+        default=1,
+        help="with --from-dvc-exps: experiments of the last N commits (default 1: HEAD)",
+    )
     p.add_argument("--repo", default=".", help="DVC repository for --from-dvc-exps (default: .)")
-    p.add_argument("--predictions-path", default="data/predictions.csv",
-                   help="the predictions output inside each experiment")
+    p.add_argument(
+        "--predictions-path", default="data/predictions.csv", help="the predictions output inside each experiment"
+    )
     p.add_argument("--reference", default=None, help="run the others are tested against (default: the first)")
     p.add_argument("--paired-test", choices=("delong", "bootstrap"), default="delong")
     p.add_argument("--params", default="params.yaml")
@@ -279,21 +327,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="baseline metrics (default: regression.baseline in params)")
     p.add_argument("--write-baseline", action="store_true", help="copy the current metrics to the baseline")
 
-    p = command("check-reproduction", _check_reproduction, REPRODUCTION_HELP,
-                "a rebuild against the committed dvc.lock and metrics")
+    p = command(
+        "check-reproduction",
+        _check_reproduction,
+        REPRODUCTION_HELP,
+        "a rebuild against the committed dvc.lock and metrics",
+    )
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--committed-lock", required=True, help="the dvc.lock as committed")
     p.add_argument("--lock", default="dvc.lock", help="the dvc.lock after the rebuild")
-    p.add_argument("--committed-metrics", required=True, help="folder with the committed evaluate.json, train.json, explain.json, audit.json, repeats.json")
+    p.add_argument(
+        "--committed-metrics",
+        required=True,
+        help="folder with the committed evaluate.json, train.json, explain.json, audit.json, repeats.json",
+    )
     p.add_argument("--metrics", default="metrics", help="folder with the rebuilt metrics")
 
     p = command("duplicates", _duplicates, DUPLICATES_HELP, "near-duplicate images in folders")
     p.add_argument("paths", nargs="+", help="image files and folders")
     p.add_argument("--out", required=True, help="output CSV: group,path,similarity,closest")
-    p.add_argument("--max-distance", type=int, default=None,
-                   help="hash bits (of 255) that may differ (default: duplicates.max_distance in params)")
-    p.add_argument("--min-correlation", type=float, default=None,
-                   help="pixel correlation a pair must reach (default: duplicates.min_correlation in params)")
+    p.add_argument(
+        "--max-distance",
+        type=int,
+        default=None,
+        help="hash bits (of 255) that may differ (default: duplicates.max_distance in params)",
+    )
+    p.add_argument(
+        "--min-correlation",
+        type=float,
+        default=None,
+        help="pixel correlation a pair must reach (default: duplicates.min_correlation in params)",
+    )
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: duplicates.workers)")
     p.add_argument("--params", default="params.yaml")
 
@@ -312,9 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluation", default="metrics/evaluate.json", help="the operating point (test.threshold)")
     p.add_argument("--threshold", type=float, default=None, help="label threshold instead of the operating point")
     p.add_argument("--out", default="-", help="output CSV (default: stdout)")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="images per forward pass (default 8: on 2 CPU cores EfficientNet-Lite0 scores batches of 32 at 0.6x the "
-                        "rate of 8, batches of 1 at 1.1x; bench/predict_throughput.py)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images per forward pass (default 8: on 2 CPU cores EfficientNet-Lite0 scores batches of 32 at 0.6x the "
+        "rate of 8, batches of 1 at 1.1x; bench/predict_throughput.py)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu) or a torch device")
     p.add_argument("--explain", default=None, metavar="DIR", help="also write an occlusion map per image here")
     p.add_argument("--params", default="params.yaml", help="the explain settings for --explain")

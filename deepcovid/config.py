@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt,
-                      ValidationError, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from deepcovid.errors import InputError
 
 # The networks the train stage builds (deepcovid.model.architectures has one spec per name).
-ARCHITECTURES = ("resnet18", "resnet50", "squeezenet", "densenet121", "densenet161",
-                 "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+ARCHITECTURES = (
+    "resnet18",
+    "resnet50",
+    "squeezenet",
+    "densenet121",
+    "densenet161",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+)
 DATASETS = ("synthetic", "paper", "public")
 SOURCES = ("cohen", "actualmed", "chexpert")
 LATERAL_VIEWS = {"L", "LATERAL", "LL", "RL"}
@@ -69,10 +86,11 @@ class DatasetSources(Section):
 
 class RemoteSource(Section):
     """A source downloaded at a pinned commit (or read from ``local_dir``)."""
+
     url: str
     commit: str
     method: Literal["archive", "git"]
-    local_dir: Optional[str]
+    local_dir: str | None
     tree_sha256: Annotated[str, Field(pattern=r"^([0-9a-fA-F]{64})?$")]
     require_checksum: StrictBool
     max_bytes: Annotated[Int, Field(gt=0)]
@@ -93,7 +111,7 @@ class RemoteSource(Section):
 
 
 class ChexpertSource(Section):
-    path: Optional[str]
+    path: str | None
 
 
 class Fetch(Section):
@@ -108,10 +126,13 @@ class SyntheticCohen(Section):
     images_per_patient: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 1 else _fail("low must be >= 1"))]
     lateral_fraction: Fraction
     ct_rows: Annotated[Int, Field(ge=0)]
-    size_range: Annotated[IntPair, AfterValidator(lambda v: v if 64 <= v[0] and v[1] <= MAX_SIDE else
-                                                  _fail(f"must lie within [64, {MAX_SIDE}]"))]
-    severity: Annotated[NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else
-                                                   _fail("must lie within [0, 1]"))]
+    size_range: Annotated[
+        IntPair,
+        AfterValidator(lambda v: v if 64 <= v[0] and v[1] <= MAX_SIDE else _fail(f"must lie within [64, {MAX_SIDE}]")),
+    ]
+    severity: Annotated[
+        NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else _fail("must lie within [0, 1]"))
+    ]
     style_shift: Annotated[Number, Field(ge=0)]
 
 
@@ -121,10 +142,13 @@ class SyntheticChexpert(Section):
     images_per_patient: Annotated[IntPair, AfterValidator(lambda v: v if v[0] >= 1 else _fail("low must be >= 1"))]
     lateral_fraction: Fraction
     width: Annotated[Int, Field(ge=64, le=MAX_SIDE)]
-    height_range: Annotated[IntPair, AfterValidator(lambda v: v if 64 <= v[0] and v[1] <= MAX_SIDE else
-                                                    _fail(f"must lie within [64, {MAX_SIDE}]"))]
-    severity: Annotated[NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else
-                                                   _fail("must lie within [0, 1]"))]
+    height_range: Annotated[
+        IntPair,
+        AfterValidator(lambda v: v if 64 <= v[0] and v[1] <= MAX_SIDE else _fail(f"must lie within [64, {MAX_SIDE}]")),
+    ]
+    severity: Annotated[
+        NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else _fail("must lie within [0, 1]"))
+    ]
     style_shift: Annotated[Number, Field(ge=0)]
 
 
@@ -196,8 +220,9 @@ class Augment(Section):
     hflip_p: Fraction
     rotation_degrees: Annotated[Number, Field(ge=0, le=45)]
     translate: Annotated[Number, Field(ge=0, le=0.5)]
-    scale: Annotated[NumberPair, AfterValidator(lambda v: v if 0.5 <= v[0] and v[1] <= 2 else
-                                                _fail("must lie within [0.5, 2]"))]
+    scale: Annotated[
+        NumberPair, AfterValidator(lambda v: v if 0.5 <= v[0] and v[1] <= 2 else _fail("must lie within [0.5, 2]"))
+    ]
     shear_degrees: Annotated[Number, Field(ge=0, le=45)]
     elastic_alpha: Annotated[Number, Field(ge=0, le=50)]
     elastic_grid: Annotated[Int, Field(ge=2, le=64)]
@@ -277,7 +302,7 @@ class Repeats(Section):
 
 class Regression(Section):
     baseline: str
-    tolerances: dict[str, Union[Tolerance, dict[str, Tolerance]]] = Field(min_length=1)
+    tolerances: dict[str, Tolerance | dict[str, Tolerance]] = Field(min_length=1)
     lower_is_better: list[str]
 
     def flat_tolerances(self) -> dict[str, float]:
@@ -299,11 +324,12 @@ class Regression(Section):
 
 class Reproduction(Section):
     exact_stages: list[str]
-    tolerances: dict[str, Optional[Tolerance]]
+    tolerances: dict[str, Tolerance | None]
 
 
 class Params(Section):
     """The whole of params.yaml."""
+
     dataset: Literal["synthetic", "paper", "public"]
     seed: Annotated[Int, Field(ge=0)]
     datasets: dict[str, DatasetSources]
@@ -333,14 +359,21 @@ class Params(Section):
         sources = set(self.sources.positives) | set(self.sources.negatives)
         unknown = sorted(set(self.split.external_sources) - sources)
         if unknown:
-            raise _located("split.external_sources", f"{', '.join(unknown)} is not a source of dataset "
-                           f"{self.dataset!r} ({', '.join(sorted(sources))})")
+            raise _located(
+                "split.external_sources",
+                f"{', '.join(unknown)} is not a source of dataset {self.dataset!r} ({', '.join(sorted(sources))})",
+            )
         if self.train.image_size > self.preprocess.cache_size:
-            raise _located("train.image_size", f"{self.train.image_size} is larger than "
-                           f"preprocess.cache_size {self.preprocess.cache_size}: the input is cut from that cache")
+            raise _located(
+                "train.image_size",
+                f"{self.train.image_size} is larger than "
+                f"preprocess.cache_size {self.preprocess.cache_size}: the input is cut from that cache",
+            )
         if self.explain.window > self.train.image_size:
-            raise _located("explain.window", f"{self.explain.window} is larger than the model input "
-                           f"(train.image_size {self.train.image_size})")
+            raise _located(
+                "explain.window",
+                f"{self.explain.window} is larger than the model input (train.image_size {self.train.image_size})",
+            )
         return self
 
     @property
@@ -358,8 +391,11 @@ class Params(Section):
         if self.dataset == "synthetic":
             return {"dataset": self.dataset, "seed": self.seed, "synthetic": self.synthetic.as_dict()}
         sources = self.needed_sources()
-        return {"dataset": self.dataset, "sources": sources,
-                "fetch": {name: getattr(self.fetch, name).as_dict() for name in sources}}
+        return {
+            "dataset": self.dataset,
+            "sources": sources,
+            "fetch": {name: getattr(self.fetch, name).as_dict() for name in sources},
+        }
 
 
 class _Located(ValueError):
@@ -424,7 +460,7 @@ def validate(params: dict) -> Params:
         raise ConfigError(_one_line(exc)) from None
 
 
-MAX_PARAMS_BYTES = 1 << 20   # a parameter file is a few kilobytes; anything near this is not one
+MAX_PARAMS_BYTES = 1 << 20  # a parameter file is a few kilobytes; anything near this is not one
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -436,8 +472,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise yaml.composer.ComposerError(
-                None, None, "YAML anchors and aliases (&name, *name) are not allowed in a parameter file",
-                event.start_mark)
+                None,
+                None,
+                "YAML anchors and aliases (&name, *name) are not allowed in a parameter file",
+                event.start_mark,
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
@@ -447,7 +486,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if isinstance(key, (str, int, float, bool)) or key is None:
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+                        None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                    )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -456,8 +496,10 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         if path.is_file() and path.stat().st_size > MAX_PARAMS_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size} bytes, more than a parameter file's "
-                              f"{MAX_PARAMS_BYTES} (refused before parsing)")
+            raise ConfigError(
+                f"{path}: {path.stat().st_size} bytes, more than a parameter file's "
+                f"{MAX_PARAMS_BYTES} (refused before parsing)"
+            )
         text = path.read_bytes().decode("utf-8")
         params = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:

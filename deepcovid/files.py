@@ -14,8 +14,8 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Iterator
 
 from deepcovid.errors import InputError, OutputError
 
@@ -167,7 +167,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     removed = []
     prefix = f".{path.name}."
     for entry in path.parent.iterdir():
-        match = _STALE.fullmatch(entry.name[len(prefix):]) if entry.name.startswith(prefix) else None
+        match = _STALE.fullmatch(entry.name[len(prefix) :]) if entry.name.startswith(prefix) else None
         if not match:
             continue
         pid = int(match.group(1))
@@ -263,8 +263,10 @@ def read_text_table(data: bytes | str, name: str, encoding_errors: str = "strict
         if not record:  # a blank line
             continue
         if len(record) != len(header):
-            raise InputError(f"{name}: line {starts[i]} has {len(record)} fields where the header has "
-                             f"{len(header)} (a stray quote or separator?)")
+            raise InputError(
+                f"{name}: line {starts[i]} has {len(record)} fields where the header has "
+                f"{len(header)} (a stray quote or separator?)"
+            )
         rows.append([cell.strip() for cell in record])
         lines.append(starts[i])
     names = [column.strip() for column in header]

@@ -9,21 +9,33 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from deepcovid.errors import InputError
 
-__all__ = ["exp", "log", "sin", "cos", "power", "hypot", "gaussian_filter", "resample",
-           "resize_uint8", "resize_uint8_crops", "draw_polylines", "Rng"]
+__all__ = [
+    "exp",
+    "log",
+    "sin",
+    "cos",
+    "power",
+    "hypot",
+    "gaussian_filter",
+    "resample",
+    "resize_uint8",
+    "resize_uint8_crops",
+    "draw_polylines",
+    "Rng",
+]
 
 # Cody-Waite split constants (fdlibm): the high parts have trailing zero bits, so k * HI is
 # exact for the |k| that occur here.
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.44269504088896338700e+00
-_PIO2_HI = 1.57079632673412561417e+00
+_INV_LN2 = 1.44269504088896338700e00
+_PIO2_HI = 1.57079632673412561417e00
 _PIO2_MID = 6.07710050630396597660e-11
 _PIO2_LO = 2.02226624879595063154e-21
 _TWO_OVER_PI = 6.36619772367581382433e-01
@@ -53,10 +65,10 @@ def _horner(x: np.ndarray, coeffs: Sequence[float]) -> np.ndarray:
     return acc
 
 
-_EXP_COEFFS = [1.0 / math.factorial(i) for i in range(14)]            # |r| <= ln2/2: error < 1e-17
-_SIN_COEFFS = [(-1.0) ** i / math.factorial(2 * i + 1) for i in range(9)]   # in r^2, times r
-_COS_COEFFS = [(-1.0) ** i / math.factorial(2 * i) for i in range(10)]      # in r^2
-_ATANH_COEFFS = [1.0 / (2 * i + 1) for i in range(12)]                # in s^2, times 2s; |s| <= 0.172
+_EXP_COEFFS = [1.0 / math.factorial(i) for i in range(14)]  # |r| <= ln2/2: error < 1e-17
+_SIN_COEFFS = [(-1.0) ** i / math.factorial(2 * i + 1) for i in range(9)]  # in r^2, times r
+_COS_COEFFS = [(-1.0) ** i / math.factorial(2 * i) for i in range(10)]  # in r^2
+_ATANH_COEFFS = [1.0 / (2 * i + 1) for i in range(12)]  # in s^2, times 2s; |s| <= 0.172
 
 
 def exp(x):
@@ -72,7 +84,7 @@ def log(x):
     """Natural logarithm for x > 0 (x <= 0 gives nan / -inf as np.log)."""
     a, dtype = _as_float64(x)
     with np.errstate(invalid="ignore", divide="ignore"):
-        m, e = np.frexp(a)                       # a = m * 2**e, 0.5 <= m < 1 (exact)
+        m, e = np.frexp(a)  # a = m * 2**e, 0.5 <= m < 1 (exact)
         small = m < _SQRT_HALF
         m = np.where(small, m * 2.0, m)
         e = (e - small.astype(e.dtype)).astype(np.float64)
@@ -160,11 +172,13 @@ def gaussian_filter(img: np.ndarray, sigma: float, truncate: float = 4.0) -> np.
 
 def _kernel(name: str):
     if name == "bicubic":  # Keys, a = -0.5 (Pillow's and Catmull-Rom's)
+
         def f(x):
             x = np.abs(x)
             near = ((1.5 * x - 2.5) * x) * x + 1.0
             far = ((-0.5 * x + 2.5) * x - 4.0) * x + 2.0
             return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
         return f, 2.0
     if name == "bilinear":
         return (lambda x: np.maximum(0.0, 1.0 - np.abs(x))), 1.0
@@ -186,7 +200,7 @@ def _taps(n_in: int, n_out: int, kernel: str) -> tuple[np.ndarray, np.ndarray]:
     w = f((idx + 0.5 - centre[:, None]) / fscale)
     w = np.where((idx >= 0) & (idx < n_in), w, 0.0)
     total = np.zeros(n_out)
-    for j in range(k):           # fixed summation order
+    for j in range(k):  # fixed summation order
         total = total + w[:, j]
     w = w / total[:, None]
     return np.clip(idx, 0, n_in - 1), w
@@ -264,7 +278,7 @@ def resize_uint8(img: np.ndarray, width: int, height: int, kernel: str = "bicubi
     a = img.astype(np.int64)
     for axis, n_out in ((1, width), (0, height)):
         idx, wi = _int_taps(a.shape[axis], n_out, kernel)
-        acc = np.zeros(a.shape[:axis] + (n_out,) + a.shape[axis + 1:], dtype=np.int64)
+        acc = np.zeros(a.shape[:axis] + (n_out,) + a.shape[axis + 1 :], dtype=np.int64)
         shape = [1] * a.ndim
         shape[axis] = n_out
         for j in range(idx.shape[1]):
@@ -338,7 +352,7 @@ class Rng:
         m = (n + 1) // 2
         u1 = self._g.random(m)
         u2 = self._g.random(m)
-        radius = np.sqrt(-2.0 * log(1.0 - u1))          # 1 - u1 in (0, 1]
+        radius = np.sqrt(-2.0 * log(1.0 - u1))  # 1 - u1 in (0, 1]
         angle = (2.0 * math.pi) * u2
         z = np.concatenate([radius * cos(angle), radius * sin(angle)])[:n]
         if size is None:

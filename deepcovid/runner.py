@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from deepcovid import files
 from deepcovid.errors import DeepCovidError
@@ -86,7 +86,7 @@ def _stop_on_signals() -> None:
         signal.signal(number, _raise_terminated)
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:      # the parent died before the request took effect
+        if os.getppid() != parent:  # the parent died before the request took effect
             raise Terminated(signal.SIGTERM)
 
 
@@ -119,8 +119,11 @@ def run(main: Callable[[], int | None], stage: str) -> None:
     except KeyboardInterrupt as exc:
         _end_tracking_run("KILLED")
         what = f"stopped by {exc.signal}" if isinstance(exc, Terminated) else "interrupted"
-        print(f"{stage}: {what}; this run wrote none of its outputs (those `dvc repro` removed before the "
-              "stage ran come back with `dvc checkout`, uncached metrics with `dvc repro`)", file=sys.stderr)
+        print(
+            f"{stage}: {what}; this run wrote none of its outputs (those `dvc repro` removed before the "
+            "stage ran come back with `dvc checkout`, uncached metrics with `dvc repro`)",
+            file=sys.stderr,
+        )
         sys.exit(128 + exc.number if isinstance(exc, Terminated) else 130)
     except SystemExit:
         raise

@@ -23,9 +23,17 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     cfg = load_config(args.params)
-    result = run_audit(args.manifest, args.features, args.predictions, args.evaluation, cfg.audit,
-                       seed=cfg.seed, ci_method=cfg.evaluate.ci_method, alpha=cfg.evaluate.alpha,
-                       preprocessed_dir=args.preprocessed)
+    result = run_audit(
+        args.manifest,
+        args.features,
+        args.predictions,
+        args.evaluation,
+        cfg.audit,
+        seed=cfg.seed,
+        ci_method=cfg.evaluate.ci_method,
+        alpha=cfg.evaluate.alpha,
+        preprocessed_dir=args.preprocessed,
+    )
     files.write_json(args.out, result)
 
 

@@ -1,6 +1,6 @@
 """Stage augment: seeded augmented copies of each COVID-19 training image (the paper: 5).
 
-    python stages/augment.py data/manifest.csv data/preprocessed data/augmented
+python stages/augment.py data/manifest.csv data/preprocessed data/augmented
 """
 
 import argparse

@@ -22,8 +22,15 @@ def main() -> None:
     args = ap.parse_args()
     params = load_config(args.params)
     cfg = params.duplicates
-    groups, _ = find_duplicates(args.raw, args.positives, args.negatives, cfg.max_distance, cfg.min_correlation,
-                                cfg.workers, max_pixels=params.preprocess.max_pixels)
+    groups, _ = find_duplicates(
+        args.raw,
+        args.positives,
+        args.negatives,
+        cfg.max_distance,
+        cfg.min_correlation,
+        cfg.workers,
+        max_pixels=params.preprocess.max_pixels,
+    )
     files.write_csv(args.out, groups)
 
 

@@ -14,18 +14,34 @@ from deepcovid.explain.explain_run import run_explain
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, what in [("models", "model folder (train stage)"), ("manifest", "manifest.csv (split stage)"),
-                       ("cache", "preprocessed image folder"), ("predictions", "scores (train stage)"),
-                       ("evaluation", "evaluate.json: the operating point"), ("raw", "raw sources (annotations)"),
-                       ("out", "output: maps and index folder"), ("metrics", "output: metrics (JSON)"),
-                       ("plots", "output: one figure per image (folder)")]:
+    for name, what in [
+        ("models", "model folder (train stage)"),
+        ("manifest", "manifest.csv (split stage)"),
+        ("cache", "preprocessed image folder"),
+        ("predictions", "scores (train stage)"),
+        ("evaluation", "evaluate.json: the operating point"),
+        ("raw", "raw sources (annotations)"),
+        ("out", "output: maps and index folder"),
+        ("metrics", "output: metrics (JSON)"),
+        ("plots", "output: one figure per image (folder)"),
+    ]:
         ap.add_argument(name, help=what)
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     config = load_config(args.params)
-    run_explain(config.explain, seed=config.seed, models=args.models, manifest=args.manifest,
-                cache=args.cache, predictions=args.predictions, evaluation=args.evaluation, raw=args.raw,
-                out=args.out, metrics=args.metrics, plots=args.plots)
+    run_explain(
+        config.explain,
+        seed=config.seed,
+        models=args.models,
+        manifest=args.manifest,
+        cache=args.cache,
+        predictions=args.predictions,
+        evaluation=args.evaluation,
+        raw=args.raw,
+        out=args.out,
+        metrics=args.metrics,
+        plots=args.plots,
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage featurize: backbone features of every image, computed once (train.mode last_layer).
 
-    python stages/featurize.py data/manifest.csv data/preprocessed data/augmented data/features
+python stages/featurize.py data/manifest.csv data/preprocessed data/augmented data/features
 """
 
 import argparse
@@ -18,8 +18,9 @@ def main() -> None:
     ap.add_argument("out", help="output folder: features.npy, index.csv, meta.json")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
-    featurize(load_config(args.params), manifest=args.manifest, cache=args.cache,
-              augmented=args.augmented, out=args.out)
+    featurize(
+        load_config(args.params), manifest=args.manifest, cache=args.cache, augmented=args.augmented, out=args.out
+    )
 
 
 if __name__ == "__main__":

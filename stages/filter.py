@@ -1,6 +1,6 @@
 """Stage filter: keep frontal COVID-19 X-rays not excluded by the radiologist list.
 
-    python stages/filter.py data/raw data/filtered
+python stages/filter.py data/raw data/filtered
 """
 
 import argparse
@@ -17,8 +17,9 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     cfg = load_config(args.params)
-    positives, reports = select_positives(args.raw, cfg.sources.positives, cfg.filter.frontal_views,
-                                          cfg.filter.exclusions)
+    positives, reports = select_positives(
+        args.raw, cfg.sources.positives, cfg.filter.frontal_views, cfg.filter.exclusions
+    )
     with files.atomic_path(args.out) as tmp:
         tmp.mkdir()
         files.write_csv(tmp / "positives.csv", positives)

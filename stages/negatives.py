@@ -1,6 +1,6 @@
 """Stage negatives: the non-COVID images, each with its pool (train or test).
 
-    python stages/negatives.py data/raw data/negatives
+python stages/negatives.py data/raw data/negatives
 """
 
 import argparse
@@ -17,8 +17,9 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     cfg = load_config(args.params)
-    negatives, report = select_negatives(args.raw, cfg.dataset, cfg.sources.negatives, cfg.negatives,
-                                         cfg.filter.frontal_views, cfg.seed)
+    negatives, report = select_negatives(
+        args.raw, cfg.dataset, cfg.sources.negatives, cfg.negatives, cfg.filter.frontal_views, cfg.seed
+    )
     with files.atomic_path(args.out) as tmp:
         tmp.mkdir()
         files.write_csv(tmp / "negatives.csv", negatives)

@@ -20,8 +20,16 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(args.params).preprocess
     with files.atomic_path(args.out) as tmp:
-        build_cache(args.raw, args.manifest, tmp, cache_size=cfg.cache_size, resize=cfg.resize,
-                    grayscale=cfg.grayscale, workers=cfg.workers, max_pixels=cfg.max_pixels)
+        build_cache(
+            args.raw,
+            args.manifest,
+            tmp,
+            cache_size=cfg.cache_size,
+            resize=cfg.resize,
+            grayscale=cfg.grayscale,
+            workers=cfg.workers,
+            max_pixels=cfg.max_pixels,
+        )
 
 
 if __name__ == "__main__":

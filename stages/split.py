@@ -22,9 +22,17 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     cfg = load_config(args.params)
-    manifest, report = split_dataset(args.raw, args.positives, args.negatives, args.duplicates,
-                                     cfg.split.covid_test_images, cfg.split.val_fraction, cfg.seed,
-                                     cfg.split.exclude_negatives_of_covid_patients, cfg.split.external_sources)
+    manifest, report = split_dataset(
+        args.raw,
+        args.positives,
+        args.negatives,
+        args.duplicates,
+        cfg.split.covid_test_images,
+        cfg.split.val_fraction,
+        cfg.seed,
+        cfg.split.exclude_negatives_of_covid_patients,
+        cfg.split.external_sources,
+    )
     files.write_csv(args.manifest, manifest)
     files.write_json(args.report, {"dataset": cfg.dataset, **report})
 

@@ -85,22 +85,49 @@ def main() -> None:
     environment.seed_everything(args.seed)
     model, _ = build_model("resnet18", "none")
     prep = preprocessing("resnet18")
-    aug = Augment(copies=1, hflip_p=0.5, rotation_degrees=10, translate=0.05, scale=[0.95, 1.05], shear_degrees=5,
-                  elastic_alpha=3.0, elastic_grid=5)
+    aug = Augment(
+        copies=1,
+        hflip_p=0.5,
+        rotation_degrees=10,
+        translate=0.05,
+        scale=[0.95, 1.05],
+        shear_degrees=5,
+        elastic_alpha=3.0,
+        elastic_grid=5,
+    )
     train_set = ImageDataset(*files("train"), train_transform(prep, args.image_size, aug))
     val_set = ImageDataset(*files("val"), eval_transform(prep, args.image_size))
 
     model, history, best_epoch = training.train_full(
-        model, train_set, val_set, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        device=device, checkpoint=Path(args.checkpoint), num_workers=args.num_workers, on_epoch=on_epoch)
+        model,
+        train_set,
+        val_set,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=device,
+        checkpoint=Path(args.checkpoint),
+        num_workers=args.num_workers,
+        on_epoch=on_epoch,
+    )
 
     out = Path(args.out)
     hist = [{"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss} for h in history]
     (out / "ranks").mkdir(parents=True, exist_ok=True)
-    (out / "ranks" / f"rank{rank}.json").write_text(json.dumps({
-        "rank": rank, "world_size": torch.distributed.get_world_size() if distributed else 1,
-        "checkpoint_saves": saves["n"], "on_epoch_calls": calls["n"], "history": hist,
-        "best_epoch": best_epoch, "state_sha256": state_digest(model)}))
+    (out / "ranks" / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "world_size": torch.distributed.get_world_size() if distributed else 1,
+                "checkpoint_saves": saves["n"],
+                "on_epoch_calls": calls["n"],
+                "history": hist,
+                "best_epoch": best_epoch,
+                "state_sha256": state_digest(model),
+            }
+        )
+    )
     if rank == 0:
         torch.save({"state": model.state_dict(), "history": hist, "best_epoch": best_epoch}, out / "final.pt")
     if distributed:

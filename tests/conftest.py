@@ -9,6 +9,7 @@ Override the location with ``DEEPCOVID_SHARED_DATA``.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,27 +57,48 @@ def evaluate_to(root: Path, frame, cfg):
 @pytest.fixture(scope="session")
 def cfg():
     """The evaluate section of the committed params.yaml."""
-    from deepcovid.evaluation.evaluate import EvalConfig
     from deepcovid.config import load_config
+    from deepcovid.evaluation.evaluate import EvalConfig
 
     return EvalConfig.from_config(load_config(REPO_ROOT / "params.yaml"))
 
 
 #: The tiny synthetic pipeline trained up to evaluate (ResNet18, random weights, no MLflow): shared
-#: by the tests of predict, evaluate-external and the repeats stage. Tests that change its files
-#: restore them.
-TINY_TRAINED_STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment", "featurize",
-                       "train", "evaluate"]
+#: by the tests of the data stages, predict, evaluate-external, explain and the repeats stage.
+TINY_TRAINED_STAGES = [
+    "fetch",
+    "filter",
+    "negatives",
+    "duplicates",
+    "split",
+    "preprocess",
+    "augment",
+    "featurize",
+    "train",
+    "evaluate",
+]
 
 
 @pytest.fixture(scope="session")
-def tiny_trained(tmp_path_factory) -> Path:
+def tiny_trained(tmp_path_factory, worker_id) -> Path:
+    """Built once per test run: under pytest-xdist the first worker that needs it builds it in the
+    run's shared temporary folder while the others wait on a file lock, then all read it. Tests
+    must not change its files (copy it first: :func:`workspace.copy_without`)."""
+    from filelock import FileLock
+
     from workspace import TINY, make_workspace, run_stage
 
-    ws = make_workspace(tmp_path_factory.mktemp("tiny-trained"), **TINY, model="resnet18", weights="none")
-    for stage in TINY_TRAINED_STAGES:
-        run_stage(ws, stage, args=("--no-mlflow",) if stage == "train" else ())
-    return ws
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    root, done = shared / "tiny-trained", shared / "tiny-trained.done"
+    with FileLock(shared / "tiny-trained.lock"):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build interrupted in another worker
+            root.mkdir()
+            ws = make_workspace(root, **TINY, model="resnet18", weights="none")
+            for stage in TINY_TRAINED_STAGES:
+                run_stage(ws, stage, args=("--no-mlflow",) if stage == "train" else ())
+            done.touch()
+    return root
 
 
 #: Fixtures that run pipeline stages in a workspace: their tests are marked ``pipeline``.

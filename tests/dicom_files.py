@@ -9,10 +9,20 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int = 16,
-                window: tuple[float, float] | None = None, rescale: tuple[float, float] | None = None,
-                voi_lut: tuple[list[int], list[int]] | None = None, frames: int = 1, pixel_data: bool = True,
-                syntax=ExplicitVRLittleEndian, **attributes) -> Path:
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 16,
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    voi_lut: tuple[list[int], list[int]] | None = None,
+    frames: int = 1,
+    pixel_data: bool = True,
+    syntax=ExplicitVRLittleEndian,
+    **attributes,
+) -> Path:
     """A DX image (Part 10 file) of ``pixels`` (2-D; 3-D with ``frames`` > 1; H x W x 3 for
     RGB). ``window``: (centre, width); ``rescale``: (slope, intercept); ``voi_lut``:
     (LUTDescriptor, LUTData); further keyword arguments become header attributes."""

@@ -12,11 +12,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold, cross_val_predict
 from statsmodels.stats.proportion import proportion_confint
-
-from PIL import Image
 
 from deepcovid.config import Audit
 from deepcovid.evaluation import audit as A
@@ -24,8 +23,15 @@ from workspace import TINY, error_line, make_workspace, run_stage
 
 
 def test_view_classes():
-    assert [A.view_class(v) for v in ("PA", "pa ", "AP", "AP Supine", "AP semi erect", "L", "")] == \
-        ["PA", "PA", "AP", "AP", "AP", "other", "other"]
+    assert [A.view_class(v) for v in ("PA", "pa ", "AP", "AP Supine", "AP semi erect", "L", "")] == [
+        "PA",
+        "PA",
+        "AP",
+        "AP",
+        "AP",
+        "other",
+        "other",
+    ]
 
 
 def test_cross_validation_never_splits_a_group():
@@ -38,8 +44,9 @@ def test_cross_validation_never_splits_a_group():
     scores = A.grouped_oof_scores(features, target, groups, folds=5, seed=0)
     assert not np.isnan(scores).any()
     assert roc_auc_score(target, scores) < 0.7
-    leaky = cross_val_predict(A._head(), features, target, cv=KFold(5, shuffle=True, random_state=0),
-                              method="predict_proba")[:, 1]
+    leaky = cross_val_predict(
+        A._head(), features, target, cv=KFold(5, shuffle=True, random_state=0), method="predict_proba"
+    )[:, 1]
     assert roc_auc_score(target, leaky) > 0.95  # what the same head reaches when folds split groups
     r = A.readability(features, target, groups, folds=5, seed=0, min_per_class=5)
     assert r["folds"] == 5 and r["auc"] == pytest.approx(roc_auc_score(target, scores))
@@ -55,8 +62,11 @@ def test_readable_signal_is_found_and_small_classes_are_skipped():
     r = A.readability(features, target, groups, folds=5, seed=0, min_per_class=5)
     assert r["auc_low"] > 0.75 and r["n_pos"] == r["n_neg"] == 40 and r["auc_low"] < r["auc"] < r["auc_high"]
     few = np.r_[np.zeros(76), np.ones(4)].astype(int)
-    assert A.readability(features, few, groups, 5, 0, 5) == {"n_pos": 4, "n_neg": 76,
-                                                              "skipped": "fewer than 5 images of a class"}
+    assert A.readability(features, few, groups, 5, 0, 5) == {
+        "n_pos": 4,
+        "n_neg": 76,
+        "skipped": "fewer than 5 images of a class",
+    }
     two_groups = np.where(target == 1, 1, 0) + 2 * (np.arange(80) % 2 == 5)
     assert A.readability(features, target, two_groups, 5, 0, 5)["skipped"] == "fewer than 2 patients of a class"
 
@@ -81,7 +91,9 @@ def test_stratum_metrics_against_independent_computation():
     tn = int(((s < 0.5) & (y == 0)).sum())
     assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert m["sensitivity"] == tp / (tp + fn) and m["specificity"] == tn / int((y == 0).sum())
-    assert (m["sensitivity_low"], m["sensitivity_high"]) == pytest.approx(proportion_confint(tp, tp + fn, method="wilson"))
+    assert (m["sensitivity_low"], m["sensitivity_high"]) == pytest.approx(
+        proportion_confint(tp, tp + fn, method="wilson")
+    )
     only_neg = A.stratum_metrics(np.zeros(8), np.linspace(0, 1, 8), 0.5, "wilson", 0.05, 5)
     assert "auc" not in only_neg and "sensitivity" not in only_neg and only_neg["specificity"] == 0.5
 
@@ -90,13 +102,25 @@ def _table(n=200, seed=0, mixed=True, view_shortcut=False):
     """A manifest-like table: label, source (mixed within classes or not), view, split, scores."""
     rng = np.random.default_rng(seed)
     label = np.array([0, 1] * (n // 2))
-    source = np.where(rng.uniform(size=n) < (0.7 if mixed else 1.0), np.where(label == 1, "cohen", "chexpert"),
-                      np.where(label == 1, "chexpert", "cohen"))
+    source = np.where(
+        rng.uniform(size=n) < (0.7 if mixed else 1.0),
+        np.where(label == 1, "cohen", "chexpert"),
+        np.where(label == 1, "chexpert", "cohen"),
+    )
     view = np.where(label == 1, "AP", "PA") if view_shortcut else rng.choice(["PA", "AP", "AP Supine"], n)
     split = np.array(["train", "train", "val", "test", "test"] * (n // 5))
     score = np.clip(0.5 * label + rng.uniform(0, 0.6, n), 0, 1)
-    return pd.DataFrame({"image_id": [f"i{k}" for k in range(n)], "source": source, "view": view, "label": label,
-                         "split": split, "split_group": [f"g{k}" for k in range(n)], "score": score})
+    return pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(n)],
+            "source": source,
+            "view": view,
+            "label": label,
+            "split": split,
+            "split_group": [f"g{k}" for k in range(n)],
+            "score": score,
+        }
+    )
 
 
 def _audit(table, features):
@@ -108,8 +132,14 @@ def test_audit_flags_a_source_written_in_the_features_and_not_noise():
     rng = np.random.default_rng(3)
     noise = rng.standard_normal((len(table), 8))
     clean = _audit(table, noise)
-    assert clean["flags"] == {"image_shows_source": False, "image_shows_view": False, "metadata_rivals_model": False,
-                              "style_rivals_model": False, "source_is_label": False, "any": False}
+    assert clean["flags"] == {
+        "image_shows_source": False,
+        "image_shows_view": False,
+        "metadata_rivals_model": False,
+        "style_rivals_model": False,
+        "source_is_label": False,
+        "any": False,
+    }
     assert clean["style_baseline"] == {"skipped": "no image statistics (no preprocessed cache)"}
     assert clean["verdict"].startswith("No shortcut flagged")
     planted = noise.copy()
@@ -155,14 +185,16 @@ def test_style_baseline_flags_statistics_that_carry_the_label():
     table = _table()
     rng = np.random.default_rng(7)
     noise = rng.standard_normal((len(table), len(A.STYLE_FEATURES)))
-    plain = A.audit(table, None, 0.5, folds=5, seed=0, flag_auc=0.7, metadata=["source", "view"], min_per_class=5,
-                    statistics=noise)
+    plain = A.audit(
+        table, None, 0.5, folds=5, seed=0, flag_auc=0.7, metadata=["source", "view"], min_per_class=5, statistics=noise
+    )
     assert not plain["flags"]["style_rivals_model"] and plain["style_baseline"]["model_clearly_better"]
     assert plain["style_baseline"]["features"] == list(A.STYLE_FEATURES)
     styled = noise.copy()
     styled[:, 0] += 4.0 * table["label"].to_numpy()  # brightness that tells the label
-    shown = A.audit(table, None, 0.5, folds=5, seed=0, flag_auc=0.7, metadata=["source", "view"], min_per_class=5,
-                    statistics=styled)
+    shown = A.audit(
+        table, None, 0.5, folds=5, seed=0, flag_auc=0.7, metadata=["source", "view"], min_per_class=5, statistics=styled
+    )
     assert shown["flags"]["style_rivals_model"] and shown["style_baseline"]["auc"] > 0.95
     assert "only image statistics" in shown["verdict"]
 
@@ -175,18 +207,36 @@ def test_audit_table_needs_every_test_score():
 
 # ------------------------------------------------------------------------------ the stage, planted shortcut
 
-PIPELINE = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment", "featurize", "train",
-            "evaluate", "audit"]
+PIPELINE = [
+    "fetch",
+    "filter",
+    "negatives",
+    "duplicates",
+    "split",
+    "preprocess",
+    "augment",
+    "featurize",
+    "train",
+    "evaluate",
+    "audit",
+]
 
 
 def _run(tmp_path, shift: float) -> dict:
     """The tiny pipeline with Cohen's other pneumonias among the negatives (both sources in that
     class) and the sources' look shifted by ``shift`` (synthetic.*.style_shift)."""
     tmp_path.mkdir()
-    ws = make_workspace(tmp_path, **{**TINY, "synthetic.cohen.other_patients": 16,
-                                     "datasets.synthetic.negatives": ["chexpert", "cohen"],
-                                     "synthetic.cohen.style_shift": shift, "synthetic.chexpert.style_shift": shift,
-                                     "mlflow.enabled": False})
+    ws = make_workspace(
+        tmp_path,
+        **{
+            **TINY,
+            "synthetic.cohen.other_patients": 16,
+            "datasets.synthetic.negatives": ["chexpert", "cohen"],
+            "synthetic.cohen.style_shift": shift,
+            "synthetic.chexpert.style_shift": shift,
+            "mlflow.enabled": False,
+        },
+    )
     for stage in PIPELINE:
         run_stage(ws, stage)
     return json.loads((ws / "metrics/audit.json").read_text())
@@ -206,9 +256,14 @@ def test_audit_flags_a_planted_source_shortcut_and_not_the_same_run_without(tmp_
     assert not plain["flags"]["source_is_label"]
     # image statistics alone read more of the label once the sources look different
     assert planted["style_baseline"]["auc"] > plain["style_baseline"]["auc"] + 0.05
-    print("planted:", {k: planted[k]["auc"] for k in ("metadata_baseline", "style_baseline")},
-          planted["source_readability"]["negatives"], "plain:",
-          {k: plain[k]["auc"] for k in ("metadata_baseline", "style_baseline")}, plain["source_readability"]["negatives"])
+    print(
+        "planted:",
+        {k: planted[k]["auc"] for k in ("metadata_baseline", "style_baseline")},
+        planted["source_readability"]["negatives"],
+        "plain:",
+        {k: plain[k]["auc"] for k in ("metadata_baseline", "style_baseline")},
+        plain["source_readability"]["negatives"],
+    )
 
 
 def test_stage_bad_parameter_is_one_line(tmp_path):
@@ -231,9 +286,12 @@ def test_run_audit_reads_its_files_as_the_stage_does(tmp_path):
     fdir.mkdir()
     stored = np.vstack([feats[order], feats[:3] + 100.0])  # then 3 augmented copies, far away
     np.save(fdir / "features.npy", stored.astype(np.float32))
-    pd.DataFrame({"image_id": list(table["image_id"].iloc[order]) + list(table["image_id"].iloc[:3]),
-                  "parent": [""] * len(table) + list(table["image_id"].iloc[:3])}).to_csv(fdir / "index.csv",
-                                                                                        index=False)
+    pd.DataFrame(
+        {
+            "image_id": list(table["image_id"].iloc[order]) + list(table["image_id"].iloc[:3]),
+            "parent": [""] * len(table) + list(table["image_id"].iloc[:3]),
+        }
+    ).to_csv(fdir / "index.csv", index=False)
     assert np.array_equal(A.load_features(fdir, table["image_id"]), feats.astype(np.float32).astype(np.float64))
     with pytest.raises(A.AuditError, match=r"no features for nope \(1 images\)"):
         A.load_features(fdir, ["nope"])
@@ -241,12 +299,18 @@ def test_run_audit_reads_its_files_as_the_stage_does(tmp_path):
     pre = tmp_path / "pre"
     (pre / "images").mkdir(parents=True)
     grays = {}
-    for k, image_id in enumerate(table["image_id"]):
+    for image_id in table["image_id"]:
         g = rng.integers(0, 256, (16, 16)).astype(np.uint8)
         grays[image_id] = g
         Image.fromarray(np.stack([g] * 3, axis=-1)).save(pre / "images" / f"{image_id}.png")
-    pd.DataFrame({"image_id": table["image_id"][::-1], "cache_path": [f"images/{i}.png" for i in table["image_id"][::-1]],
-                  "width": 300, "height": 200}).to_csv(pre / "index.csv", index=False)
+    pd.DataFrame(
+        {
+            "image_id": table["image_id"][::-1],
+            "cache_path": [f"images/{i}.png" for i in table["image_id"][::-1]],
+            "width": 300,
+            "height": 200,
+        }
+    ).to_csv(pre / "index.csv", index=False)
     stats = A.load_statistics(pre, table["image_id"])
     assert stats.shape == (len(table), len(A.STYLE_FEATURES))
     assert np.array_equal(stats[5], A.image_statistics(grays[table["image_id"][5]], 300, 200))
@@ -257,17 +321,45 @@ def test_run_audit_reads_its_files_as_the_stage_does(tmp_path):
     scored[["image_id", "score"]].to_csv(tmp_path / "predictions.csv", index=False)
     (tmp_path / "evaluate.json").write_text(json.dumps({"test": {"threshold": 0.4}}))
     cfg = Audit(folds=5, flag_auc=0.7, metadata=["source", "view"], min_per_class=5)
-    result = A.run_audit(tmp_path / "manifest.csv", fdir, tmp_path / "predictions.csv", tmp_path / "evaluate.json",
-                         cfg, seed=0, ci_method="wilson", alpha=0.05, preprocessed_dir=pre)
-    read_table = A.audit_table(pd.read_csv(tmp_path / "manifest.csv", dtype=str, keep_default_na=False),
-                               pd.read_csv(tmp_path / "predictions.csv", dtype={"image_id": str}))
+    result = A.run_audit(
+        tmp_path / "manifest.csv",
+        fdir,
+        tmp_path / "predictions.csv",
+        tmp_path / "evaluate.json",
+        cfg,
+        seed=0,
+        ci_method="wilson",
+        alpha=0.05,
+        preprocessed_dir=pre,
+    )
+    read_table = A.audit_table(
+        pd.read_csv(tmp_path / "manifest.csv", dtype=str, keep_default_na=False),
+        pd.read_csv(tmp_path / "predictions.csv", dtype={"image_id": str}),
+    )
     assert read_table["score"].isna().tolist() == (table["split"] == "train").tolist()
-    want = A.audit(read_table, feats.astype(np.float32).astype(np.float64), 0.4, folds=5, seed=0, flag_auc=0.7,
-                   metadata=["source", "view"], min_per_class=5, statistics=stats)
+    want = A.audit(
+        read_table,
+        feats.astype(np.float32).astype(np.float64),
+        0.4,
+        folds=5,
+        seed=0,
+        flag_auc=0.7,
+        metadata=["source", "view"],
+        min_per_class=5,
+        statistics=stats,
+    )
     assert json.dumps(result, sort_keys=True, default=str) == json.dumps(want, sort_keys=True, default=str)
     assert result["settings"]["threshold"] == 0.4 and "auc" in result["style_baseline"]
     first_test = scored.loc[scored["split"] == "test", "image_id"].iloc[0]
     scored[scored["image_id"] != first_test][["image_id", "score"]].to_csv(tmp_path / "predictions.csv", index=False)
     with pytest.raises(A.AuditError, match=f"no score for test image {first_test}"):
-        A.run_audit(tmp_path / "manifest.csv", fdir, tmp_path / "predictions.csv", tmp_path / "evaluate.json",
-                    cfg, seed=0, ci_method="wilson", alpha=0.05)
+        A.run_audit(
+            tmp_path / "manifest.csv",
+            fdir,
+            tmp_path / "predictions.csv",
+            tmp_path / "evaluate.json",
+            cfg,
+            seed=0,
+            ci_method="wilson",
+            alpha=0.05,
+        )

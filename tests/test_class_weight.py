@@ -49,13 +49,14 @@ def test_weighted_validation_loss_is_the_weighted_mean():
 def _fit(class_weight):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(60, 4, generator=gen)
-    y = (torch.arange(60) < 10).long()       # 10 positives, 50 negatives
-    x[:, 0] += 0.8 * y                       # a weak signal
+    y = (torch.arange(60) < 10).long()  # 10 positives, 50 negatives
+    x[:, 0] += 0.8 * y  # a weak signal
     head = nn.Linear(4, 2)
     torch.manual_seed(0)
     head.reset_parameters()
-    head, history, best = train_head(head, x, y, x[:20], y[:20], epochs=30, batch_size=8, lr=0.05, seed=1,
-                                     class_weight=class_weight)
+    head, history, best = train_head(
+        head, x, y, x[:20], y[:20], epochs=30, batch_size=8, lr=0.05, seed=1, class_weight=class_weight
+    )
     with torch.no_grad():
         return torch.softmax(head(x), 1)[:, 1], history
 

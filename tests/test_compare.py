@@ -21,10 +21,8 @@ from scipy.stats import norm
 from sklearn import metrics as skm
 from statsmodels.stats.proportion import proportion_confint
 
-from deepcovid.config import load_config
 from deepcovid.evaluation import compare
-from deepcovid.evaluation.compare import comparison_markdown, compare_models
-from deepcovid.evaluation.evaluate import EvalConfig
+from deepcovid.evaluation.compare import compare_models, comparison_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 Z95 = float(norm.ppf(0.975))
@@ -40,8 +38,15 @@ def frame(test_y, test_s, val_y=None, val_s=None, prefix="img") -> pd.DataFrame:
         if ys is None:
             continue
         for i, (label, score) in enumerate(zip(ys, ss)):
-            rows.append({"image_id": f"{prefix}-{split}-{i}", "label": int(label), "split": split,
-                         "score": float(score), "group": "covid" if label else "normal"})
+            rows.append(
+                {
+                    "image_id": f"{prefix}-{split}-{i}",
+                    "label": int(label),
+                    "split": split,
+                    "score": float(score),
+                    "group": "covid" if label else "normal",
+                }
+            )
     df = pd.DataFrame(rows)
     df["label"] = df["label"].astype(np.int64)
     return df
@@ -86,12 +91,15 @@ def ece_by_hand(y, p, bins=10):
 
 # Test split: 8 COVID-19, 10 not; val: 6 COVID-19, 6 not. Scores in distinct hundredths (no ties in A).
 Y = np.r_[np.ones(8, int), np.zeros(10, int)]
-SA = np.array([0.91, 0.83, 0.77, 0.64, 0.58, 0.45, 0.33, 0.12,
-               0.71, 0.52, 0.41, 0.36, 0.27, 0.22, 0.18, 0.09, 0.05, 0.02])
-SB = np.array([0.95, 0.90, 0.81, 0.79, 0.68, 0.62, 0.47, 0.40,
-               0.55, 0.43, 0.38, 0.30, 0.25, 0.16, 0.14, 0.08, 0.06, 0.03])
-SC = np.array([0.61, 0.52, 0.35, 0.74, 0.28, 0.49, 0.15, 0.66,
-               0.70, 0.57, 0.44, 0.31, 0.26, 0.42, 0.19, 0.37, 0.07, 0.11])
+SA = np.array(
+    [0.91, 0.83, 0.77, 0.64, 0.58, 0.45, 0.33, 0.12, 0.71, 0.52, 0.41, 0.36, 0.27, 0.22, 0.18, 0.09, 0.05, 0.02]
+)
+SB = np.array(
+    [0.95, 0.90, 0.81, 0.79, 0.68, 0.62, 0.47, 0.40, 0.55, 0.43, 0.38, 0.30, 0.25, 0.16, 0.14, 0.08, 0.06, 0.03]
+)
+SC = np.array(
+    [0.61, 0.52, 0.35, 0.74, 0.28, 0.49, 0.15, 0.66, 0.70, 0.57, 0.44, 0.31, 0.26, 0.42, 0.19, 0.37, 0.07, 0.11]
+)
 YV = np.r_[np.ones(6, int), np.zeros(6, int)]
 SV = np.array([0.88, 0.76, 0.69, 0.51, 0.34, 0.29, 0.60, 0.32, 0.24, 0.13, 0.10, 0.04])
 
@@ -129,13 +137,14 @@ def test_compare_row_values(compared, cfg):
         tp, tn = int(np.sum(pred & (Y == 1))), int(np.sum(~pred & (Y == 0)))
         assert row["sensitivity"] == tp / 8 and row["specificity"] == tn / 10
         assert (row["sensitivity_low"], row["sensitivity_high"]) == pytest.approx(
-            proportion_confint(tp, 8, alpha=0.05, method="wilson"), abs=1e-12)
+            proportion_confint(tp, 8, alpha=0.05, method="wilson"), abs=1e-12
+        )
         assert (row["specificity_low"], row["specificity_high"]) == pytest.approx(
-            proportion_confint(tn, 10, alpha=0.05, method="wilson"), abs=1e-12)
+            proportion_confint(tn, 10, alpha=0.05, method="wilson"), abs=1e-12
+        )
         p_sens, p_spec = tp / 8, tn / 10
         assert row["paper_sensitivity_radius"] == pytest.approx(Z95 * math.sqrt(p_sens * (1 - p_sens) / 8), abs=1e-12)
-        assert row["paper_specificity_radius"] == pytest.approx(Z95 * math.sqrt(p_spec * (1 - p_spec) / 10),
-                                                                abs=1e-12)
+        assert row["paper_specificity_radius"] == pytest.approx(Z95 * math.sqrt(p_spec * (1 - p_spec) / 10), abs=1e-12)
         auc = skm.roc_auc_score(Y, s)
         assert row["auc"] == pytest.approx(auc, abs=1e-12)
         _, _, var = brute_delong(Y, s, s)  # var of a - a is 0: use the single-model variance instead
@@ -214,16 +223,23 @@ def test_compare_bootstrap_uses_config(runs, cfg):
     row = table.set_index("run").loc["B"]
     want = paired_bootstrap_auc(Y, SB, SA, n_resamples=120, seed=5, alpha=0.1)
     assert (row["auc_diff"], row["auc_diff_low"], row["auc_diff_high"], row["p_value"]) == (
-        want["difference"], want["low"], want["high"], want["p_value"])
+        want["difference"],
+        want["low"],
+        want["high"],
+        want["p_value"],
+    )
     other = paired_bootstrap_auc(Y, SB, SA, n_resamples=120, seed=6, alpha=0.1)
     assert (other["low"], other["high"]) != (want["low"], want["high"])  # the seed matters here
     assert row["z"] is None or pd.isna(row["z"])
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"reference": "Z"}, "'Z'"),
-    ({"paired": "wilcoxon"}, "'wilcoxon'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"reference": "Z"}, "'Z'"),
+        ({"paired": "wilcoxon"}, "'wilcoxon'"),
+    ],
+)
 def test_compare_rejects_bad_arguments(runs, cfg, kwargs, fragment):
     """Bugs: an unknown reference or paired test accepted (the message names the bad value)."""
     with pytest.raises(ValueError) as err:
@@ -309,8 +325,21 @@ def test_markdown_cells(compared, cfg):
     md = comparison_markdown(table, cfg)
     lines = md.splitlines()
     head, align = _cells(lines[0]), lines[1]
-    assert head == ["Run", "Model", "Threshold", "Sensitivity [95% CI]", "paper ±", "Specificity [95% CI]",
-                    "paper ±", "AUC [95% CI]", "AP", "ECE", "ΔAUC vs A [95% CI]", "p", "p (Holm)"]
+    assert head == [
+        "Run",
+        "Model",
+        "Threshold",
+        "Sensitivity [95% CI]",
+        "paper ±",
+        "Specificity [95% CI]",
+        "paper ±",
+        "AUC [95% CI]",
+        "AP",
+        "ECE",
+        "ΔAUC vs A [95% CI]",
+        "p",
+        "p (Holm)",
+    ]
     assert align == "|" + "|".join(["---"] * 2 + ["---:"] * 11) + "|"
     rows = {(c := _cells(line))[0]: c for line in lines[2:5]}
     t = table.set_index("run")
@@ -332,19 +361,27 @@ def test_markdown_cells(compared, cfg):
             assert c[11] == f"{r['p_value']:.3f}" and c[12] == f"{float(r['p_value_holm']):.3f}"
     notes = lines[5:]
     assert notes[0] == ""
-    assert notes[1] == ("Test split: 18 images (8 COVID-19). Threshold: the highest reaching sensitivity 0.98 on "
-                        "the validation split, applied to test; '(test!)' marks runs without a usable validation "
-                        "split (paper-style threshold chosen on test).")
+    assert notes[1] == (
+        "Test split: 18 images (8 COVID-19). Threshold: the highest reaching sensitivity 0.98 on "
+        "the validation split, applied to test; '(test!)' marks runs without a usable validation "
+        "split (paper-style threshold chosen on test)."
+    )
     assert "wilson for sensitivity/specificity" in notes[2] and "AUC interval by delong." in notes[2]
-    assert notes[3] == "ΔAUC and p: DeLong paired test on the same test images against A; Holm: adjusted for 2 comparisons."
+    assert (
+        notes[3]
+        == "ΔAUC and p: DeLong paired test on the same test images against A; Holm: adjusted for 2 comparisons."
+    )
     assert md.endswith(".\n") and len(lines) == 9
 
 
 def test_markdown_without_models_and_val_everywhere(runs, cfg):
     """Bugs: the Model column shown when no run has a model; the '(test!)' note when every run used val;
     the level, interval method and bootstrap wording not taken from the configuration."""
-    c = cfg.model_copy(update=dict(alpha=0.1, ci_method="clopper-pearson", auc_ci="bootstrap",
-                            bootstrap_resamples=50, target_sensitivity=0.9))
+    c = cfg.model_copy(
+        update=dict(
+            alpha=0.1, ci_method="clopper-pearson", auc_ci="bootstrap", bootstrap_resamples=50, target_sensitivity=0.9
+        )
+    )
     table, _ = compare_models({"A": runs["A"], "B": runs["B"]}, c, paired="bootstrap")
     md = comparison_markdown(table, c, paired="bootstrap")
     lines = md.splitlines()
@@ -370,10 +407,14 @@ def test_markdown_number_formats(cfg):
 # --------------------------------------------------------------------------- small helpers
 
 
-@pytest.mark.parametrize("text, want", [
-    ("a=b.csv", ("a", "b.csv")), (" resnet 18 = dir/p.csv ", ("resnet 18", "dir/p.csv")),
-    ("x=a=b.csv", ("x", "a=b.csv")),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("a=b.csv", ("a", "b.csv")),
+        (" resnet 18 = dir/p.csv ", ("resnet 18", "dir/p.csv")),
+        ("x=a=b.csv", ("x", "a=b.csv")),
+    ],
+)
 def test_parse_run(text, want):
     assert compare.parse_run(text) == want
 
@@ -386,10 +427,18 @@ def test_parse_run_rejects(text):
     assert repr(text) in str(err.value)
 
 
-@pytest.mark.parametrize("name, want", [
-    ("resnet18", "resnet18"), ("exp a/b", "exp_a_b"), ("__x y__", "x_y"), ("a.b-c_d", "a.b-c_d"),
-    ("///", "run"), ("", "run"), ("é!x", "x"),
-])
+@pytest.mark.parametrize(
+    "name, want",
+    [
+        ("resnet18", "resnet18"),
+        ("exp a/b", "exp_a_b"),
+        ("__x y__", "x_y"),
+        ("a.b-c_d", "a.b-c_d"),
+        ("///", "run"),
+        ("", "run"),
+        ("é!x", "x"),
+    ],
+)
 def test_safe(name, want):
     assert compare.safe(name) == want
 
@@ -437,17 +486,23 @@ def test_dvc_experiments_command_and_rows(monkeypatch, caplog):
     errored experiments kept, a missing model not ''."""
     shown = [
         {"rev": "workspace", "name": None, "data": {"outs": {"data/predictions.csv": {"hash": "x"}}}},
-        {**_rev("a" * 40, None, "resnet18"), "experiments": [
-            {"name": "grp", "executor": None, "revs": [_rev("b" * 40, None, "densenet121"),
-                                                     _rev("c" * 40, "exp-c", None)]},
-            {"name": None, "executor": {"state": "failed"}, "revs": [_rev("d" * 40, "exp-d", "x")]},
-            {"executor": "running", "revs": [_rev("e" * 40, "exp-e", "x")]},
-            {"name": None, "executor": None, "revs": [{**_rev("f" * 40, None, "x"), "name": None}]},
-            {"executor": None, "revs": [_rev("1" * 40, "exp-err", "x", error={"msg": "broken"})]},
-            {"executor": None, "revs": [_rev("2" * 40, "exp-str", "x", error="bad")]},
-            {"executor": None, "revs": [_rev("3" * 40, "exp-noparams", params=False)]},
-            {"executor": None},
-        ]},
+        {
+            **_rev("a" * 40, None, "resnet18"),
+            "experiments": [
+                {
+                    "name": "grp",
+                    "executor": None,
+                    "revs": [_rev("b" * 40, None, "densenet121"), _rev("c" * 40, "exp-c", None)],
+                },
+                {"name": None, "executor": {"state": "failed"}, "revs": [_rev("d" * 40, "exp-d", "x")]},
+                {"executor": "running", "revs": [_rev("e" * 40, "exp-e", "x")]},
+                {"name": None, "executor": None, "revs": [{**_rev("f" * 40, None, "x"), "name": None}]},
+                {"executor": None, "revs": [_rev("1" * 40, "exp-err", "x", error={"msg": "broken"})]},
+                {"executor": None, "revs": [_rev("2" * 40, "exp-str", "x", error="bad")]},
+                {"executor": None, "revs": [_rev("3" * 40, "exp-noparams", params=False)]},
+                {"executor": None},
+            ],
+        },
         {**_rev("9" * 40, "old", "vgg"), "experiments": None},
     ]
     calls = []
@@ -460,7 +515,7 @@ def test_dvc_experiments_command_and_rows(monkeypatch, caplog):
     monkeypatch.setattr(compare, "dvc_binary", lambda: "DVC")
     with caplog.at_level("WARNING", logger="compare"):
         found = compare.dvc_experiments("/repo", "data/predictions.csv", commits=3)
-    (cmd, kw), = calls
+    ((cmd, kw),) = calls
     assert cmd == ["DVC", "exp", "show", "--json", "-n", "3"]
     assert kw["cwd"] == "/repo" and kw["capture_output"] and kw["text"]
     assert found == [
@@ -482,11 +537,18 @@ def test_dvc_experiments_command_and_rows(monkeypatch, caplog):
 
 def test_dvc_experiments_skips_missing_output(monkeypatch, caplog):
     """Bug: a revision without the predictions output (or without a hash) listed."""
-    shown = [{**_rev("a" * 40, "main", "m", out=False), "experiments": [
-        {"executor": None, "revs": [{**_rev("b" * 40, "e1", "m"),
-                                     "data": {"outs": {"data/predictions.csv": {"hash": None}}}}]},
-        {"executor": None, "revs": [{"rev": "c" * 40, "name": "e2", "data": None}]},
-    ]}]
+    shown = [
+        {
+            **_rev("a" * 40, "main", "m", out=False),
+            "experiments": [
+                {
+                    "executor": None,
+                    "revs": [{**_rev("b" * 40, "e1", "m"), "data": {"outs": {"data/predictions.csv": {"hash": None}}}}],
+                },
+                {"executor": None, "revs": [{"rev": "c" * 40, "name": "e2", "data": None}]},
+            ],
+        }
+    ]
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: _Proc(json.dumps(shown)))
     with caplog.at_level("WARNING", logger="compare"):
         assert compare.dvc_experiments(".", "data/predictions.csv") == []
@@ -499,8 +561,9 @@ def test_dvc_experiments_skips_missing_output(monkeypatch, caplog):
 
 def test_dvc_experiments_errors(monkeypatch):
     """Bugs: a failing or non-JSON `dvc exp show` not reported (the message gives dvc's last line)."""
-    monkeypatch.setattr(compare.subprocess, "run",
-                        lambda *a, **k: _Proc("", returncode=1, stderr="first\nERROR: not a git repo\n"))
+    monkeypatch.setattr(
+        compare.subprocess, "run", lambda *a, **k: _Proc("", returncode=1, stderr="first\nERROR: not a git repo\n")
+    )
     with pytest.raises(RuntimeError, match="in /r: ERROR: not a git repo$"):
         compare.dvc_experiments("/r", "p.csv")
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: _Proc("", returncode=2, stderr=""))
@@ -541,8 +604,11 @@ def test_collect_runs_from_files_and_dvc(monkeypatch, tmp_path, caplog):
     """Bugs: runs from DVC experiments skipped or mis-named, their models lost, unreadable ones not
     skipped (or a bad predictions table skipped instead of failing), duplicate names accepted."""
     (tmp_path / "x.csv").write_text(CSV)
-    exps = [{"name": "e1", "rev": "1" * 40, "model": "resnet18"}, {"name": "e2", "rev": "2" * 40, "model": "vgg"},
-            {"name": "e3", "rev": "3" * 40, "model": "m"}]
+    exps = [
+        {"name": "e1", "rev": "1" * 40, "model": "resnet18"},
+        {"name": "e2", "rev": "2" * 40, "model": "vgg"},
+        {"name": "e3", "rev": "3" * 40, "model": "m"},
+    ]
     asked = {}
 
     def fake_exps(repo, path, include_baseline=True, commits=1):
@@ -560,8 +626,14 @@ def test_collect_runs_from_files_and_dvc(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(compare, "dvc_experiments", fake_exps)
     monkeypatch.setattr(compare, "read_dvc_predictions", fake_read)
     with caplog.at_level("WARNING", logger="compare"):
-        runs, models = compare.collect_runs([f"file={tmp_path / 'x.csv'}"], from_dvc_exps=True, repo="/r",
-                                            predictions_path="p.csv", include_baseline=False, commits=4)
+        runs, models = compare.collect_runs(
+            [f"file={tmp_path / 'x.csv'}"],
+            from_dvc_exps=True,
+            repo="/r",
+            predictions_path="p.csv",
+            include_baseline=False,
+            commits=4,
+        )
     assert asked == {"repo": "/r", "path": "p.csv", "include_baseline": False, "commits": 4}
     assert list(runs) == ["e1", "e3", "file"]
     assert models == {"e1": "resnet18", "e3": "m", "file": ""}
@@ -573,8 +645,7 @@ def test_collect_runs_from_files_and_dvc(monkeypatch, tmp_path, caplog):
     assert asked == {"repo": ".", "path": "data/predictions.csv", "include_baseline": True, "commits": 1}
     assert reads[-1] == (".", "data/predictions.csv", "3" * 40, "e3")
     # a table DVC returned but that is not valid predictions: an error, not a skip
-    monkeypatch.setattr(compare, "read_dvc_predictions",
-                        lambda *a: (_ for _ in ()).throw(ValueError("bad table")))
+    monkeypatch.setattr(compare, "read_dvc_predictions", lambda *a: (_ for _ in ()).throw(ValueError("bad table")))
     with pytest.raises(ValueError, match="bad table"):
         compare.collect_runs([], from_dvc_exps=True)
     # without --from-dvc-exps, DVC is not asked
@@ -605,13 +676,20 @@ def test_write_comparison_files(monkeypatch, tmp_path, compared, cfg):
     reliability diagrams kept."""
     table, details = compared
     drawn = {}
-    monkeypatch.setattr(compare.figures, "roc_curves", lambda curves, path, title="": drawn.update(
-        roc=(curves, Path(path), title)))
-    monkeypatch.setattr(compare.figures, "pr_curves", lambda curves, path, prevalence=None, title="": drawn.update(
-        pr=(curves, Path(path), prevalence, title)))
+    monkeypatch.setattr(
+        compare.figures, "roc_curves", lambda curves, path, title="": drawn.update(roc=(curves, Path(path), title))
+    )
+    monkeypatch.setattr(
+        compare.figures,
+        "pr_curves",
+        lambda curves, path, prevalence=None, title="": drawn.update(pr=(curves, Path(path), prevalence, title)),
+    )
     rel = []
-    monkeypatch.setattr(compare.figures, "reliability_diagram",
-                        lambda tab, ece, path, title="": rel.append((tab, ece, Path(path), title)))
+    monkeypatch.setattr(
+        compare.figures,
+        "reliability_diagram",
+        lambda tab, ece, path, title="": rel.append((tab, ece, Path(path), title)),
+    )
     nested = tmp_path / "x" / "y"
     compare.write_comparison(nested, table, details, {"A": "resnet18"}, cfg, paired="bootstrap")
     assert "paired stratified bootstrap" in (nested / "table.md").read_text(encoding="utf-8")
@@ -640,8 +718,10 @@ def test_write_comparison_files(monkeypatch, tmp_path, compared, cfg):
     curves, path, _ = drawn["roc"]
     assert path == out / "roc.png"
     assert [c["label"] for c in curves] == [
-        f"A (resnet18): AUC {skm.roc_auc_score(Y, SA):.3f}", f"B: AUC {skm.roc_auc_score(Y, SB):.3f}",
-        f"C (squeezenet): AUC {skm.roc_auc_score(Y, SC):.3f}"]
+        f"A (resnet18): AUC {skm.roc_auc_score(Y, SA):.3f}",
+        f"B: AUC {skm.roc_auc_score(Y, SB):.3f}",
+        f"C (squeezenet): AUC {skm.roc_auc_score(Y, SC):.3f}",
+    ]
     for c, name, s in zip(curves, "ABC", (SA, SB, SC)):
         t = details[name].details["test"]
         fp = int(np.sum((s >= t["threshold"]) & (Y == 0)))
@@ -651,8 +731,10 @@ def test_write_comparison_files(monkeypatch, tmp_path, compared, cfg):
     pr_curves, path, prevalence, _ = drawn["pr"]
     assert path == out / "pr.png" and prevalence == pytest.approx(8 / 18)
     assert [c["label"] for c in pr_curves] == [
-        f"A (resnet18): AP {skm.average_precision_score(Y, SA):.3f}", f"B: AP {skm.average_precision_score(Y, SB):.3f}",
-        f"C (squeezenet): AP {skm.average_precision_score(Y, SC):.3f}"]
+        f"A (resnet18): AP {skm.average_precision_score(Y, SA):.3f}",
+        f"B: AP {skm.average_precision_score(Y, SB):.3f}",
+        f"C (squeezenet): AP {skm.average_precision_score(Y, SC):.3f}",
+    ]
     np.testing.assert_array_equal(pr_curves[1]["precision"], details["B"].pr["precision"])
     np.testing.assert_array_equal(pr_curves[1]["recall"], details["B"].pr["recall"])
     assert [r[2].name for r in rel] == ["reliability_A.png", "reliability_B.png", "reliability_C.png"]

@@ -21,8 +21,6 @@ from statsmodels.stats.multitest import multipletests
 from deepcovid.evaluation import delong as D
 from deepcovid.evaluation import ranking as R
 from deepcovid.evaluation.compare import compare_models, comparison_markdown
-from deepcovid.evaluation.evaluate import EvalConfig
-from deepcovid.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 Z95 = float(norm.ppf(0.975))
@@ -69,9 +67,19 @@ def brute_paired(y, a, b, z=Z95):
     diff = aucs[0] - aucs[1]
     var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     se = math.sqrt(var)
-    return {"diff": diff, "var": var, "var_no_cov": cov[0, 0] + cov[1, 1], "se": se, "z": diff / se,
-            "p": 2 * norm.sf(abs(diff / se)), "low": diff - z * se, "high": diff + z * se,
-            "auc_a": aucs[0], "auc_b": aucs[1], "cov": cov[0, 1]}
+    return {
+        "diff": diff,
+        "var": var,
+        "var_no_cov": cov[0, 0] + cov[1, 1],
+        "se": se,
+        "z": diff / se,
+        "p": 2 * norm.sf(abs(diff / se)),
+        "low": diff - z * se,
+        "high": diff + z * se,
+        "auc_a": aucs[0],
+        "auc_b": aucs[1],
+        "cov": cov[0, 1],
+    }
 
 
 def hand_holm(p):
@@ -140,7 +148,8 @@ def test_auc_and_variance_match_definition(seed):
     assert res["auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
     assert res["variance"] == pytest.approx(cov[0, 0], abs=1e-12)
     assert (res["low"], res["high"]) == pytest.approx(
-        (max(0.0, aucs[0] - Z95 * math.sqrt(cov[0, 0])), min(1.0, aucs[0] + Z95 * math.sqrt(cov[0, 0]))), abs=1e-10)
+        (max(0.0, aucs[0] - Z95 * math.sqrt(cov[0, 0])), min(1.0, aucs[0] + Z95 * math.sqrt(cov[0, 0]))), abs=1e-10
+    )
 
 
 # --------------------------------------------------------------------------- paired DeLong test
@@ -205,8 +214,18 @@ def _run_frame(y_test, s_test, y_val, s_val) -> pd.DataFrame:
     for split, y, s in (("test", y_test, s_test), ("val", y_val, s_val)):
         for i, (label, score) in enumerate(zip(y, s)):
             g = "covid" if label == 1 else ("normal" if i % 3 else "other-disease")
-            rows.append({"image_id": f"{split}-{i}", "source": "syn", "patient": f"p{i}", "label": int(label),
-                         "group": g, "category": g, "split": split, "score": float(score)})
+            rows.append(
+                {
+                    "image_id": f"{split}-{i}",
+                    "source": "syn",
+                    "patient": f"p{i}",
+                    "label": int(label),
+                    "group": g,
+                    "category": g,
+                    "split": split,
+                    "score": float(score),
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -221,9 +240,11 @@ def three_models():
     def sig(x):
         return np.round(1.0 / (1.0 + np.exp(-x)), 3)
 
-    scores = {"A": sig(latent + rng.normal(scale=0.8, size=y.size)),
-              "B": sig(latent + rng.normal(scale=0.8, size=y.size) + 0.5 * y),
-              "C": sig(latent + rng.normal(scale=1.6, size=y.size))}
+    scores = {
+        "A": sig(latent + rng.normal(scale=0.8, size=y.size)),
+        "B": sig(latent + rng.normal(scale=0.8, size=y.size) + 0.5 * y),
+        "C": sig(latent + rng.normal(scale=1.6, size=y.size)),
+    }
     y_val = np.r_[np.ones(20, int), np.zeros(30, int)]
     runs = {}
     for name, s in scores.items():
@@ -333,15 +354,18 @@ def test_compare_bootstrap_values(cfg):
     s_val = np.clip(0.3 + 0.4 * y_val + rng.normal(scale=0.1, size=y_val.size), 0, 1)
     runs = {name: _run_frame(y, s, y_val, s_val) for name, s in (("S", strong), ("T", shuffled), ("N", noise))}
     b = 200
-    table, _ = compare_models(runs, cfg.model_copy(update=dict(bootstrap_resamples=b)), reference="S",
-                              paired="bootstrap")
+    table, _ = compare_models(
+        runs, cfg.model_copy(update=dict(bootstrap_resamples=b)), reference="S", paired="bootstrap"
+    )
     table = table.set_index("run")
-    assert table.loc["N", "auc_diff"] == pytest.approx(skm.roc_auc_score(y, noise) - skm.roc_auc_score(y, strong),
-                                                       abs=1e-12)
+    assert table.loc["N", "auc_diff"] == pytest.approx(
+        skm.roc_auc_score(y, noise) - skm.roc_auc_score(y, strong), abs=1e-12
+    )
     assert table.loc["N", "auc_diff"] < -0.3 and table.loc["N", "auc_diff_high"] < 0
     assert table.loc["N", "p_value"] == pytest.approx(2 / (b + 1), abs=1e-15)
     assert table.loc["T", "auc_diff"] == 0.0 and table.loc["T", "p_value"] > 0.75
     raw = table.loc[["T", "N"], "p_value"].astype(float).to_numpy()
-    np.testing.assert_allclose(table.loc[["T", "N"], "p_value_holm"].astype(float),
-                               multipletests(raw, method="holm")[1], rtol=1e-12)
+    np.testing.assert_allclose(
+        table.loc[["T", "N"], "p_value_holm"].astype(float), multipletests(raw, method="holm")[1], rtol=1e-12
+    )
     assert float(table.loc["N", "p_value_holm"]) == pytest.approx(4 / (b + 1), abs=1e-15)

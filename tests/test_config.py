@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from deepcovid.config import ConfigError, load_config, validate
-
 from workspace import REPO
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -74,8 +73,11 @@ def test_every_parameter_is_required(dotted):
     assert dotted in message and "missing" in message
 
 
-SECTIONS = [""] + [k for k in _leaves(PARAMS, dicts=True) if _closed(k)] + [
-    "datasets.public", "negatives.counts.paper", "negatives.counts.paper.train"]
+SECTIONS = (
+    [""]
+    + [k for k in _leaves(PARAMS, dicts=True) if _closed(k)]
+    + ["datasets.public", "negatives.counts.paper", "negatives.counts.paper.train"]
+)
 
 
 @pytest.mark.parametrize("section", SECTIONS)
@@ -85,71 +87,81 @@ def test_unknown_keys_are_rejected(section):
     assert f"parameter {dotted}: unknown parameter" in message
 
 
-@pytest.mark.parametrize("dotted, value, expect", [
-    ("train.epochs", 0, "greater than or equal to 1"),
-    ("train.epochs", True, "valid integer"),
-    ("train.epochs", 2.5, "valid integer"),
-    ("train.lr", 0, "greater than 0"),
-    ("train.lr", True, "not true/false"),
-    ("train.mode", "head", "last_layer"),
-    ("train.shuffle_labels", "yes", "valid boolean"),
-    ("model", "vgg16", "efficientnet_lite0"),
-    ("dataset", "kaggle", "synthetic"),
-    ("seed", -1, "greater than or equal to 0"),
-    ("datasets.public.negatives", ["cohen", "nih"], "cohen"),
-    ("datasets.public.positives", [], "at least 1"),
-    ("split.val_fraction", 0.95, "less than or equal to 0.9"),
-    ("preprocess.resize", "crop", "stretch"),
-    ("augment.hflip_p", 1.5, "less than or equal to 1"),
-    ("augment.scale", [1.1, 0.9], "low <= high"),
-    ("augment.scale", [0.1, 1.0], "within [0.5, 2]"),
-    ("augment.elastic_grid", 1, "greater than or equal to 2"),
-    ("augment.elastic_alpha", -5, "greater than or equal to 0"),  # would have turned the distortion off
-    ("fetch.cohen.timeout", float("inf"), "finite number"),
-    ("reproduction.tolerances.*", float("nan"), "finite number"),
-    ("mlflow.enabled", "no", "valid boolean"),
-    ("synthetic.cohen.severity", [0.5, 1.5], "within [0, 1]"),
-    ("synthetic.chexpert.images_per_patient", [0, 2], "low must be >= 1"),
-    ("evaluate.thresholds", [], "at least 1"),
-    ("evaluate.thresholds", [0.5, 1.2], "less than or equal to 1"),
-    ("evaluate.ci_method", "normal", "wilson"),
-    ("explain.runtime", "tensorrt", "onnxruntime"),
-    ("evaluate.alpha", 0.7, "less than or equal to 0.5"),
-    ("fetch.cohen.tree_sha256", "abc", "pattern"),
-    ("fetch.cohen.retries", 0, "greater than 0"),
-    ("negatives.public_test_fraction", -0.1, "greater than or equal to 0"),
-    ("regression.tolerances.test.auc", -0.01, "greater than or equal to 0"),
-    ("reproduction.tolerances.*", "big", "valid number"),
-    # size parameters: none may allocate beyond the machine in one step
-    ("train.image_size", 0, "greater than or equal to 32"),
-    ("train.image_size", 100_000, "less than or equal to 1024"),
-    ("preprocess.cache_size", 100_000, "less than or equal to 2048"),  # was 35.8 GiB of cache per image... at once
-    ("preprocess.max_pixels", 10**9, "less than or equal to 89478485"),
-    ("preprocess.max_pixels", 100, "greater than or equal to 65536"),
-    ("preprocess.workers", 10_000, "less than or equal to 256"),
-    ("train.epochs", 10**9, "less than or equal to 100000"),
-    ("train.batch_size", 10**6, "less than or equal to 4096"),
-    ("train.feature_batch_size", 10**6, "less than or equal to 4096"),
-    ("explain.batch_size", 10**6, "less than or equal to 4096"),
-    ("augment.copies", 1000, "less than or equal to 100"),
-    ("synthetic.chexpert.width", 100_000, "less than or equal to 8192"),
-    ("synthetic.cohen.size_range", [64, 100_000], "within [64, 8192]"),
-])
+@pytest.mark.parametrize(
+    "dotted, value, expect",
+    [
+        ("train.epochs", 0, "greater than or equal to 1"),
+        ("train.epochs", True, "valid integer"),
+        ("train.epochs", 2.5, "valid integer"),
+        ("train.lr", 0, "greater than 0"),
+        ("train.lr", True, "not true/false"),
+        ("train.mode", "head", "last_layer"),
+        ("train.shuffle_labels", "yes", "valid boolean"),
+        ("model", "vgg16", "efficientnet_lite0"),
+        ("dataset", "kaggle", "synthetic"),
+        ("seed", -1, "greater than or equal to 0"),
+        ("datasets.public.negatives", ["cohen", "nih"], "cohen"),
+        ("datasets.public.positives", [], "at least 1"),
+        ("split.val_fraction", 0.95, "less than or equal to 0.9"),
+        ("preprocess.resize", "crop", "stretch"),
+        ("augment.hflip_p", 1.5, "less than or equal to 1"),
+        ("augment.scale", [1.1, 0.9], "low <= high"),
+        ("augment.scale", [0.1, 1.0], "within [0.5, 2]"),
+        ("augment.elastic_grid", 1, "greater than or equal to 2"),
+        ("augment.elastic_alpha", -5, "greater than or equal to 0"),  # would have turned the distortion off
+        ("fetch.cohen.timeout", float("inf"), "finite number"),
+        ("reproduction.tolerances.*", float("nan"), "finite number"),
+        ("mlflow.enabled", "no", "valid boolean"),
+        ("synthetic.cohen.severity", [0.5, 1.5], "within [0, 1]"),
+        ("synthetic.chexpert.images_per_patient", [0, 2], "low must be >= 1"),
+        ("evaluate.thresholds", [], "at least 1"),
+        ("evaluate.thresholds", [0.5, 1.2], "less than or equal to 1"),
+        ("evaluate.ci_method", "normal", "wilson"),
+        ("explain.runtime", "tensorrt", "onnxruntime"),
+        ("evaluate.alpha", 0.7, "less than or equal to 0.5"),
+        ("fetch.cohen.tree_sha256", "abc", "pattern"),
+        ("fetch.cohen.retries", 0, "greater than 0"),
+        ("negatives.public_test_fraction", -0.1, "greater than or equal to 0"),
+        ("regression.tolerances.test.auc", -0.01, "greater than or equal to 0"),
+        ("reproduction.tolerances.*", "big", "valid number"),
+        # size parameters: none may allocate beyond the machine in one step
+        ("train.image_size", 0, "greater than or equal to 32"),
+        ("train.image_size", 100_000, "less than or equal to 1024"),
+        ("preprocess.cache_size", 100_000, "less than or equal to 2048"),  # was 35.8 GiB of cache per image... at once
+        ("preprocess.max_pixels", 10**9, "less than or equal to 89478485"),
+        ("preprocess.max_pixels", 100, "greater than or equal to 65536"),
+        ("preprocess.workers", 10_000, "less than or equal to 256"),
+        ("train.epochs", 10**9, "less than or equal to 100000"),
+        ("train.batch_size", 10**6, "less than or equal to 4096"),
+        ("train.feature_batch_size", 10**6, "less than or equal to 4096"),
+        ("explain.batch_size", 10**6, "less than or equal to 4096"),
+        ("augment.copies", 1000, "less than or equal to 100"),
+        ("synthetic.chexpert.width", 100_000, "less than or equal to 8192"),
+        ("synthetic.cohen.size_range", [64, 100_000], "within [64, 8192]"),
+    ],
+)
 def test_bad_values_name_the_parameter(dotted, value, expect):
     message = _error(_with(PARAMS, dotted, value))
     assert message.startswith(f"parameter {dotted.rsplit('.', 1)[0] if dotted.endswith('.*') else dotted}")
     assert expect in message
 
 
-@pytest.mark.parametrize("changes, where, expect", [
-    ({"train.image_size": 300}, "train.image_size", "larger than preprocess.cache_size 256"),
-    ({"filter.frontal_views": ["PA", "Lateral"]}, "filter.frontal_views", "lateral view (Lateral)"),
-    ({"fetch.actualmed.method": "git", "fetch.actualmed.commit": "27240dd"}, "fetch.actualmed.commit", "full commit"),
-    ({"fetch.cohen.url": "", "fetch.cohen.local_dir": None}, "fetch.cohen.url", "set url"),
-    ({"fetch.cohen.commit": ""}, "fetch.cohen.commit", "url contains {commit}"),
-    ({"regression.lower_is_better": ["test.brier"]}, "regression.lower_is_better", "test.brier"),
-    ({"dataset": "paper", "datasets": {"public": PARAMS["datasets"]["public"]}}, "datasets", "'paper'"),
-])
+@pytest.mark.parametrize(
+    "changes, where, expect",
+    [
+        ({"train.image_size": 300}, "train.image_size", "larger than preprocess.cache_size 256"),
+        ({"filter.frontal_views": ["PA", "Lateral"]}, "filter.frontal_views", "lateral view (Lateral)"),
+        (
+            {"fetch.actualmed.method": "git", "fetch.actualmed.commit": "27240dd"},
+            "fetch.actualmed.commit",
+            "full commit",
+        ),
+        ({"fetch.cohen.url": "", "fetch.cohen.local_dir": None}, "fetch.cohen.url", "set url"),
+        ({"fetch.cohen.commit": ""}, "fetch.cohen.commit", "url contains {commit}"),
+        ({"regression.lower_is_better": ["test.brier"]}, "regression.lower_is_better", "test.brier"),
+        ({"dataset": "paper", "datasets": {"public": PARAMS["datasets"]["public"]}}, "datasets", "'paper'"),
+    ],
+)
 def test_cross_checks_name_the_parameter(changes, where, expect):
     params = PARAMS
     for dotted, value in changes.items():
@@ -186,12 +198,16 @@ def test_yaml_alias_bombs_and_huge_files_are_refused_before_any_work(tmp_path):
     import time
 
     from deepcovid.config import MAX_PARAMS_BYTES
+
     text = (REPO / "params.yaml").read_text()
     bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"a{k}: &a{k} [*a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}, *a{k - 1}]\n"
-        for k in range(1, 12))
+        for k in range(1, 12)
+    )
     path = tmp_path / "params.yaml"
-    path.write_text(text.replace("mlflow:\n", "mlflow:\n  bomb:\n" + "".join("    " + line + "\n" for line in bomb.splitlines()), 1))
+    path.write_text(
+        text.replace("mlflow:\n", "mlflow:\n  bomb:\n" + "".join("    " + line + "\n" for line in bomb.splitlines()), 1)
+    )
     start = time.perf_counter()
     with pytest.raises(ConfigError, match=r"anchors and aliases .* are not allowed"):
         load_config(path)
@@ -234,6 +250,12 @@ def test_stages_pass_the_typed_configuration_not_dicts(script):
 
 def test_the_dict_check_sees_each_form():
     assert dict_passing("run(cfg.as_dict())\nrun(**cfg.train.model_dump())\n") == [
-        "line 1: .as_dict()", "line 2: **cfg.train.model_dump()", "line 2: .model_dump()"]
-    assert dict_passing("f(dict(cfg.train))\ng(**config.explain)\n") == ["line 1: dict(...)", "line 2: **config.explain"]
+        "line 1: .as_dict()",
+        "line 2: **cfg.train.model_dump()",
+        "line 2: .model_dump()",
+    ]
+    assert dict_passing("f(dict(cfg.train))\ng(**config.explain)\n") == [
+        "line 1: dict(...)",
+        "line 2: **config.explain",
+    ]
     assert dict_passing("run(cfg.train, seed=cfg.seed)\nx = dict()\n") == []

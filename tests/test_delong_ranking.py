@@ -67,8 +67,9 @@ def test_delong_two_of_each_class_is_enough(y):
     assert res["auc"] == pytest.approx(auc[0], abs=1e-14) and res["variance"] == pytest.approx(cov[0, 0], abs=1e-14)
 
 
-@pytest.mark.parametrize("y, counts", [([1, 0, 0, 0, 0], "1 positive, 4 negative"),
-                                       ([0, 1, 1, 1], "3 positive, 1 negative")])
+@pytest.mark.parametrize(
+    "y, counts", [([1, 0, 0, 0, 0], "1 positive, 4 negative"), ([0, 1, 1, 1], "3 positive, 1 negative")]
+)
 def test_delong_one_of_a_class_rejected(y, counts):
     """Bug: a single sample of one class accepted (its variance is undefined); the message gives the counts."""
     with pytest.raises(ValueError, match=counts):
@@ -183,8 +184,11 @@ def test_roc_and_pr_drop_intermediate():
     np.testing.assert_array_equal(r, sr)
     np.testing.assert_array_equal(t, st)
     assert t.size == np.unique(s).size
-    assert R.pr_curve(y, s, drop_intermediate=True)[2].size == skm.precision_recall_curve(
-        y, s, drop_intermediate=True)[2].size < t.size
+    assert (
+        R.pr_curve(y, s, drop_intermediate=True)[2].size
+        == skm.precision_recall_curve(y, s, drop_intermediate=True)[2].size
+        < t.size
+    )
     assert R.average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s), abs=1e-15)
 
 
@@ -194,8 +198,10 @@ def test_roc_and_pr_drop_intermediate():
 def _sk_auc_diff(pos_a, neg_a, pos_b, neg_b):
     def statistic(i, j):
         labels = np.r_[np.ones(i.size), np.zeros(j.size)]
-        return (skm.roc_auc_score(labels, np.r_[pos_a[i], neg_a[j]])
-                - skm.roc_auc_score(labels, np.r_[pos_b[i], neg_b[j]]))
+        return skm.roc_auc_score(labels, np.r_[pos_a[i], neg_a[j]]) - skm.roc_auc_score(
+            labels, np.r_[pos_b[i], neg_b[j]]
+        )
+
     return statistic
 
 
@@ -211,8 +217,15 @@ def test_auc_bootstrap_against_independent_bootstrap(seed, alpha, n):
     def statistic(p, q):
         return skm.roc_auc_score(np.r_[np.ones(p.size), np.zeros(q.size)], np.r_[p, q])
 
-    ref = stats.bootstrap((pos, neg), statistic, n_resamples=n, vectorized=False, confidence_level=1 - alpha,
-                          method="percentile", rng=np.random.default_rng(seed))
+    ref = stats.bootstrap(
+        (pos, neg),
+        statistic,
+        n_resamples=n,
+        vectorized=False,
+        confidence_level=1 - alpha,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     dist = ref.bootstrap_distribution
     res = R.auc_bootstrap(y, s, n_resamples=n, seed=seed, alpha=alpha)
     assert res["auc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-15)
@@ -231,12 +244,17 @@ def test_paired_bootstrap_against_independent_bootstrap():
     b = np.array([0.9, 0.7, 0.6, 0.4, 0.25, 0.5, 0.3, 0.45, 0.2, 0.1, 0.05])  # differs in one positive only
     pos_a, neg_a, pos_b, neg_b = a[y == 1], a[y == 0], b[y == 1], b[y == 0]
     for seed, n, alpha in ((0, 300, 0.05), (3, 101, 0.2)):
-        ref = stats.bootstrap((np.arange(5), np.arange(6)), _sk_auc_diff(pos_a, neg_a, pos_b, neg_b),
-                              n_resamples=n, vectorized=False, confidence_level=1 - alpha, method="percentile",
-                              rng=np.random.default_rng(seed))
+        ref = stats.bootstrap(
+            (np.arange(5), np.arange(6)),
+            _sk_auc_diff(pos_a, neg_a, pos_b, neg_b),
+            n_resamples=n,
+            vectorized=False,
+            confidence_level=1 - alpha,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
         d = ref.bootstrap_distribution
-        zeros, below, above = int(np.sum(np.isclose(d, 0, atol=1e-12))), int(np.sum(d < -1e-12)), \
-            int(np.sum(d > 1e-12))
+        zeros, below, above = int(np.sum(np.isclose(d, 0, atol=1e-12))), int(np.sum(d < -1e-12)), int(np.sum(d > 1e-12))
         assert zeros > 10 and above > 10 and below == 0  # b is a worse a: d >= 0, often exactly 0
         p_le, p_ge = (1 + below + zeros) / (1 + n), (1 + above + zeros) / (1 + n)
         res = R.paired_bootstrap_auc(y, a, b, n_resamples=n, seed=seed, alpha=alpha)

@@ -51,8 +51,9 @@ def test_window_is_applied_as_the_standard_defines_it(tmp_path, bits):
 def test_rescale_slope_and_intercept_come_before_the_window(tmp_path):
     pixels = chest(bits=12)
     slope, intercept, centre, width = 2.0, -1000.0, 3000.0, 2000.0
-    image, _ = D.read_dicom(write_dicom(tmp_path / "r.dcm", pixels, bits_stored=12, rescale=(slope, intercept),
-                                        window=(centre, width)))
+    image, _ = D.read_dicom(
+        write_dicom(tmp_path / "r.dcm", pixels, bits_stored=12, rescale=(slope, intercept), window=(centre, width))
+    )
     want = _linear_window(pixels * slope + intercept, centre, width).astype(int)
     assert np.abs(np.asarray(image).astype(int) - want).max() <= 1
 
@@ -60,8 +61,9 @@ def test_rescale_slope_and_intercept_come_before_the_window(tmp_path):
 def test_voi_lut_sequence_is_preferred_to_the_window(tmp_path):
     pixels = chest(bits=12)
     lut = [int(v) for v in np.round(np.sqrt(np.arange(4096) / 4095) * 1023)]  # a gamma LUT, 10-bit output
-    image, _ = D.read_dicom(write_dicom(tmp_path / "l.dcm", pixels, bits_stored=12, voi_lut=([4096, 0, 10], lut),
-                                        window=(100.0, 10.0)))
+    image, _ = D.read_dicom(
+        write_dicom(tmp_path / "l.dcm", pixels, bits_stored=12, voi_lut=([4096, 0, 10], lut), window=(100.0, 10.0))
+    )
     want = np.round(np.asarray(lut)[pixels] * 255 / 1023).astype(int)
     assert np.abs(np.asarray(image).astype(int) - want).max() <= 1
 
@@ -69,8 +71,9 @@ def test_voi_lut_sequence_is_preferred_to_the_window(tmp_path):
 def test_monochrome1_is_inverted(tmp_path):
     pixels = chest(bits=12)
     two, _ = D.read_dicom(write_dicom(tmp_path / "m2.dcm", pixels, bits_stored=12, window=(1500.0, 2000.0)))
-    one, _ = D.read_dicom(write_dicom(tmp_path / "m1.dcm", pixels, bits_stored=12, window=(1500.0, 2000.0),
-                                      photometric="MONOCHROME1"))
+    one, _ = D.read_dicom(
+        write_dicom(tmp_path / "m1.dcm", pixels, bits_stored=12, window=(1500.0, 2000.0), photometric="MONOCHROME1")
+    )
     np.testing.assert_array_equal(np.asarray(one), 255 - np.asarray(two))
 
 
@@ -82,27 +85,35 @@ def test_rle_compressed_file_decodes_like_the_uncompressed_one(tmp_path):
     ds = pydicom.dcmread(path)
     ds.compress(RLELossless)
     ds.save_as(tmp_path / "rle.dcm")
-    np.testing.assert_array_equal(np.asarray(D.read_dicom(tmp_path / "rle.dcm")[0]),
-                                  np.asarray(D.read_dicom(path)[0]))
+    np.testing.assert_array_equal(np.asarray(D.read_dicom(tmp_path / "rle.dcm")[0]), np.asarray(D.read_dicom(path)[0]))
 
 
 def test_header_notes(tmp_path):
     pixels = chest()
-    _, notes = D.read_dicom(write_dicom(tmp_path / "lat.dcm", pixels, bits_stored=12, ViewPosition="LL",
-                                        Modality="CT", BodyPartExamined="HAND"))
+    _, notes = D.read_dicom(
+        write_dicom(
+            tmp_path / "lat.dcm", pixels, bits_stored=12, ViewPosition="LL", Modality="CT", BodyPartExamined="HAND"
+        )
+    )
     assert any("lateral view" in n and "LL" in n for n in notes)
     assert any("Modality CT" in n for n in notes) and any("HAND" in n for n in notes)
     _, frontal = D.read_dicom(write_dicom(tmp_path / "pa.dcm", pixels, bits_stored=12, ViewPosition="PA"))
     assert frontal == []
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda p: write_dicom(p, np.stack([chest()] * 3), bits_stored=12, frames=3), r"multi-frame DICOM \(3 frames\)"),
-    (lambda p: write_dicom(p, chest(), bits_stored=12, pixel_data=False), "without pixel data"),
-    (lambda p: write_dicom(p, chest(), bits_stored=12, photometric="PALETTE COLOR"), "PALETTE COLOR"),
-    (lambda p: p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 3), "without pixel data"),
-    (lambda p: p.write_bytes(write_dicom(p, chest(), bits_stored=12).read_bytes()[:300]), "without pixel data"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (
+            lambda p: write_dicom(p, np.stack([chest()] * 3), bits_stored=12, frames=3),
+            r"multi-frame DICOM \(3 frames\)",
+        ),
+        (lambda p: write_dicom(p, chest(), bits_stored=12, pixel_data=False), "without pixel data"),
+        (lambda p: write_dicom(p, chest(), bits_stored=12, photometric="PALETTE COLOR"), "PALETTE COLOR"),
+        (lambda p: p.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 3), "without pixel data"),
+        (lambda p: p.write_bytes(write_dicom(p, chest(), bits_stored=12).read_bytes()[:300]), "without pixel data"),
+    ],
+)
 def test_refused_with_the_reason(tmp_path, make, reason):
     path = tmp_path / "bad.dcm"
     make(path)

@@ -25,7 +25,9 @@ _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 # [text](target) and ![alt](target), with an optional <...> around the target and a title
-_INLINE_LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*(<[^>]*>|[^)\s]+)(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^)]*\)))?\s*\)")
+_INLINE_LINK = re.compile(
+    r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*(<[^>]*>|[^)\s]+)(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^)]*\)))?\s*\)"
+)
 # [label]: target (reference definitions)
 _REF_DEF = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(<[^>]*>|\S+)")
 _CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)
@@ -44,8 +46,12 @@ def outside_fences(text: str) -> list[tuple[int, str]]:
                 fence = match.group(1)
                 continue
             lines.append((number, line))
-        elif match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence) \
-                and not line.strip()[len(match.group(1)):].strip():
+        elif (
+            match
+            and match.group(1)[0] == fence[0]
+            and len(match.group(1)) >= len(fence)
+            and not line.strip()[len(match.group(1)) :].strip()
+        ):
             fence = None
     return lines
 
@@ -97,8 +103,12 @@ def anchors(path: Path) -> set[str]:
             continue
         if _SETEXT.match(line) and index > 0:
             prev_number, prev = lines[index - 1]
-            if prev_number == number - 1 and prev.strip() and not prev.lstrip().startswith(("|", "-", "*", "+", ">")) \
-                    and not _ATX.match(prev):
+            if (
+                prev_number == number - 1
+                and prev.strip()
+                and not prev.lstrip().startswith(("|", "-", "*", "+", ">"))
+                and not _ATX.match(prev)
+            ):
                 headings.append(prev.strip())
         result.update(_HTML_ANCHOR.findall(line))
     for heading in headings:
@@ -183,14 +193,19 @@ def test_readme_links_every_docs_page():
 
 def test_github_slug_rule():
     assert github_slug("Reproducibility") == "reproducibility"
-    assert github_slug("Does it see COVID-19 or the source? The confounder audit") == \
-        "does-it-see-covid-19-or-the-source-the-confounder-audit"
-    assert github_slug("Data size: what dvc repro costs as the data grows") == \
-        "data-size-what-dvc-repro-costs-as-the-data-grows"
-    assert github_slug("Offline backbones (deepcovid compare --from-dvc-exps)") == \
-        "offline-backbones-deepcovid-compare---from-dvc-exps"
-    assert github_slug("Comparing architectures (the paper's Table 6)") == \
-        "comparing-architectures-the-papers-table-6"
+    assert (
+        github_slug("Does it see COVID-19 or the source? The confounder audit")
+        == "does-it-see-covid-19-or-the-source-the-confounder-audit"
+    )
+    assert (
+        github_slug("Data size: what dvc repro costs as the data grows")
+        == "data-size-what-dvc-repro-costs-as-the-data-grows"
+    )
+    assert (
+        github_slug("Offline backbones (deepcovid compare --from-dvc-exps)")
+        == "offline-backbones-deepcovid-compare---from-dvc-exps"
+    )
+    assert github_slug("Comparing architectures (the paper's Table 6)") == "comparing-architectures-the-papers-table-6"
     assert github_slug("snake_case and [a link](x.md)") == "snake_case-and-a-link"
 
 

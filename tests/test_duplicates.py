@@ -4,14 +4,12 @@ the split keeping near-duplicates together.
 The hash is checked against an independent float reference (scipy's DCT and rank functions),
 the pairwise distance against a plain loop, robustness on transformed copies of real X-rays, and
 the chosen threshold on the real Cohen / Actualmed copy in ../shared/data (the groups found there
-were checked by eye: README, "Duplicates").
+were checked by eye: docs/audit.md, "Duplicates").
 """
 
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from scipy.stats import rankdata
 from deepcovid.config import ConfigError, load_config
 from deepcovid.data import duplicates as dup
 from deepcovid.data.split import SplitError, check_no_leak, make_split
+from workspace import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,15 +63,24 @@ def test_distances_equal_a_plain_loop():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 2**63, size=(3, len(dup.CROPS), 4), dtype=np.uint64)
     b = rng.integers(0, 2**63, size=(4, len(dup.CROPS), 4), dtype=np.uint64)
-    b[1, 7] = a[2, 0]                    # b[1] cropped (crop 7) equals a[2] whole
+    b[1, 7] = a[2, 0]  # b[1] cropped (crop 7) equals a[2] whole
     a[0, 3] = b[3, 0] ^ np.array([0b111, 0, 0, 0], dtype=np.uint64)  # a[0] cropped: 3 bits from b[3] whole
 
     def bits(x, y):
         return sum(bin(int(p) ^ int(q)).count("1") for p, q in zip(x, y))
 
-    want = np.array([[min(min(bits(a[i, v], b[j, 0]) for v in range(len(dup.CROPS))),
-                          min(bits(a[i, 0], b[j, v]) for v in range(len(dup.CROPS)))) for j in range(4)]
-                     for i in range(3)])
+    want = np.array(
+        [
+            [
+                min(
+                    min(bits(a[i, v], b[j, 0]) for v in range(len(dup.CROPS))),
+                    min(bits(a[i, 0], b[j, v]) for v in range(len(dup.CROPS))),
+                )
+                for j in range(4)
+            ]
+            for i in range(3)
+        ]
+    )
     np.testing.assert_array_equal(dup.distances(a, b), want)
     assert want[2, 1] == 0 and want[0, 3] <= 3
     pairs = dup.near_pairs(np.concatenate([a, b]), max_distance=3)
@@ -87,8 +95,11 @@ def test_groups_are_connected_components_with_closest_member():
     # a-b (1 bit), b-c (2 bits) chain into one group; a-c is 3 bits apart; d, e are far
     assert groups["group"].tolist() == ["d00000"] * 3
     assert dict(zip(groups["name"], groups["closest"])) == {"a": "b", "b": "a", "c": "b"}
-    assert dict(zip(groups["name"], groups["similarity"])) == {"a": round(1 - 1 / 255, 4), "b": round(1 - 1 / 255, 4),
-                                                               "c": round(1 - 2 / 255, 4)}
+    assert dict(zip(groups["name"], groups["similarity"])) == {
+        "a": round(1 - 1 / 255, 4),
+        "b": round(1 - 1 / 255, 4),
+        "c": round(1 - 2 / 255, 4),
+    }
     assert len(pairs) == 2
     none, _ = dup.duplicate_groups(list("abcde"), h, max_distance=0, skip=[1])
     assert none.empty
@@ -104,10 +115,38 @@ def _copies(image: Image.Image) -> dict[str, Image.Image]:
     return {
         "jpeg40": Image.open(io.BytesIO(buf.getvalue())),
         "half": image.resize((w // 2, h // 2), Image.BILINEAR),
-        "crop3": image.crop((int(w * .03), int(h * .03), w, h)),
-        "crop4": image.crop((int(w * .04), int(h * .04), w - int(w * .04), h - int(h * .04))),
-        "gamma": Image.fromarray(np.round(255 * a ** 0.7).astype(np.uint8)),
+        "crop3": image.crop((int(w * 0.03), int(h * 0.03), w, h)),
+        "crop4": image.crop((int(w * 0.04), int(h * 0.04), w - int(w * 0.04), h - int(h * 0.04))),
+        "gamma": Image.fromarray(np.round(255 * a**0.7).astype(np.uint8)),
     }
+
+
+def test_hashing_workers_run_with_one_blas_thread(tmp_path, monkeypatch):
+    """OpenBLAS's own threads on top of the hashing threads made the stage several times slower on a
+    busy machine (bench/busy_machine.py): inside the workers BLAS has one thread, and after the
+    stream it has its threads back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+
+    seen = []
+    real = dup.thumbnails
+
+    def spy(gray):
+        seen.append(blas_threads())
+        return real(gray)
+
+    monkeypatch.setattr(dup, "thumbnails", spy)
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (80, 90), dtype=np.uint8)).save(paths[-1])
+    with threadpool_limits(2, user_api="blas"):  # as on any machine with 2 cores or more
+        assert blas_threads() == {2}
+        thumbs, errors = dup.read_thumbnails(paths, workers=2)
+        assert blas_threads() == {2}
+    assert not errors and len(seen) == 4 and all(s == {1} for s in seen), seen
 
 
 def test_transformed_copies_of_real_xrays_are_found_and_nothing_else(shared_data, tmp_path):
@@ -126,20 +165,27 @@ def test_transformed_copies_of_real_xrays_are_found_and_nothing_else(shared_data
     groups, unreadable, n = dup.audit_paths([str(tmp_path)], cfg.max_distance, cfg.min_correlation)
     assert not unreadable and n == 60 + 4 * 5
     members = groups.groupby("group")["path"].apply(lambda p: sorted(Path(x).name for x in p)).tolist()
-    want = [sorted([f"orig{k:02d}.png", *[f"copy{k:02d}_{t}.png" for t in ("jpeg40", "half", "crop3", "crop4", "gamma")]])
-            for k in range(4)]
+    want = [
+        sorted([f"orig{k:02d}.png", *[f"copy{k:02d}_{t}.png" for t in ("jpeg40", "half", "crop3", "crop4", "gamma")]])
+        for k in range(4)
+    ]
     assert sorted(members) == sorted(want)
 
 
 def test_cli_finds_the_checked_duplicates_of_the_real_data(shared_data, tmp_path):
     """`deepcovid duplicates` on the real Cohen and Actualmed images with the default threshold finds
-    the 10 groups checked by eye (README, "Duplicates"): the same radiographs under other names
+    the 10 groups checked by eye (docs/audit.md, "Duplicates"): the same radiographs under other names
     and patient ids, and no pair of different radiographs; paths are as given."""
     (tmp_path / "notes.txt").write_text("not an image")
     out = tmp_path / "dup.csv"
     folders = [str(shared_data / "cohen" / "images"), str(shared_data / "actualmed" / "images")]
-    proc = subprocess.run([sys.executable, "-m", "deepcovid", "duplicates", *folders, str(tmp_path / "notes.txt"),
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_python(
+        ["-m", "deepcovid", "duplicates", *folders, str(tmp_path / "notes.txt"), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "notes.txt: left out (not a recognised image format)" in proc.stderr
     assert "10 groups of near-duplicates (21 of 624 images" in proc.stdout
@@ -148,19 +194,32 @@ def test_cli_finds_the_checked_duplicates_of_the_real_data(shared_data, tmp_path
     assert all(p.startswith(folders[0] + "/") for p in table["path"])
     found = sorted(sorted(Path(p).name for p in g) for _, g in table.groupby("group")["path"])
     ards = "covid-19-rapidly-progressive-acute-respiratory-distress-syndrome-ards-"
-    assert found == sorted([
-        ["16660_2_1.jpg", ards + "admission.jpg"], ["16660_3_1.jpg", ards + "day-1.jpg"],
-        ["16660_4_1.jpg", ards + "day-2.jpg"], ["16660_5_1.jpg", ards + "day-3.jpg"],
-        ["2-chest-filmc.jpg", "7-fatal-covid19.jpg"],
-        ["353889E0-A1E8-4F9E-A0B8-F24F36BCFBFB.jpeg", "case_72_RX-TORACE1.jpg"],
-        ["35AF5C3B-D04D-4B4B-92B7-CB1F67D83085.jpeg", "D5ACAA93-C779-4E22-ADFA-6A220489F840.jpeg"],
-        ["A7E260CE-8A00-4C5F-A7F5-27336527A981.jpeg", "case_76_1-3.png"],
-        ["AR-1.jpg", "AR-2.jpg", "extubation-1.jpg"],
-        ["E63574A7-4188-4C8D-8D17-9D67A18A1AFA.jpeg", "F4341CE7-73C9-45C6-99C8-8567A5484B63.jpeg"]])
-    missing = subprocess.run([sys.executable, "-m", "deepcovid", "duplicates", str(tmp_path / "nowhere"), "--out",
-                              str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 2 and missing.stderr.strip().splitlines()[-1] == \
-        f"duplicates: error: {tmp_path / 'nowhere'}: no such file or folder"
+    assert found == sorted(
+        [
+            ["16660_2_1.jpg", ards + "admission.jpg"],
+            ["16660_3_1.jpg", ards + "day-1.jpg"],
+            ["16660_4_1.jpg", ards + "day-2.jpg"],
+            ["16660_5_1.jpg", ards + "day-3.jpg"],
+            ["2-chest-filmc.jpg", "7-fatal-covid19.jpg"],
+            ["353889E0-A1E8-4F9E-A0B8-F24F36BCFBFB.jpeg", "case_72_RX-TORACE1.jpg"],
+            ["35AF5C3B-D04D-4B4B-92B7-CB1F67D83085.jpeg", "D5ACAA93-C779-4E22-ADFA-6A220489F840.jpeg"],
+            ["A7E260CE-8A00-4C5F-A7F5-27336527A981.jpeg", "case_76_1-3.png"],
+            ["AR-1.jpg", "AR-2.jpg", "extubation-1.jpg"],
+            ["E63574A7-4188-4C8D-8D17-9D67A18A1AFA.jpeg", "F4341CE7-73C9-45C6-99C8-8567A5484B63.jpeg"],
+        ]
+    )
+    missing = run_python(
+        ["-m", "deepcovid", "duplicates", str(tmp_path / "nowhere"), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip().splitlines()[-1]
+        == f"duplicates: error: {tmp_path / 'nowhere'}: no such file or folder"
+    )
 
 
 def test_bad_threshold_parameter_is_named(tmp_path):
@@ -174,15 +233,28 @@ def test_bad_threshold_parameter_is_named(tmp_path):
 
 
 def _row(source, relpath, patient, label, pool=""):
-    return {"source": source, "relpath": relpath, "patient": patient, "finding": "COVID-19" if label else "",
-            "view": "PA", "label": label, "group": "covid" if label else "normal",
-            "category": "COVID-19" if label else "No Finding", "pool": pool, "sha256": ""}
+    return {
+        "source": source,
+        "relpath": relpath,
+        "patient": patient,
+        "finding": "COVID-19" if label else "",
+        "view": "PA",
+        "label": label,
+        "group": "covid" if label else "normal",
+        "category": "COVID-19" if label else "No Finding",
+        "pool": pool,
+        "sha256": "",
+    }
 
 
 def _tables():
-    pos = pd.DataFrame([_row("cohen", f"p{i}/{k}.png", f"p{i}", 1) for i in range(20) for k in range(2)]).drop(columns="pool")
-    neg = pd.DataFrame([_row("chexpert", f"n{i}/v.jpg", f"n{i}", 0, "test" if i < 10 else "train") for i in range(30)]
-                       + [_row("cohen", "p3/neg.png", "p3", 0)])  # a negative image of COVID patient p3
+    pos = pd.DataFrame([_row("cohen", f"p{i}/{k}.png", f"p{i}", 1) for i in range(20) for k in range(2)]).drop(
+        columns="pool"
+    )
+    neg = pd.DataFrame(
+        [_row("chexpert", f"n{i}/v.jpg", f"n{i}", 0, "test" if i < 10 else "train") for i in range(30)]
+        + [_row("cohen", "p3/neg.png", "p3", 0)]
+    )  # a negative image of COVID patient p3
     return pos, neg
 
 
@@ -191,8 +263,15 @@ def _groups(*members):
     for g, ids in enumerate(members):
         for image_id in ids:
             source, rel = image_id.split("/", 1)
-            rows.append({"group": f"d{g:05d}", "image_id": image_id, "source": source, "patient": rel.split("/")[0],
-                         "label": int(source == "cohen" and not rel.endswith("neg.png"))})
+            rows.append(
+                {
+                    "group": f"d{g:05d}",
+                    "image_id": image_id,
+                    "source": source,
+                    "patient": rel.split("/")[0],
+                    "label": int(source == "cohen" and not rel.endswith("neg.png")),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -205,10 +284,18 @@ def test_near_duplicates_across_patients_share_a_split(seed):
     assert where["p1"] == where["p8"] == where["p15"]
     assert manifest.loc[manifest["patient"].isin(["p1", "p8", "p15"]), "split_group"].nunique() == 1
     assert where["n2"] == where["n20"] == "test"  # joined to a test-pool patient
-    assert report["near_duplicates"] == {"groups": 2, "images": 5, "groups_of_several_patients": 2,
-                                         "groups_of_both_labels": 0, "images_in_manifest": 5}
+    assert report["near_duplicates"] == {
+        "groups": 2,
+        "images": 5,
+        "groups_of_several_patients": 2,
+        "groups_of_both_labels": 0,
+        "images_in_manifest": 5,
+    }
     without, _ = make_split(pos, neg, covid_test_images=14, val_fraction=0.25, seed=seed)
-    assert without.groupby("patient")["split_group"].first().nunique() > manifest.groupby("patient")["split_group"].first().nunique()
+    assert (
+        without.groupby("patient")["split_group"].first().nunique()
+        > manifest.groupby("patient")["split_group"].first().nunique()
+    )
 
 
 def test_check_no_leak_fails_on_a_near_duplicate_group_in_two_splits():
@@ -227,8 +314,15 @@ def test_negatives_of_covid_patients_are_left_out_or_follow(exclude):
     image (n12) are counted, and left out or kept with that patient."""
     pos, neg = _tables()
     near = _groups(["cohen/p5/0.png", "chexpert/n12/v.jpg"])
-    manifest, report = make_split(pos, neg, covid_test_images=14, val_fraction=0.25, seed=1, duplicates=near,
-                                  exclude_negatives_of_covid_patients=exclude)
+    manifest, report = make_split(
+        pos,
+        neg,
+        covid_test_images=14,
+        val_fraction=0.25,
+        seed=1,
+        duplicates=near,
+        exclude_negatives_of_covid_patients=exclude,
+    )
     shared = ["chexpert/n12/v.jpg", "cohen/p3/neg.png"]
     assert report["negatives_of_covid_patients"] == {"images": 2, "excluded": exclude, "image_ids": shared}
     assert manifest["image_id"].isin(shared).sum() == (0 if exclude else 2)

@@ -12,9 +12,9 @@ import random
 import re
 import shutil
 import signal
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -48,8 +48,13 @@ def project(tmp_path_factory):
             node = node[part]
         node[last] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "GIT_CONFIG_GLOBAL": os.devnull}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     _sh(git + ["init", "-q"], root, env)
     _sh([str(BIN / "dvc"), "init", "-q"], root, env)
@@ -112,13 +117,17 @@ def _stage_processes(stage: str) -> list[int]:
 
 
 def _temporaries(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
-                  if TEMPORARY.match(p.name) and not {".git", ".dvc"} & set(p.relative_to(root).parts))
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob(".*")
+        if TEMPORARY.match(p.name) and not {".git", ".dvc"} & set(p.relative_to(root).parts)
+    )
 
 
 def _untracked(root, env) -> str:
-    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, env=env,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, env=env, capture_output=True, text=True
+    ).stdout
 
 
 def _output_folders(root: Path, stage: str) -> list[Path]:
@@ -162,14 +171,21 @@ def test_sigterm_to_dvc_alone_stops_the_stage_and_its_workers(project, stage):
     root, env = project
     dvc = str(BIN / "dvc")
     lock = (root / "dvc.lock").read_text()
-    repro = subprocess.Popen([dvc, "repro", "-f", "-s", stage], cwd=root, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    repro = subprocess.Popen(
+        [dvc, "repro", "-f", "-s", stage],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not _stage_processes(stage) and repro.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert _stage_processes(stage), f"{stage} never started"
-        time.sleep(0.5)                                 # into its work (imports, workers started)
+        time.sleep(0.5)  # into its work (imports, workers started)
         repro.send_signal(signal.SIGTERM)
         repro.wait(timeout=60)
         stop_by = time.monotonic() + 15
@@ -182,7 +198,7 @@ def test_sigterm_to_dvc_alone_stops_the_stage_and_its_workers(project, stage):
         for pid in _stage_processes(stage):
             os.kill(pid, signal.SIGKILL)
     assert (root / "dvc.lock").read_text() == lock
-    _sh([dvc, "repro", "-s", stage], root, env)         # what DVC removed before the stage ran (run cache)
+    _sh([dvc, "repro", "-s", stage], root, env)  # what DVC removed before the stage ran (run cache)
     assert (root / "dvc.lock").read_text() == lock
     assert _stale(root, env) == set()
 
@@ -201,8 +217,15 @@ def test_sigkill_each_stage_under_dvc_repro_then_rerun(project):
     outcome = {}
     for stage in KILLED_STAGES:
         folders, extra = _output_folders(root, stage), rng.randint(0, 20)
-        repro = subprocess.Popen([dvc, "repro", "-f", "-s", stage], cwd=root, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        repro = subprocess.Popen(
+            [dvc, "repro", "-f", "-s", stage],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         killed, deadline = False, time.monotonic() + 300
         try:
             while repro.poll() is None and time.monotonic() < deadline:
@@ -227,7 +250,9 @@ def test_sigkill_each_stage_under_dvc_repro_then_rerun(project):
         # to run again, not restored from DVC's run cache
         _sh([dvc, "repro", "-f", "-s", "--no-run-cache", stage], root, env)
         assert _temporaries(root) == [], f"{stage}: temporary files left after the rerun"
-        assert (root / "dvc.lock").read_text() == lock, f"{stage}: the rerun's outputs differ from the uninterrupted run"
+        assert (root / "dvc.lock").read_text() == lock, (
+            f"{stage}: the rerun's outputs differ from the uninterrupted run"
+        )
         assert _untracked(root, env) == untracked
         outcome[stage] = f"killed {extra} ms into writing; left {left_by_kill}, removed by the rerun"
     print("\n".join(f"{k}: {v}" for k, v in outcome.items()))

@@ -16,7 +16,6 @@ import pytest
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
-from deepcovid.config import load_config
 from deepcovid.evaluation import calibration as C
 from deepcovid.evaluation import evaluate as E
 from deepcovid.evaluation import plot_data as PD
@@ -39,8 +38,10 @@ def brute_threshold(y, s, target):
 def test_threshold_for_sensitivity_brute_force(target):
     """Bugs: the k-th largest positive score off by one, the rounding guards wrong at targets that are
     exact multiples of 1/n_pos (0.25, 0.5, 0.75 with 4 positives; 0.2, 0.6, 0.8 with 5)."""
-    for y, s in ((np.array([1, 1, 1, 1, 0, 0, 0]), np.array([0.9, 0.7, 0.4, 0.2, 0.95, 0.5, 0.1])),
-                 (np.array([1, 1, 1, 1, 1, 0, 0, 0]), np.array([0.8, 0.6, 0.6, 0.3, 0.1, 0.7, 0.2, 0.05]))):
+    for y, s in (
+        (np.array([1, 1, 1, 1, 0, 0, 0]), np.array([0.9, 0.7, 0.4, 0.2, 0.95, 0.5, 0.1])),
+        (np.array([1, 1, 1, 1, 1, 0, 0, 0]), np.array([0.8, 0.6, 0.6, 0.3, 0.1, 0.7, 0.2, 0.05])),
+    ):
         assert P.threshold_for_sensitivity(y, s, target) == brute_threshold(y, s, target), (target, s)
 
 
@@ -58,9 +59,18 @@ def test_threshold_for_sensitivity_rejects_target(target):
 # --------------------------------------------------------------------------- proportions
 
 
-@pytest.mark.parametrize("method, sm", [("wilson", "wilson"), ("clopper-pearson", "beta"), ("exact", "beta"),
-                                        ("beta", "beta"), ("jeffreys", "jeffreys"), ("Wilson", "wilson"),
-                                        ("CLOPPER-PEARSON", "beta")])
+@pytest.mark.parametrize(
+    "method, sm",
+    [
+        ("wilson", "wilson"),
+        ("clopper-pearson", "beta"),
+        ("exact", "beta"),
+        ("beta", "beta"),
+        ("jeffreys", "jeffreys"),
+        ("Wilson", "wilson"),
+        ("CLOPPER-PEARSON", "beta"),
+    ],
+)
 def test_proportion_ci_methods(method, sm):
     """Bugs: a method alias mapped to the wrong statsmodels method; case not ignored; alpha ignored."""
     for k, n, alpha in ((7, 9, 0.05), (0, 5, 0.1), (5, 5, 0.2)):
@@ -76,13 +86,22 @@ def test_proportion_ci_paper_methods():
     assert P.proportion_ci(1, 10, method="paper-clipped") == pytest.approx((0.0, 0.1 + r), abs=1e-15)
     assert P.proportion_ci(9, 10, method="Paper-Clipped") == pytest.approx((0.9 - r, 1.0), abs=1e-15)
     assert P.proportion_ci(1, 10, method="paper-clipped") == pytest.approx(
-        proportion_confint(1, 10, method="normal"), abs=1e-14)
+        proportion_confint(1, 10, method="normal"), abs=1e-14
+    )
     with pytest.raises(ValueError, match="'agresti'.*clopper-pearson.*paper-clipped"):
         P.proportion_ci(1, 10, method="agresti")
 
 
-@pytest.mark.parametrize("k, n, fragment", [(2.5, 10, "integers"), (1, 2.5, "integers"), (0, 0, "positive"),
-                                            (-1, 5, "in \\[0, n\\]"), (6, 5, "in \\[0, n\\]")])
+@pytest.mark.parametrize(
+    "k, n, fragment",
+    [
+        (2.5, 10, "integers"),
+        (1, 2.5, "integers"),
+        (0, 0, "positive"),
+        (-1, 5, "in \\[0, n\\]"),
+        (6, 5, "in \\[0, n\\]"),
+    ],
+)
 def test_counts_rejected(k, n, fragment):
     with pytest.raises(ValueError, match=fragment):
         P.proportion_ci(k, n)
@@ -116,9 +135,9 @@ def test_threshold_table_arguments():
     t = P.threshold_table(y, s, 0.5, alpha=0.2)
     assert list(t["threshold"]) == [0.5] and t.loc[0, "tp"] == 2 and t.loc[0, "fp"] == 1
     assert (t.loc[0, "sensitivity_low"], t.loc[0, "sensitivity_high"]) == pytest.approx(
-        proportion_confint(2, 3, alpha=0.2, method="wilson"), abs=1e-14)
-    assert t.loc[0, "paper_specificity_radius"] == pytest.approx(
-        float(norm.ppf(0.9)) * math.sqrt(0.25 / 2), abs=1e-14)
+        proportion_confint(2, 3, alpha=0.2, method="wilson"), abs=1e-14
+    )
+    assert t.loc[0, "paper_specificity_radius"] == pytest.approx(float(norm.ppf(0.9)) * math.sqrt(0.25 / 2), abs=1e-14)
     for bad, fragment in (([0.5, float("nan")], "NaN"), ([[0.5]], "1-D"), (["a"], "1-D"), ([object()], "1-D")):
         with pytest.raises(ValueError, match=fragment):
             P.threshold_table(y, s, bad)
@@ -132,9 +151,11 @@ def test_summarize_values():
     assert (out["n"], out["n_pos"], out["n_neg"]) == (7, 3, 4)
     assert out["sensitivity"] == 2 / 3 and out["specificity"] == 0.5
     assert (out["sensitivity_low"], out["sensitivity_high"]) == pytest.approx(
-        proportion_confint(2, 3, alpha=0.1, method="jeffreys"), abs=1e-14)
+        proportion_confint(2, 3, alpha=0.1, method="jeffreys"), abs=1e-14
+    )
     assert (out["specificity_low"], out["specificity_high"]) == pytest.approx(
-        proportion_confint(2, 4, alpha=0.1, method="jeffreys"), abs=1e-14)
+        proportion_confint(2, 4, alpha=0.1, method="jeffreys"), abs=1e-14
+    )
     assert out["ci_method"] == "jeffreys" and out["alpha"] == 0.1 and out["threshold"] == 0.5
 
 
@@ -177,9 +198,11 @@ def test_roc_frame_columns():
 def test_confusion_frame_rows():
     """Bugs: the threshold not inclusive, class names swapped, ids lost."""
     f = PD.confusion_frame([1, 0, 1, 0], [0.5, 0.5, 0.4, 0.1], 0.5, ["a", "b", "c", "d"])
-    assert f.to_dict("list") == {"image_id": ["a", "b", "c", "d"],
-                                 "actual": ["COVID-19", "non-COVID", "COVID-19", "non-COVID"],
-                                 "predicted": ["COVID-19", "COVID-19", "non-COVID", "non-COVID"]}
+    assert f.to_dict("list") == {
+        "image_id": ["a", "b", "c", "d"],
+        "actual": ["COVID-19", "non-COVID", "COVID-19", "non-COVID"],
+        "predicted": ["COVID-19", "COVID-19", "non-COVID", "non-COVID"],
+    }
 
 
 def test_score_histogram_groups_and_edges():
@@ -207,9 +230,17 @@ def test_calibration_frame_drops_empty_bins():
 
 
 def _frame(test, val=()):
-    rows = [{"image_id": f"{split}{i}", "label": int(lab), "split": split, "score": float(sc),
-             "group": "covid" if lab else "normal"}
-            for split, data in (("test", test), ("val", val)) for i, (lab, sc) in enumerate(data)]
+    rows = [
+        {
+            "image_id": f"{split}{i}",
+            "label": int(lab),
+            "split": split,
+            "score": float(sc),
+            "group": "covid" if lab else "normal",
+        }
+        for split, data in (("test", test), ("val", val))
+        for i, (lab, sc) in enumerate(data)
+    ]
     df = pd.DataFrame(rows)
     df["label"] = df["label"].astype(np.int64)
     return df
@@ -260,8 +291,9 @@ def test_auc_interval_method(cfg):
 
 def test_ordered_types_and_order():
     """Bugs: the headline keys not first, numpy types or non-finite floats let into the metrics JSON."""
-    out = E._ordered({"zz": np.float64(0.5), "n": np.int64(3), "flag": np.bool_(True), "auc": 0.9,
-                      "threshold": 1, "b": False})
+    out = E._ordered(
+        {"zz": np.float64(0.5), "n": np.int64(3), "flag": np.bool_(True), "auc": 0.9, "threshold": 1, "b": False}
+    )
     assert list(out) == ["threshold", "auc", "n", "zz", "flag", "b"]
     assert [type(v) for v in out.values()] == [int, float, int, float, bool, bool]
     with pytest.raises(ValueError, match="non-finite"):

@@ -20,7 +20,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import evaluate_to
 from deepcovid.checks import regression
+from deepcovid.config import ConfigError
 from deepcovid.evaluation import compare
 from deepcovid.evaluation import delong as D
 from deepcovid.evaluation import proportions as P
@@ -29,8 +31,6 @@ from deepcovid.evaluation.compare import compare_models
 from deepcovid.evaluation.evaluate import evaluate
 from deepcovid.evaluation.predictions import load_predictions
 from deepcovid.evaluation.report import OutputPaths, write_outputs
-from deepcovid.config import ConfigError
-from conftest import evaluate_to
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -39,9 +39,19 @@ COLUMNS = ["image_id", "source", "patient", "label", "group", "category", "split
 
 
 def _rows(split, scores, label, groups):
-    return [{"image_id": f"{split}-{label}-{i}", "source": "synthetic", "patient": f"{split}-p{label}-{i}",
-             "label": label, "group": g, "category": g, "split": split, "score": float(s)}
-            for i, (s, g) in enumerate(zip(scores, groups))]
+    return [
+        {
+            "image_id": f"{split}-{label}-{i}",
+            "source": "synthetic",
+            "patient": f"{split}-p{label}-{i}",
+            "label": label,
+            "group": g,
+            "category": g,
+            "split": split,
+            "score": float(s),
+        }
+        for i, (s, g) in enumerate(zip(scores, groups))
+    ]
 
 
 def planted_predictions() -> pd.DataFrame:
@@ -53,8 +63,12 @@ def planted_predictions() -> pd.DataFrame:
     test_pos = [0.05, 0.10, 0.15, 0.20, 0.25] + [0.40] + list(np.linspace(0.45, 0.99, 94))
     test_neg = list(np.linspace(0.0, 0.39, 180)) + list(np.linspace(0.41, 0.95, 20))
     neg_groups = lambda n: ["normal" if i % 2 else "other-disease" for i in range(n)]  # noqa: E731
-    rows = (_rows("val", val_pos, 1, ["covid"] * 50) + _rows("val", val_neg, 0, neg_groups(100))
-            + _rows("test", test_pos, 1, ["covid"] * 100) + _rows("test", test_neg, 0, neg_groups(200)))
+    rows = (
+        _rows("val", val_pos, 1, ["covid"] * 50)
+        + _rows("val", val_neg, 0, neg_groups(100))
+        + _rows("test", test_pos, 1, ["covid"] * 100)
+        + _rows("test", test_neg, 0, neg_groups(200))
+    )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -103,8 +117,12 @@ def test_planted_operating_point(planted, cfg):
     assert "threshold" not in p
     # confusion plot rows agree with the counts
     cm = result.confusion.groupby(["actual", "predicted"]).size().to_dict()
-    assert cm == {("COVID-19", "COVID-19"): 95, ("COVID-19", "non-COVID"): 5,
-                  ("non-COVID", "COVID-19"): 20, ("non-COVID", "non-COVID"): 180}
+    assert cm == {
+        ("COVID-19", "COVID-19"): 95,
+        ("COVID-19", "non-COVID"): 5,
+        ("non-COVID", "COVID-19"): 20,
+        ("non-COVID", "non-COVID"): 180,
+    }
 
 
 def test_paper_interval_outside_unit_is_flagged(cfg, caplog):
@@ -130,8 +148,14 @@ def test_thresholds_table_matches_metrics(planted, cfg):
         c = P.confusion_at_threshold(y["label"], y["score"], row.threshold)
         assert (row.tp, row.fn, row.tn, row.fp) == (c["tp"], c["fn"], c["tn"], c["fp"])
         assert (row.sensitivity, row.specificity) == pytest.approx((c["tp"] / 100, c["tn"] / 200))
-    assert {"paper_sensitivity_low", "paper_sensitivity_high", "paper_specificity_low_clipped",
-            "paper_interval_outside_unit", "sensitivity_low", "specificity_high"} <= set(table.columns)
+    assert {
+        "paper_sensitivity_low",
+        "paper_sensitivity_high",
+        "paper_specificity_low_clipped",
+        "paper_interval_outside_unit",
+        "sensitivity_low",
+        "specificity_high",
+    } <= set(table.columns)
 
 
 # --------------------------------------------------------------------------- output files
@@ -144,8 +168,20 @@ def _no_nan_constant(name):
 def test_metrics_json_keys_numeric(planted):
     root, _ = planted
     data = json.loads((root / "out" / "metrics" / "evaluate.json").read_text(), parse_constant=_no_nan_constant)
-    headline = ["auc", "auc_low", "auc_high", "ap", "sensitivity", "sensitivity_low", "sensitivity_high",
-                "specificity", "specificity_low", "specificity_high", "threshold", "ece"]
+    headline = [
+        "auc",
+        "auc_low",
+        "auc_high",
+        "ap",
+        "sensitivity",
+        "sensitivity_low",
+        "sensitivity_high",
+        "specificity",
+        "specificity_low",
+        "specificity_high",
+        "threshold",
+        "ece",
+    ]
     for section in ("test", "val"):
         for key in headline:
             v = data[section][key]
@@ -157,8 +193,9 @@ def test_metrics_json_keys_numeric(planted):
     assert set(data) == {"test", "val", "paper_style"}
     flat = [v for section in data.values() for v in section.values()]
     assert all(isinstance(v, (int, float)) for v in flat) and len(flat) <= 50
-    details = json.loads((root / "out" / "metrics" / "evaluate_details.json").read_text(),
-                         parse_constant=_no_nan_constant)
+    details = json.loads(
+        (root / "out" / "metrics" / "evaluate_details.json").read_text(), parse_constant=_no_nan_constant
+    )
     assert details["settings"]["ci_method"] == "wilson" and details["settings"]["auc_ci_method"] == "delong"
     assert details["settings"]["operating_point_chosen_on"] == "val"
     assert (details["test"]["tp"], details["test"]["tn"]) == (95, 180)
@@ -205,7 +242,7 @@ def test_dvc_stage_outs_match_writer():
     declared = set()
     for section in ("outs", "metrics"):
         for entry in stage.get(section, []):
-            (path, opts), = entry.items() if isinstance(entry, dict) else ((entry, {}),)
+            ((path, opts),) = entry.items() if isinstance(entry, dict) else ((entry, {}),)
             assert opts.get("cache") is False, path
             declared.add(path)
     written = {str(p) for p in vars(OutputPaths.under(".")).values()}
@@ -227,12 +264,29 @@ def test_evaluate_cli_outside_dvc(tmp_path):
     """Any predictions file, outputs in the folders given, settings from the --params file."""
     pred = tmp_path / "preds.csv"
     random_predictions(1).to_csv(pred, index=False)
-    _run([REPO / "stages" / "evaluate.py", pred, tmp_path / "res" / "metrics", tmp_path / "res" / "plots",
-          "--params", REPO / "params.yaml"], cwd=tmp_path, check_rc=0)
+    _run(
+        [
+            REPO / "stages" / "evaluate.py",
+            pred,
+            tmp_path / "res" / "metrics",
+            tmp_path / "res" / "plots",
+            "--params",
+            REPO / "params.yaml",
+        ],
+        cwd=tmp_path,
+        check_rc=0,
+    )
     data = json.loads((tmp_path / "res" / "metrics" / "evaluate.json").read_text())
     assert data["test"]["threshold_chosen_on_val"] is True and "val" in data
-    for rel in ("metrics/thresholds.csv", "plots/roc.csv", "plots/pr.csv", "plots/confusion.csv",
-                "plots/scores.csv", "plots/calibration.csv", "plots/figures/roc.png"):
+    for rel in (
+        "metrics/thresholds.csv",
+        "plots/roc.csv",
+        "plots/pr.csv",
+        "plots/confusion.csv",
+        "plots/scores.csv",
+        "plots/calibration.csv",
+        "plots/figures/roc.png",
+    ):
         assert (tmp_path / "res" / rel).is_file(), rel
     assert not (tmp_path / "metrics").exists()
 
@@ -262,9 +316,11 @@ def _main(script, args, monkeypatch) -> int:
 def test_evaluate_cli_missing_column(tmp_path, monkeypatch, capsys):
     pred = tmp_path / "preds.csv"
     random_predictions(1).drop(columns=["score"]).to_csv(pred, index=False)
-    rc = _main("evaluate", [pred, tmp_path / "res" / "metrics", tmp_path / "res" / "plots",
-                            "--params", REPO / "params.yaml"],
-               monkeypatch)
+    rc = _main(
+        "evaluate",
+        [pred, tmp_path / "res" / "metrics", tmp_path / "res" / "plots", "--params", REPO / "params.yaml"],
+        monkeypatch,
+    )
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1, err
@@ -272,12 +328,15 @@ def test_evaluate_cli_missing_column(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "res").exists()
 
 
-@pytest.mark.parametrize("change,fragment", [
-    (lambda d: d.assign(label=d["label"].replace(1, 2)), "column 'label' must hold 0 or 1"),
-    (lambda d: d.assign(score=d["score"] * 2), "column 'score' must be a probability"),
-    (lambda d: pd.concat([d, d.iloc[:1]]), "column 'image_id' repeats"),
-    (lambda d: d.query("split == 'val'"), "no 'test' rows"),
-])
+@pytest.mark.parametrize(
+    "change,fragment",
+    [
+        (lambda d: d.assign(label=d["label"].replace(1, 2)), "column 'label' must hold 0 or 1"),
+        (lambda d: d.assign(score=d["score"] * 2), "column 'score' must be a probability"),
+        (lambda d: pd.concat([d, d.iloc[:1]]), "column 'image_id' repeats"),
+        (lambda d: d.query("split == 'val'"), "no 'test' rows"),
+    ],
+)
 def test_bad_predictions_named(tmp_path, change, fragment):
     pred = tmp_path / "p.csv"
     change(random_predictions(2)).to_csv(pred, index=False)
@@ -301,23 +360,23 @@ def test_test_split_only_falls_back_to_paper_style(tmp_path, cfg, caplog):
 
 
 def test_bootstrap_auc_interval(cfg):
-    
+
     df = random_predictions(4)
     cfg = cfg.model_copy(update=dict(auc_ci="bootstrap", bootstrap_resamples=200))
     a, b = evaluate(df, cfg).details, evaluate(df, cfg).details
     assert a["settings"]["auc_ci_method"] == "bootstrap" and a["settings"]["bootstrap_resamples"] == 200
     assert a["test"] == b["test"]  # seeded
-    ref = R.auc_bootstrap(df.query("split == 'test'")["label"], df.query("split == 'test'")["score"],
-                          n_resamples=200, seed=cfg.seed)
+    ref = R.auc_bootstrap(
+        df.query("split == 'test'")["label"], df.query("split == 'test'")["score"], n_resamples=200, seed=cfg.seed
+    )
     assert (a["test"]["auc_low"], a["test"]["auc_high"]) == pytest.approx((ref["low"], ref["high"]))
 
 
 def test_clopper_pearson_option(cfg):
-    
+
     cfg = cfg.model_copy(update=dict(ci_method="clopper-pearson"))
     t = evaluate(planted_predictions(), cfg).metrics["test"]
-    assert (t["sensitivity_low"], t["sensitivity_high"]) == pytest.approx(
-        P.proportion_ci(95, 100, "clopper-pearson"))
+    assert (t["sensitivity_low"], t["sensitivity_high"]) == pytest.approx(P.proportion_ci(95, 100, "clopper-pearson"))
 
 
 # --------------------------------------------------------------------------- regression check
@@ -376,8 +435,11 @@ def test_compare_paired_tests(cfg):
     assert bool(rows.loc["a", "reference"]) and pd.isna(rows.loc["a", "p_value"])
     assert 0.0 < rows.loc["b", "p_value"] <= 1.0
     assert rows.loc["a2", "p_value"] == 1.0 and rows.loc["a2", "auc_diff"] == 0.0
-    y, sb, sa = (a.query("split == 'test'")["label"], b.query("split == 'test'")["score"],
-                 a.query("split == 'test'")["score"])
+    y, sb, sa = (
+        a.query("split == 'test'")["label"],
+        b.query("split == 'test'")["score"],
+        a.query("split == 'test'")["score"],
+    )
     assert rows.loc["b", "p_value"] == pytest.approx(D.delong_paired_test(y, sb, sa)["p_value"])
 
 
@@ -394,8 +456,19 @@ def test_compare_command(tmp_path, capsys):
     a.to_csv(tmp_path / "a.csv", index=False)
     b.to_csv(tmp_path / "b.csv", index=False)
     out = tmp_path / "cmp"
-    rc = _cli(["compare", "--run", f"resnet18={tmp_path / 'a.csv'}", "--run", f"squeezenet={tmp_path / 'b.csv'}",
-               "--params", REPO / "params.yaml", "--out-dir", out])
+    rc = _cli(
+        [
+            "compare",
+            "--run",
+            f"resnet18={tmp_path / 'a.csv'}",
+            "--run",
+            f"squeezenet={tmp_path / 'b.csv'}",
+            "--params",
+            REPO / "params.yaml",
+            "--out-dir",
+            out,
+        ]
+    )
     assert rc == 0
     table = pd.read_csv(out / "table.csv").set_index("run")
     assert 0 < table.loc["squeezenet", "p_value"] <= 1 and pd.isna(table.loc["resnet18", "p_value"])
@@ -407,8 +480,19 @@ def test_compare_command(tmp_path, capsys):
     json.loads((out / "compare.json").read_text(), parse_constant=_no_nan_constant)
     # different test images: a one-line error, exit status 2
     b.iloc[:-3].to_csv(tmp_path / "c.csv", index=False)
-    rc = _cli(["compare", "--run", f"a={tmp_path / 'a.csv'}", "--run", f"c={tmp_path / 'c.csv'}",
-               "--params", REPO / "params.yaml", "--out-dir", tmp_path / "cmp2"])
+    rc = _cli(
+        [
+            "compare",
+            "--run",
+            f"a={tmp_path / 'a.csv'}",
+            "--run",
+            f"c={tmp_path / 'c.csv'}",
+            "--params",
+            REPO / "params.yaml",
+            "--out-dir",
+            tmp_path / "cmp2",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("compare: error:") and "did not score the same test images" in err[-1]
 
@@ -423,7 +507,8 @@ def test_dvc_plots_render(tmp_path, planted):
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}, sort_keys=False))
     shutil.copytree(root / "out" / "plots", tmp_path / "plots")
     pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.7, 0.5, 0.4], "val_loss": [0.6, 0.55, 0.5]}).to_csv(
-        tmp_path / "plots" / "train_loss.csv", index=False)
+        tmp_path / "plots" / "train_loss.csv", index=False
+    )
     (tmp_path / "plots" / "explain").mkdir()  # the explain stage's figures: two stand-ins
     for name in ("00_top.png", "01_false_positive.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / "plots" / "explain" / name)
@@ -468,11 +553,14 @@ def test_top_level_plot_fields_exist(planted):
     for entry in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]:
         if not isinstance(entry, dict):
             continue
-        (plot_id, definition), = entry.items()
+        ((plot_id, definition),) = entry.items()
         for path, fields in definition["y"].items():
             assert path in written, (plot_id, path)
-            columns = (["epoch", "train_loss", "val_loss"] if written[path] is None
-                       else list(pd.read_csv(written[path], nrows=0).columns))
+            columns = (
+                ["epoch", "train_loss", "val_loss"]
+                if written[path] is None
+                else list(pd.read_csv(written[path], nrows=0).columns)
+            )
             for f in [definition["x"]] + ([fields] if isinstance(fields, str) else list(fields)):
                 assert f in columns, (plot_id, path, f)
 
@@ -480,19 +568,28 @@ def test_top_level_plot_fields_exist(planted):
 def test_compare_lists_dvc_experiments(monkeypatch):
     """--from-dvc-exps parses `dvc exp show --json` (DVC 3.67 layout), skipping queued runs and runs
     without predictions."""
+
     def rev(sha, name, model, out=True):
         outs = {"data/predictions.csv": {"hash": "ab" * 16, "size": 10}} if out else {}
-        return {"rev": sha, "name": name, "error": None, "experiments": None,
-                "data": {"rev": sha, "params": {"params.yaml": {"data": {"model": model}}}, "outs": outs}}
+        return {
+            "rev": sha,
+            "name": name,
+            "error": None,
+            "experiments": None,
+            "data": {"rev": sha, "params": {"params.yaml": {"data": {"model": model}}}, "outs": outs},
+        }
 
     shown = [
         {**rev("workspace", None, "x"), "rev": "workspace"},
-        {**rev("b" * 40, "main", "resnet18"), "experiments": [
-            {"name": "exp-a", "executor": None, "revs": [rev("c" * 40, "exp-a", "squeezenet")]},
-            {"name": "exp-q", "executor": {"state": "queued"}, "revs": [rev("d" * 40, "exp-q", "densenet121")]},
-            {"name": "exp-s", "executor": {"state": "success"}, "revs": [rev("e" * 40, "exp-s", "resnet50")]},
-            {"name": "exp-n", "executor": None, "revs": [rev("f" * 40, "exp-n", "resnet50", out=False)]},
-        ]},
+        {
+            **rev("b" * 40, "main", "resnet18"),
+            "experiments": [
+                {"name": "exp-a", "executor": None, "revs": [rev("c" * 40, "exp-a", "squeezenet")]},
+                {"name": "exp-q", "executor": {"state": "queued"}, "revs": [rev("d" * 40, "exp-q", "densenet121")]},
+                {"name": "exp-s", "executor": {"state": "success"}, "revs": [rev("e" * 40, "exp-s", "resnet50")]},
+                {"name": "exp-n", "executor": None, "revs": [rev("f" * 40, "exp-n", "resnet50", out=False)]},
+            ],
+        },
     ]
 
     class Done:
@@ -501,6 +598,11 @@ def test_compare_lists_dvc_experiments(monkeypatch):
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: Done())
     found = compare.dvc_experiments(".", "data/predictions.csv")
     assert [(e["name"], e["rev"][0], e["model"]) for e in found] == [
-        ("main", "b", "resnet18"), ("exp-a", "c", "squeezenet"), ("exp-s", "e", "resnet50")]
+        ("main", "b", "resnet18"),
+        ("exp-a", "c", "squeezenet"),
+        ("exp-s", "e", "resnet50"),
+    ]
     assert [e["name"] for e in compare.dvc_experiments(".", "data/predictions.csv", include_baseline=False)] == [
-        "exp-a", "exp-s"]
+        "exp-a",
+        "exp-s",
+    ]

@@ -22,11 +22,11 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 from statsmodels.stats.proportion import proportion_confint
 
+from conftest import evaluate_to
 from deepcovid.evaluation import calibration as C
 from deepcovid.evaluation import proportions as P
-from deepcovid.evaluation.evaluate import EvalConfig, evaluate, threshold_rows
+from deepcovid.evaluation.evaluate import evaluate, threshold_rows
 from deepcovid.evaluation.plot_data import calibration_frame, score_histogram
-from conftest import evaluate_to
 
 REPO = Path(__file__).resolve().parents[1]
 Z95 = float(norm.ppf(0.975))  # 1.959963984540054
@@ -58,19 +58,43 @@ def value_predictions(seed: int = 20240611) -> pd.DataFrame:
             pos[0] = neg[2] = t_val  # on the operating point
             pos[1] = 0.1492  # a third low positive: test's own 0.98 threshold is then below t_val
         for i, s in enumerate(pos):
-            rows.append({"image_id": f"{split}-c{i}", "source": "syn", "patient": f"{split}-pc{i}", "label": 1,
-                         "group": "covid", "category": "covid", "split": split, "score": float(s)})
+            rows.append(
+                {
+                    "image_id": f"{split}-c{i}",
+                    "source": "syn",
+                    "patient": f"{split}-pc{i}",
+                    "label": 1,
+                    "group": "covid",
+                    "category": "covid",
+                    "split": split,
+                    "score": float(s),
+                }
+            )
         for i, s in enumerate(neg):
             g = "normal" if (i * 7) % 5 < 3 else "other-disease"
-            rows.append({"image_id": f"{split}-n{i}", "source": "syn", "patient": f"{split}-pn{i}", "label": 0,
-                         "group": g, "category": g, "split": split, "score": float(s)})
+            rows.append(
+                {
+                    "image_id": f"{split}-n{i}",
+                    "source": "syn",
+                    "patient": f"{split}-pn{i}",
+                    "label": 0,
+                    "group": g,
+                    "category": g,
+                    "split": split,
+                    "score": float(s),
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def _split(df: pd.DataFrame, split: str):
     part = df[df["split"] == split]
-    return (part["label"].to_numpy(dtype=np.int64), part["score"].to_numpy(dtype=float),
-            part["group"].to_numpy(), part["image_id"].to_numpy())
+    return (
+        part["label"].to_numpy(dtype=np.int64),
+        part["score"].to_numpy(dtype=float),
+        part["group"].to_numpy(),
+        part["image_id"].to_numpy(),
+    )
 
 
 # --------------------------------------------------------------------------- independent computations
@@ -183,7 +207,11 @@ def test_operating_point_chosen_on_val_applied_to_test(evaluated):
     assert (p["sensitivity"], p["specificity"]) == pytest.approx((ptp / 80, ptn / 160), abs=1e-15)
     details = json.loads(paths.details.read_text())
     assert (details["test"]["tp"], details["test"]["fn"], details["test"]["tn"], details["test"]["fp"]) == (
-        tp, fn, tn, fp)
+        tp,
+        fn,
+        tn,
+        fp,
+    )
 
 
 # --------------------------------------------------------------------------- metrics/evaluate.json
@@ -211,16 +239,24 @@ def test_metrics_json_values(evaluated, cfg, section):
     tp, fn, tn, fp = hand_counts(y, s, t)
     assert data["sensitivity"] == pytest.approx(tp / (tp + fn), abs=1e-15)
     assert data["specificity"] == pytest.approx(tn / (tn + fp), abs=1e-15)
-    np.testing.assert_allclose((data["sensitivity_low"], data["sensitivity_high"]),
-                               proportion_confint(tp, tp + fn, alpha=0.05, method="wilson"), atol=1e-12)
-    np.testing.assert_allclose((data["specificity_low"], data["specificity_high"]),
-                               proportion_confint(tn, tn + fp, alpha=0.05, method="wilson"), atol=1e-12)
+    np.testing.assert_allclose(
+        (data["sensitivity_low"], data["sensitivity_high"]),
+        proportion_confint(tp, tp + fn, alpha=0.05, method="wilson"),
+        atol=1e-12,
+    )
+    np.testing.assert_allclose(
+        (data["specificity_low"], data["specificity_high"]),
+        proportion_confint(tn, tn + fp, alpha=0.05, method="wilson"),
+        atol=1e-12,
+    )
     if section == "test":
         assert (data["n_pos"], data["n_neg"]) == (80, 160)
-        np.testing.assert_allclose((data["paper_sensitivity_low"], data["paper_sensitivity_high"]),
-                                   paper_bounds(tp, tp + fn), atol=1e-12)
-        np.testing.assert_allclose((data["paper_specificity_low"], data["paper_specificity_high"]),
-                                   paper_bounds(tn, tn + fp), atol=1e-12)
+        np.testing.assert_allclose(
+            (data["paper_sensitivity_low"], data["paper_sensitivity_high"]), paper_bounds(tp, tp + fn), atol=1e-12
+        )
+        np.testing.assert_allclose(
+            (data["paper_specificity_low"], data["paper_specificity_high"]), paper_bounds(tn, tn + fp), atol=1e-12
+        )
         outside = any(lo < 0 or hi > 1 for lo, hi in (paper_bounds(tp, tp + fn), paper_bounds(tn, tn + fp)))
         assert data["paper_interval_outside_unit"] is outside
 
@@ -249,15 +285,23 @@ def test_alpha_0_1_reaches_every_interval(cfg):
     z90 = float(norm.ppf(0.95))
     t = result.details["test"]
     tp, fn, tn, fp = hand_counts(y, s, t["threshold"])
-    np.testing.assert_allclose((t["sensitivity_low"], t["sensitivity_high"]),
-                               proportion_confint(tp, tp + fn, alpha=0.1, method="wilson"), atol=1e-12)
-    np.testing.assert_allclose((t["specificity_low"], t["specificity_high"]),
-                               proportion_confint(tn, tn + fp, alpha=0.1, method="wilson"), atol=1e-12)
-    np.testing.assert_allclose((t["paper_sensitivity_low"], t["paper_sensitivity_high"]),
-                               paper_bounds(tp, tp + fn, z=z90), atol=1e-12)
+    np.testing.assert_allclose(
+        (t["sensitivity_low"], t["sensitivity_high"]),
+        proportion_confint(tp, tp + fn, alpha=0.1, method="wilson"),
+        atol=1e-12,
+    )
+    np.testing.assert_allclose(
+        (t["specificity_low"], t["specificity_high"]),
+        proportion_confint(tn, tn + fp, alpha=0.1, method="wilson"),
+        atol=1e-12,
+    )
+    np.testing.assert_allclose(
+        (t["paper_sensitivity_low"], t["paper_sensitivity_high"]), paper_bounds(tp, tp + fn, z=z90), atol=1e-12
+    )
     auc, var = brute_auc_var(y, s)
-    np.testing.assert_allclose((t["auc_low"], t["auc_high"]),
-                               (auc - z90 * math.sqrt(var), auc + z90 * math.sqrt(var)), atol=1e-10)
+    np.testing.assert_allclose(
+        (t["auc_low"], t["auc_high"]), (auc - z90 * math.sqrt(var), auc + z90 * math.sqrt(var)), atol=1e-10
+    )
     _check_threshold_table(result.thresholds, y, s, c.thresholds, alpha=0.1)
 
 
@@ -272,10 +316,16 @@ def _check_threshold_table(table, y, s, thresholds, alpha):
         assert (row.tp, row.fn, row.tn, row.fp) == (tp, fn, tn, fp), row.threshold
         assert row.sensitivity == pytest.approx(tp / (tp + fn), abs=1e-15)
         assert row.specificity == pytest.approx(tn / (tn + fp), abs=1e-15)
-        np.testing.assert_allclose((row.sensitivity_low, row.sensitivity_high),
-                                   proportion_confint(tp, tp + fn, alpha=alpha, method="wilson"), atol=1e-12)
-        np.testing.assert_allclose((row.specificity_low, row.specificity_high),
-                                   proportion_confint(tn, tn + fp, alpha=alpha, method="wilson"), atol=1e-12)
+        np.testing.assert_allclose(
+            (row.sensitivity_low, row.sensitivity_high),
+            proportion_confint(tp, tp + fn, alpha=alpha, method="wilson"),
+            atol=1e-12,
+        )
+        np.testing.assert_allclose(
+            (row.specificity_low, row.specificity_high),
+            proportion_confint(tn, tn + fp, alpha=alpha, method="wilson"),
+            atol=1e-12,
+        )
         for rate, k, n in (("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp)):
             p = k / n
             radius = z * math.sqrt(p * (1 - p) / n)
@@ -368,8 +418,9 @@ def test_scores_csv_values(evaluated, cfg):
         # and by hand, bin by bin
         for b in range(cfg.histogram_bins):
             lo, hi = edges[b], edges[b + 1]
-            inside = (s[g == group] >= lo) & ((s[g == group] < hi) if b < cfg.histogram_bins - 1
-                                              else (s[g == group] <= hi))
+            inside = (s[g == group] >= lo) & (
+                (s[g == group] < hi) if b < cfg.histogram_bins - 1 else (s[g == group] <= hi)
+            )
             assert hist[column].iloc[b] == inside.sum(), (group, b)
 
 
@@ -497,8 +548,7 @@ def test_paper_radius_by_hand():
     assert edge.low < 0.0 and edge.outside_unit and edge.low_clipped == 0.0
     assert P.paper_interval(50, 50).radius == 0.0 and not P.paper_interval(50, 50).outside_unit
     low, high = P.proportion_ci(98, 100, method="paper")
-    assert (low, high) == pytest.approx((0.98 - 1.959963984540054 * 0.014, 0.98 + 1.959963984540054 * 0.014),
-                                        abs=1e-12)
+    assert (low, high) == pytest.approx((0.98 - 1.959963984540054 * 0.014, 0.98 + 1.959963984540054 * 0.014), abs=1e-12)
     low90, _ = P.proportion_ci(98, 100, method="paper", alpha=0.1)
     assert low90 == pytest.approx(0.98 - float(norm.ppf(0.95)) * 0.014, abs=1e-12)
     # in the threshold table: 98 of 100 positives at or above 0.5
@@ -518,14 +568,18 @@ def test_sensitivity_specificity_by_hand():
     y = np.r_[np.ones(5, int), np.zeros(6, int)]
     s = np.array([0.95, 0.8, 0.6, 0.6, 0.3, 0.7, 0.6, 0.4, 0.2, 0.1, 0.05])
     summ = P.summarize(y, s, 0.6)
-    assert summ["sensitivity"] == pytest.approx(0.8, abs=1e-15) and summ["specificity"] == pytest.approx(4 / 6, abs=1e-15)
+    assert summ["sensitivity"] == pytest.approx(0.8, abs=1e-15) and summ["specificity"] == pytest.approx(
+        4 / 6, abs=1e-15
+    )
     higher = P.summarize(y, s, 0.65)
     assert (higher["sensitivity"], higher["specificity"]) == pytest.approx((0.4, 5 / 6), abs=1e-15)
     assert (summ["tp"], summ["fn"], summ["tn"], summ["fp"]) == (4, 1, 4, 2)
     assert (summ["sensitivity_low"], summ["sensitivity_high"]) == pytest.approx(
-        proportion_confint(4, 5, alpha=0.05, method="wilson"), abs=1e-12)
+        proportion_confint(4, 5, alpha=0.05, method="wilson"), abs=1e-12
+    )
     assert (summ["specificity_low"], summ["specificity_high"]) == pytest.approx(
-        proportion_confint(4, 6, alpha=0.05, method="wilson"), abs=1e-12)
+        proportion_confint(4, 6, alpha=0.05, method="wilson"), abs=1e-12
+    )
     # the highest threshold with sensitivity >= 0.8 is the 4th highest positive score, 0.6
     assert P.threshold_for_sensitivity(y, s, 0.8) == 0.6 == hand_threshold(y, s, 0.8)
     assert P.threshold_for_sensitivity(y, s, 0.81) == 0.3 == hand_threshold(y, s, 0.81)
@@ -551,9 +605,15 @@ def test_bootstrap_holds_a_single_image_class_fixed():
 
 
 def test_evaluate_falls_back_to_the_bootstrap_and_names_an_impossible_split(cfg):
-    frame = pd.DataFrame({"image_id": list("abcdefgh"), "label": [1, 0, 0, 0, 1, 0, 0, 1],
-                          "split": ["val"] * 4 + ["test"] * 4, "score": [.9, .2, .4, .1, .8, .3, .6, .7],
-                          "group": ["covid", "normal", "normal", "normal", "covid", "normal", "normal", "covid"]})
+    frame = pd.DataFrame(
+        {
+            "image_id": list("abcdefgh"),
+            "label": [1, 0, 0, 0, 1, 0, 0, 1],
+            "split": ["val"] * 4 + ["test"] * 4,
+            "score": [0.9, 0.2, 0.4, 0.1, 0.8, 0.3, 0.6, 0.7],
+            "group": ["covid", "normal", "normal", "normal", "covid", "normal", "normal", "covid"],
+        }
+    )
     result = evaluate(frame, cfg, name="p.csv")
     val = result.metrics["val"]  # 1 COVID-19 image in val: the bootstrap over its negatives (AUC 1 in each)
     assert (val["auc"], val["auc_low"], val["auc_high"]) == (1.0, 1.0, 1.0)

@@ -15,11 +15,17 @@ from captum.attr import Occlusion
 from deepcovid.config import ARCHITECTURES
 from deepcovid.errors import InputError
 from deepcovid.explain.channels_last import pad_maps, repeat
-from deepcovid.explain.incremental import (WHOLE, IncrementalOcclusion, Patch, _whole, fold_batchnorm,
-                                          fold_padding)
+from deepcovid.explain.incremental import WHOLE, IncrementalOcclusion, Patch, _whole, fold_batchnorm, fold_padding
+from deepcovid.explain.occlusion import (
+    ExplainError,
+    Occluder,
+    OcclusionMap,
+    baseline,
+    covid_probability,
+    in_threads,
+    starts,
+)
 from deepcovid.explain.tail import Tail, extract, segment
-from deepcovid.explain.occlusion import (ExplainError, OcclusionMap, Occluder, baseline, covid_probability, in_threads,
-                                         starts)
 from deepcovid.model.architectures import SPECS, construct, replace_head
 from deepcovid.model.weights import build_model
 
@@ -94,7 +100,9 @@ def test_whole_map_layers_run_in_onnxruntime_where_depthwise(name):
     x = _image(72, 69)
     fill = baseline(x, "zero")
     ref = Occluder(model, 16, 7, "batched", score=margin)(x, fill)
-    runs = {rt: Occluder(model, 16, 7, "exact", batch_size=13, score=margin, runtime=rt) for rt in ("onnxruntime", "torch")}
+    runs = {
+        rt: Occluder(model, 16, 7, "exact", batch_size=13, score=margin, runtime=rt) for rt in ("onnxruntime", "torch")
+    }
     maps = {rt: occ(x, fill) for rt, occ in runs.items()}
     spread = np.ptp(ref.scores)
     for result in maps.values():
@@ -108,8 +116,10 @@ def test_whole_map_layers_run_in_onnxruntime_where_depthwise(name):
     engine = runs["onnxruntime"].engine
     nodes = list(engine.gm.graph.nodes)
     for tail, macs in tails.values():  # every segment holds a depthwise convolution, ends on tensors
-        assert macs > 0 and any(n.op == "call_function" and n.target is F.conv2d and n.args[6] > 1
-                                for n in nodes[tail.segment.start:tail.segment.end])
+        assert macs > 0 and any(
+            n.op == "call_function" and n.target is F.conv2d and n.args[6] > 1
+            for n in nodes[tail.segment.start : tail.segment.end]
+        )
     # the whole maps cost at least what the patches cost, never more than plain passes
     positions = ref.scores.size
     assert runs["torch"].engine.macs <= engine.macs <= positions * engine.image_macs
@@ -235,7 +245,7 @@ def test_reference_is_one_forward_pass_per_occluded_copy():
     for i, y in enumerate(result.ys):
         for j, x0 in enumerate(result.xs):
             copy = x.clone()
-            copy[..., y:y + 12, x0:x0 + 12] = fill[..., y:y + 12, x0:x0 + 12]
+            copy[..., y : y + 12, x0 : x0 + 12] = fill[..., y : y + 12, x0 : x0 + 12]
             with torch.inference_mode():
                 assert result.scores[i, j] == pytest.approx(covid_probability(model(copy)).item(), abs=1e-6)
 
@@ -248,8 +258,9 @@ def test_pixel_map_equals_captum(name):
     for fill in (baseline(x, "zero"), baseline(x, "blur", sigma=2.0), baseline(x, "mean", value=0.3)):
         ours = Occluder(model, 12, 5, "exact", score=margin)(x, fill).pixel_map()
         with torch.inference_mode():
-            theirs = Occlusion(forward).attribute(x, sliding_window_shapes=(3, 12, 12), strides=(3, 5, 5),
-                                                  baselines=fill, perturbations_per_eval=16)[0]
+            theirs = Occlusion(forward).attribute(
+                x, sliding_window_shapes=(3, 12, 12), strides=(3, 5, 5), baselines=fill, perturbations_per_eval=16
+            )[0]
         assert np.ptp(ours) > 1e-3
         for channel in range(3):  # Captum gives every channel the same value (the window spans all)
             _close(ours, theirs[channel].numpy(), 10 * np.ptp(ours))
@@ -260,8 +271,11 @@ def test_fold_batchnorm_keeps_outputs():
         model = _model(name)
         folded = fold_batchnorm(model)
         modules = dict(folded.named_modules())
-        norms = [n for n in folded.graph.nodes if n.op == "call_module" and isinstance(modules[n.target],
-                                                                                      torch.nn.BatchNorm2d)]
+        norms = [
+            n
+            for n in folded.graph.nodes
+            if n.op == "call_module" and isinstance(modules[n.target], torch.nn.BatchNorm2d)
+        ]
         convs = [n for n in folded.graph.nodes if n.target is torch.nn.functional.conv2d]
         assert convs and (not norms or name == "densenet121")  # densenet: BatchNorm before its convolutions
         if name == "densenet121":
@@ -294,8 +308,11 @@ def test_fold_padding_moves_symmetric_zero_padding_into_the_convolution():
 
     def pads(gm):
         modules = dict(gm.named_modules())
-        return [tuple(modules[n.target].padding) for n in gm.graph.nodes
-                if n.op == "call_module" and isinstance(modules[n.target], torch.nn.ZeroPad2d)]
+        return [
+            tuple(modules[n.target].padding)
+            for n in gm.graph.nodes
+            if n.op == "call_module" and isinstance(modules[n.target], torch.nn.ZeroPad2d)
+        ]
 
     assert len(pads(before)) == 17 and any(p[0] == p[1] for p in pads(before))
     assert pads(after) and all(p[0] != p[1] for p in pads(after))
@@ -316,8 +333,12 @@ def test_incremental_engine_on_a_single_copy_matches_the_model():
     occluded[..., 30:39, 5:16] = 0
     with torch.inference_mode():
         expected = model(occluded).numpy()
-        np.testing.assert_allclose(engine(patch, torch.tensor([30]), torch.tensor([5])).numpy(), expected,
-                                   atol=1e-5 * max(1.0, np.abs(expected).max()), rtol=0)
+        np.testing.assert_allclose(
+            engine(patch, torch.tensor([30]), torch.tensor([5])).numpy(),
+            expected,
+            atol=1e-5 * max(1.0, np.abs(expected).max()),
+            rtol=0,
+        )
 
 
 def test_multiply_add_count_of_the_engine():
@@ -326,8 +347,11 @@ def test_multiply_add_count_of_the_engine():
     model = _model("resnet18")
     x = _image(48, 48)
     counted = []
-    hooks = [m.register_forward_hook(lambda m, i, o: counted.append(o.numel() * m.weight[0].numel()))
-             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: counted.append(o.numel() * m.weight[0].numel()))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     with torch.inference_mode():
         model(x)
     for hook in hooks:
@@ -366,8 +390,11 @@ def test_approximate_computes_fewer_positions(monkeypatch):
     counted = []
     occ = Occluder(model, 24, 6, "approximate", coarse=3, refine=0.1)
     original = occ._scores
-    monkeypatch.setattr(occ, "_scores", lambda image, fill, chunk, h, w: counted.append(len(chunk))
-                        or original(image, fill, chunk, h, w))
+    monkeypatch.setattr(
+        occ,
+        "_scores",
+        lambda image, fill, chunk, h, w: counted.append(len(chunk)) or original(image, fill, chunk, h, w),
+    )
     result = occ(x, baseline(x, "zero"))
     n = result.scores.size  # 13 x 13 positions; coarse 5 x 5 plus at most 17 refined
     assert 25 < sum(counted) <= 25 + int(np.ceil(0.1 * n))
@@ -392,7 +419,7 @@ def test_drops_flips_and_pixel_map_by_hand():
     np.testing.assert_allclose(result.drops, [[-0.1, 0.4], [0.1, 0.6]])
     assert result.flips(0.5).tolist() == [[False, True], [False, True]]
     pixel = result.pixel_map()
-    assert pixel[0, 0] == pytest.approx(-0.1)                  # one window
+    assert pixel[0, 0] == pytest.approx(-0.1)  # one window
     assert pixel[2, 2] == pytest.approx((-0.1 + 0.4 + 0.1 + 0.6) / 4)  # all four
     assert pixel[0, 3] == pytest.approx(0.4) and pixel[4, 4] == pytest.approx(0.6)
     rows, cols = result.centres()

@@ -41,11 +41,11 @@ def test_mask_follows_the_image_through_preprocessing(resize):
 def test_mass_and_pointing_by_hand():
     heat = np.array([[1.0, -2.0], [3.0, 0.0]])
     mask = np.array([[True, False], [False, False]])
-    assert mass_inside(heat, mask) == pytest.approx(1 / 4)      # negative drops carry no mass
+    assert mass_inside(heat, mask) == pytest.approx(1 / 4)  # negative drops carry no mass
     assert mass_inside(heat, ~mask) == pytest.approx(3 / 4)
     assert pointing_hit(heat, mask) == 0.0 and pointing_hit(heat, ~mask) == 1.0
     assert np.isnan(mass_inside(heat, None)) and np.isnan(pointing_hit(heat, np.zeros((2, 2), bool)))
-    assert np.isnan(mass_inside(-np.abs(heat), mask))           # no positive mass at all
+    assert np.isnan(mass_inside(-np.abs(heat), mask))  # no positive mass at all
     tie = np.array([[5.0, 5.0], [0.0, 0.0]])
     assert pointing_hit(tie, np.array([[True, False], [False, False]])) == 0.0  # every maximum must be inside
 
@@ -115,12 +115,14 @@ def test_synthetic_masks_are_indexed_for_both_layouts(tmp_path):
     (cohen / "annotations" / "m").mkdir(parents=True)
     (cohen / "images").mkdir()
     (cohen / "annotations" / "synthetic_truth.csv").write_text(
-        "filename,lung_mask,lesion_mask\nx.png,annotations/m/x_lung.png,annotations/m/x_lesion.png\n")
+        "filename,lung_mask,lesion_mask\nx.png,annotations/m/x_lung.png,annotations/m/x_lesion.png\n"
+    )
     chex = tmp_path / "chexpert" / "CheXpert-v1.0-small"
     chex.mkdir(parents=True)
     (chex / "synthetic_truth.csv").write_text(
         "Path,lung_mask,lesion_mask\nCheXpert-v1.0-small/train/p1/s1/v.jpg,CheXpert-v1.0-small/m/l.png,"
-        "CheXpert-v1.0-small/m/s.png\n")
+        "CheXpert-v1.0-small/m/s.png\n"
+    )
     a = annotation_index(cohen)[cohen / "images" / "x.png"]
     assert a["lung"][1] == cohen / "annotations/m/x_lung.png" and a["lesion"][1] == cohen / "annotations/m/x_lesion.png"
     b = annotation_index(chex)[chex / "train/p1/s1/v.jpg"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from workspace import REPO, error_line, override_params, read, run_stage
+from workspace import REPO, error_line, override_params, read, run_python, run_stage
 
 # this module's explain settings, on the shared tiny trained pipeline (tests/conftest.py: TINY, ResNet18
 # with random weights, trained up to evaluate; the explain settings change nothing before the explain stage)
-EXPLAIN = {"explain.window": 16, "explain.stride": 8, "explain.top_covid": 2, "explain.false_negatives": 1,
-           "explain.false_positives": 1}
+EXPLAIN = {
+    "explain.window": 16,
+    "explain.stride": 8,
+    "explain.top_covid": 2,
+    "explain.false_negatives": 1,
+    "explain.false_positives": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +117,27 @@ def test_cli_explains_a_real_image_with_the_pipeline_preprocessing(trained, tmp_
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG broken")
     out = tmp_path / "figures"
-    proc = subprocess.run([sys.executable, "-m", "deepcovid", "explain", str(image), str(bad), "--model",
-                           str(trained / "models"), "--out", str(out), "--evaluation",
-                           str(trained / "metrics/evaluate.json"), "--params", str(trained / "params.yaml")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_python(
+        [
+            "-m",
+            "deepcovid",
+            "explain",
+            str(image),
+            str(bad),
+            "--model",
+            str(trained / "models"),
+            "--out",
+            str(out),
+            "--evaluation",
+            str(trained / "metrics/evaluate.json"),
+            "--params",
+            str(trained / "params.yaml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stderr  # one file failed
     lines = dict(line.split("\t", 1) for line in proc.stdout.strip().splitlines())
     score, figure = lines[str(image)].split("\t")

@@ -38,7 +38,7 @@ def test_tile_minimises_the_multiplications():
 def _conv_case(c, o, h, w, batch=2, bias=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, c, h, w, generator=g).relu().contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(o, c, 3, 3, generator=g) / (3 * c ** 0.5)
+    weight = torch.randn(o, c, 3, 3, generator=g) / (3 * c**0.5)
     return x, weight, (torch.randn(o, generator=g) if bias else None)
 
 

@@ -19,7 +19,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from localserver import ScriptedServer
 
 import deepcovid.data.fetch as fetch_mod
 from deepcovid.data.archive import safe_extract_zip
@@ -27,6 +26,7 @@ from deepcovid.data.download import download
 from deepcovid.data.errors import FetchError
 from deepcovid.data.fetch import fetch_source
 from deepcovid.files import TreeError, file_digests, tree_digest
+from localserver import ScriptedServer
 
 COMMIT = "ad999d56bdc8fde4a75367dc00323fa2e9d49f73"
 TOP = f"covid-chestxray-dataset-{COMMIT}/"
@@ -120,9 +120,22 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 def git(*args: str, cwd: Path | None = None) -> str:
     proc = subprocess.run(
-        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.org", "-c", "commit.gpgsign=false",
-         "-c", "init.defaultBranch=main", *args],
-        cwd=cwd, capture_output=True, text=True, check=True,
+        [
+            "git",
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.org",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return proc.stdout.strip()
 
@@ -183,8 +196,12 @@ def cohen_zip(shared_data, tmp_path_factory) -> Path:
 
 def test_real_cohen_archive_fetch_record_then_verify(shared_data, cohen_zip, server, tmp_path):
     server.script = [("file", cohen_zip)]
-    cfg = {"url": server.url("/ieee8023/covid-chestxray-dataset/archive/{commit}.zip"), "commit": COMMIT,
-           "tree_sha256": "", "backoff": 0}
+    cfg = {
+        "url": server.url("/ieee8023/covid-chestxray-dataset/archive/{commit}.zip"),
+        "commit": COMMIT,
+        "tree_sha256": "",
+        "backoff": 0,
+    }
     lines: list[str] = []
     dest = tmp_path / "raw" / "cohen"
     rec = fetch_source("cohen", cfg, dest, log=lines.append)
@@ -215,8 +232,12 @@ def test_real_cohen_archive_fetch_record_then_verify(shared_data, cohen_zip, ser
 
 def test_real_cohen_local_copy_verifies(shared_data, tmp_path):
     digest = tree_digest(shared_data / "cohen")
-    rec = fetch_source("cohen", {"local_dir": str(shared_data / "cohen"), "tree_sha256": digest},
-                       tmp_path / "cohen", log=lambda m: None)
+    rec = fetch_source(
+        "cohen",
+        {"local_dir": str(shared_data / "cohen"), "tree_sha256": digest},
+        tmp_path / "cohen",
+        log=lambda m: None,
+    )
     assert rec["method"] == "local_dir" and rec["checksum_status"] == "verified"
     assert len(list((tmp_path / "cohen" / "images").iterdir())) == 570
 
@@ -475,11 +496,22 @@ def test_local_dir_plain_copy(tmp_path, monkeypatch):
     src = small_tree(tmp_path / "copy")
     digest = tree_digest(src)
     monkeypatch.chdir(tmp_path)  # relative local_dir is relative to the working directory
-    rec = fetch_source("cohen", {"local_dir": "copy", "commit": COMMIT, "tree_sha256": digest},
-                       tmp_path / "raw" / "cohen", log=lambda m: None)
-    assert rec == {"name": "cohen", "method": "local_dir", "local_dir": "copy", "commit": COMMIT,
-                   "tree_sha256": digest, "checksum_status": "verified", "n_files": 2,
-                   "n_bytes": rec["n_bytes"]}
+    rec = fetch_source(
+        "cohen",
+        {"local_dir": "copy", "commit": COMMIT, "tree_sha256": digest},
+        tmp_path / "raw" / "cohen",
+        log=lambda m: None,
+    )
+    assert rec == {
+        "name": "cohen",
+        "method": "local_dir",
+        "local_dir": "copy",
+        "commit": COMMIT,
+        "tree_sha256": digest,
+        "checksum_status": "verified",
+        "n_files": 2,
+        "n_bytes": rec["n_bytes"],
+    }
     assert tree_digest(tmp_path / "raw" / "cohen") == digest
     dest = prefilled(tmp_path / "raw2" / "cohen")
     with pytest.raises(FetchError, match="fetch.cohen.tree_sha256 mismatch"):
@@ -491,8 +523,12 @@ def test_local_dir_plain_copy(tmp_path, monkeypatch):
 def test_local_dir_git_clone_commit_checked(git_repo, tmp_path):
     repo, (first, second) = git_repo
     digest = tree_digest(repo)
-    rec = fetch_source("cohen", {"local_dir": str(repo), "commit": second, "tree_sha256": digest},
-                       tmp_path / "raw" / "cohen", log=lambda m: None)
+    rec = fetch_source(
+        "cohen",
+        {"local_dir": str(repo), "commit": second, "tree_sha256": digest},
+        tmp_path / "raw" / "cohen",
+        log=lambda m: None,
+    )
     assert rec["commit"] == second and rec["checksum_status"] == "verified"
     assert not (tmp_path / "raw" / "cohen" / ".git").exists()
     assert (tmp_path / "raw" / "cohen" / "images" / "b.png").is_file()

@@ -39,6 +39,7 @@ def one_thread():
 
 # ------------------------------------------------------------------ helpers
 
+
 def _data(n: int, seed: int, shift: float = 1.0) -> TensorDataset:
     """n images 3x4x4, labels 0,1,0,1...; class 1 brighter in channel 0."""
     gen = torch.Generator().manual_seed(seed)
@@ -57,8 +58,9 @@ class Probe(nn.Module):
         self.seen: list[tuple[bool, str, bool]] = []
 
     def forward(self, x):
-        self.seen.append((self.training, x.device.type,
-                          x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()))
+        self.seen.append(
+            (self.training, x.device.type, x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        )
         return x
 
 
@@ -78,8 +80,14 @@ class SmallBatchBias(nn.Module):
 
 def _net(seed: int = 0, *, bias: bool = True, dropout: float = 0.25, extra: nn.Module | None = None) -> nn.Sequential:
     torch.manual_seed(seed)
-    layers = [Probe(), nn.Conv2d(3, 4, 3, padding=1, bias=bias), nn.ReLU(), nn.Flatten(), nn.Dropout(dropout),
-              nn.Linear(64, 2, bias=bias)]
+    layers = [
+        Probe(),
+        nn.Conv2d(3, 4, 3, padding=1, bias=bias),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(64, 2, bias=bias),
+    ]
     if extra is not None:
         layers.append(extra)
     return nn.Sequential(*layers)
@@ -94,8 +102,19 @@ def _equal(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _reference(net: nn.Module, train_set, val_set, *, epochs: int, batch_size: int, lr: float, seed: int,
-               weight_decay: float = 0.0, patience: int = 0, amp: bool = False) -> dict:
+def _reference(
+    net: nn.Module,
+    train_set,
+    val_set,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    weight_decay: float = 0.0,
+    patience: int = 0,
+    amp: bool = False,
+) -> dict:
     """train_full written out by hand (one process, CPU): per epoch, the global seed
     epoch_seed+1, a shuffled DataLoader on a generator seeded with epoch_seed, Adam steps,
     the training loss weighted by batch size, the validation loss as sum / count; keep the
@@ -109,8 +128,12 @@ def _reference(net: nn.Module, train_set, val_set, *, epochs: int, batch_size: i
         if patience and best_epoch and epoch - best_epoch > patience:
             break
         torch.manual_seed(epoch_seed(seed, epoch) + 1)
-        order = DataLoader(train_set, batch_size=batch_size, shuffle=True,
-                           generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+        order = DataLoader(
+            train_set,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
+        )
         net.train()
         loss_sum, count = 0.0, 0
         for x, y in order:
@@ -139,8 +162,13 @@ def _reference(net: nn.Module, train_set, val_set, *, epochs: int, batch_size: i
         states[epoch] = _clone(net.state_dict())
         if len(val_set) == 0 or val_loss < best_loss:
             best_loss, best_epoch, best_state = val_loss, epoch, states[epoch]
-    return {"history": history, "best_epoch": best_epoch, "best_state": best_state, "states": states,
-            "optimizer": copy.deepcopy(optimizer.state_dict())}
+    return {
+        "history": history,
+        "best_epoch": best_epoch,
+        "best_state": best_state,
+        "states": states,
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+    }
 
 
 def _same_losses(history: list[EpochLog], want: list[tuple]) -> None:
@@ -165,13 +193,14 @@ def _run(net, train_set, val_set, **kw):
     start = time.perf_counter()
     model, history, best = train_full(net, train_set, val_set, on_epoch=on_epoch, **kw)
     elapsed = time.perf_counter() - start
-    run = history[len(history) - len(calls):]  # the epochs of this call (after a resume: the last ones)
+    run = history[len(history) - len(calls) :]  # the epochs of this call (after a resume: the last ones)
     assert calls and all(c is h for c, h in zip(calls, run, strict=True))  # once per epoch, with the entry
     assert all(isinstance(h.seconds, float) and 0.0 <= h.seconds <= elapsed for h in run)
     return model, history, best, snapshots
 
 
 # ------------------------------------------------------------------ _loader and _batches
+
 
 def test_loader_settings_and_order():
     """Shuffled: the order of a DataLoader on Generator().manual_seed(epoch_seed(seed, epoch)),
@@ -188,8 +217,12 @@ def test_loader_settings_and_order():
     loader = _loader(ds, 4, True, 0, 5, 3, CPU)
     torch.manual_seed(456)
     got = [x.tolist() for x, _ in loader]
-    want = [x.tolist() for x, _ in DataLoader(ds, batch_size=4, shuffle=True,
-                                              generator=torch.Generator().manual_seed(epoch_seed(5, 3)))]
+    want = [
+        x.tolist()
+        for x, _ in DataLoader(
+            ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(epoch_seed(5, 3))
+        )
+    ]
     assert got == want and [len(b) for b in got] == [4, 4, 3]
     assert sorted(sum(got, [])) == list(range(11)) and sum(got, []) != list(range(11))
     other = [x.tolist() for x, _ in _loader(ds, 4, True, 0, 5, 4, CPU)]  # another epoch, another order
@@ -234,16 +267,19 @@ def test_batches_move_to_device_and_layout():
     device = torch.device("meta")
     out = list(_batches([(_Recorder(images), _Recorder(labels))], device, True))
     assert len(out) == 1
-    assert images == [("to", (device,), {"non_blocking": True}),
-                      ("contiguous", (), {"memory_format": torch.channels_last})]
+    assert images == [
+        ("to", (device,), {"non_blocking": True}),
+        ("contiguous", (), {"memory_format": torch.channels_last}),
+    ]
     assert labels == [("to", (device,), {"non_blocking": True})]
 
 
 # ------------------------------------------------------------------ train_one_epoch and evaluate
 
+
 def _batch_list(ds: TensorDataset, size: int) -> list:
     x, y = ds.tensors
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
 def test_train_one_epoch_against_hand_written_loop():
@@ -285,8 +321,9 @@ def test_train_one_epoch_layout_and_autocast():
     for amp, channels_last in ((False, True), (True, False)):
         net = _net(3, dropout=0.0)
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
-        losses[amp] = train_one_epoch(net, opt, torch.amp.GradScaler("cpu", enabled=False), batches, CPU,
-                                      channels_last=channels_last, amp=amp)
+        losses[amp] = train_one_epoch(
+            net, opt, torch.amp.GradScaler("cpu", enabled=False), batches, CPU, channels_last=channels_last, amp=amp
+        )
         assert [s[2] for s in net[0].seen] == [channels_last] * 3
     assert abs(losses[True] - losses[False]) > 1e-5
 
@@ -316,8 +353,7 @@ def test_train_one_epoch_and_evaluate_pass_device_and_layout_to_batches(monkeypa
     batches = _batch_list(_data(5, 1), 4)
     net = _net(3, dropout=0.0)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    train_one_epoch(net, opt, torch.amp.GradScaler("cpu", enabled=False), batches, CPU, channels_last=True,
-                    amp=False)
+    train_one_epoch(net, opt, torch.amp.GradScaler("cpu", enabled=False), batches, CPU, channels_last=True, amp=False)
     evaluate(net, batches, CPU, channels_last=True, amp=False)
     assert seen == [(CPU, True), (CPU, True)]
 
@@ -353,6 +389,7 @@ def test_evaluate_is_sum_over_count():
 
 # ------------------------------------------------------------------ train_full against the reference
 
+
 @pytest.mark.parametrize("weight_decay", [None, 0.05])
 def test_train_full_matches_reference_loop(weight_decay):
     """3 epochs with dropout and a smaller last batch: history, best epoch and weights equal
@@ -361,11 +398,20 @@ def test_train_full_matches_reference_loop(weight_decay):
     train_set, val_set = _data(TRAIN_N, 1), _data(VAL_N, 2)
     net = _net(7)
     net[1].weight.requires_grad_(False)
-    ref = _reference(copy.deepcopy(net), train_set, val_set, epochs=3, batch_size=BATCH, lr=0.02, seed=9,
-                     weight_decay=weight_decay or 0.0)
+    ref = _reference(
+        copy.deepcopy(net),
+        train_set,
+        val_set,
+        epochs=3,
+        batch_size=BATCH,
+        lr=0.02,
+        seed=9,
+        weight_decay=weight_decay or 0.0,
+    )
     kw = {} if weight_decay is None else {"weight_decay": weight_decay}
-    model, history, best, snapshots = _run(net, train_set, val_set, epochs=3, batch_size=BATCH, lr=0.02, seed=9,
-                                           device=CPU, **kw)
+    model, history, best, snapshots = _run(
+        net, train_set, val_set, epochs=3, batch_size=BATCH, lr=0.02, seed=9, device=CPU, **kw
+    )
     assert model is net and not model.training
     assert all(p.requires_grad for p in model.parameters())
     _same_losses(history, ref["history"])
@@ -374,9 +420,15 @@ def test_train_full_matches_reference_loop(weight_decay):
     for epoch, snap in enumerate(snapshots, 1):
         assert _equal(snap, ref["states"][epoch])
     # the data went through the net as plain NCHW batches: 3 training and 2 validation per epoch
-    assert net[0].seen == [(True, "cpu", False)] * 3 + [(False, "cpu", False)] * 2 \
-        + [(True, "cpu", False)] * 3 + [(False, "cpu", False)] * 2 + [(True, "cpu", False)] * 3 \
+    assert (
+        net[0].seen
+        == [(True, "cpu", False)] * 3
         + [(False, "cpu", False)] * 2
+        + [(True, "cpu", False)] * 3
+        + [(False, "cpu", False)] * 2
+        + [(True, "cpu", False)] * 3
+        + [(False, "cpu", False)] * 2
+    )
 
 
 def test_weight_decay_changes_the_result():
@@ -398,8 +450,12 @@ def test_train_full_passes_its_settings_to_loader(monkeypatch):
     monkeypatch.setattr(training, "_loader", spy)
     train_set, val_set = _data(TRAIN_N, 1), _data(VAL_N, 2)
     train_full(_net(7), train_set, val_set, epochs=2, batch_size=BATCH, lr=0.02, seed=9, device=CPU)
-    assert calls == [(train_set, BATCH, True, 0, 9, 1, CPU), (val_set, BATCH, False, 0, 9, 1, CPU),
-                     (train_set, BATCH, True, 0, 9, 2, CPU), (val_set, BATCH, False, 0, 9, 2, CPU)]
+    assert calls == [
+        (train_set, BATCH, True, 0, 9, 1, CPU),
+        (val_set, BATCH, False, 0, 9, 1, CPU),
+        (train_set, BATCH, True, 0, 9, 2, CPU),
+        (val_set, BATCH, False, 0, 9, 2, CPU),
+    ]
 
 
 def test_amp_on_cpu_is_bfloat16_autocast_without_scaler(tmp_path):
@@ -410,8 +466,9 @@ def test_amp_on_cpu_is_bfloat16_autocast_without_scaler(tmp_path):
     ref = _reference(copy.deepcopy(net), train_set, val_set, epochs=2, batch_size=BATCH, lr=0.02, seed=9, amp=True)
     fp32 = _reference(copy.deepcopy(net), train_set, val_set, epochs=2, batch_size=BATCH, lr=0.02, seed=9)
     ckpt = tmp_path / "ckpt.pt"
-    model, history, best, _ = _run(net, train_set, val_set, epochs=2, batch_size=BATCH, lr=0.02, seed=9,
-                                   device=CPU, amp=True, checkpoint=ckpt)
+    model, history, best, _ = _run(
+        net, train_set, val_set, epochs=2, batch_size=BATCH, lr=0.02, seed=9, device=CPU, amp=True, checkpoint=ckpt
+    )
     _same_losses(history, ref["history"])
     assert abs(history[0].train_loss - fp32["history"][0][1]) > 1e-5
     assert best == ref["best_epoch"] and _equal(model.state_dict(), ref["best_state"])
@@ -441,6 +498,7 @@ def test_channels_last_on_cpu_same_numbers():
 
 # ------------------------------------------------------------------ best epoch, patience, odd validation sets
 
+
 def _flipped_problem():
     """Validation = the training images with the other label: the better the net fits the
     training set, the worse the validation loss (best epoch 1, then rising)."""
@@ -453,8 +511,9 @@ def _flipped_problem():
 def test_patience_stops_at_the_exact_epoch(patience, caplog):
     train_set, val_set = _flipped_problem()
     net = _net(7, dropout=0.0)
-    ref = _reference(copy.deepcopy(net), train_set, val_set, epochs=6, batch_size=BATCH, lr=0.05, seed=9,
-                     patience=patience or 0)
+    ref = _reference(
+        copy.deepcopy(net), train_set, val_set, epochs=6, batch_size=BATCH, lr=0.05, seed=9, patience=patience or 0
+    )
     kw = {} if patience is None else {"patience": patience}
     with caplog.at_level(logging.INFO, logger="deepcovid.model.training"):
         result = _run(net, train_set, val_set, epochs=6, batch_size=BATCH, lr=0.05, seed=9, device=CPU, **kw)
@@ -477,8 +536,9 @@ def test_equal_validation_losses_keep_the_first_epoch():
     train_set = _data(TRAIN_N, 1)
     val_set = TensorDataset(torch.zeros(3, 3, 4, 4), torch.tensor([0, 1, 0]))
     net = _net(7, bias=False, dropout=0.0)
-    model, history, best, snapshots = _run(net, train_set, val_set, epochs=3, batch_size=BATCH, lr=0.05, seed=9,
-                                           device=CPU)
+    model, history, best, snapshots = _run(
+        net, train_set, val_set, epochs=3, batch_size=BATCH, lr=0.05, seed=9, device=CPU
+    )
     assert [h.val_loss for h in history] == [pytest.approx(math.log(2), rel=1e-6)] * 3
     assert len({h.val_loss for h in history}) == 1
     assert best == 1
@@ -490,8 +550,9 @@ def test_empty_validation_set_keeps_the_last_epoch():
     val_set = TensorDataset(torch.zeros(0, 3, 4, 4), torch.zeros(0, dtype=torch.long))
     net = _net(7)
     ref = _reference(copy.deepcopy(net), train_set, val_set, epochs=3, batch_size=BATCH, lr=0.02, seed=9)
-    model, history, best, snapshots = _run(net, train_set, val_set, epochs=3, batch_size=BATCH, lr=0.02, seed=9,
-                                           device=CPU, patience=1)
+    model, history, best, snapshots = _run(
+        net, train_set, val_set, epochs=3, batch_size=BATCH, lr=0.02, seed=9, device=CPU, patience=1
+    )
     assert all(math.isnan(h.val_loss) for h in history)
     _same_losses(history, ref["history"])
     assert best == 3
@@ -512,8 +573,9 @@ def test_no_finite_validation_loss_returns_the_initial_weights():
     train_set, val_set = _data(TRAIN_N, 1), _nan_validation()
     net = _net(7)
     initial = _clone(net.state_dict())
-    model, history, best, snapshots = _run(net, train_set, val_set, epochs=4, batch_size=BATCH, lr=0.02, seed=9,
-                                           device=CPU, patience=1)
+    model, history, best, snapshots = _run(
+        net, train_set, val_set, epochs=4, batch_size=BATCH, lr=0.02, seed=9, device=CPU, patience=1
+    )
     assert [h.epoch for h in history] == [1, 2, 3, 4]
     assert all(math.isnan(h.val_loss) and math.isfinite(h.train_loss) for h in history)
     assert best == 0
@@ -522,6 +584,7 @@ def test_no_finite_validation_loss_returns_the_initial_weights():
 
 
 # ------------------------------------------------------------------ checkpoints
+
 
 def test_resume_matches_the_reference(tmp_path):
     """2 epochs, then the same call for 4 resumes at epoch 3: the uninterrupted reference's
@@ -533,8 +596,7 @@ def test_resume_matches_the_reference(tmp_path):
     train_full(_net(7), train_set, val_set, epochs=2, checkpoint=ckpt, **kw)
     net = _net(7)
     calls = []
-    model, history, best = train_full(net, train_set, val_set, epochs=4, checkpoint=ckpt, on_epoch=calls.append,
-                                      **kw)
+    model, history, best = train_full(net, train_set, val_set, epochs=4, checkpoint=ckpt, on_epoch=calls.append, **kw)
     assert [c.epoch for c in calls] == [3, 4] and calls == history[2:]
     assert len(net[0].seen) == 2 * 5  # only epochs 3 and 4 were run
     _same_losses(history, ref["history"])
@@ -551,8 +613,9 @@ def test_corrupt_checkpoint_is_set_aside_and_training_starts_over(tmp_path, capl
     reason, then a fresh run with the same optimiser (weight decay) and a disabled scaler."""
     train_set, val_set = _data(TRAIN_N, 1), _data(VAL_N, 2)
     kw = dict(epochs=2, batch_size=BATCH, lr=0.02, seed=9, device=CPU, weight_decay=0.5, amp=True)
-    ref = _reference(_net(7), train_set, val_set, epochs=2, batch_size=BATCH, lr=0.02, seed=9, weight_decay=0.5,
-                     amp=True)
+    ref = _reference(
+        _net(7), train_set, val_set, epochs=2, batch_size=BATCH, lr=0.02, seed=9, weight_decay=0.5, amp=True
+    )
     ckpt = tmp_path / "ckpt.pt"
     torch.save({"epoch": 1, "best_epoch": 0}, ckpt)
     bad = ckpt.read_bytes()
@@ -576,8 +639,9 @@ def test_corrupt_checkpoint_then_no_finite_validation_loss(tmp_path):
     ckpt.write_bytes(b"not a checkpoint")
     net = _net(7)
     initial = _clone(net.state_dict())
-    model, history, best, _ = _run(net, train_set, val_set, epochs=3, batch_size=BATCH, lr=0.02, seed=9,
-                                   device=CPU, checkpoint=ckpt, patience=1)
+    model, history, best, _ = _run(
+        net, train_set, val_set, epochs=3, batch_size=BATCH, lr=0.02, seed=9, device=CPU, checkpoint=ckpt, patience=1
+    )
     assert (tmp_path / "ckpt.pt.corrupt").exists()
     assert [h.epoch for h in history] == [1, 2, 3]
     assert best == 0 and _equal(model.state_dict(), initial)

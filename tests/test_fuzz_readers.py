@@ -83,15 +83,25 @@ RANDOM = os.environ.get("FUZZ_RANDOM") == "1"
 
 
 def fuzz(n: int):
-    return settings(max_examples=max(1, round(n * SCALE)), deadline=None, derandomize=not RANDOM, database=None,
-                    phases=PHASES,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                           HealthCheck.data_too_large, HealthCheck.large_base_example,
-                                           HealthCheck.filter_too_much])
+    return settings(
+        max_examples=max(1, round(n * SCALE)),
+        deadline=None,
+        derandomize=not RANDOM,
+        database=None,
+        phases=PHASES,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+            HealthCheck.filter_too_much,
+        ],
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # the error contract
+
 
 def check_error(exc: BaseException, *names: str, unnamed: list | None = None) -> str:
     """``exc`` is a project error with a one-line message naming one of ``names``.
@@ -102,20 +112,22 @@ def check_error(exc: BaseException, *names: str, unnamed: list | None = None) ->
     assert isinstance(exc, DeepCovidError), f"{type(exc).__name__} is not a DeepCovidError: {exc!r}"
     msg = str(exc)
     assert msg.strip(), "empty error message"
-    assert not any(ch in msg for ch in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), \
+    assert not any(ch in msg for ch in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), (
         f"error message is not one line: {msg!r}"
+    )
     if unnamed is not None and not any(name in msg for name in names):
         unnamed.append(msg)
         return msg
-    assert any(name in msg for name in names), \
-        f"error message does not name the input ({' or '.join(names)}): {msg!r}"
+    assert any(name in msg for name in names), f"error message does not name the input ({' or '.join(names)}): {msg!r}"
     return msg
 
 
 def assert_all_named(unnamed: list, name: str) -> None:
     distinct = sorted(set(unnamed))
-    assert not unnamed, (f"{len(unnamed)} error messages do not name the input file {name!r}; "
-                         f"{len(distinct)} distinct, e.g. {distinct[:4]}")
+    assert not unnamed, (
+        f"{len(unnamed)} error messages do not name the input file {name!r}; "
+        f"{len(distinct)} distinct, e.g. {distinct[:4]}"
+    )
 
 
 def call(fn, *args, **kwargs):
@@ -139,8 +151,13 @@ def _event(text: str) -> None:
 
 MUTATIONS = ("flip", "overwrite", "truncate", "insert", "delete")
 # (kind, offset (taken modulo the current length), bytes to overwrite / insert, flip mask / delete count)
-byte_ops = st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 2**20), st.binary(min_size=1, max_size=16),
-                              st.integers(1, 255)), min_size=1, max_size=3)
+byte_ops = st.lists(
+    st.tuples(
+        st.sampled_from(MUTATIONS), st.integers(0, 2**20), st.binary(min_size=1, max_size=16), st.integers(1, 255)
+    ),
+    min_size=1,
+    max_size=3,
+)
 
 
 def apply_ops(data: bytes, ops) -> bytes:
@@ -152,13 +169,13 @@ def apply_ops(data: bytes, ops) -> bytes:
         if kind == "flip":
             buf[off] ^= mask
         elif kind == "overwrite":
-            buf[off:off + len(chunk)] = chunk
+            buf[off : off + len(chunk)] = chunk
         elif kind == "truncate":
             del buf[off:]
         elif kind == "insert":
             buf[off:off] = chunk
         else:
-            del buf[off:off + mask % 16 + 1]
+            del buf[off : off + mask % 16 + 1]
     return bytes(buf)
 
 
@@ -214,11 +231,9 @@ def image_files() -> dict[str, tuple[bytes, np.ndarray, np.ndarray, int]]:
     prgb = np.asarray(pal.convert("RGB"))
     out["png_p"] = (_save(pal, "PNG"), prgb, np.stack([_gray(prgb)] * 3, -1), 1)
     sm = _smooth()
-    out["jpeg_l"] = (_save(Image.fromarray(sm), "JPEG", quality=95), np.stack([sm] * 3, -1),
-                     np.stack([sm] * 3, -1), 8)
+    out["jpeg_l"] = (_save(Image.fromarray(sm), "JPEG", quality=95), np.stack([sm] * 3, -1), np.stack([sm] * 3, -1), 8)
     smc = np.dstack([sm, sm[::-1], sm.T])
-    out["jpeg_rgb"] = (_save(Image.fromarray(smc), "JPEG", quality=95), smc,
-                       np.stack([_gray(smc)] * 3, -1), 12)
+    out["jpeg_rgb"] = (_save(Image.fromarray(smc), "JPEG", quality=95), smc, np.stack([_gray(smc)] * 3, -1), 12)
     # fixed UIDs, so that the files (and the offsets of a failing example) are the same on every run
     uid, dicom_files.generate_uid = dicom_files.generate_uid, lambda: "1.2.826.0.1.3680043.8.498.1"
     try:
@@ -236,19 +251,44 @@ def _dicom_files(chest, write_dicom, rgb):
         dsc = np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
         d3 = np.stack([dsc] * 3, -1)
         out["dicom_mono2"] = (write_dicom(Path(td) / "a.dcm", values).read_bytes(), d3, d3, 1)
-        out["dicom_mono1_window"] = (write_dicom(Path(td) / "b.dcm", values, photometric="MONOCHROME1",
-                                                 window=(2000.0, 3000.0), ViewPosition="LL").read_bytes(),
-                                     None, None, 0)
-        out["dicom_rescale_voilut"] = (write_dicom(Path(td) / "c.dcm", values, rescale=(0.5, -10.0),
-                                                   voi_lut=([256, 0, 8], list(range(256)))).read_bytes(),
-                                       None, None, 0)
-        out["dicom_rgb"] = (write_dicom(Path(td) / "d.dcm", rgb, photometric="RGB", bits_stored=8).read_bytes(),
-                            rgb, np.stack([_gray(rgb)] * 3, -1), 1)
+        out["dicom_mono1_window"] = (
+            write_dicom(
+                Path(td) / "b.dcm", values, photometric="MONOCHROME1", window=(2000.0, 3000.0), ViewPosition="LL"
+            ).read_bytes(),
+            None,
+            None,
+            0,
+        )
+        out["dicom_rescale_voilut"] = (
+            write_dicom(
+                Path(td) / "c.dcm", values, rescale=(0.5, -10.0), voi_lut=([256, 0, 8], list(range(256)))
+            ).read_bytes(),
+            None,
+            None,
+            0,
+        )
+        out["dicom_rgb"] = (
+            write_dicom(Path(td) / "d.dcm", rgb, photometric="RGB", bits_stored=8).read_bytes(),
+            rgb,
+            np.stack([_gray(rgb)] * 3, -1),
+            1,
+        )
     return out
 
 
-IMAGE_KINDS = ("png_l8", "png_l16", "png_rgb", "png_rgba", "png_p", "jpeg_l", "jpeg_rgb",
-               "dicom_mono2", "dicom_mono1_window", "dicom_rescale_voilut", "dicom_rgb")
+IMAGE_KINDS = (
+    "png_l8",
+    "png_l16",
+    "png_rgb",
+    "png_rgba",
+    "png_p",
+    "jpeg_l",
+    "jpeg_rgb",
+    "dicom_mono2",
+    "dicom_mono1_window",
+    "dicom_rescale_voilut",
+    "dicom_rgb",
+)
 PNG_KINDS = tuple(k for k in IMAGE_KINDS if k.startswith("png"))
 DICOM_KINDS = tuple(k for k in IMAGE_KINDS if k.startswith("dicom"))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -267,15 +307,16 @@ def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
     """(type, data start, data end) of each chunk; the CRC follows at end..end+4."""
     pos, out = 8, []
     while pos + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        out.append((data[pos + 4:pos + 8], pos + 8, pos + 8 + length))
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append((data[pos + 4 : pos + 8], pos + 8, pos + 8 + length))
         pos += 12 + length
     return out
 
 
 @pytest.mark.parametrize("grayscale", [True, False])
-@pytest.mark.parametrize("kind", ["png_l8", "png_l16", "png_rgb", "png_rgba", "png_p", "jpeg_l", "jpeg_rgb",
-                                  "dicom_mono2", "dicom_rgb"])
+@pytest.mark.parametrize(
+    "kind", ["png_l8", "png_l16", "png_rgb", "png_rgba", "png_p", "jpeg_l", "jpeg_rgb", "dicom_mono2", "dicom_rgb"]
+)
 def test_read_image_unmutated_pixels(tmp_path, kind, grayscale):
     from deepcovid.data.images import read_image
 
@@ -311,16 +352,32 @@ def test_read_image_mutated(tmp_path):
         if kind in PNG_KINDS and data.startswith(PNG_SIGNATURE):
             # every PNG chunk is CRC-checked: a PNG that decodes holds the original pixels
             want = gray if grayscale else colour
-            assert arr.shape == want.shape and np.abs(arr.astype(int) - want).max() <= tol, \
+            assert arr.shape == want.shape and np.abs(arr.astype(int) - want).max() <= tol, (
                 "mutated PNG decoded to other pixels"
+            )
 
     run()
     assert_all_named(unnamed, path.name)
 
 
-MAGICS = (b"", PNG_SIGNATURE, b"\xff\xd8\xff", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"GIF89a", b"BM",
-          b"II*\x00", b"MM\x00*", b"\x00" * 128 + b"DICM", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"P5\n",
-          b"P6\n3 2\n255\n", b"\x00\x00\x01\x00", b"8BPS", b"\x0a\x05\x01\x08", b"\x00\x00\x02\x00")
+MAGICS = (
+    b"",
+    PNG_SIGNATURE,
+    b"\xff\xd8\xff",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"\x00" * 128 + b"DICM",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"P5\n",
+    b"P6\n3 2\n255\n",
+    b"\x00\x00\x01\x00",
+    b"8BPS",
+    b"\x0a\x05\x01\x08",
+    b"\x00\x00\x02\x00",
+)
 
 
 def test_read_image_random_bytes(tmp_path):
@@ -348,8 +405,12 @@ def _png_chunk(ctype: bytes, payload: bytes) -> bytes:
 
 def png_with_header(width: int, height: int, bit_depth: int, colour_type: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + _png_chunk(b"IEND", b""))
+    return (
+        PNG_SIGNATURE
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 @st.composite
@@ -396,8 +457,8 @@ def idat_mutations(draw):
         data[off] ^= draw(st.integers(1, 255))
     else:
         k = draw(st.integers(1, hi - off + 1))
-        new = draw(st.binary(min_size=k, max_size=k).filter(lambda b: b != bytes(data[off:off + k])))
-        data[off:off + k] = new
+        new = draw(st.binary(min_size=k, max_size=k).filter(lambda b: b != bytes(data[off : off + k])))
+        data[off : off + k] = new
     return kind, where, off, bytes(data)
 
 
@@ -421,6 +482,7 @@ def test_read_image_png_idat_mutation_refused(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # 2. DICOM
+
 
 def check_dicom_result(result) -> None:
     assert isinstance(result, tuple) and len(result) == 2, f"not (image, notes): {result!r}"
@@ -471,7 +533,7 @@ def test_read_dicom_random_after_preamble(tmp_path):
     @given(st.sampled_from(["preamble", "meta"]), st.sampled_from(DICOM_KINDS), st.binary(max_size=600))
     def run(start, kind, body):
         base = image_files()[kind][0]
-        head = b"\0" * 128 + b"DICM" if start == "preamble" else base[:_file_meta_end(base)]
+        head = b"\0" * 128 + b"DICM" if start == "preamble" else base[: _file_meta_end(base)]
         path.write_bytes(head + body)
         check_dicom_read(read_dicom, path, unnamed)
 
@@ -509,7 +571,7 @@ def test_dicom_known_cases(tmp_path, case, reader):
 # 3. metadata CSV readers
 
 ENCODINGS = ("utf-8", "utf-8-sig", "latin-1", "utf-16")
-_WEIRD = ',"\n\r \t;\'\\é€\u00a0\u2028\ufeff\x00\x1cab'
+_WEIRD = ",\"\n\r \t;'\\é€\u00a0\u2028\ufeff\x00\x1cab"
 cells = st.one_of(
     st.text(alphabet=st.sampled_from(list("abcxyz0123456789 _-./")), max_size=10),
     st.text(alphabet=st.sampled_from(list(_WEIRD)), max_size=8),
@@ -583,8 +645,13 @@ def test_read_csv_text_well_formed(tmp_path, case):
     names = [as_read(h, encoding).strip() for h in header]
     kept = [i for i, n in enumerate(names) if n]
     limit = csv.field_size_limit()
-    clean = (encoding != "utf-16" and b"\0" not in raw and kept and len({names[i] for i in kept}) == len(kept)
-             and all(len(c) <= limit for c in [*header, *(c for r in rows for c in r)]))
+    clean = (
+        encoding != "utf-16"
+        and b"\0" not in raw
+        and kept
+        and len({names[i] for i in kept}) == len(kept)
+        and all(len(c) <= limit for c in [*header, *(c for r in rows for c in r)])
+    )
     if err is not None:
         check_error(err, path.name)
         assert not clean, f"a well-formed CSV was refused: {err}"
@@ -603,7 +670,7 @@ def ragged_tables(draw):
     rows = draw(st.lists(st.lists(clean_cells, min_size=len(header), max_size=len(header)), min_size=1, max_size=5))
     bad = draw(st.integers(0, len(rows) - 1))
     if len(header) > 1 and draw(st.booleans()):
-        rows[bad] = rows[bad][:draw(st.integers(1, len(header) - 1))]
+        rows[bad] = rows[bad][: draw(st.integers(1, len(header) - 1))]
     else:
         rows[bad] = rows[bad] + draw(st.lists(clean_cells, min_size=1, max_size=3))
     blank = draw(st.sets(st.integers(0, len(rows)), max_size=2))
@@ -681,12 +748,19 @@ def cohen_tables(draw):
     for field, aliases in COHEN_ALIASES.items():
         if present[field]:
             columns.append((field, draw(spelling(draw(st.sampled_from(aliases))))))
-    extra = draw(st.lists(st.text(alphabet="qrstuvw ", min_size=1, max_size=6).filter(
-        lambda n: n.strip() and _key(n) not in ALL_ALIASES), max_size=2))
+    extra = draw(
+        st.lists(
+            st.text(alphabet="qrstuvw ", min_size=1, max_size=6).filter(
+                lambda n: n.strip() and _key(n) not in ALL_ALIASES
+            ),
+            max_size=2,
+        )
+    )
     columns += [(None, n) for n in extra]
     columns = draw(st.permutations(columns))
-    value = st.one_of(st.sampled_from(["COVID-19", "PA", "AP Supine", "X-ray", "CT", "x.png", "a/b.jpg", "",
-                                       " 1 ", "images"]), cells)
+    value = st.one_of(
+        st.sampled_from(["COVID-19", "PA", "AP Supine", "X-ray", "CT", "x.png", "a/b.jpg", "", " 1 ", "images"]), cells
+    )
     rows = draw(st.lists(st.lists(value, min_size=len(columns), max_size=len(columns)), max_size=4))
     return columns, rows
 
@@ -706,13 +780,23 @@ def test_read_cohen_style(tmp_path, case):
     missing = [f for f in ("filename", "patient", "finding", "view") if f not in fields]
     names = [h.strip() for h in header]
     limit = csv.field_size_limit()
-    clean = (not missing and rows and "\0" not in text and len(set(names)) == len(names)
-             and all(len(c) <= limit for r in rows for c in r))
+    clean = (
+        not missing
+        and rows
+        and "\0" not in text
+        and len(set(names)) == len(names)
+        and all(len(c) <= limit for r in rows for c in r)
+    )
     if err is not None:
         msg = check_error(err, path.name)
         assert not clean, f"a valid metadata table was refused: {msg}"
-        if columns and missing and "\0" not in text and len(set(names)) == len(names) and all(
-                len(c) <= limit for r in rows for c in r):
+        if (
+            columns
+            and missing
+            and "\0" not in text
+            and len(set(names)) == len(names)
+            and all(len(c) <= limit for r in rows for c in r)
+        ):
             assert any(repr(f) in msg for f in missing), f"missing column not named: {msg}"
         return
     assert not missing, f"required columns {missing} missing, yet accepted"
@@ -725,18 +809,35 @@ def test_read_cohen_style(tmp_path, case):
 
     for got, r in zip(frame.to_dict("records"), rows):
         fname, folder = cell(r, "filename", ""), cell(r, "folder", "") or "images"
-        want = {"source": "cohen", "relpath": f"{folder}/{fname}" if fname else "",
-                "patient": cell(r, "patient", ""), "finding": cell(r, "finding", ""), "view": cell(r, "view", ""),
-                "modality": cell(r, "modality", "X-ray"), "offset": cell(r, "offset", "")}
+        want = {
+            "source": "cohen",
+            "relpath": f"{folder}/{fname}" if fname else "",
+            "patient": cell(r, "patient", ""),
+            "finding": cell(r, "finding", ""),
+            "view": cell(r, "view", ""),
+            "modality": cell(r, "modality", "X-ray"),
+            "offset": cell(r, "offset", ""),
+        }
         assert got == want
 
 
 # --- CheXpert ---
 
 CHEXPERT_CATEGORIES = [
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 ]
 VALID_LABELS = ("1.0", "0.0", "-1.0", "", "1", "0", "-1", " 1.0 ")
 ODD_LABELS = ("2", "0.5", "abc", "inf", "-inf", "nan", "1e5", "-2.0", "yes", "1,0", "0x1")
@@ -751,22 +852,44 @@ def chexpert_csv(draw, split: str):
         columns.remove(draw(st.sampled_from(columns)))
     if defect == "extra":
         columns.insert(draw(st.integers(0, len(columns))), draw(st.sampled_from(["x", "Path ", "note"])))
-    path = st.builds(lambda pre, p, s, v: f"{pre}{split}/patient{p:05d}/study{s}/view{v}_frontal.jpg",
-                     st.sampled_from(["CheXpert-v1.0-small/", "CheXpert-v1.0/", ""]),
-                     st.integers(0, 99999), st.integers(1, 3), st.integers(1, 2))
-    values = {"Path": path, "Sex": st.sampled_from(["Male", "Female", ""]), "Age": st.sampled_from(["50", ""]),
-              "Frontal/Lateral": st.sampled_from(["Frontal", "Lateral", "frontal", " Frontal "]),
-              "AP/PA": st.sampled_from(["AP", "PA", ""])}
-    rows = draw(st.lists(st.fixed_dictionaries({c: values.get(c, st.sampled_from(VALID_LABELS)) for c in columns}),
-                         max_size=4))
+    path = st.builds(
+        lambda pre, p, s, v: f"{pre}{split}/patient{p:05d}/study{s}/view{v}_frontal.jpg",
+        st.sampled_from(["CheXpert-v1.0-small/", "CheXpert-v1.0/", ""]),
+        st.integers(0, 99999),
+        st.integers(1, 3),
+        st.integers(1, 2),
+    )
+    values = {
+        "Path": path,
+        "Sex": st.sampled_from(["Male", "Female", ""]),
+        "Age": st.sampled_from(["50", ""]),
+        "Frontal/Lateral": st.sampled_from(["Frontal", "Lateral", "frontal", " Frontal "]),
+        "AP/PA": st.sampled_from(["AP", "PA", ""]),
+    }
+    rows = draw(
+        st.lists(st.fixed_dictionaries({c: values.get(c, st.sampled_from(VALID_LABELS)) for c in columns}), max_size=4)
+    )
     if rows and defect in ("label", "path", "view"):
         row = draw(st.sampled_from(rows))
         if defect == "label":
             category = draw(st.sampled_from([c for c in columns if c in CHEXPERT_CATEGORIES]))
             row[category] = draw(st.sampled_from(ODD_LABELS))
         elif defect == "path" and "Path" in row:
-            row["Path"] = draw(st.one_of(st.sampled_from(["", "/abs/patient1/x.jpg", "../patient2/x.jpg",
-                                                          "train/patientX/x.jpg", "patient", "CheXpert-v1.0"]), cells))
+            row["Path"] = draw(
+                st.one_of(
+                    st.sampled_from(
+                        [
+                            "",
+                            "/abs/patient1/x.jpg",
+                            "../patient2/x.jpg",
+                            "train/patientX/x.jpg",
+                            "patient",
+                            "CheXpert-v1.0",
+                        ]
+                    ),
+                    cells,
+                )
+            )
         elif "Frontal/Lateral" in row:
             row["Frontal/Lateral"] = draw(st.sampled_from(["", "x", "FRONTAL", "Lat", "front al"]))
     return columns, [[r[c] for c in columns] for r in rows]
@@ -796,13 +919,15 @@ def test_read_chexpert(tmp_path, train, valid):
         assert got["frontal"] == (r["Frontal/Lateral"].strip().lower() == "frontal")
         for cat in CHEXPERT_CATEGORIES:
             v = got[cat]
-            assert (isinstance(v, float) and math.isnan(v)) or v in (1.0, 0.0, -1.0), \
+            assert (isinstance(v, float) and math.isnan(v)) or v in (1.0, 0.0, -1.0), (
                 f"{name}: {cat} = {r[cat]!r} accepted as {v!r} (CheXpert labels are 1, 0, -1 or blank)"
+            )
             want = float(r[cat]) if r[cat].strip() else math.nan
             assert (math.isnan(v) and math.isnan(want)) or v == want
 
 
 # --- radiologist exclusions ---
+
 
 @st.composite
 def exclusion_tables(draw):
@@ -812,8 +937,9 @@ def exclusion_tables(draw):
         columns.remove(draw(st.sampled_from(columns)))
     columns = draw(st.permutations(columns))
     dirty = draw(st.booleans())
-    decision = st.sampled_from(["exclude", "include", "Exclude", " INCLUDE "] + (["maybe", "", "excluded"] if dirty
-                                                                                  else []))
+    decision = st.sampled_from(
+        ["exclude", "include", "Exclude", " INCLUDE "] + (["maybe", "", "excluded"] if dirty else [])
+    )
     value = {"decision": decision, "source": st.sampled_from(["cohen", "actualmed", ""])}
     rows = draw(st.lists(st.fixed_dictionaries({c: value.get(c, cells) for c in columns}), max_size=4))
     return columns, [[r[c] for c in columns] for r in rows]
@@ -852,16 +978,20 @@ SPLITS = ("val", "test", "external")
 @st.composite
 def prediction_tables(draw):
     dirty = draw(st.booleans())
-    columns = list(REQUIRED_PRED) + draw(st.lists(st.sampled_from(["group", "source", "patient", "category", "x"]),
-                                                  unique=True, max_size=3))
+    columns = list(REQUIRED_PRED) + draw(
+        st.lists(st.sampled_from(["group", "source", "patient", "category", "x"]), unique=True, max_size=3)
+    )
     if dirty and draw(st.integers(0, 3)) == 0:
         columns.remove(draw(st.sampled_from(columns)))
     if dirty and draw(st.integers(0, 5)) == 0:
         columns.append(draw(st.sampled_from(columns)) + draw(st.sampled_from(["", " "])))  # a duplicated name
     columns = draw(st.permutations(columns))
     header = [c if not dirty or draw(st.integers(0, 4)) else f" {c} " for c in columns]
-    ids = st.sampled_from(["a", "b", "c", "img 1", "x,y", 'q"t']) if dirty else st.text(
-        alphabet=st.sampled_from(list("abcdefgh0123456789_-. ,\"é")), min_size=1, max_size=8)
+    ids = (
+        st.sampled_from(["a", "b", "c", "img 1", "x,y", 'q"t'])
+        if dirty
+        else st.text(alphabet=st.sampled_from(list('abcdefgh0123456789_-. ,"é')), min_size=1, max_size=8)
+    )
     valid = {
         "image_id": ids,
         "label": st.sampled_from(["0", "1", "1.0", "0.0", " 1 "]),
@@ -882,7 +1012,7 @@ def prediction_tables(draw):
     for _ in range(n):
         row = [draw(value.get(c, cells if dirty else st.text(alphabet="abc", max_size=3))) for c in columns]
         if dirty and draw(st.integers(0, 6)) == 0:
-            row = row[:draw(st.integers(0, len(row)))] if draw(st.booleans()) else row + ["extra"]
+            row = row[: draw(st.integers(0, len(row)))] if draw(st.booleans()) else row + ["extra"]
         rows.append(row)
     if dirty and rows and draw(st.integers(0, 8)) == 0:
         rows = [r + ["extra"] for r in rows]  # one field more than the header in every row
@@ -899,8 +1029,12 @@ def test_load_predictions(tmp_path, case):
 
 
 PREDICTION_CASES = {  # inputs found by this fuzzer, kept as fixed cases
-    "same-column-name-after-strip": (["image_id", "label", "split", "score", " split "],
-                                     [["a", "1", "test", "0.5", "test"]], "utf-8", False),
+    "same-column-name-after-strip": (
+        ["image_id", "label", "split", "score", " split "],
+        [["a", "1", "test", "0.5", "test"]],
+        "utf-8",
+        False,
+    ),
     "short-row": (["image_id", "label", "split", "score"], [["a", "1", "test", "0.5"], ["b", "0"]], "utf-8", False),
 }
 
@@ -946,6 +1080,7 @@ def check_predictions_case(tmp_path, case) -> None:
 # --------------------------------------------------------------------------------------------
 # 5. params.yaml
 
+
 @cache
 def real_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
@@ -960,8 +1095,12 @@ def nodes(tree, prefix=()):
 
 
 # mappings whose keys are free (dict fields), where an added or deleted key may be valid
-FREE_MAPPINGS = {("datasets",), ("regression", "tolerances"), ("regression", "tolerances", "test"),
-                 ("reproduction", "tolerances")}
+FREE_MAPPINGS = {
+    ("datasets",),
+    ("regression", "tolerances"),
+    ("regression", "tolerances", "test"),
+    ("reproduction", "tolerances"),
+}
 # parameters checked together: an error may name another parameter of the same group
 CROSS = [
     {"dataset", "datasets", "split.external_sources"},
@@ -989,19 +1128,52 @@ def related(named: str, mutated: str) -> bool:
 
 
 leaf_values = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.integers(-3, 300),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e-9, 1.5, -1.0, 1e308]),
-    st.text(max_size=12), st.sampled_from(["1", "0.5", "1e-4", "inf", "nan", "-1", "true", "null", "", "auto"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.integers(-3, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, 1e-9, 1.5, -1.0, 1e308]),
+    st.text(max_size=12),
+    st.sampled_from(["1", "0.5", "1e-4", "inf", "nan", "-1", "true", "null", "", "auto"]),
     st.lists(st.one_of(st.integers(-5, 500), st.floats(-1, 2), st.text(max_size=4)), max_size=3),
     st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
 )
 _LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-new_keys = st.one_of(st.text(alphabet=st.characters(blacklist_characters=_LINE_BREAKS, blacklist_categories=["Cs"]),
-                             min_size=1, max_size=10), st.integers(-5, 5))
+new_keys = st.one_of(
+    st.text(
+        alphabet=st.characters(blacklist_characters=_LINE_BREAKS, blacklist_categories=["Cs"]), min_size=1, max_size=10
+    ),
+    st.integers(-5, 5),
+)
 
 
-special_numbers = st.sampled_from([math.inf, -math.inf, math.nan, 0, 0.0, -0.0, -1, -1.0, 1, 2, 0.5, 1.0000001,
-                                   1e-300, 1e308, 10**30, -(10**30), 2**63, 255, 256, 65, 1000, 10**6 + 1])
+special_numbers = st.sampled_from(
+    [
+        math.inf,
+        -math.inf,
+        math.nan,
+        0,
+        0.0,
+        -0.0,
+        -1,
+        -1.0,
+        1,
+        2,
+        0.5,
+        1.0000001,
+        1e-300,
+        1e308,
+        10**30,
+        -(10**30),
+        2**63,
+        255,
+        256,
+        65,
+        1000,
+        10**6 + 1,
+    ]
+)
 
 
 @st.composite
@@ -1067,8 +1239,9 @@ def test_load_config_mutated_params(tmp_path, case):
 
     kind, path, new = case
     file = tmp_path / "fuzz-params.yaml"
-    file.write_text(yaml.safe_dump(mutate_params(kind, path, new), allow_unicode=True, sort_keys=False),
-                    encoding="utf-8")
+    file.write_text(
+        yaml.safe_dump(mutate_params(kind, path, new), allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
     params = yaml.safe_load(file.read_text(encoding="utf-8"))  # what the reader sees
     where = dotted(path)
     cfg, err = call(load_config, file)
@@ -1077,8 +1250,9 @@ def test_load_config_mutated_params(tmp_path, case):
         msg = check_error(err, file.name)
         named = re.findall(r"parameter (.+?): ", msg)
         assert named, f"no parameter named in {msg!r}"
-        assert f"parameter {where}:" in msg or any(related(n, where) for n in named), \
+        assert f"parameter {where}:" in msg or any(related(n, where) for n in named), (
             f"{kind} {where}: the error names {named}: {msg}"
+        )
         return
     assert kind != "add" or not in_section, f"unknown parameter {where} = {new!r} accepted"
     assert kind != "delete" or not in_section, f"parameter {where} deleted, yet accepted"
@@ -1091,10 +1265,11 @@ def test_load_config_mutated_params(tmp_path, case):
 yaml_texts = st.one_of(
     st.text(max_size=80),
     st.text(alphabet=st.sampled_from(list("abc:-[]{}&*!|>'\"#%@` \n\t,?0.1")), max_size=80),
-    st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),
-                 lambda kids: st.one_of(st.lists(kids, max_size=3), st.dictionaries(st.text(max_size=6), kids,
-                                                                                     max_size=3)),
-                 max_leaves=8).map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
+    st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),
+        lambda kids: st.one_of(st.lists(kids, max_size=3), st.dictionaries(st.text(max_size=6), kids, max_size=3)),
+        max_leaves=8,
+    ).map(lambda v: yaml.safe_dump(v, allow_unicode=True)),
 )
 
 
@@ -1139,44 +1314,106 @@ def test_load_config_known_yaml_cases(tmp_path, case):
 
 ARCHIVE_NAME = "fuzz-archive.zip"
 LONG = "n" * 300  # over NAME_MAX
-HOSTILE = ["../x", "/abs", "a/../../b", "top/../../b", "C:\\x", "C:/x", "c:x", "top\\x", "top/x\\..\\..\\y",
-           "top/x\0y", "\0", "", "/", ".", "./", "top/..", "top/.git/config", "top/./d.txt", "top//e.txt",
-           "top/a.txt/", "{CANARY}/x", f"top/{LONG}", f"top/{LONG}/", f"top/{LONG}/x", "top/\n", "top/\x7f",
-           "top/a.txt", "top/b/", "top/b/c.txt", "top/", "top", "other/f.txt", "top/..x", "top/...", "top/ ",
-           "top/é/ü.txt"]
+HOSTILE = [
+    "../x",
+    "/abs",
+    "a/../../b",
+    "top/../../b",
+    "C:\\x",
+    "C:/x",
+    "c:x",
+    "top\\x",
+    "top/x\\..\\..\\y",
+    "top/x\0y",
+    "\0",
+    "",
+    "/",
+    ".",
+    "./",
+    "top/..",
+    "top/.git/config",
+    "top/./d.txt",
+    "top//e.txt",
+    "top/a.txt/",
+    "{CANARY}/x",
+    f"top/{LONG}",
+    f"top/{LONG}/",
+    f"top/{LONG}/x",
+    "top/\n",
+    "top/\x7f",
+    "top/a.txt",
+    "top/b/",
+    "top/b/c.txt",
+    "top/",
+    "top",
+    "other/f.txt",
+    "top/..x",
+    "top/...",
+    "top/ ",
+    "top/é/ü.txt",
+]
 member_names = st.one_of(
     st.sampled_from(HOSTILE),
-    st.lists(st.sampled_from(["top", "top", "a", "b", "..", ".", "", "x.txt", "\\", "C:", ".git"]), min_size=1,
-             max_size=4).map("/".join),
+    st.lists(
+        st.sampled_from(["top", "top", "a", "b", "..", ".", "", "x.txt", "\\", "C:", ".git"]), min_size=1, max_size=4
+    ).map("/".join),
     st.text(max_size=8).map(lambda t: "top/" + t),
 )
-KINDS = {"file": (stat.S_IFREG | 0o644) << 16, "dir": (stat.S_IFDIR | 0o755) << 16 | 0x10,
-         "symlink": (stat.S_IFLNK | 0o777) << 16, "fifo": (stat.S_IFIFO | 0o644) << 16, "none": 0,
-         "dosdir": 0x10}
+KINDS = {
+    "file": (stat.S_IFREG | 0o644) << 16,
+    "dir": (stat.S_IFDIR | 0o755) << 16 | 0x10,
+    "symlink": (stat.S_IFLNK | 0o777) << 16,
+    "fifo": (stat.S_IFIFO | 0o644) << 16,
+    "none": 0,
+    "dosdir": 0x10,
+}
 COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
-member_data = st.one_of(st.binary(max_size=64),
-                        st.sampled_from([b"../../canary/pwned", b"{CANARY}", b"\0" * (3 << 19)]))  # the last: a bomb
+member_data = st.one_of(
+    st.binary(max_size=64), st.sampled_from([b"../../canary/pwned", b"{CANARY}", b"\0" * (3 << 19)])
+)  # the last: a bomb
 
 
-safe_names = st.lists(st.text(alphabet="abcxyz._-", min_size=1, max_size=5).filter(lambda p: p not in (".", "..")),
-                      min_size=1, max_size=3).map(lambda parts: "/".join(["top", *parts]))
-clean_members = st.tuples(st.one_of(safe_names, safe_names.map(lambda n: n + "/"), st.just("top/")),
-                          st.sampled_from(["file", "none"]), st.just(3), st.sampled_from(COMPRESSIONS),
-                          st.binary(max_size=64), st.just(0))
-hostile_members = st.tuples(member_names, st.sampled_from([*KINDS, "random"]), st.sampled_from([3, 0]),
-                            st.sampled_from(COMPRESSIONS), member_data, st.integers(0, 2**32 - 1))
+safe_names = st.lists(
+    st.text(alphabet="abcxyz._-", min_size=1, max_size=5).filter(lambda p: p not in (".", "..")), min_size=1, max_size=3
+).map(lambda parts: "/".join(["top", *parts]))
+clean_members = st.tuples(
+    st.one_of(safe_names, safe_names.map(lambda n: n + "/"), st.just("top/")),
+    st.sampled_from(["file", "none"]),
+    st.just(3),
+    st.sampled_from(COMPRESSIONS),
+    st.binary(max_size=64),
+    st.just(0),
+)
+hostile_members = st.tuples(
+    member_names,
+    st.sampled_from([*KINDS, "random"]),
+    st.sampled_from([3, 0]),
+    st.sampled_from(COMPRESSIONS),
+    member_data,
+    st.integers(0, 2**32 - 1),
+)
 
 
 # fields of a central directory entry: (offset, struct format, values to try)
-CENTRAL_FIELDS = {"version": (6, "<H", [20, 45, 63, 68, 255]), "flags": (8, "<H", [0x1, 0x8, 0x40, 0x800, 0x801]),
-                  "method": (10, "<H", [0, 1, 8, 9, 12, 14, 99]), "crc": (16, "<I", [0, 1]),
-                  "csize": (20, "<I", [0, 1, 2**32 - 1]), "size": (24, "<I", [0, 1, 2**31, 2**32 - 1]),
-                  "attr": (38, "<I", [0, 0x10, 0xA1FF0000, 0x41ED0000]), "offset": (42, "<I", [0, 1, 2**32 - 1])}
-header_patches = st.lists(st.one_of(
-    st.tuples(st.integers(0, 5), st.sampled_from(sorted(CENTRAL_FIELDS))).flatmap(
-        lambda wf: st.tuples(st.just(wf[0]), st.just(wf[1]), st.sampled_from(CENTRAL_FIELDS[wf[1]][2]))),
-    st.tuples(st.integers(0, 5), st.just("name"), st.binary(min_size=1, max_size=12)),
-), max_size=2)
+CENTRAL_FIELDS = {
+    "version": (6, "<H", [20, 45, 63, 68, 255]),
+    "flags": (8, "<H", [0x1, 0x8, 0x40, 0x800, 0x801]),
+    "method": (10, "<H", [0, 1, 8, 9, 12, 14, 99]),
+    "crc": (16, "<I", [0, 1]),
+    "csize": (20, "<I", [0, 1, 2**32 - 1]),
+    "size": (24, "<I", [0, 1, 2**31, 2**32 - 1]),
+    "attr": (38, "<I", [0, 0x10, 0xA1FF0000, 0x41ED0000]),
+    "offset": (42, "<I", [0, 1, 2**32 - 1]),
+}
+header_patches = st.lists(
+    st.one_of(
+        st.tuples(st.integers(0, 5), st.sampled_from(sorted(CENTRAL_FIELDS))).flatmap(
+            lambda wf: st.tuples(st.just(wf[0]), st.just(wf[1]), st.sampled_from(CENTRAL_FIELDS[wf[1]][2]))
+        ),
+        st.tuples(st.integers(0, 5), st.just("name"), st.binary(min_size=1, max_size=12)),
+    ),
+    max_size=2,
+)
 
 
 @st.composite
@@ -1213,12 +1450,12 @@ def patch_central(data: bytes, patches) -> bytes:
             break
         at = central[which % len(central)]
         if field == "name":
-            (length,) = struct.unpack("<H", buf[at + 28:at + 30])
-            buf[at + 46:at + 46 + length] = (value * (length // len(value) + 1))[:length]
-            buf[at + 8:at + 10] = struct.pack("<H", struct.unpack("<H", buf[at + 8:at + 10])[0] | 0x800)
+            (length,) = struct.unpack("<H", buf[at + 28 : at + 30])
+            buf[at + 46 : at + 46 + length] = (value * (length // len(value) + 1))[:length]
+            buf[at + 8 : at + 10] = struct.pack("<H", struct.unpack("<H", buf[at + 8 : at + 10])[0] | 0x800)
         else:
             offset, fmt, _ = CENTRAL_FIELDS[field]
-            buf[at + offset:at + offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+            buf[at + offset : at + offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
     return bytes(buf)
 
 
@@ -1274,7 +1511,7 @@ def check_zip_case(case) -> None:
         assert "~marker~" not in os.listdir(dest), "dest was not replaced"
         if not ops and not patches:  # the archive as built: the files are its members
             want = {}
-            for name, kind, system, compression, blob, attr in members:
+            for name, _kind, _system, _compression, blob, _attr in members:
                 name, blob = name.replace("{CANARY}", str(canary)), blob.replace(b"{CANARY}", str(canary).encode())
                 name = name.split("\0")[0]  # zipfile.ZipInfo stores a name up to its first NUL
                 parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -1294,16 +1531,40 @@ def test_safe_extract_zip(case):
 _FILE = ("top/a", "file", 3, zipfile.ZIP_STORED, b"x", 0)
 ZIP_CASES = {  # inputs found by this fuzzer, kept as fixed cases
     "empty-name-after-nul": ([_FILE, ("\0", "file", 3, 0, b"", 0)], [], None, 1000, False, False),
-    "nul-in-stored-name": ([_FILE, ("top/xay", "file", 3, 0, b"", 0)], [(1, "name", b"top/x\0y")], None, 1000, False,
-                           False),
-    "invalid-utf8-name": ([("top/\u00e9", "file", 3, 0, b"x", 0)], [(0, "name", b"top/\xff\xfe")], None, 1000,
-                          True, False),
+    "nul-in-stored-name": (
+        [_FILE, ("top/xay", "file", 3, 0, b"", 0)],
+        [(1, "name", b"top/x\0y")],
+        None,
+        1000,
+        False,
+        False,
+    ),
+    "invalid-utf8-name": (
+        [("top/\u00e9", "file", 3, 0, b"x", 0)],
+        [(0, "name", b"top/\xff\xfe")],
+        None,
+        1000,
+        True,
+        False,
+    ),
     "version-6.8": ([_FILE], [(0, "version", 68)], None, 1000, False, False),
     "unknown-method": ([_FILE], [(0, "method", 99)], None, 1000, False, False),
-    "corrupt-lzma": ([("top/a", "file", 3, zipfile.ZIP_LZMA, b"hello world " * 50, 0)], [],
-                     [("overwrite", 50, b"\xff" * 16, 1)], 10**7, True, False),
-    "corrupt-bzip2": ([("top/a", "file", 3, zipfile.ZIP_BZIP2, b"hello world " * 50, 0)], [],
-                      [("overwrite", 50, b"\xff" * 16, 1)], 10**7, True, False),
+    "corrupt-lzma": (
+        [("top/a", "file", 3, zipfile.ZIP_LZMA, b"hello world " * 50, 0)],
+        [],
+        [("overwrite", 50, b"\xff" * 16, 1)],
+        10**7,
+        True,
+        False,
+    ),
+    "corrupt-bzip2": (
+        [("top/a", "file", 3, zipfile.ZIP_BZIP2, b"hello world " * 50, 0)],
+        [],
+        [("overwrite", 50, b"\xff" * 16, 1)],
+        10**7,
+        True,
+        False,
+    ),
     "encrypted-flag": ([_FILE], [(0, "flags", 0x1)], None, 1000, False, False),
     "long-folder-name": ([("top/" + "n" * 300 + "/", "dir", 3, 0, b"", 0)], [], None, 1000, False, False),
     "file-in-long-folder": ([("top/" + "n" * 300 + "/x", "file", 3, 0, b"", 0)], [], None, 1000, False, False),
@@ -1319,6 +1580,7 @@ def test_safe_extract_zip_known_cases(case):
 # --------------------------------------------------------------------------------------------
 # missing files and folders in place of files, for every reader
 
+
 def _readers():
     from deepcovid.config import load_config
     from deepcovid.data.archive import safe_extract_zip
@@ -1329,16 +1591,33 @@ def _readers():
     from deepcovid.evaluation.predictions import load_predictions
 
     return {
-        "read_image": read_image, "read_dicom": read_dicom, "read_csv_text": read_csv_text,
-        "read_cohen_style": lambda p: read_cohen_style(p, "cohen"), "read_chexpert": read_chexpert,
-        "read_exclusions": read_exclusions, "load_predictions": load_predictions, "load_config": load_config,
+        "read_image": read_image,
+        "read_dicom": read_dicom,
+        "read_csv_text": read_csv_text,
+        "read_cohen_style": lambda p: read_cohen_style(p, "cohen"),
+        "read_chexpert": read_chexpert,
+        "read_exclusions": read_exclusions,
+        "load_predictions": load_predictions,
+        "load_config": load_config,
         "safe_extract_zip": lambda p: safe_extract_zip(p, p.parent / "fuzz-dest", max_bytes=1000),
     }
 
 
 @pytest.mark.parametrize("what", ["missing", "folder"])
-@pytest.mark.parametrize("reader", ["read_image", "read_dicom", "read_csv_text", "read_cohen_style", "read_chexpert",
-                                    "read_exclusions", "load_predictions", "load_config", "safe_extract_zip"])
+@pytest.mark.parametrize(
+    "reader",
+    [
+        "read_image",
+        "read_dicom",
+        "read_csv_text",
+        "read_cohen_style",
+        "read_chexpert",
+        "read_exclusions",
+        "load_predictions",
+        "load_config",
+        "safe_extract_zip",
+    ],
+)
 def test_missing_file_or_folder(tmp_path, reader, what):
     path = tmp_path / "fuzz-absent-input"
     if what == "folder":

@@ -26,8 +26,8 @@ def _flip(words: np.ndarray, bits, rng) -> np.ndarray:
 def _planted(rng, n_queries, n_entries, words, radius):
     """Random strings, a third of the entries copies of a query with 0 .. radius + 2 bits flipped
     (so pairs sit on both sides of the radius)."""
-    q = rng.integers(0, 2 ** 64, size=(n_queries, words), dtype=np.uint64)
-    e = rng.integers(0, 2 ** 64, size=(n_entries, words), dtype=np.uint64)
+    q = rng.integers(0, 2**64, size=(n_queries, words), dtype=np.uint64)
+    e = rng.integers(0, 2**64, size=(n_entries, words), dtype=np.uint64)
     for k in range(0, n_entries, 3):
         e[k] = _flip(q[rng.integers(n_queries)], int(rng.integers(0, min(radius + 3, 64 * words + 1))), rng)
     return q, e
@@ -44,7 +44,7 @@ def test_radius_pairs_equal_the_exhaustive_search(words, radius):
     got = hm.radius_pairs(q, e, radius, workers=2)
     want = hm.radius_pairs_exhaustive(q, e, radius)
     assert _same(got, want)
-    assert len(got[0]) >= 0.7 * 400 * (radius + 1) / (radius + 3)   # the planted copies within the radius
+    assert len(got[0]) >= 0.7 * 400 * (radius + 1) / (radius + 3)  # the planted copies within the radius
     assert (got[2] <= radius).all()
 
 
@@ -64,7 +64,7 @@ def test_every_plan_gives_the_same_pairs():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 4), st.integers(0, 80), st.integers(0, 2 ** 32 - 1), st.integers(0, 60), st.integers(0, 300))
+@given(st.integers(1, 4), st.integers(0, 80), st.integers(0, 2**32 - 1), st.integers(0, 60), st.integers(0, 300))
 def test_radius_pairs_property(words, radius, seed, n_queries, n_entries):
     rng = np.random.default_rng(seed)
     q, e = _planted(rng, max(n_queries, 1), n_entries, words, radius)
@@ -82,7 +82,7 @@ def test_plan_prefers_the_index_for_large_sets_and_pairs_for_small_ones():
 def _hashes_with_copies(rng, n, radius):
     """(n, 28, 4) image hashes (last bit 0) with near copies planted both ways: whole against
     whole, whole against a crop, a crop against whole, at distances around the radius."""
-    h = rng.integers(0, 2 ** 64, size=(n, len(dup.CROPS), 4), dtype=np.uint64)
+    h = rng.integers(0, 2**64, size=(n, len(dup.CROPS), 4), dtype=np.uint64)
     h[..., 3] &= ~np.uint64(1)
     for k in range(0, n - 1, 4):
         a, b = k, int(rng.integers(k + 1, n))
@@ -91,9 +91,9 @@ def _hashes_with_copies(rng, n, radius):
         flipped = _flip(src, int(rng.integers(0, radius + 3)), rng)
         flipped[3] &= ~np.uint64(1)
         if k % 8:
-            h[b, crop] = flipped       # b cropped is near a whole
+            h[b, crop] = flipped  # b cropped is near a whole
         else:
-            h[a, 0] = flipped          # a whole is near b cropped
+            h[a, 0] = flipped  # a whole is near b cropped
     return h
 
 
@@ -112,7 +112,9 @@ def test_near_pairs_through_the_index_equal_the_exhaustive_search(n, radius):
 def test_near_pairs_equal_the_exhaustive_search_on_the_real_xrays(shared_data):
     """All 624 real Cohen and Actualmed images, at the default threshold and at wider ones where
     hundreds of pairs of different radiographs fall in."""
-    paths = sorted((shared_data / "cohen" / "images").iterdir()) + sorted((shared_data / "actualmed" / "images").iterdir())
+    paths = sorted((shared_data / "cohen" / "images").iterdir()) + sorted(
+        (shared_data / "actualmed" / "images").iterdir()
+    )
     hashes, errors, _ = dup.hash_files(paths)
     assert not errors
     for radius in (36, 64, 90):
@@ -133,6 +135,7 @@ def test_streamed_hashes_equal_the_in_memory_ones_and_skip_unreadable_files(tmp_
     for k in range(23):
         coarse = rng.integers(0, 256, size=(5, 7), dtype=np.uint8)
         from PIL import Image
+
         img = Image.fromarray(coarse).resize((int(rng.integers(60, 400)), int(rng.integers(60, 400))), Image.BICUBIC)
         paths.append(tmp_path / f"{k}.png")
         img.save(paths[-1])
@@ -156,13 +159,15 @@ def test_pixel_correlation_is_the_best_pearson_correlation_over_crops_both_ways(
     a = rng.integers(0, 8192, size=(len(dup.CROPS), 64, 64)).astype(np.uint16)
     b = rng.integers(0, 8192, size=(len(dup.CROPS), 64, 64)).astype(np.uint16)
     mean = rng.integers(0, 8192, size=(len(dup.CROPS), 64, 64)).astype(np.int64)
-    b[5] = np.clip(a[0].astype(np.int64) + rng.integers(-300, 300, size=(64, 64)), 0, 8191)   # b cropped ~ a whole
+    b[5] = np.clip(a[0].astype(np.int64) + rng.integers(-300, 300, size=(64, 64)), 0, 8191)  # b cropped ~ a whole
 
-    def pearson_about(x, y):       # the correlation with the given centre (not the sample mean)
+    def pearson_about(x, y):  # the correlation with the given centre (not the sample mean)
         return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
 
-    want = max([pearson_about(a[0].astype(float) - mean[k], b[k].astype(float) - mean[k]) for k in range(len(dup.CROPS))]
-               + [pearson_about(b[0].astype(float) - mean[k], a[k].astype(float) - mean[k]) for k in range(len(dup.CROPS))])
+    want = max(
+        [pearson_about(a[0].astype(float) - mean[k], b[k].astype(float) - mean[k]) for k in range(len(dup.CROPS))]
+        + [pearson_about(b[0].astype(float) - mean[k], a[k].astype(float) - mean[k]) for k in range(len(dup.CROPS))]
+    )
     terms = dup.pixel_correlation(a, b, mean)
     assert abs(dup.ratio(terms) - want) < 1e-4 and want > 0.9
     exact = terms[0] / math.sqrt(terms[1] * terms[2])
@@ -174,12 +179,13 @@ def test_a_link_the_pixels_do_not_confirm_joins_nothing():
     """a-b and b-c within the distance: linked into one group; the same with the b-c link refused
     by the check: only a-b remain, c alone (no chaining through an unconfirmed link)."""
     h = np.zeros((4, len(dup.CROPS), 4), dtype=np.uint64)
-    h[:, :, 0] = np.array([0, 0b1, 0b11, 2 ** 40 - 1], dtype=np.uint64)[:, None]
+    h[:, :, 0] = np.array([0, 0b1, 0b11, 2**40 - 1], dtype=np.uint64)[:, None]
     groups, _ = dup.duplicate_groups(list("abcd"), h, max_distance=1)
     assert sorted(groups["name"]) == ["a", "b", "c"] and groups["group"].nunique() == 1
 
     def refuse_bc(pairs):
         return pairs.assign(correlation=0.5, same=~((pairs["i"] == 1) & (pairs["j"] == 2)))
+
     groups, pairs = dup.duplicate_groups(list("abcd"), h, max_distance=1, check=refuse_bc)
     assert sorted(groups["name"]) == ["a", "b"]
     assert pairs["same"].tolist() == [True, False] and len(pairs) == 2
@@ -191,6 +197,7 @@ def test_pixel_check_with_a_small_thumbnail_cache_gives_the_same_answers(tmp_pat
     its pairs (not confirmed) instead of stopping the stage."""
     import pandas as pd
     from PIL import Image
+
     rng = np.random.default_rng(9)
     base = rng.integers(0, 256, size=(6, 8), dtype=np.uint8)
     paths = []
@@ -213,9 +220,8 @@ def test_pixel_check_with_a_small_thumbnail_cache_gives_the_same_answers(tmp_pat
 def test_no_pair_within_the_distance_gives_no_group_through_the_check(tmp_path):
     """The pixel check on an empty pair list (nothing near, or every image unreadable) keeps the
     table's columns and types: no group, no error."""
-    h = np.random.default_rng(0).integers(0, 2 ** 63, size=(5, len(dup.CROPS), 4), dtype=np.uint64)
-    groups, pairs = dup.duplicate_groups(list("abcde"), h, 3,
-                                         check=lambda p: dup.verify_pairs([], p, None, 0.94))
+    h = np.random.default_rng(0).integers(0, 2**63, size=(5, len(dup.CROPS), 4), dtype=np.uint64)
+    groups, pairs = dup.duplicate_groups(list("abcde"), h, 3, check=lambda p: dup.verify_pairs([], p, None, 0.94))
     assert groups.empty and list(groups.columns) == ["group", "name", "similarity", "closest"]
     assert pairs.empty and pairs["same"].dtype == bool
 
@@ -231,6 +237,7 @@ def test_generated_radiographs_that_hash_alike_are_not_linked_but_planted_copies
     from PIL import Image
 
     from deepcovid.synthetic import generate_chexpert
+
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["synthetic"]["chexpert"]
     generate_chexpert(tmp_path / "x", {**cfg, "train_patients": 70, "valid_patients": 0, "lateral_fraction": 0.0}, 5)
     originals = sorted((tmp_path / "x").rglob("view*_frontal.jpg"))
@@ -239,8 +246,11 @@ def test_generated_radiographs_that_hash_alike_are_not_linked_but_planted_copies
     for k, src in enumerate(originals[:12:2]):
         image = Image.open(src).convert("L")
         w, h = image.size
-        copy = [image.resize((w // 2, h // 2), Image.BILINEAR), image.crop((0, 0, w - int(0.04 * w), h)),
-                Image.eval(image, lambda v: min(255, int(v * 1.2)))][k % 3]
+        copy = [
+            image.resize((w // 2, h // 2), Image.BILINEAR),
+            image.crop((0, 0, w - int(0.04 * w), h)),
+            Image.eval(image, lambda v: min(255, int(v * 1.2))),
+        ][k % 3]
         buf = io.BytesIO()
         copy.save(buf, "JPEG", quality=60)
         path = tmp_path / f"copy{k}.jpg"
@@ -251,11 +261,12 @@ def test_generated_radiographs_that_hash_alike_are_not_linked_but_planted_copies
     wide = dup.near_pairs(hashed.hashes, 60, workers=2)
     copy_pairs = {(paths.index(b), paths.index(a)) for a, b in planted.items()}
     different = wide[[(i, j) not in copy_pairs for i, j in zip(wide["i"], wide["j"])]]
-    assert len(different) >= 10          # different radiographs that hash alike: the hard case
+    assert len(different) >= 10  # different radiographs that hash alike: the hard case
     checked = dup.verify_pairs(paths, wide, hashed.mean, 0.94)
     confirmed = {(i, j) for i, j, same in zip(checked["i"], checked["j"], checked["same"]) if same}
     assert confirmed == copy_pairs
-    groups, _ = dup.duplicate_groups(paths, hashed.hashes, 60, workers=2,
-                                     check=lambda p: dup.verify_pairs(paths, p, hashed.mean, 0.94))
+    groups, _ = dup.duplicate_groups(
+        paths, hashed.hashes, 60, workers=2, check=lambda p: dup.verify_pairs(paths, p, hashed.mean, 0.94)
+    )
     found = sorted(sorted(g) for g in groups.groupby("group")["name"].apply(list))
     assert found == sorted(sorted([a, b]) for a, b in planted.items())

@@ -33,10 +33,21 @@ def _write_folder(folder, state=None, **record_changes):
         replace_head(net, ARCH, 2)
         state = net.state_dict()
     torch.save(state, folder / "model.pt")
-    record = {"architecture": ARCH, "classes": ["non-COVID", "COVID-19"], "positive_class": 1,
-              "preprocessing": {**preprocessing(ARCH), "input_size": 64, "cache_size": 80, "resize": "stretch",
-                                "grayscale": True, "max_pixels": 1_000_000},
-              "train": {"image_size": 64}, "model_sha256": sha256_file(folder / "model.pt")}
+    record = {
+        "architecture": ARCH,
+        "classes": ["non-COVID", "COVID-19"],
+        "positive_class": 1,
+        "preprocessing": {
+            **preprocessing(ARCH),
+            "input_size": 64,
+            "cache_size": 80,
+            "resize": "stretch",
+            "grayscale": True,
+            "max_pixels": 1_000_000,
+        },
+        "train": {"image_size": 64},
+        "model_sha256": sha256_file(folder / "model.pt"),
+    }
     record.update(record_changes)
     (folder / "model.json").write_text(json.dumps(record))
     return folder
@@ -81,8 +92,11 @@ def test_load_refuses_each_broken_pair(folder, tmp_path):
     with pytest.raises(MissingInputError, match="model.pt not found"):
         I.load_model(gone)
     other = _write_folder(tmp_path / "other", model_sha256="f" * 64)
-    with pytest.raises(ModelError, match=r"SHA-256 [0-9a-f]{16}\.\.\. is not the ffffffffffffffff\.\.\. that "
-                                         r"model\.json records"):
+    with pytest.raises(
+        ModelError,
+        match=r"SHA-256 [0-9a-f]{16}\.\.\. is not the ffffffffffffffff\.\.\. that "
+        r"model\.json records",
+    ):
         I.load_model(other)
     state = torch.load(folder / "model.pt", weights_only=True)
     wide = dict(state, **{"classifier.1.weight": torch.zeros(1000, 512, 1, 1), "classifier.1.bias": torch.zeros(1000)})
@@ -148,8 +162,10 @@ def test_predict_files_labels_at_the_threshold_and_validates(folder, images, tmp
         with pytest.raises(P.PredictError, match=f"threshold {bad}: must lie in"):
             P.predict_files([str(images[0])], models=folder, threshold=bad)
     assert P.predict_files([str(images[0])], models=folder, threshold=0.0)["label"].tolist() == ["COVID-19"]
-    assert P.predict_files([str(images[0])], models=folder, threshold=1.0)["label"].tolist() in (["non-COVID"],
-                                                                                                 ["COVID-19"])
+    assert P.predict_files([str(images[0])], models=folder, threshold=1.0)["label"].tolist() in (
+        ["non-COVID"],
+        ["COVID-19"],
+    )
     with pytest.raises(P.PredictError, match="--batch-size 0: must be at least 1"):
         P.predict_files([str(images[0])], models=folder, threshold=0.5, batch_size=0)
 
@@ -163,8 +179,13 @@ def test_collect_files_takes_images_and_suffixless_dicom_only(tmp_path, images):
     write_dicom(root / "b" / "study", chest(), bits_stored=12)
     (root / "b" / "plain").write_text("no marker")
     found = P.collect_files([root, tmp_path / "named.bmp"])
-    assert found == [str(root / "a.PNG"), str(root / "b/c.jpeg"), str(root / "b/study"), str(root / "z.tif"),
-                     str(tmp_path / "named.bmp")]
+    assert found == [
+        str(root / "a.PNG"),
+        str(root / "b/c.jpeg"),
+        str(root / "b/study"),
+        str(root / "z.tif"),
+        str(tmp_path / "named.bmp"),
+    ]
 
 
 def test_predict_files_reports_paths_warnings_and_scores_batch_by_batch(folder, images, tmp_path):

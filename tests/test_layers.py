@@ -34,8 +34,11 @@ def unit(path, root=None) -> str:
 def upward_imports(module, root=None) -> list[str]:
     """The project files ``module`` imports from a unit at or above its own layer."""
     here = unit(module, root)
-    return [dep.relative_to(root or REPO).as_posix() for dep in sorted(direct_imports(module))
-            if unit(dep, root) != here and RANK[unit(dep, root)] >= RANK[here]]
+    return [
+        dep.relative_to(root or REPO).as_posix()
+        for dep in sorted(direct_imports(module))
+        if unit(dep, root) != here and RANK[unit(dep, root)] >= RANK[here]
+    ]
 
 
 def test_every_unit_has_a_layer():
@@ -51,10 +54,15 @@ def test_imports_run_downward(module):
 def test_the_check_sees_an_upward_and_a_sideways_import(tmp_path, monkeypatch):
     import test_stage_deps
 
-    for rel, text in {"deepcovid/__init__.py": "", "deepcovid/data/__init__.py": "",
-                      "deepcovid/data/a.py": "from deepcovid.model import b\nfrom deepcovid import files\n",
-                      "deepcovid/model/__init__.py": "", "deepcovid/model/b.py": "from deepcovid.data import a\n",
-                      "deepcovid/files.py": "from deepcovid import portable\n", "deepcovid/portable.py": ""}.items():
+    for rel, text in {
+        "deepcovid/__init__.py": "",
+        "deepcovid/data/__init__.py": "",
+        "deepcovid/data/a.py": "from deepcovid.model import b\nfrom deepcovid import files\n",
+        "deepcovid/model/__init__.py": "",
+        "deepcovid/model/b.py": "from deepcovid.data import a\n",
+        "deepcovid/files.py": "from deepcovid import portable\n",
+        "deepcovid/portable.py": "",
+    }.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     monkeypatch.setattr(test_stage_deps, "REPO", tmp_path)

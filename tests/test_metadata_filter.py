@@ -6,17 +6,21 @@ import io
 import pandas as pd
 import pytest
 
-from deepcovid.data.positives import filter_positives, is_frontal, read_exclusions
 from deepcovid.data.metadata import MetadataError, chexpert_root, read_chexpert, read_cohen_style
+from deepcovid.data.positives import filter_positives, is_frontal, read_exclusions
 
 FRONTAL = ["PA", "AP", "AP Supine", "AP semi erect", "AP erect"]
-COHEN_HEADER = ("patientid,offset,sex,age,finding,survival,intubated,intubation_present,went_icu,in_icu,"
-                "needed_supplemental_O2,extubated,temperature,pO2_saturation,leukocyte_count,neutrophil_count,"
-                "lymphocyte_count,view,modality,date,location,folder,filename,doi,url,license,clinical_notes,other_notes,")
+COHEN_HEADER = (
+    "patientid,offset,sex,age,finding,survival,intubated,intubation_present,went_icu,in_icu,"
+    "needed_supplemental_O2,extubated,temperature,pO2_saturation,leukocyte_count,neutrophil_count,"
+    "lymphocyte_count,view,modality,date,location,folder,filename,doi,url,license,clinical_notes,other_notes,"
+)
 
 
 def _cohen_row(pid, finding, view, modality, filename, folder="images"):
-    cells = [pid, "0", "M", "50", finding] + [""] * 12 + [view, modality, "", "", folder, filename, "", "", "", "", "", ""]
+    cells = (
+        [pid, "0", "M", "50", finding] + [""] * 12 + [view, modality, "", "", folder, filename, "", "", "", "", "", ""]
+    )
     buf = io.StringIO()
     csv.writer(buf, lineterminator="").writerow(cells)
     return buf.getvalue()
@@ -58,8 +62,13 @@ def test_filter_rules_and_counts(cohen_csv, tmp_path):
     meta = read_cohen_style(cohen_csv, "cohen")
     kept, report = filter_positives(meta, FRONTAL, _exclusions(tmp_path, "h.jpg,exclude,blurred,AB\n"))
     assert sorted(kept["relpath"]) == ["images/a.jpg", "images/b.png", "images/c.jpg"]
-    assert report["removed"] == {"not X-ray": 1, "not COVID-19": 3, "not frontal": 1, "no file name": 0,
-                                 "radiologist list": 1}
+    assert report["removed"] == {
+        "not X-ray": 1,
+        "not COVID-19": 3,
+        "not frontal": 1,
+        "no file name": 0,
+        "radiologist list": 1,
+    }
     assert report["kept"] == 3 and set(kept["group"]) == {"covid"} and set(kept["label"]) == {1}
 
 
@@ -107,8 +116,10 @@ def test_frontal_never_lateral():
 def test_chexpert_reader(tmp_path):
     root = tmp_path / "CheXpert-v1.0-small"
     root.mkdir()
-    cats = ("No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation,"
-            "Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices")
+    cats = (
+        "No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation,"
+        "Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
+    )
     header = "Path,Sex,Age,Frontal/Lateral,AP/PA," + cats
     row = "CheXpert-v1.0-small/train/patient00007/study1/view1_frontal.jpg,Male,60,Frontal,AP,1.0" + ",," * 6 + ",-1.0"
     (root / "train.csv").write_text(header + "\n" + row + "\n")

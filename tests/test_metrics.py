@@ -67,10 +67,18 @@ def test_confusion_allows_single_class():
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (50, 100), (98, 100), (100, 100), (17, 23)])
 @pytest.mark.parametrize("alpha", [0.05, 0.1])
 def test_intervals_match_statsmodels(k, n, alpha):
-    for ours, theirs in [("wilson", "wilson"), ("clopper-pearson", "beta"), ("exact", "beta"),
-                         ("jeffreys", "jeffreys"), ("paper-clipped", "normal")]:
-        np.testing.assert_allclose(P.proportion_ci(k, n, method=ours, alpha=alpha),
-                                   proportion_confint(k, n, alpha=alpha, method=theirs), atol=1e-12)
+    for ours, theirs in [
+        ("wilson", "wilson"),
+        ("clopper-pearson", "beta"),
+        ("exact", "beta"),
+        ("jeffreys", "jeffreys"),
+        ("paper-clipped", "normal"),
+    ]:
+        np.testing.assert_allclose(
+            P.proportion_ci(k, n, method=ours, alpha=alpha),
+            proportion_confint(k, n, alpha=alpha, method=theirs),
+            atol=1e-12,
+        )
 
 
 def test_known_values_98_of_100():
@@ -113,9 +121,22 @@ def test_threshold_table_columns_and_values():
     s = np.r_[np.full(98, 0.9), np.full(2, 0.3), np.linspace(0.0, 0.4, 50)]
     table = P.threshold_table(y, s, [0.5, 0.95], method="wilson")
     assert isinstance(table, pd.DataFrame) and len(table) == 2
-    for col in ["threshold", "tp", "fn", "tn", "fp", "sensitivity", "sensitivity_low", "sensitivity_high",
-                "specificity", "specificity_low", "specificity_high", "paper_sensitivity_radius",
-                "paper_specificity_radius", "paper_interval_outside_unit"]:
+    for col in [
+        "threshold",
+        "tp",
+        "fn",
+        "tn",
+        "fp",
+        "sensitivity",
+        "sensitivity_low",
+        "sensitivity_high",
+        "specificity",
+        "specificity_low",
+        "specificity_high",
+        "paper_sensitivity_radius",
+        "paper_specificity_radius",
+        "paper_interval_outside_unit",
+    ]:
         assert col in table.columns
     row = table.iloc[0]
     assert (row.tp, row.fn, row.tn, row.fp) == (98, 2, 50, 0)
@@ -377,16 +398,19 @@ def test_summarize_is_json_friendly():
     assert out["specificity"] == sens_spec(y, s, 0.5)[1]
 
 
-@pytest.mark.parametrize("func", [
-    lambda y, s: R.roc_curve_finite(y, s),
-    lambda y, s: R.pr_curve(y, s),
-    lambda y, s: D.auc_delong(y, s),
-    lambda y, s: R.average_precision(y, s),
-    lambda y, s: P.threshold_for_sensitivity(y, s),
-    lambda y, s: P.summarize(y, s, 0.5),
-    lambda y, s: P.threshold_table(y, s, [0.5]),
-    lambda y, s: R.auc_bootstrap(y, s, n_resamples=10),
-])
+@pytest.mark.parametrize(
+    "func",
+    [
+        lambda y, s: R.roc_curve_finite(y, s),
+        lambda y, s: R.pr_curve(y, s),
+        lambda y, s: D.auc_delong(y, s),
+        lambda y, s: R.average_precision(y, s),
+        lambda y, s: P.threshold_for_sensitivity(y, s),
+        lambda y, s: P.summarize(y, s, 0.5),
+        lambda y, s: P.threshold_table(y, s, [0.5]),
+        lambda y, s: R.auc_bootstrap(y, s, n_resamples=10),
+    ],
+)
 def test_input_validation(func):
     with pytest.raises(ValueError, match="different lengths"):
         func([0, 1, 1], [0.1, 0.2])

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -26,7 +24,7 @@ from deepcovid.model import inference
 from deepcovid.model import predict as P
 from deepcovid.model.architectures import ModelError
 from dicom_files import chest
-from workspace import REPO
+from workspace import REPO, run_python
 
 
 def _copy_models(tiny_trained, tmp_path):
@@ -44,8 +42,9 @@ def _rewrite(models, state):
 
 
 def _cli(command, *args):
-    return subprocess.run([sys.executable, "-m", "deepcovid", command, *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    return run_python(
+        ["-m", "deepcovid", command, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_line_refusal(proc, *words):
@@ -61,8 +60,10 @@ def test_the_train_stage_records_the_digest_of_its_model(tiny_trained):
     assert record["model_sha256"] == sha256_file(tiny_trained / "models/model.pt")
     evaluation = json.loads((tiny_trained / "metrics/evaluate.json").read_text())
     assert evaluation["model_sha256"] == record["model_sha256"]
-    assert operating_point(tiny_trained / "metrics/evaluate.json", record["model_sha256"]) == \
-        evaluation["test"]["threshold"]
+    assert (
+        operating_point(tiny_trained / "metrics/evaluate.json", record["model_sha256"])
+        == evaluation["test"]["threshold"]
+    )
 
 
 def test_a_model_file_of_another_run_is_refused(tiny_trained, tmp_path):
@@ -122,8 +123,9 @@ def test_the_operating_point_of_another_model_is_refused(tiny_trained, tmp_path)
     Image.fromarray(chest(240, 240, bits=8).astype(np.uint8), "L").save(image)
     models = tiny_trained / "models"
     _one_line_refusal(_cli("predict", image, "--model", models, "--evaluation", other), "another", "--threshold")
-    _one_line_refusal(_cli("explain", image, "--model", models, "--evaluation", other, "--out", tmp_path / "maps"),
-                      "--threshold")
+    _one_line_refusal(
+        _cli("explain", image, "--model", models, "--evaluation", other, "--out", tmp_path / "maps"), "--threshold"
+    )
     given = _cli("predict", image, "--model", models, "--evaluation", other, "--threshold", "0.25")
     assert given.returncode == 0, given.stderr
     assert "label COVID-19 at score >= 0.25" in given.stderr
@@ -144,9 +146,18 @@ class _Constant(torch.nn.Module):
 
 
 def _record():
-    return {"preprocessing": {"grayscale": True, "cache_size": 64, "resize": "stretch", "mean": [0.5] * 3,
-                              "std": [0.5] * 3, "interpolation": "bilinear",
-                              "max_pixels": 50_000_000}, "train": {"image_size": 32}}
+    return {
+        "preprocessing": {
+            "grayscale": True,
+            "cache_size": 64,
+            "resize": "stretch",
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+            "interpolation": "bilinear",
+            "max_pixels": 50_000_000,
+        },
+        "train": {"image_size": 32},
+    }
 
 
 def test_a_non_finite_score_is_an_error_for_that_file_not_a_score(tmp_path):
@@ -180,13 +191,31 @@ def test_spreadsheet_formulas_from_file_names_are_neutralised(tiny_trained, tmp_
     for name in names:
         Image.fromarray(chest(64, 64, bits=8).astype(np.uint8), "L").save(tmp_path / name)
     out = tmp_path / "scores.csv"
-    proc = subprocess.run([sys.executable, "-m", "deepcovid", "predict", "--model", tiny_trained / "models",
-                           "--threshold", "0.5", "--out", out, "--", *names], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_python(
+        [
+            "-m",
+            "deepcovid",
+            "predict",
+            "--model",
+            tiny_trained / "models",
+            "--threshold",
+            "0.5",
+            "--out",
+            out,
+            "--",
+            *names,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = pd.read_csv(out, keep_default_na=False)
     assert rows["path"].tolist() == ["'=1+1.png", "'+SUM(A1).png", "'-2.png", "'@cmd.png", "plain.png"]
     assert rows["score"].between(0, 1).all()
     frame = pd.DataFrame({"id": ["\tx", "\ry", "ok", "-1"], "value": [-1.5, 2.0, 3.0, -4.0]})
-    assert neutralise_formulas(frame).to_dict("list") == {"id": ["'\tx", "'\ry", "ok", "'-1"],
-                                                          "value": [-1.5, 2.0, 3.0, -4.0]}
+    assert neutralise_formulas(frame).to_dict("list") == {
+        "id": ["'\tx", "'\ry", "ok", "'-1"],
+        "value": [-1.5, 2.0, 3.0, -4.0],
+    }

@@ -108,9 +108,7 @@ def _block_network(mp: pytest.MonkeyPatch) -> None:
         "create_connection",
         _loopback_only(_REAL_SOCKET["create_connection"], lambda a, *_, **__: a),
     )
-    mp.setattr(
-        socket, "getaddrinfo", _loopback_only(_REAL_SOCKET["getaddrinfo"], lambda h, *_, **__: h)
-    )
+    mp.setattr(socket, "getaddrinfo", _loopback_only(_REAL_SOCKET["getaddrinfo"], lambda h, *_, **__: h))
 
 
 @pytest.fixture(autouse=True)
@@ -549,9 +547,7 @@ def test_lite_imagenet_provenance(lite_imagenet, name):
     assert prov["weights_file"] == f"site-packages/{LITE_WEIGHTS[name][1]}/models/{path.name}"
     assert prov["weights_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert prov["weights_verified"] is True  # the hash prefix in the file name matches
-    assert prov["implementation"] == (
-        f"pypi:efficientnet-lite-pytorch=={code_version}:{name.replace('_', '-')}"
-    )
+    assert prov["implementation"] == (f"pypi:efficientnet-lite-pytorch=={code_version}:{name.replace('_', '-')}")
     assert prov["head"] == "new" and prov["feature_dim"] == FEATURE_DIM[name]
     # strict load: every tensor but the replaced head is the file's
     state = torch.load(path, weights_only=True, map_location="cpu")

@@ -6,9 +6,9 @@ import pytest
 
 from deepcovid.config import Augment
 from deepcovid.data.augment import AugmentError, augment_image, build_transform, check_augmented, copy_seed
-from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.data.negatives import chexpert_single_label, sample_chexpert
 from deepcovid.data.split import SplitError, check_no_leak, make_split
+from deepcovid.labels import CHEXPERT_CATEGORIES
 
 
 def _chexpert_table(n_patients=300, seed=0):
@@ -23,9 +23,17 @@ def _chexpert_table(n_patients=300, seed=0):
                 labels[CHEXPERT_CATEGORIES[rng.integers(0, 14)]] = 1.0
             if rng.random() < 0.1:
                 labels[CHEXPERT_CATEGORIES[rng.integers(0, 14)]] = -1.0
-            rows.append({"source": "chexpert", "relpath": f"train/patient{p:05d}/study{k}/view1_frontal.jpg",
-                         "patient": f"patient{p:05d}", "frontal": rng.random() > 0.1, "view": "AP",
-                         "csv": "train.csv", **labels})
+            rows.append(
+                {
+                    "source": "chexpert",
+                    "relpath": f"train/patient{p:05d}/study{k}/view1_frontal.jpg",
+                    "patient": f"patient{p:05d}",
+                    "frontal": rng.random() > 0.1,
+                    "view": "AP",
+                    "csv": "train.csv",
+                    **labels,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -51,9 +59,12 @@ def test_sample_counts_pools_disjoint_and_shortfall():
     assert (chosen.loc[chosen["category"] == "No Finding", "group"] == "normal").all()
     assert not chosen["relpath"].duplicated().any()
     # ask for far more than exists: take what exists and report it
-    big = {"train": {"no_finding": 10_000, "per_category": 10_000}, "test": {"no_finding": 10_000, "per_category": 10_000}}
+    big = {
+        "train": {"no_finding": 10_000, "per_category": 10_000},
+        "test": {"no_finding": 10_000, "per_category": 10_000},
+    }
     chosen, report = sample_chexpert(single, big, seed=1)
-    for cat, rep in report.items():
+    for rep in report.values():
         assert rep["taken"]["train"] + rep["taken"]["test"] <= rep["available"]
         assert rep["taken"]["train"] < rep["asked"]["train"]
     again, _ = sample_chexpert(single, counts, seed=1)
@@ -64,17 +75,39 @@ def _positives(n_patients=60, per=2):
     rows = []
     for p in range(n_patients):
         for k in range(per):
-            rows.append({"source": "cohen", "relpath": f"images/p{p}_{k}.jpg", "patient": str(p), "finding": "COVID-19",
-                         "view": "PA", "label": 1, "group": "covid", "category": "COVID-19", "sha256": f"c{p}_{k}"})
+            rows.append(
+                {
+                    "source": "cohen",
+                    "relpath": f"images/p{p}_{k}.jpg",
+                    "patient": str(p),
+                    "finding": "COVID-19",
+                    "view": "PA",
+                    "label": 1,
+                    "group": "covid",
+                    "category": "COVID-19",
+                    "sha256": f"c{p}_{k}",
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def _negatives(n=80):
     rows = []
     for p in range(n):
-        rows.append({"source": "chexpert", "relpath": f"train/patient{p:05d}/s/v.jpg", "patient": f"patient{p:05d}",
-                     "finding": "", "view": "AP", "label": 0, "group": "normal", "category": "No Finding",
-                     "pool": "test" if p % 3 == 0 else "train", "sha256": f"n{p}"})
+        rows.append(
+            {
+                "source": "chexpert",
+                "relpath": f"train/patient{p:05d}/s/v.jpg",
+                "patient": f"patient{p:05d}",
+                "finding": "",
+                "view": "AP",
+                "label": 0,
+                "group": "normal",
+                "category": "No Finding",
+                "pool": "test" if p % 3 == 0 else "train",
+                "sha256": f"n{p}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -122,8 +155,15 @@ def test_leak_detected():
 
 
 def test_augment_deterministic_and_leak_check():
-    cfg = {"hflip_p": 0.5, "rotation_degrees": 10, "translate": 0.05, "scale": [0.95, 1.05], "shear_degrees": 5,
-           "elastic_alpha": 3.0, "elastic_grid": 5}
+    cfg = {
+        "hflip_p": 0.5,
+        "rotation_degrees": 10,
+        "translate": 0.05,
+        "scale": [0.95, 1.05],
+        "shear_degrees": 5,
+        "elastic_alpha": 3.0,
+        "elastic_grid": 5,
+    }
     transform = build_transform(Augment(copies=1, **cfg))
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     a = augment_image(image, transform, copy_seed(42, "cohen/x.png", 1))
@@ -134,8 +174,9 @@ def test_augment_deterministic_and_leak_check():
 
     manifest, _ = make_split(_positives(10, 2), _negatives(10), covid_test_images=4, val_fraction=0.2, seed=0)
     train_parent = manifest.loc[(manifest["split"] == "train") & (manifest["label"] == 1)].iloc[0]
-    aug = pd.DataFrame([{"image_id": train_parent["image_id"] + "#aug1", "parent": train_parent["image_id"],
-                         "split": "train"}])
+    aug = pd.DataFrame(
+        [{"image_id": train_parent["image_id"] + "#aug1", "parent": train_parent["image_id"], "split": "train"}]
+    )
     check_augmented(aug, manifest)
     test_parent = manifest.loc[(manifest["split"] == "test") & (manifest["label"] == 1)].iloc[0]
     with pytest.raises(AugmentError, match="not in the training split"):

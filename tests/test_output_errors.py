@@ -4,15 +4,13 @@ permission); predict checks that its --out can be written before it scores anyth
 from __future__ import annotations
 
 import errno
-import subprocess
-import sys
 import tempfile
 
 import pytest
 
 from deepcovid import files, runner
 from deepcovid.errors import OutputError
-from workspace import REPO
+from workspace import REPO, run_python
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT])
@@ -53,9 +51,24 @@ def test_full_disk_without_a_path_is_still_one_line():
 def test_predict_refuses_an_unwritable_out_before_scoring(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    proc = subprocess.run([sys.executable, "-m", "deepcovid", "predict", str(tmp_path), "--model",
-                           str(tmp_path / "no-model"), "--threshold", "0.5", "--out", str(blocker / "scores.csv")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = run_python(
+        [
+            "-m",
+            "deepcovid",
+            "predict",
+            str(tmp_path),
+            "--model",
+            str(tmp_path / "no-model"),
+            "--threshold",
+            "0.5",
+            "--out",
+            str(blocker / "scores.csv"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "scores.csv: cannot be written" in last and "a-file is a file, not a folder" in last  # before the model

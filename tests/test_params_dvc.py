@@ -14,7 +14,6 @@ from unittest import mock
 import pytest
 import yaml
 
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -65,9 +64,18 @@ def test_dvc_dag(tmp_path):
     out = subprocess.run([dvc, "dag", "--md"], cwd=tmp_path, check=True, capture_output=True, text=True, env=env).stdout
     names = dict(re.findall(r'(node\d+)\["([^"]+)"\]', out))
     edges = {(names[a], names[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", out)}
-    for edge in [("fetch_params", "fetch"), ("fetch", "filter"), ("fetch", "negatives"), ("filter", "split"),
-                 ("negatives", "split"), ("filter", "duplicates"), ("negatives", "duplicates"), ("duplicates", "split"),
-                 ("split", "preprocess"), ("preprocess", "augment")]:
+    for edge in [
+        ("fetch_params", "fetch"),
+        ("fetch", "filter"),
+        ("fetch", "negatives"),
+        ("filter", "split"),
+        ("negatives", "split"),
+        ("filter", "duplicates"),
+        ("negatives", "duplicates"),
+        ("duplicates", "split"),
+        ("split", "preprocess"),
+        ("preprocess", "augment"),
+    ]:
         assert edge in edges, out
 
 
@@ -171,8 +179,12 @@ class _Workspace:
             _set(params, key, value)
         (self.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         # what the fetch_params stage then writes (its script, in process: fast)
-        argv = ["fetch_params.py", str(self.root / "data" / "fetch_params.json"),
-                "--params", str(self.root / "params.yaml")]
+        argv = [
+            "fetch_params.py",
+            str(self.root / "data" / "fetch_params.json"),
+            "--params",
+            str(self.root / "params.yaml"),
+        ]
         with mock.patch.object(sys, "argv", argv):
             self.fetch_stage.main()
 
@@ -193,8 +205,12 @@ class _Workspace:
 
         with Repo(str(self.root)) as repo:
             status = repo.status()
-        return {name for name, changes in status.items()
-                for change in changes if isinstance(change, dict) and "changed deps" in change}
+        return {
+            name
+            for name, changes in status.items()
+            for change in changes
+            if isinstance(change, dict) and "changed deps" in change
+        }
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +222,12 @@ def dvc_workspace(tmp_path_factory):
         else:
             shutil.copy(REPO / item, root / item)
     shutil.copy(root / "curation/radiologist_exclusions.csv", root / "curation/other_exclusions.csv")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(root)}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(root),
+    }
     dvc = str(Path(sys.executable).parent / "dvc")
     subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=root, check=True, env=env)
     # the real fetch_params stage (its cmd, through DVC), then dummy data for every other stage
@@ -235,8 +255,7 @@ def dvc_workspace(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset,overrides,expected", CASES,
-                         ids=[f"{d}:{','.join(o)}" for d, o, _ in CASES])
+@pytest.mark.parametrize("dataset,overrides,expected", CASES, ids=[f"{d}:{','.join(o)}" for d, o, _ in CASES])
 def test_parameter_change_reruns_exactly_its_readers(dvc_workspace, monkeypatch, dataset, overrides, expected):
     monkeypatch.chdir(dvc_workspace.root)  # DVC resolves stage paths against the working directory
     dvc_workspace.commit(dataset)
@@ -245,6 +264,8 @@ def test_parameter_change_reruns_exactly_its_readers(dvc_workspace, monkeypatch,
         changed = dvc_workspace.changed()
     finally:
         dvc_workspace.write_params({"dataset": dataset})
-    assert changed == expected, (f"dataset={dataset}, {overrides}: DVC re-runs {sorted(changed)}, "
-                                 f"expected {sorted(expected)} (extra {sorted(changed - expected)}, "
-                                 f"missing {sorted(expected - changed)})")
+    assert changed == expected, (
+        f"dataset={dataset}, {overrides}: DVC re-runs {sorted(changed)}, "
+        f"expected {sorted(expected)} (extra {sorted(changed - expected)}, "
+        f"missing {sorted(expected - changed)})"
+    )

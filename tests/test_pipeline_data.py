@@ -1,6 +1,6 @@
 """Integration: the data stages run as DVC runs them (python stages/<name>.py in the workspace).
 
-- the synthetic default, end to end through augment;
+- generated data (the tiny configuration), end to end through augment;
 - the all-public configuration on the real files in ../shared/data, with Cohen fetched as a
   download from a local HTTP server and Actualmed from a local directory;
 - bad input: nothing already built is lost, errors are one line.
@@ -22,18 +22,17 @@ from localserver import github_style_zip, serve_directory
 from workspace import error_line, make_workspace, read, run_stage
 
 COMMIT = "ad999d56bdc8fde4a75367dc00323fa2e9d49f73"
-DATA_STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment"]
 
 
-@pytest.fixture(scope="module")
-def synthetic_ws(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("synthetic"))
-    for stage in DATA_STAGES:
-        run_stage(ws, stage)
-    return ws
+@pytest.fixture
+def synthetic_ws(tiny_trained):
+    """The data stages of the tiny generated configuration, run by the shared fixture (read only).
+    The default configuration's data stages are CI's check: `make repro`, then their outputs byte
+    for byte against the committed dvc.lock (deepcovid check-reproduction)."""
+    return tiny_trained
 
 
-def test_synthetic_default_end_to_end(synthetic_ws):
+def test_synthetic_data_stages_end_to_end(synthetic_ws):
     ws = synthetic_ws
     params = yaml.safe_load((ws / "params.yaml").read_text())
     manifest = read(ws / "data/manifest.csv")
@@ -124,6 +123,7 @@ def test_metadata_missing_column_keeps_previous_output(synthetic_ws, tmp_path):
 
 # --- real data: the all-public configuration on ../shared/data ------------------------------
 
+
 @pytest.fixture(scope="module")
 def public_ws(shared_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("public")
@@ -131,7 +131,9 @@ def public_ws(shared_data, tmp_path_factory):
     served.mkdir()
     github_style_zip(shared_data / "cohen", served / f"{COMMIT}.zip", f"covid-chestxray-dataset-{COMMIT}")
     (tmp / "ws").mkdir()
-    ws = make_workspace(tmp / "ws", **{"dataset": "public", "fetch.actualmed.local_dir": str(shared_data / "actualmed")})
+    ws = make_workspace(
+        tmp / "ws", **{"dataset": "public", "fetch.actualmed.local_dir": str(shared_data / "actualmed")}
+    )
     with serve_directory(served) as url:
         params = yaml.safe_load((ws / "params.yaml").read_text())
         params["fetch"]["cohen"]["url"] = url + "/{commit}.zip"

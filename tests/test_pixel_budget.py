@@ -133,7 +133,9 @@ def test_check_budget_counts_pixels_and_bytes_from_the_header():
     assert dicom.check_budget(_header(Rows=10, Columns=10, NumberOfFrames=3, BitsAllocated=32), 300) == 1200
     assert dicom.check_budget(_header(), 1) == 0  # no image in the header: nothing to budget
     assert dicom.check_budget(_header(Rows=10), 1) == 0
-    with pytest.raises(dicom.DicomError, match=r"10 x 10 pixels x 3 frames = 300 pixels: above the pixel budget of 299"):
+    with pytest.raises(
+        dicom.DicomError, match=r"10 x 10 pixels x 3 frames = 300 pixels: above the pixel budget of 299"
+    ):
         dicom.check_budget(_header(Rows=10, Columns=10, NumberOfFrames=3), 299)
     with pytest.raises(dicom.DicomError, match=r"20 x 10 pixels x 1 frames = 200 pixels"):
         dicom.check_budget(_header(Rows=10, Columns=20), 199)
@@ -148,8 +150,9 @@ def test_the_file_size_limit_is_exact(tmp_path):
     png.write_bytes(png.read_bytes() + bytes(limit - png.stat().st_size))  # exactly at the limit: read
     assert read_image(png, max_pixels=65_536).size == (8, 8)
     png.write_bytes(png.read_bytes() + b"\0")
-    with pytest.raises(ImageReadError, match=f"a file of {limit + 1:,} bytes: larger than an image within the "
-                                             f"pixel budget of 65,536"):
+    with pytest.raises(
+        ImageReadError, match=f"a file of {limit + 1:,} bytes: larger than an image within the pixel budget of 65,536"
+    ):
         read_image(png, max_pixels=65_536)
     dcm = write_dicom(tmp_path / "a.dcm", chest(8, 8), bits_stored=12)
     room = 65_536 * dicom._MAX_BYTES_PER_PIXEL + dicom._HEADER_ROOM

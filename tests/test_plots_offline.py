@@ -41,10 +41,24 @@ def _dvc() -> str:
 
 def _render(chromium: str, page: Path) -> str:
     """The DOM after the page's scripts ran, with no host name resolvable (no network)."""
-    proc = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--no-first-run", "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=20000",
-                           f"--user-data-dir={page.parent / 'chromium-profile'}", "--dump-dom", page.as_uri()],
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            chromium,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--virtual-time-budget=20000",
+            f"--user-data-dir={page.parent / 'chromium-profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -78,8 +92,9 @@ def test_dvc_plots_show_and_diff_render_every_plot_offline(chromium, tmp_path):
     assert expected >= 6
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     for command, out in ((["plots", "show"], tmp_path / "show"), (["plots", "diff", "HEAD"], tmp_path / "diff")):
-        proc = subprocess.run([_dvc(), *command, "-o", str(out)], cwd=REPO, capture_output=True, text=True, env=env,
-                              timeout=300)
+        proc = subprocess.run(
+            [_dvc(), *command, "-o", str(out)], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr
         html = (out / "index.html").read_text(encoding="utf-8")
         assert "cdn.jsdelivr.net" not in html
@@ -87,8 +102,14 @@ def test_dvc_plots_show_and_diff_render_every_plot_offline(chromium, tmp_path):
     # the same plots with DVC's default page (its scripts on a CDN): nothing is drawn offline
     default = tmp_path / "default.html"
     default.write_text("<!DOCTYPE html><html><head>{scripts}</head><body>{plot_divs}</body></html>")
-    proc = subprocess.run([_dvc(), "plots", "show", "--html-template", str(default), "-o", str(tmp_path / "cdn")],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [_dvc(), "plots", "show", "--html-template", str(default), "-o", str(tmp_path / "cdn")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "cdn.jsdelivr.net" in (tmp_path / "cdn" / "index.html").read_text()
     assert _drawn(_render(chromium, tmp_path / "cdn" / "index.html")) == 0

@@ -24,7 +24,7 @@ def test_transcendentals_match_numpy():
     y = np.concatenate([np.geomspace(1e-300, 1e300, 100_001), np.linspace(0.5, 2.0, 100_001)])
     assert np.max(np.abs(pm.log(y) - np.log(y)) / np.maximum(1, np.abs(np.log(y)))) < 4e-16
     base = np.linspace(0, 1, 10_001)
-    assert np.max(np.abs(pm.power(base, 1.23) - base ** 1.23)) < 1e-15
+    assert np.max(np.abs(pm.power(base, 1.23) - base**1.23)) < 1e-15
     assert pm.power(0.0, 2.0) == 0.0 and pm.power(0.0, 0.0) == 1.0
     assert np.isneginf(pm.log(0.0)) and np.isnan(pm.log(-1.0))
     # dtype kept, scalars give Python floats
@@ -65,7 +65,7 @@ def test_resized_crops_equal_resize_uint8_of_each_crop():
         h, w = (int(v) for v in rng.integers(1, 500, 2))
         img = rng.integers(0, 256, size=(h, w), dtype=np.uint8)
         if k % 5 == 0:
-            img = (255 * (np.indices((h, w)).sum(axis=0) % 2)).astype(np.uint8)   # the sharpest edges
+            img = (255 * (np.indices((h, w)).sum(axis=0) % 2)).astype(np.uint8)  # the sharpest edges
         boxes = []
         for _ in range(4):
             top, left = int(rng.integers(0, h)), int(rng.integers(0, w))
@@ -79,8 +79,10 @@ def test_resized_crops_equal_resize_uint8_of_each_crop():
 
 def test_resample_float_close_to_pillow():
     img = _smooth(64, 80).astype(np.float32) / 255
-    for size, kernel, resample in [((200, 170), "bicubic", Image.Resampling.BICUBIC),
-                                   ((30, 20), "bilinear", Image.Resampling.BILINEAR)]:
+    for size, kernel, resample in [
+        ((200, 170), "bicubic", Image.Resampling.BICUBIC),
+        ((30, 20), "bilinear", Image.Resampling.BILINEAR),
+    ]:
         ours = pm.resample(img, *size, kernel)
         ref = np.asarray(Image.fromarray(img, "F").resize(size, resample))
         assert ours.dtype == np.float32 and np.max(np.abs(ours - ref)) < 1e-3
@@ -118,7 +120,7 @@ def test_bilinear_sample_and_augmentation():
     img = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     yy, xx = np.mgrid[0:20, 0:30].astype(np.float64)
     assert np.array_equal(bilinear_sample(img, xx, yy), img)
-    shifted = bilinear_sample(img, xx + 2, yy)          # an integer shift is exact, black enters
+    shifted = bilinear_sample(img, xx + 2, yy)  # an integer shift is exact, black enters
     assert np.array_equal(shifted[:, :-2], img[:, 2:]) and not shifted[:, -2:].any()
     half = bilinear_sample(img, xx + 0.5, yy)[:, :-1].astype(int)
     assert np.max(np.abs(half - (img[:, :-1].astype(int) + img[:, 1:]) / 2)) <= 0.5

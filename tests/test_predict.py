@@ -9,8 +9,6 @@ status 1) and warn about lateral views and small images.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -19,13 +17,28 @@ from PIL import Image
 
 from deepcovid.model import predict as P
 from dicom_files import chest, write_dicom
-from workspace import REPO, read
+from workspace import REPO, read, run_python
 
 
 def _predict(ws, *args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "deepcovid", "predict", *map(str, args), "--model",
-                           str(ws / "models"), "--evaluation", str(ws / "metrics/evaluate.json"), "--params",
-                           str(ws / "params.yaml")], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return run_python(
+        [
+            "-m",
+            "deepcovid",
+            "predict",
+            *map(str, args),
+            "--model",
+            str(ws / "models"),
+            "--evaluation",
+            str(ws / "metrics/evaluate.json"),
+            "--params",
+            str(ws / "params.yaml"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _raw_paths(ws, image_ids):
@@ -33,8 +46,10 @@ def _raw_paths(ws, image_ids):
 
     manifest = read(ws / "data/manifest.csv").set_index("image_id")
     roots = read_sources(ws / "data/raw")
-    return [str(image_path(roots, manifest.loc[i, "source"], manifest.loc[i, "relpath"], ws / "data/raw"))
-            for i in image_ids]
+    return [
+        str(image_path(roots, manifest.loc[i, "source"], manifest.loc[i, "relpath"], ws / "data/raw"))
+        for i in image_ids
+    ]
 
 
 def test_predict_reproduces_the_pipeline_predictions(tiny_trained, tmp_path):
@@ -74,8 +89,9 @@ def test_bad_files_get_a_row_with_the_reason_and_the_rest_is_scored(tiny_trained
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     Image.fromarray(chest(300, 260, bits=8).astype(np.uint8), "L").save(folder / "ok.png")
-    write_dicom(folder / "sub" / "lateral", chest(300, 300, bits=12), bits_stored=12, window=(2000.0, 3000.0),
-                ViewPosition="LL")  # no suffix: found by content
+    write_dicom(
+        folder / "sub" / "lateral", chest(300, 300, bits=12), bits_stored=12, window=(2000.0, 3000.0), ViewPosition="LL"
+    )  # no suffix: found by content
     Image.fromarray(chest(60, 50, bits=8).astype(np.uint8), "L").save(folder / "small.png")
     write_dicom(folder / "cine.dcm", np.stack([chest()] * 2), bits_stored=12, frames=2)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
@@ -103,9 +119,22 @@ def test_threshold_explain_and_one_line_errors(tiny_trained, tmp_path):
     rows = pd.read_csv(__import__("io").StringIO(proc.stdout), keep_default_na=False)
     assert rows["label"].tolist() == ["COVID-19"] and (tmp_path / "maps" / "x_occlusion.png").is_file()
     assert rows["explanation"].tolist() == [str(tmp_path / "maps" / "x_occlusion.png")]
-    bad = subprocess.run([sys.executable, "-m", "deepcovid", "predict", str(image), "--model",
-                          str(tiny_trained / "models"), "--evaluation", str(tmp_path / "none.json")],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    bad = run_python(
+        [
+            "-m",
+            "deepcovid",
+            "predict",
+            str(image),
+            "--model",
+            str(tiny_trained / "models"),
+            "--evaluation",
+            str(tmp_path / "none.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "none.json not found" in bad.stderr.strip().splitlines()[-1]
     assert "Traceback" not in bad.stderr
     out_of_range = _predict(tiny_trained, image, "--threshold", "1.5")

@@ -36,8 +36,9 @@ def test_good_table_values():
 def test_text_kept_as_text():
     """Bugs: ids read as numbers ('007' -> 7) or 'NA' read as missing; blanks around values and
     column names, and the case of the split, not normalised."""
-    text = (" image_id , label ,split, score ,group\n"
-            "007,1, TEST ,0.5 , covid \nNA, 0 ,Val,1,normal\nnull,0,test,0,normal\n")
+    text = (
+        " image_id , label ,split, score ,group\n007,1, TEST ,0.5 , covid \nNA, 0 ,Val,1,normal\nnull,0,test,0,normal\n"
+    )
     df = read(text)
     assert list(df.columns[:4]) == ["image_id", "label", "split", "score"]
     assert list(df["image_id"]) == ["007", "NA", "null"]
@@ -61,27 +62,40 @@ def test_other_splits_dropped_and_logged(caplog):
     assert not any("ignoring" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "not a readable CSV file"),
-    ('image_id,label,split,score\n"a,1,test,0.5\n', "not a readable CSV file"),
-    ("image_id,split,group\na,test,covid\n", "missing column 'label'"),
-    ("image_id,label,split\na,1,test\n", "missing column 'score'"),
-    ("label,split,score\n1,test,0.5\n", "missing column 'image_id'"),
-    (HEAD + "a,1,val,0.9,covid\nb,0,train,0.1,normal\n", "column 'split' has no 'test' rows"),
-    (HEAD + "a,1,test,0.9,covid\nb,x,test,0.1,normal\nc,,test,0.1,normal\n",
-     "column 'label' has 2 empty or non-numeric values (first: 'x' at image_id 'b')"),
-    (HEAD + "a,1,test,0.9,covid\nb,0,test,inf,normal\nc,0,test,abc,normal\n",
-     "column 'score' has 2 empty or non-numeric values (first: 'inf' at image_id 'b')"),
-    (HEAD + "a,1,test,,covid\nb,0,test,0.1,normal\n",
-     "column 'score' has 1 empty or non-numeric values (first: '' at image_id 'a')"),
-    (HEAD + "a,2,test,0.9,covid\nb,0,test,0.1,normal\nc,-1,test,0.1,normal\nd,0.5,test,0.1,normal\n",
-     "column 'label' must hold 0 or 1 (1 = COVID-19); found [-1.0, 0.5, 2.0]"),
-    (HEAD + "a,1,test,1.01,covid\nb,0,test,0.1,normal\n", "found range [0.1, 1.01]"),
-    (HEAD + "a,1,test,0.9,covid\nb,0,test,-0.01,normal\n", "found range [-0.01, 0.9]"),
-    (HEAD + "a,1,test,0.9,covid\nb,0,test,0.1,normal\nb,0,test,0.2,normal\na,1,test,0.3,covid\n",
-     "column 'image_id' repeats within a split (2 duplicates, e.g. 'b')"),
-    (HEAD + "a,1,test,0.9,covid\nb,0,test,0.1, \n", "column 'group' has empty values"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "not a readable CSV file"),
+        ('image_id,label,split,score\n"a,1,test,0.5\n', "not a readable CSV file"),
+        ("image_id,split,group\na,test,covid\n", "missing column 'label'"),
+        ("image_id,label,split\na,1,test\n", "missing column 'score'"),
+        ("label,split,score\n1,test,0.5\n", "missing column 'image_id'"),
+        (HEAD + "a,1,val,0.9,covid\nb,0,train,0.1,normal\n", "column 'split' has no 'test' rows"),
+        (
+            HEAD + "a,1,test,0.9,covid\nb,x,test,0.1,normal\nc,,test,0.1,normal\n",
+            "column 'label' has 2 empty or non-numeric values (first: 'x' at image_id 'b')",
+        ),
+        (
+            HEAD + "a,1,test,0.9,covid\nb,0,test,inf,normal\nc,0,test,abc,normal\n",
+            "column 'score' has 2 empty or non-numeric values (first: 'inf' at image_id 'b')",
+        ),
+        (
+            HEAD + "a,1,test,,covid\nb,0,test,0.1,normal\n",
+            "column 'score' has 1 empty or non-numeric values (first: '' at image_id 'a')",
+        ),
+        (
+            HEAD + "a,2,test,0.9,covid\nb,0,test,0.1,normal\nc,-1,test,0.1,normal\nd,0.5,test,0.1,normal\n",
+            "column 'label' must hold 0 or 1 (1 = COVID-19); found [-1.0, 0.5, 2.0]",
+        ),
+        (HEAD + "a,1,test,1.01,covid\nb,0,test,0.1,normal\n", "found range [0.1, 1.01]"),
+        (HEAD + "a,1,test,0.9,covid\nb,0,test,-0.01,normal\n", "found range [-0.01, 0.9]"),
+        (
+            HEAD + "a,1,test,0.9,covid\nb,0,test,0.1,normal\nb,0,test,0.2,normal\na,1,test,0.3,covid\n",
+            "column 'image_id' repeats within a split (2 duplicates, e.g. 'b')",
+        ),
+        (HEAD + "a,1,test,0.9,covid\nb,0,test,0.1, \n", "column 'group' has empty values"),
+    ],
+)
 def test_rejected_tables(text, fragment):
     """Bugs: a broken table accepted, or the message not naming the file, the column, the count and
     the first offending value."""
@@ -134,7 +148,8 @@ def test_group_derived_from_label(caplog):
         df = read(text, name="p.csv")
     assert list(df["group"]) == ["covid", "non-covid", "non-covid"]
     assert [r.getMessage() for r in caplog.records] == [
-        "p.csv: no 'group' column; score histograms use covid / non-covid from the label"]
+        "p.csv: no 'group' column; score histograms use covid / non-covid from the label"
+    ]
 
 
 def test_load_predictions_path(tmp_path):

@@ -22,11 +22,20 @@ from hypothesis import strategies as st
 
 from deepcovid.config import load_config
 from deepcovid.evaluation import repeats as R
-from workspace import REPO, error_line, run_stage
+from workspace import REPO, copy_without, error_line, run_stage
 
-TRAIN = load_config(REPO / "params.yaml").train.model_copy(update=dict(
-    mode="last_layer", epochs=30, batch_size=20, lr=0.01, weight_decay=0.0, patience=0, shuffle_labels=False,
-    class_weight="none"))
+TRAIN = load_config(REPO / "params.yaml").train.model_copy(
+    update=dict(
+        mode="last_layer",
+        epochs=30,
+        batch_size=20,
+        lr=0.01,
+        weight_decay=0.0,
+        patience=0,
+        shuffle_labels=False,
+        class_weight="none",
+    )
+)
 
 
 def _table(sizes_pos: list[int], sizes_neg: list[int], neg_in_pos: int = 0) -> pd.DataFrame:
@@ -43,8 +52,13 @@ def _table(sizes_pos: list[int], sizes_neg: list[int], neg_in_pos: int = 0) -> p
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 4), min_size=4, max_size=30), st.lists(st.integers(1, 3), min_size=4, max_size=40),
-       st.integers(0, 3), st.floats(0.0, 0.5), st.integers(0, 2**32 - 1))
+@given(
+    st.lists(st.integers(1, 4), min_size=4, max_size=30),
+    st.lists(st.integers(1, 3), min_size=4, max_size=40),
+    st.integers(0, 3),
+    st.floats(0.0, 0.5),
+    st.integers(0, 2**32 - 1),
+)
 def test_grouped_split_keeps_groups_whole_and_never_exceeds_targets(pos, neg, neg_in_pos, val_fraction, seed):
     table = _table(pos, neg, neg_in_pos)
     test_pos, test_neg = sum(pos) // 3, sum(neg) // 3
@@ -98,10 +112,12 @@ def _planted(n_groups: int = 120, signal: float = 2.0, seed: int = 0) -> tuple[p
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 4, n_groups)
     labels = (np.arange(n_groups) % 3 == 0).astype(int)
-    table = pd.DataFrame({"split_group": np.repeat([f"g{i}" for i in range(n_groups)], sizes),
-                          "label": np.repeat(labels, sizes)})
-    split = R.grouped_split(table, int(table["label"].sum() // 3), int((table["label"] == 0).sum() // 3), 0.25,
-                            np.random.default_rng(seed))
+    table = pd.DataFrame(
+        {"split_group": np.repeat([f"g{i}" for i in range(n_groups)], sizes), "label": np.repeat(labels, sizes)}
+    )
+    split = R.grouped_split(
+        table, int(table["label"].sum() // 3), int((table["label"] == 0).sum() // 3), 0.25, np.random.default_rng(seed)
+    )
     features = rng.standard_normal((len(table), 4))
     features[:, 0] += signal * table["label"].to_numpy()
     return table.assign(split=split.to_numpy()), features
@@ -109,8 +125,9 @@ def _planted(n_groups: int = 120, signal: float = 2.0, seed: int = 0) -> tuple[p
 
 def test_repeats_find_the_signal_and_spread_over_distinct_splits():
     table, features = _planted()
-    summary, rows = R.repeated_splits(table, features, _head(4), splits=5, seed=3, val_fraction=0.25, train=TRAIN,
-                                      target_sensitivity=0.9)
+    summary, rows = R.repeated_splits(
+        table, features, _head(4), splits=5, seed=3, val_fraction=0.25, train=TRAIN, target_sensitivity=0.9
+    )
     assert list(rows["split"]) == ["pipeline"] + [f"repeat-{i}" for i in range(1, 6)]
     assert rows["auc"].min() > 0.8 and summary["repeats"]["auc"]["sd"] > 0  # splits differ, signal found
     assert rows["seed"].nunique() == 6
@@ -123,8 +140,9 @@ def test_repeats_find_the_signal_and_spread_over_distinct_splits():
     assert r["auc"]["min"] <= r["auc"]["p2_5"] <= r["auc"]["mean"] <= r["auc"]["max"]
     assert r["test_covid"]["max"] <= r["test_covid_asked"]
     # deterministic
-    again, _ = R.repeated_splits(table, features, _head(4), splits=5, seed=3, val_fraction=0.25, train=TRAIN,
-                                 target_sensitivity=0.9)
+    again, _ = R.repeated_splits(
+        table, features, _head(4), splits=5, seed=3, val_fraction=0.25, train=TRAIN, target_sensitivity=0.9
+    )
     assert again == summary
 
 
@@ -146,8 +164,16 @@ def test_repeats_cannot_memorise_groups():
     table = pd.DataFrame({"split_group": np.repeat([f"g{i}" for i in range(n)], 2), "label": np.repeat(labels, 2)})
     table["split"] = R.grouped_split(table, 20, 30, 0.2, np.random.default_rng(0)).to_numpy()
     features = np.eye(n)[np.repeat(np.arange(n), 2)] * 5
-    summary, _ = R.repeated_splits(table, features, _head(n), splits=4, seed=0, val_fraction=0.2,
-                                   train=TRAIN.model_copy(update={"epochs": 60}), target_sensitivity=0.9)
+    summary, _ = R.repeated_splits(
+        table,
+        features,
+        _head(n),
+        splits=4,
+        seed=0,
+        val_fraction=0.2,
+        train=TRAIN.model_copy(update={"epochs": 60}),
+        target_sensitivity=0.9,
+    )
     assert 0.3 < summary["repeats"]["auc"]["mean"] < 0.7
 
 
@@ -155,10 +181,14 @@ def test_shuffled_labels_and_class_weight_are_honoured():
     table, features = _planted(signal=4.0)
     features = np.c_[features, np.random.default_rng(9).standard_normal((len(features), 20))]  # noise to fit
     kw = dict(splits=5, seed=1, val_fraction=0.25, target_sensitivity=0.9)
-    shuffled, _ = R.repeated_splits(table, features, _head(24), train=TRAIN.model_copy(update={"shuffle_labels": True}), **kw)
+    shuffled, _ = R.repeated_splits(
+        table, features, _head(24), train=TRAIN.model_copy(update={"shuffle_labels": True}), **kw
+    )
     plain, _ = R.repeated_splits(table, features, _head(24), train=TRAIN, **kw)
     assert plain["repeats"]["auc"]["mean"] > 0.95 and shuffled["repeats"]["auc"]["mean"] < 0.8
-    balanced, _ = R.repeated_splits(table, features, _head(24), train=TRAIN.model_copy(update={"class_weight": "balanced"}), **kw)
+    balanced, _ = R.repeated_splits(
+        table, features, _head(24), train=TRAIN.model_copy(update={"class_weight": "balanced"}), **kw
+    )
     assert balanced["repeats"]["threshold"] != plain["repeats"]["threshold"]
 
 
@@ -166,15 +196,17 @@ def test_single_class_validation_is_one_clear_error():
     table, features = _planted()
     table.loc[(table["split"] == "val") & (table["label"] == 1), "split"] = "train"
     with pytest.raises(R.RepeatsError, match="val part holds a single class"):
-        R.repeated_splits(table, features, _head(4), splits=0, seed=0, val_fraction=0.25, train=TRAIN,
-                          target_sensitivity=0.9)
+        R.repeated_splits(
+            table, features, _head(4), splits=0, seed=0, val_fraction=0.25, train=TRAIN, target_sensitivity=0.9
+        )
 
 
 # ------------------------------------------------------------------------------ the stage
 
+
 @contextlib.contextmanager
 def _params(ws, splits: str):
-    """``repeats.splits`` set to ``splits`` in the shared workspace's params.yaml, then restored."""
+    """``repeats.splits`` set to ``splits`` in the workspace's params.yaml, then restored."""
     path = ws / "params.yaml"
     saved = path.read_text()
     assert "repeats:\n  splits: 20" in saved
@@ -186,8 +218,8 @@ def _params(ws, splits: str):
 
 
 @pytest.mark.slow
-def test_stage_writes_the_spread_beside_the_single_split(tiny_trained):
-    ws = tiny_trained
+def test_stage_writes_the_spread_beside_the_single_split(tiny_trained, tmp_path):
+    ws = copy_without(tiny_trained, tmp_path / "ws", [])
     with _params(ws, "3"):
         run_stage(ws, "repeats")
     out = json.loads((ws / "metrics/repeats.json").read_text())
@@ -202,7 +234,7 @@ def test_stage_writes_the_spread_beside_the_single_split(tiny_trained):
 
 @pytest.mark.slow
 def test_stage_skips_and_fails_in_one_line(tiny_trained, tmp_path):
-    ws = tiny_trained
+    ws = copy_without(tiny_trained, tmp_path / "ws", [])
     with _params(ws, "0"):
         run_stage(ws, "repeats")
         assert json.loads((ws / "metrics/repeats.json").read_text()) == {"skipped": "repeats.splits is 0"}

@@ -61,8 +61,13 @@ def test_determinism_modes_and_the_environment_record(deterministic, monkeypatch
     assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"]  # what deterministic cuBLAS needs
     env = compute_environment()
-    assert env == {"torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                   "ONEDNN_MAX_CPU_ISA": None, "ATEN_CPU_CAPABILITY": None, "deterministic_algorithms": "strict"}
+    assert env == {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "ONEDNN_MAX_CPU_ISA": None,
+        "ATEN_CPU_CAPABILITY": None,
+        "deterministic_algorithms": "strict",
+    }
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
@@ -81,6 +86,7 @@ def test_determinism_modes_and_the_environment_record(deterministic, monkeypatch
 
 
 # ------------------------------------------------------------------ a. the checkpoint key
+
 
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,9 +113,14 @@ def _params() -> dict:
 
 def _key(ws: Path, params: dict | None = None, provenance: dict | None = None, **kw) -> str:
     kw = {"device": "cpu", "world_size": 1, "code_files": [ws / "code/extra.py"], **kw}
-    inputs = checkpoint_inputs(validate(params or _params()), provenance or {"weights_sha256": None},
-                               manifest=ws / "data/manifest.csv", preprocessed=ws / "data/preprocessed",
-                               augmented=ws / "data/augmented", **kw)
+    inputs = checkpoint_inputs(
+        validate(params or _params()),
+        provenance or {"weights_sha256": None},
+        manifest=ws / "data/manifest.csv",
+        preprocessed=ws / "data/preprocessed",
+        augmented=ws / "data/augmented",
+        **kw,
+    )
     json.dumps(inputs, allow_nan=False)  # plain JSON
     return checkpoint_key(inputs)
 
@@ -122,12 +133,14 @@ def _flip_byte(path: Path) -> None:  # same size, other content
 
 def _set(dotted: str, *values):
     """Set a dotted parameter to the first of ``values`` that differs from its value now."""
+
     def change(params):
         node = params
         *parents, last = dotted.split(".")
         for part in parents:
             node = node[part]
         node[last] = next(v for v in values if v != node[last])
+
     return change
 
 
@@ -136,7 +149,8 @@ FILE_CHANGES = {
     "preprocessed index.csv": lambda ws: _flip_byte(ws / "data/preprocessed/index.csv"),
     "preprocessed image content": lambda ws: _flip_byte(ws / "data/preprocessed/cohen/a.png"),
     "preprocessed image renamed": lambda ws: (ws / "data/preprocessed/cohen/a.png").rename(
-        ws / "data/preprocessed/cohen/a2.png"),
+        ws / "data/preprocessed/cohen/a2.png"
+    ),
     "preprocessed image added": lambda ws: _write(ws / "data/preprocessed/cohen/c.png", b"\x89PNG"),
     "augmented index.csv": lambda ws: _flip_byte(ws / "data/augmented/index.csv"),
     "augmented image content": lambda ws: _flip_byte(ws / "data/augmented/a_aug0.png"),
@@ -168,8 +182,9 @@ def test_checkpoint_key_is_stable_and_location_independent(data_ws, tmp_path):
     assert _key(moved) == key
     # the order of keys in params.yaml does not matter
     params = _params()
-    reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v)
-                 for k, v in reversed(list(params.items()))}
+    reordered = {
+        k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v) for k, v in reversed(list(params.items()))
+    }
     assert _key(data_ws, reordered) == key
     # the digest of a folder covers every file under it, by relative path
     assert tree_digest(data_ws / "data/preprocessed") == tree_digest(moved / "data/preprocessed")
@@ -192,8 +207,12 @@ def test_checkpoint_key_changes_with_the_parameters(data_ws, change):
 
 
 def test_checkpoint_key_changes_with_device_and_process_count(data_ws):
-    keys = {_key(data_ws), _key(data_ws, device="cuda"), _key(data_ws, device=torch.device("cuda", 1)),
-            _key(data_ws, world_size=2)}
+    keys = {
+        _key(data_ws),
+        _key(data_ws, device="cuda"),
+        _key(data_ws, device=torch.device("cuda", 1)),
+        _key(data_ws, world_size=2),
+    }
     assert len(keys) == 3  # cuda == cuda:1: the device type matters, not the index
 
 
@@ -218,15 +237,16 @@ def test_checkpoint_key_changes_with_the_weights_file(data_ws, tmp_path):
 
 # ------------------------------------------------------------------ b. the last-layer path, bitwise
 
+
 def last_layer_run(threads: int = 1, seed: int = 11) -> dict[str, np.ndarray]:
     """The last-layer method on a tiny problem: a seeded random-init resnet18's features
     (channels_last, as the featurize stage computes them), a head trained on them (as the
     train stage does) and the test scores. Returns numpy arrays."""
     from torch.utils.data import TensorDataset
 
-    from deepcovid.model.features import extract_features
     from deepcovid.model.architectures import split_backbone_head
     from deepcovid.model.environment import seed_everything
+    from deepcovid.model.features import extract_features
     from deepcovid.model.training import train_head
     from deepcovid.model.weights import build_model
 
@@ -241,12 +261,17 @@ def last_layer_run(threads: int = 1, seed: int = 11) -> dict[str, np.ndarray]:
     images[labels == 1, :, 16:48, 16:48] += 1.0  # a bright square: class 1
     feats = extract_features(backbone, TensorDataset(images, labels), batch_size=16, progress=False)
     x = torch.from_numpy(feats)
-    head, history, best = train_head(head, x[:24], labels[:24], x[24:32], labels[24:32], epochs=6, batch_size=8,
-                                     lr=1e-3, seed=seed)
+    head, history, best = train_head(
+        head, x[:24], labels[:24], x[24:32], labels[24:32], epochs=6, batch_size=8, lr=1e-3, seed=seed
+    )
     with torch.no_grad():
         scores = torch.softmax(head(x[32:]), 1)[:, 1].numpy()
-    out = {"features": feats, "scores": scores, "val_loss": np.array([h.val_loss for h in history]),
-           "best_epoch": np.array(best)}
+    out = {
+        "features": feats,
+        "scores": scores,
+        "val_loss": np.array([h.val_loss for h in history]),
+        "best_epoch": np.array(best),
+    }
     out.update({f"head.{k}": v.detach().numpy().copy() for k, v in head.state_dict().items()})
     return out
 
@@ -266,11 +291,20 @@ def test_last_layer_training_is_bitwise_identical_in_one_process(deterministic):
 
 
 def _script(out: Path, **env) -> subprocess.Popen:
-    full_env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
-                                                               "DNNL_MAX_CPU_ISA")}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA")
+    }
     full_env.update(OMP_NUM_THREADS="1", ONEDNN_VERBOSE="1", **env)
-    return subprocess.Popen([sys.executable, __file__, "--out", str(out)], cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, __file__, "--out", str(out)],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _max_diff(a: dict, b: dict, key: str) -> float:
@@ -278,14 +312,20 @@ def _max_diff(a: dict, b: dict, key: str) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available(),
-                    reason="ONEDNN_MAX_CPU_ISA=AVX2 needs an x86-64 CPU and a torch built with oneDNN")
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available(),
+    reason="ONEDNN_MAX_CPU_ISA=AVX2 needs an x86-64 CPU and a torch built with oneDNN",
+)
 def test_last_layer_training_across_processes_and_cpu_kernels(tmp_path):
     """Four processes, one thread each: the default CPU kernels twice (bitwise identical),
     oneDNN capped at AVX2, ATen's vectorised kernels off (ATEN_CPU_CAPABILITY=default).
     Another instruction set changes rounding only: scores agree within 1e-4."""
-    runs = {"default": {}, "default-again": {}, "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
-            "aten-default": {"ATEN_CPU_CAPABILITY": "default"}}
+    runs = {
+        "default": {},
+        "default-again": {},
+        "onednn-avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+        "aten-default": {"ATEN_CPU_CAPABILITY": "default"},
+    }
     procs = {name: _script(tmp_path / f"{name}.npz", **env) for name, env in runs.items()}
     results, isa = {}, {}
     for name, proc in procs.items():
@@ -306,8 +346,10 @@ def test_last_layer_training_across_processes_and_cpu_kernels(tmp_path):
     ref = results["default"]
     report = {}
     for name in ("onednn-avx2", "aten-default"):
-        report[name] = {key: _max_diff(ref, results[name], key)
-                        for key in ("features", "scores", "val_loss", "head.weight", "head.bias")}
+        report[name] = {
+            key: _max_diff(ref, results[name], key)
+            for key in ("features", "scores", "val_loss", "head.weight", "head.bias")
+        }
     print(f"\nCPU kernels (oneDNN isa, ATen capability): {isa}")
     print(f"max |difference| against the default kernels: {json.dumps(report, indent=1)}")
     for name, diffs in report.items():

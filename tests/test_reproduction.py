@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
 from deepcovid.checks.reproduction import compare_metrics, compare_outputs, flatten_numbers
+from workspace import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _lock(**hashes):
-    return {"schema": "2.0", "stages": {stage: {"outs": [{"path": f"data/{stage}", "md5": h, "size": 1,
-                                                           "nfiles": 2}]}
-                                        for stage, h in hashes.items()}}
+    return {
+        "schema": "2.0",
+        "stages": {
+            stage: {"outs": [{"path": f"data/{stage}", "md5": h, "size": 1, "nfiles": 2}]}
+            for stage, h in hashes.items()
+        },
+    }
 
 
 def test_compare_outputs():
@@ -31,9 +34,13 @@ def test_compare_outputs():
 def test_compare_metrics_tolerances_and_coverage():
     committed = {"test": {"auc": 0.9, "n_pos": 100, "sens": 0.5}, "torch_threads": 2, "flag": True}
     tol = {"torch_threads": None, "*.n_pos": 0, "test.*": 0.01}
-    rows = {r["metric"]: r for r in compare_metrics(committed, {**committed, "torch_threads": 8,
-                                                              "test": {"auc": 0.905, "n_pos": 100, "sens": 0.52}}, tol)}
-    assert set(rows) == {"test.auc", "test.n_pos", "test.sens"}          # threads ignored, bools skipped
+    rows = {
+        r["metric"]: r
+        for r in compare_metrics(
+            committed, {**committed, "torch_threads": 8, "test": {"auc": 0.905, "n_pos": 100, "sens": 0.52}}, tol
+        )
+    }
+    assert set(rows) == {"test.auc", "test.n_pos", "test.sens"}  # threads ignored, bools skipped
     assert rows["test.auc"]["status"] == "ok" and abs(rows["test.auc"]["difference"] - 0.005) < 1e-12
     assert rows["test.sens"]["status"] == "FAIL"
     rows = compare_metrics(committed, {"test": {"auc": 0.9, "n_pos": 101}}, tol)
@@ -74,8 +81,13 @@ def test_check_reproduction_command(tmp_path):
 
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            code = check_reproduction(load_config(tmp_path / "params.yaml").reproduction, tmp_path / "a.lock",
-                                      tmp_path / lock, committed, current)
+            code = check_reproduction(
+                load_config(tmp_path / "params.yaml").reproduction,
+                tmp_path / "a.lock",
+                tmp_path / lock,
+                committed,
+                current,
+            )
         return types.SimpleNamespace(returncode=code, stdout=out.getvalue())
 
     ok = run()
@@ -87,7 +99,8 @@ def test_check_reproduction_command(tmp_path):
         "metrics/explain.json: 3/3 within tolerance (largest difference 0.00 of its tolerance)",
         "metrics/audit.json: 2/2 within tolerance (largest difference 0.00 of its tolerance)",
         "metrics/repeats.json: 3/3 within tolerance (largest difference 0.00 of its tolerance)",
-        "ok: data stages byte-identical, model metrics within the measured tolerance"]
+        "ok: data stages byte-identical, model metrics within the measured tolerance",
+    ]
     (current / "train.json").write_text(json.dumps({**train, "test_auc": 0.95, "torch_threads": 1}))
     bad = run()
     assert bad.returncode == 1 and "test_auc" in bad.stdout and "torch_threads" not in bad.stdout
@@ -106,11 +119,13 @@ def test_check_reproduction_command(tmp_path):
     assert moved.returncode == 1 and "source_readability.all.n_pos" in moved.stdout
     (current / "audit.json").write_text(json.dumps(audit))
     # repeats: one test COVID-19 image (1/100) crossing in the worst split is tolerated, two are not
-    (current / "repeats.json").write_text(json.dumps({"repeats": {"splits": 20, "sensitivity": {"mean": 0.9495,
-                                                                                            "min": 0.89}}}))
+    (current / "repeats.json").write_text(
+        json.dumps({"repeats": {"splits": 20, "sensitivity": {"mean": 0.9495, "min": 0.89}}})
+    )
     assert run().returncode == 0
-    (current / "repeats.json").write_text(json.dumps({"repeats": {"splits": 20, "sensitivity": {"mean": 0.95,
-                                                                                            "min": 0.88}}}))
+    (current / "repeats.json").write_text(
+        json.dumps({"repeats": {"splits": 20, "sensitivity": {"mean": 0.95, "min": 0.88}}})
+    )
     moved = run()
     assert moved.returncode == 1 and "repeats.sensitivity.min" in moved.stdout
     (current / "repeats.json").write_text(json.dumps(repeats))
@@ -119,13 +134,25 @@ def test_check_reproduction_command(tmp_path):
     bad = run("c.lock")
     assert bad.returncode == 1 and f"{stages[-1]}: data/{stages[-1]} differs" in bad.stdout
     assert "ok: data stages byte-identical" in ok.stdout and "NOT REPRODUCED" in bad.stdout
-    missing = subprocess.run([sys.executable, "-m", "deepcovid", "check-reproduction", "--committed-lock", "a.lock",
-                              "--lock", "nope.lock", "--committed-metrics", "committed"], cwd=tmp_path,
-                             capture_output=True, text=True)
+    missing = run_python(
+        [
+            "-m",
+            "deepcovid",
+            "check-reproduction",
+            "--committed-lock",
+            "a.lock",
+            "--lock",
+            "nope.lock",
+            "--committed-metrics",
+            "committed",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "nope.lock: dvc.lock not found" in missing.stderr
     assert missing.stderr.strip().splitlines()[-1].startswith("check-reproduction: error:")
-    usage = subprocess.run([sys.executable, "-m", "deepcovid", "check-reproduction"], cwd=tmp_path,
-                           capture_output=True, text=True)
+    usage = run_python(["-m", "deepcovid", "check-reproduction"], cwd=tmp_path, capture_output=True, text=True)
     assert usage.returncode == 2 and "--committed-lock" in usage.stderr
 
 
@@ -139,7 +166,10 @@ def test_every_committed_metric_has_a_tolerance():
     for name in METRIC_FILES:
         metrics = json.loads((REPO / "metrics" / name).read_text())
         rows = compare_metrics(metrics, metrics, tolerances)
-        assert rows and {r["status"] for r in rows} == {"ok"}, (name, [r["metric"] for r in rows if r["status"] != "ok"])
+        assert rows and {r["status"] for r in rows} == {"ok"}, (
+            name,
+            [r["metric"] for r in rows if r["status"] != "ok"],
+        )
 
 
 def test_ci_scripts_keep_every_metrics_file_the_check_compares():

@@ -19,15 +19,22 @@ COLUMNS = ["source", "relpath", "patient", "finding", "view", "label", "group", 
 
 
 def _row(source, relpath, patient, label, pool=""):
-    return {"source": source, "relpath": relpath, "patient": patient, "finding": "COVID-19" if label else "",
-            "view": "PA", "label": label, "group": "covid" if label else "normal",
-            "category": "COVID-19" if label else "No Finding", "pool": pool}
+    return {
+        "source": source,
+        "relpath": relpath,
+        "patient": patient,
+        "finding": "COVID-19" if label else "",
+        "view": "PA",
+        "label": label,
+        "group": "covid" if label else "normal",
+        "category": "COVID-19" if label else "No Finding",
+        "pool": pool,
+    }
 
 
 def _tables():
     pos = pd.DataFrame([_row("cohen", f"p{i}/{k}.png", f"p{i}", 1) for i in range(6) for k in range(2)])
-    neg = pd.DataFrame([_row("chexpert", f"n{i}/v.jpg", f"n{i}", 0, "test" if i < 4 else "train")
-                        for i in range(12)])
+    neg = pd.DataFrame([_row("chexpert", f"n{i}/v.jpg", f"n{i}", 0, "test" if i < 4 else "train") for i in range(12)])
     return pos, neg
 
 
@@ -43,8 +50,9 @@ def test_split_dataset_hashes_the_files_and_splits_as_make_split(tmp_path):
     neg.to_csv(tmp_path / "negatives.csv", index=False)
 
     pd.DataFrame(columns=["group", "image_id", "source", "patient", "label"]).to_csv(tmp_path / "dup.csv", index=False)
-    manifest, report = split_dataset(raw, tmp_path / "positives.csv", tmp_path / "negatives.csv", tmp_path / "dup.csv",
-                                     4, 0.25, 3, False)
+    manifest, report = split_dataset(
+        raw, tmp_path / "positives.csv", tmp_path / "negatives.csv", tmp_path / "dup.csv", 4, 0.25, 3, False
+    )
 
     def digest(source, rel):
         path = raw / roots[source] / rel
@@ -79,8 +87,17 @@ def test_manifest_form():
 
 
 def _manifest(changes: dict | None = None) -> pd.DataFrame:
-    rows = [{"image_id": f"s/{i}", "source": "s", "patient": f"p{i}", "split_group": f"g{i}",
-             "split": split, "sha256": f"h{i}"} for i, split in enumerate(["train", "val", "test", "train"])]
+    rows = [
+        {
+            "image_id": f"s/{i}",
+            "source": "s",
+            "patient": f"p{i}",
+            "split_group": f"g{i}",
+            "split": split,
+            "sha256": f"h{i}",
+        }
+        for i, split in enumerate(["train", "val", "test", "train"])
+    ]
     frame = pd.DataFrame(rows)
     for (i, column), value in (changes or {}).items():
         frame.loc[i, column] = value
@@ -92,13 +109,16 @@ def test_check_no_leak_accepts_a_clean_manifest():
     check_no_leak(_manifest({(3, "sha256"): "h0"}))  # same content, same part: fine
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({(3, "image_id"): "s/0"}, "image s/0 appears twice"),
-    ({(3, "split"): "holdout"}, r"unknown split values \['holdout'\]"),
-    ({(1, "patient"): "p0"}, "s/p0 appears in more than one split"),
-    ({(1, "split_group"): "g0"}, "g0 appears in more than one split"),
-    ({(2, "sha256"): "h0"}, "identical image content h0 appears in more than one split"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({(3, "image_id"): "s/0"}, "image s/0 appears twice"),
+        ({(3, "split"): "holdout"}, r"unknown split values \['holdout'\]"),
+        ({(1, "patient"): "p0"}, "s/p0 appears in more than one split"),
+        ({(1, "split_group"): "g0"}, "g0 appears in more than one split"),
+        ({(2, "sha256"): "h0"}, "identical image content h0 appears in more than one split"),
+    ],
+)
 def test_check_no_leak_names_what_leaks(changes, message):
     with pytest.raises(SplitError, match=message):
         check_no_leak(_manifest(changes))

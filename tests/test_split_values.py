@@ -31,24 +31,41 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.data.negatives import assign_pools_by_patient, sample_chexpert
 from deepcovid.data.split import check_no_leak, make_split
+from deepcovid.labels import CHEXPERT_CATEGORIES
 from workspace import make_workspace, read, run_stage, write_raw_images
 
 # ------------------------------------------------------------------------------ builders
 
 
 def _pos(patient: str, relpath: str, sha: str | None = None, source: str = "cohen") -> dict:
-    return {"source": source, "relpath": relpath, "patient": patient, "finding": "COVID-19", "view": "PA",
-            "label": 1, "group": "covid", "category": "COVID-19",
-            "sha256": f"sha-{source}-{relpath}" if sha is None else sha}
+    return {
+        "source": source,
+        "relpath": relpath,
+        "patient": patient,
+        "finding": "COVID-19",
+        "view": "PA",
+        "label": 1,
+        "group": "covid",
+        "category": "COVID-19",
+        "sha256": f"sha-{source}-{relpath}" if sha is None else sha,
+    }
 
 
 def _neg(patient: str, relpath: str, pool: str, sha: str | None = None, source: str = "chexpert") -> dict:
-    return {"source": source, "relpath": relpath, "patient": patient, "finding": "", "view": "AP", "label": 0,
-            "group": "normal", "category": "No Finding", "pool": pool,
-            "sha256": f"sha-{source}-{relpath}" if sha is None else sha}
+    return {
+        "source": source,
+        "relpath": relpath,
+        "patient": patient,
+        "finding": "",
+        "view": "AP",
+        "label": 0,
+        "group": "normal",
+        "category": "No Finding",
+        "pool": pool,
+        "sha256": f"sha-{source}-{relpath}" if sha is None else sha,
+    }
 
 
 def _patients(prefix: str, sizes: dict[int, int], make, **kw) -> list[dict]:
@@ -71,20 +88,26 @@ def _joined_tables(shared_sha: str | None):
     pos = [
         # A has three images of its own; B two of its own and A's file a/1.png under its id
         *[_pos("A", f"a/{k}.png", sha=a1 if k == 1 else None) for k in range(3)],
-        *[_pos("B", f"b/{k}.png") for k in range(2)], _pos("B", "a/1.png", sha=a1),
+        *[_pos("B", f"b/{k}.png") for k in range(2)],
+        _pos("B", "a/1.png", sha=a1),
         # C and D: each with own images, D's d/2.png byte-identical to C's c/1.png
         *[_pos("C", f"c/{k}.png") for k in range(2)],
-        *[_pos("D", f"d/{k}.png") for k in range(2)], _pos("D", "d/2.png", sha="sha-cohen-c/1.png"),
+        *[_pos("D", f"d/{k}.png") for k in range(2)],
+        _pos("D", "d/2.png", sha="sha-cohen-c/1.png"),
         # a chain: E shares a file with F, F shares content with G (each with own images)
         *[_pos("E", f"e/{k}.png", sha=e0 if k == 0 else None) for k in range(2)],
-        *[_pos("F", f"f/{k}.png") for k in range(2)], _pos("F", "e/0.png", sha=e0),
-        _pos("F", "f/9.png", sha="sha-cohen-g/0.png"), *[_pos("G", f"g/{k}.png") for k in range(2)],
+        *[_pos("F", f"f/{k}.png") for k in range(2)],
+        _pos("F", "e/0.png", sha=e0),
+        _pos("F", "f/9.png", sha="sha-cohen-g/0.png"),
+        *[_pos("G", f"g/{k}.png") for k in range(2)],
         # H, a COVID patient, whose image is byte-identical to one of negative patient N's
         *[_pos("H", f"h/{k}.png") for k in range(2)],
     ]
     pos += _patients("p", {1: 30, 2: 6}, _pos)
-    neg = [*[_neg("patient90000", f"train/patient90000/s{k}/v.jpg", "test") for k in range(2)],
-           _neg("patient90000", "train/patient90000/s9/v.jpg", "test", sha="sha-cohen-h/1.png")]
+    neg = [
+        *[_neg("patient90000", f"train/patient90000/s{k}/v.jpg", "test") for k in range(2)],
+        _neg("patient90000", "train/patient90000/s9/v.jpg", "test", sha="sha-cohen-h/1.png"),
+    ]
     neg += _patients("n", {1: 20, 2: 5}, _neg, pool="train") + _patients("t", {1: 10}, _neg, pool="test")
     return pd.DataFrame(pos), pd.DataFrame(neg)
 
@@ -115,7 +138,10 @@ def test_patients_sharing_a_file_or_content_keep_all_their_images_together(seed,
     # the negative patient joined to a COVID patient follows it, whatever its pool said
     hn = manifest[manifest["patient"].isin(["H", "patient90000"])]
     assert report["negatives_of_covid_patients"] == {
-        "images": 3, "excluded": False, "image_ids": sorted(hn.loc[hn["label"] == 0, "image_id"])}
+        "images": 3,
+        "excluded": False,
+        "image_ids": sorted(hn.loc[hn["label"] == 0, "image_id"]),
+    }
     assert hn["split"].nunique() == 1
     # nobody else was joined: every other patient is a group of its own
     others = manifest[[not any(k in p for p, _ in JOINED.values()) for k in key]]
@@ -128,9 +154,14 @@ def test_joined_patients_end_in_one_part_even_when_split_apart_would_fit():
     more patient but not the whole A+B group (5): a split that forgot the join would put B
     alone somewhere else than A for some seed. The shared file is unreadable (no digest): only
     its name joins A and B."""
-    pos = pd.DataFrame([*[_pos("A", f"a/{k}.png", sha="" if k == 1 else None) for k in range(3)],
-                        *[_pos("B", f"b/{k}.png") for k in range(2)], _pos("B", "a/1.png", sha=""),
-                        *_patients("p", {1: 12}, _pos)])
+    pos = pd.DataFrame(
+        [
+            *[_pos("A", f"a/{k}.png", sha="" if k == 1 else None) for k in range(3)],
+            *[_pos("B", f"b/{k}.png") for k in range(2)],
+            _pos("B", "a/1.png", sha=""),
+            *_patients("p", {1: 12}, _pos),
+        ]
+    )
     neg = pd.DataFrame(_patients("n", {1: 10}, _neg, pool="train"))
     for seed in range(12):
         manifest, _ = make_split(pos, neg, covid_test_images=3, val_fraction=0.4, seed=seed)
@@ -156,8 +187,9 @@ EXPECTED_VAL = {0.2: (10, 13), 0.27: (13, 18), 0.35: (17, 23)}
 
 def _count_tables():
     pos = pd.DataFrame(_patients("c", COVID_SIZES, _pos))
-    neg = pd.DataFrame(_patients("n", TRAIN_POOL_SIZES, _neg, pool="train")
-                       + _patients("t", TEST_POOL_SIZES, _neg, pool="test"))
+    neg = pd.DataFrame(
+        _patients("n", TRAIN_POOL_SIZES, _neg, pool="train") + _patients("t", TEST_POOL_SIZES, _neg, pool="test")
+    )
     return pos, neg
 
 
@@ -186,8 +218,9 @@ def test_negative_following_covid_patient_adds_to_val_exactly():
     pos, neg = _count_tables()
     extra = pd.DataFrame([_neg(p, f"{p}/neg.png", "train", source="cohen") for p in ("c000", "c031", "c040")])
     for seed in range(4):
-        manifest, report = make_split(pos, pd.concat([neg, extra], ignore_index=True), covid_test_images=COVID_TEST,
-                                      val_fraction=0.27, seed=seed)
+        manifest, report = make_split(
+            pos, pd.concat([neg, extra], ignore_index=True), covid_test_images=COVID_TEST, val_fraction=0.27, seed=seed
+        )
         assert report["negatives_of_covid_patients"]["images"] == 3
         covid_split = manifest[manifest["label"] == 1].groupby("patient")["split"].first()
         following_val = sum(covid_split[p] == "val" for p in ("c000", "c031", "c040"))
@@ -215,19 +248,35 @@ COUNTS = {"train": {"no_finding": 15, "per_category": 4}, "test": {"no_finding":
 #   Pleural Other 7:  test = min(5, round(7 * 5 / 9) = round(3.89) = 4) = 4, train = min(4, 7 - 4) = 3
 #   Lung Lesion 0:    0 / 0
 #   Edema 9:          exactly enough: 4 / 5
-AVAILABLE = {c: 20 for c in CHEXPERT_CATEGORIES} | {"No Finding": 100, "Fracture": 3, "Pleural Other": 7,
-                                                   "Lung Lesion": 0, "Edema": 9}
+AVAILABLE = {c: 20 for c in CHEXPERT_CATEGORIES} | {
+    "No Finding": 100,
+    "Fracture": 3,
+    "Pleural Other": 7,
+    "Lung Lesion": 0,
+    "Edema": 9,
+}
 EXPECTED_TAKEN = {c: {"train": 4, "test": 5} for c in CHEXPERT_CATEGORIES} | {
-    "No Finding": {"train": 15, "test": 25}, "Fracture": {"train": 1, "test": 2},
-    "Pleural Other": {"train": 3, "test": 4}, "Lung Lesion": {"train": 0, "test": 0}}
+    "No Finding": {"train": 15, "test": 25},
+    "Fracture": {"train": 1, "test": 2},
+    "Pleural Other": {"train": 3, "test": 4},
+    "Lung Lesion": {"train": 0, "test": 0},
+}
 
 
 def _candidates() -> pd.DataFrame:
     rows, n = [], 0
     for cat in CHEXPERT_CATEGORIES:
         for _ in range(AVAILABLE[cat]):
-            rows.append({"source": "chexpert", "relpath": f"train/patient{n:05d}/study1/view1_frontal.jpg",
-                         "patient": f"patient{n:05d}", "view": "AP", "csv": "train.csv", "category": cat})
+            rows.append(
+                {
+                    "source": "chexpert",
+                    "relpath": f"train/patient{n:05d}/study1/view1_frontal.jpg",
+                    "patient": f"patient{n:05d}",
+                    "view": "AP",
+                    "csv": "train.csv",
+                    "category": cat,
+                }
+            )
             n += 1
     return pd.DataFrame(rows)
 
@@ -238,9 +287,11 @@ def _check_taken(chosen: pd.DataFrame, report: dict) -> None:
         for pool in ("train", "test"):
             assert by.get((cat, pool), 0) == EXPECTED_TAKEN[cat][pool], (cat, pool)
         key = "no_finding" if cat == "No Finding" else "per_category"
-        assert report[cat] == {"available": AVAILABLE[cat],
-                               "asked": {p: COUNTS[p][key] for p in ("train", "test")},
-                               "taken": EXPECTED_TAKEN[cat]}, cat
+        assert report[cat] == {
+            "available": AVAILABLE[cat],
+            "asked": {p: COUNTS[p][key] for p in ("train", "test")},
+            "taken": EXPECTED_TAKEN[cat],
+        }, cat
     assert len(chosen) == sum(t["train"] + t["test"] for t in EXPECTED_TAKEN.values())
     assert chosen.groupby("patient")["pool"].nunique().eq(1).all()
     assert set(chosen.loc[chosen["category"] == "No Finding", "group"]) == {"normal"}
@@ -259,9 +310,16 @@ def _write_chexpert(root: Path) -> None:
     rows = []
 
     def row(path, frontal, labels):
-        rows.append({"Path": f"CheXpert-v1.0-small/{path}", "Sex": "Female", "Age": "50",
-                     "Frontal/Lateral": "Frontal" if frontal else "Lateral", "AP/PA": "AP" if frontal else "",
-                     **{c: labels.get(c, "") for c in CHEXPERT_CATEGORIES}})
+        rows.append(
+            {
+                "Path": f"CheXpert-v1.0-small/{path}",
+                "Sex": "Female",
+                "Age": "50",
+                "Frontal/Lateral": "Frontal" if frontal else "Lateral",
+                "AP/PA": "AP" if frontal else "",
+                **{c: labels.get(c, "") for c in CHEXPERT_CATEGORIES},
+            }
+        )
 
     for _, r in _candidates().iterrows():
         other = "Fracture" if r["category"] != "Fracture" else "Edema"  # a negative (0.0) label beside it
@@ -269,18 +327,23 @@ def _write_chexpert(root: Path) -> None:
         row(r["relpath"].replace("view1_frontal", "view2_lateral"), False, {r["category"]: "1.0"})  # lateral
     for n in range(90000, 90030):  # two positive categories, or only uncertain ones: never selected
         cats = CHEXPERT_CATEGORIES
-        row(f"train/patient{n:05d}/study1/view1_frontal.jpg", True,
-            {cats[n % 14]: "1.0", cats[(n + 1) % 14]: "1.0"} if n % 2 else {cats[n % 14]: "-1.0"})
+        row(
+            f"train/patient{n:05d}/study1/view1_frontal.jpg",
+            True,
+            {cats[n % 14]: "1.0", cats[(n + 1) % 14]: "1.0"} if n % 2 else {cats[n % 14]: "-1.0"},
+        )
     root.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
 
 
 def test_negatives_stage_chexpert_counts_exact(tmp_path):
-    ws = make_workspace(tmp_path, **{"dataset": "synthetic", "negatives.counts.synthetic": COUNTS,
-                                     "negatives.use_valid_csv": True})
+    ws = make_workspace(
+        tmp_path, **{"dataset": "synthetic", "negatives.counts.synthetic": COUNTS, "negatives.use_valid_csv": True}
+    )
     _write_chexpert(ws / "data/raw/chexpert/CheXpert-v1.0-small")
-    (ws / "data/raw/sources.json").write_text(json.dumps(
-        {"dataset": "synthetic", "roots": {"cohen": "cohen", "chexpert": "chexpert/CheXpert-v1.0-small"}}))
+    (ws / "data/raw/sources.json").write_text(
+        json.dumps({"dataset": "synthetic", "roots": {"cohen": "cohen", "chexpert": "chexpert/CheXpert-v1.0-small"}})
+    )
     run_stage(ws, "negatives")
     chosen = read(ws / "data/negatives/negatives.csv").astype({"label": int})
     report = json.loads((ws / "data/negatives/report.json").read_text())
@@ -301,24 +364,64 @@ def _public_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
         for p in range(n_patients):
             patient = f"{p * 7 % n_patients}"  # ids out of order, and "10" < "2" as text
             for k in range(int(rng.integers(1, 6))):
-                rows.append({"patientid": patient, "finding": findings[p % len(findings)], "view": "PA",
-                             "modality": "X-ray", "folder": "images", "filename": f"{source}-{patient}-{k}.png"})
+                rows.append(
+                    {
+                        "patientid": patient,
+                        "finding": findings[p % len(findings)],
+                        "view": "PA",
+                        "modality": "X-ray",
+                        "folder": "images",
+                        "filename": f"{source}-{patient}-{k}.png",
+                    }
+                )
         rows += [  # never negatives: under patient ids of their own
-            {"patientid": "900", "finding": "COVID-19", "view": "PA", "modality": "X-ray", "folder": "images",
-             "filename": f"{source}-900.png"},
-            {"patientid": "901", "finding": findings[0], "view": "L", "modality": "X-ray", "folder": "images",
-             "filename": f"{source}-901.png"},
-            {"patientid": "902", "finding": findings[0], "view": "PA", "modality": "CT", "folder": "images",
-             "filename": f"{source}-902.png"},
-            {"patientid": "903", "finding": "todo", "view": "PA", "modality": "X-ray", "folder": "images",
-             "filename": f"{source}-903.png"},
-            {"patientid": "904", "finding": "", "view": "AP", "modality": "X-ray", "folder": "images",
-             "filename": f"{source}-904.png"},
+            {
+                "patientid": "900",
+                "finding": "COVID-19",
+                "view": "PA",
+                "modality": "X-ray",
+                "folder": "images",
+                "filename": f"{source}-900.png",
+            },
+            {
+                "patientid": "901",
+                "finding": findings[0],
+                "view": "L",
+                "modality": "X-ray",
+                "folder": "images",
+                "filename": f"{source}-901.png",
+            },
+            {
+                "patientid": "902",
+                "finding": findings[0],
+                "view": "PA",
+                "modality": "CT",
+                "folder": "images",
+                "filename": f"{source}-902.png",
+            },
+            {
+                "patientid": "903",
+                "finding": "todo",
+                "view": "PA",
+                "modality": "X-ray",
+                "folder": "images",
+                "filename": f"{source}-903.png",
+            },
+            {
+                "patientid": "904",
+                "finding": "",
+                "view": "AP",
+                "modality": "X-ray",
+                "folder": "images",
+                "filename": f"{source}-904.png",
+            },
         ]
         return pd.DataFrame(rows)
 
-    return (meta("actualmed", 29, ["No finding"]),
-            meta("cohen", 17, ["Pneumonia/Viral/SARS", "No Finding", "Pneumonia/Bacterial/Streptococcus"]))
+    return (
+        meta("actualmed", 29, ["No finding"]),
+        meta("cohen", 17, ["Pneumonia/Viral/SARS", "No Finding", "Pneumonia/Bacterial/Streptococcus"]),
+    )
 
 
 def _expected_test_patients(keys: list[tuple[str, str]], fraction: float, seed: int) -> set:
@@ -346,8 +449,13 @@ def test_public_test_fraction_whole_patients_about_the_share():
     """4000 patients, one with 1 image for every one with 9 (in alternation): every patient's
     images in one pool, and about ``fraction`` of the PATIENTS in test (binomial sd 0.0075: 4 sd)."""
     sizes = [1 if p % 2 else 9 for p in range(4000)]
-    frame = pd.DataFrame({"source": "actualmed", "patient": np.repeat([f"{p:05d}" for p in range(4000)], sizes),
-                          "relpath": [f"i{k}.png" for k in range(sum(sizes))]})
+    frame = pd.DataFrame(
+        {
+            "source": "actualmed",
+            "patient": np.repeat([f"{p:05d}" for p in range(4000)], sizes),
+            "relpath": [f"i{k}.png" for k in range(sum(sizes))],
+        }
+    )
     out = assign_pools_by_patient(frame, 0.35, seed=3)
     per_patient = out.groupby("patient")["pool"].agg(lambda p: set(p))
     assert per_patient.map(len).eq(1).all()
@@ -362,13 +470,18 @@ def test_negatives_stage_public_test_fraction_exact(tmp_path):
     for name, meta in (("actualmed", actualmed), ("cohen", cohen)):
         (ws / "data/raw" / name).mkdir(parents=True)
         meta.to_csv(ws / "data/raw" / name / "metadata.csv", index=False)
-    (ws / "data/raw/sources.json").write_text(json.dumps(
-        {"dataset": "public", "roots": {"cohen": "cohen", "actualmed": "actualmed"}}))
+    (ws / "data/raw/sources.json").write_text(
+        json.dumps({"dataset": "public", "roots": {"cohen": "cohen", "actualmed": "actualmed"}})
+    )
     run_stage(ws, "negatives")
     out = read(ws / "data/negatives/negatives.csv")
     # every usable negative image, each once: 29 + 17 patients, no COVID / lateral / CT / todo / empty rows
-    usable = {(s, f"images/{f}") for s, m in (("actualmed", actualmed), ("cohen", cohen))
-              for f, p in zip(m["filename"], m["patientid"]) if int(p) < 900}
+    usable = {
+        (s, f"images/{f}")
+        for s, m in (("actualmed", actualmed), ("cohen", cohen))
+        for f, p in zip(m["filename"], m["patientid"])
+        if int(p) < 900
+    }
     assert set(zip(out["source"], out["relpath"])) == usable and len(out) == len(usable)
     keys = list(zip(out["source"], out["patient"]))
     assert len(set(keys)) == 46
@@ -390,16 +503,32 @@ def test_split_stage_joins_by_real_file_content_and_counts_exact(tmp_path):
     files themselves (two byte-identical files under two patients join them; a missing file
     listed under two patients joins them by its name alone), and the counts follow
     split.covid_test_images and split.val_fraction exactly."""
-    ws = make_workspace(tmp_path, **{"dataset": "synthetic", "seed": 5, "split.covid_test_images": COVID_TEST,
-                                     "split.val_fraction": 0.27, "split.exclude_negatives_of_covid_patients": False})
+    ws = make_workspace(
+        tmp_path,
+        **{
+            "dataset": "synthetic",
+            "seed": 5,
+            "split.covid_test_images": COVID_TEST,
+            "split.val_fraction": 0.27,
+            "split.exclude_negatives_of_covid_patients": False,
+        },
+    )
     pos, neg = _count_tables()
-    joined = pd.DataFrame([*[_pos("A", f"a/{k}.png") for k in range(3)],
-                           *[_pos("B", f"b/{k}.png") for k in range(2)], _pos("B", "a/1.png"),
-                           *[_pos("C", f"c/{k}.png") for k in range(2)], *[_pos("D", f"d/{k}.png") for k in range(3)],
-                           *[_pos("H", f"h/{k}.png") for k in range(2)]])
+    joined = pd.DataFrame(
+        [
+            *[_pos("A", f"a/{k}.png") for k in range(3)],
+            *[_pos("B", f"b/{k}.png") for k in range(2)],
+            _pos("B", "a/1.png"),
+            *[_pos("C", f"c/{k}.png") for k in range(2)],
+            *[_pos("D", f"d/{k}.png") for k in range(3)],
+            *[_pos("H", f"h/{k}.png") for k in range(2)],
+        ]
+    )
     pos = pd.concat([pos, joined], ignore_index=True)
-    neg = pd.concat([neg, pd.DataFrame([_neg("patient90000", f"train/patient90000/s{k}/v.jpg", "test")
-                                        for k in range(3)])], ignore_index=True)
+    neg = pd.concat(
+        [neg, pd.DataFrame([_neg("patient90000", f"train/patient90000/s{k}/v.jpg", "test") for k in range(3)])],
+        ignore_index=True,
+    )
     raw = ws / "data/raw"
     roots = {"cohen": "cohen", "chexpert": "chexpert/CheXpert-v1.0-small"}
     write_raw_images(raw, roots, pos, neg)

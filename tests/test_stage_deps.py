@@ -200,6 +200,7 @@ def test_stage_code_deps_are_subpackages_and_top_level_modules(stage):
 
 # ---- the closure itself, on a small synthetic package ----------------------------------------
 
+
 def test_closure_follows_every_import_form(tmp_path, monkeypatch):
     files = {
         "deepcovid/__init__.py": '"""Docs."""\n__version__ = "1"\n',
@@ -221,8 +222,16 @@ def test_closure_follows_every_import_form(tmp_path, monkeypatch):
     direct_imports.cache_clear()
     try:
         closure = {p.relative_to(tmp_path).as_posix() for p in import_closure(tmp_path / "stages/s.py")}
-        assert closure == {"deepcovid/a.py", "deepcovid/b.py", "deepcovid/c.py", "deepcovid/d.py",
-                           "deepcovid/e.py", "deepcovid/__init__.py", "deepcovid/sub/f.py", "deepcovid/sub/g.py"}
+        assert closure == {
+            "deepcovid/a.py",
+            "deepcovid/b.py",
+            "deepcovid/c.py",
+            "deepcovid/d.py",
+            "deepcovid/e.py",
+            "deepcovid/__init__.py",
+            "deepcovid/sub/f.py",
+            "deepcovid/sub/g.py",
+        }
         # an __init__ that does more than bind constants is a dependency of every importer
         (tmp_path / "deepcovid/__init__.py").write_text("from .b import *\n")
         direct_imports.cache_clear()

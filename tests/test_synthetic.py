@@ -28,8 +28,7 @@ def chexpert_cfg(**changes) -> dict:
     return {**PARAMS["chexpert"], **changes}
 
 
-SMALL_COHEN = cohen_cfg(covid_patients=8, other_patients=8, images_per_patient=[1, 3], ct_rows=3,
-                        size_range=[200, 320])
+SMALL_COHEN = cohen_cfg(covid_patients=8, other_patients=8, images_per_patient=[1, 3], ct_rows=3, size_range=[200, 320])
 SMALL_CHEXPERT = chexpert_cfg(train_patients=30, valid_patients=4)
 
 
@@ -51,19 +50,23 @@ def chexpert(tmp_path_factory) -> tuple[Path, dict]:
 
 # --- columns and headers --------------------------------------------------------------------
 
+
 def test_column_constants():
     assert len(syn.COHEN_COLUMNS) == 29 and syn.COHEN_COLUMNS[-1] == ""
     assert ",".join(syn.COHEN_COLUMNS) == (
         "patientid,offset,sex,age,finding,survival,intubated,intubation_present,went_icu,in_icu,"
         "needed_supplemental_O2,extubated,temperature,pO2_saturation,leukocyte_count,neutrophil_count,"
         "lymphocyte_count,view,modality,date,location,folder,filename,doi,url,license,clinical_notes,"
-        "other_notes,")
+        "other_notes,"
+    )
     assert ",".join(syn.CHEXPERT_COLUMNS) == (
         "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,"
         "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,"
-        "Pleural Effusion,Pleural Other,Fracture,Support Devices")
+        "Pleural Effusion,Pleural Other,Fracture,Support Devices"
+    )
     assert syn.CHEXPERT_CATEGORIES == syn.CHEXPERT_COLUMNS[5:] and len(syn.CHEXPERT_CATEGORIES) == 14
     from deepcovid.labels import CHEXPERT_CATEGORIES
+
     assert syn.CHEXPERT_CATEGORIES == CHEXPERT_CATEGORIES
 
 
@@ -71,10 +74,14 @@ def test_only_exact_arithmetic():
     """Nothing CPU-dispatched decides a pixel: no NumPy transcendentals, powers, SciPy or Pillow
     float filters and drawing in the generator (deepcovid.portable has exact versions)."""
     import re
+
     for module in (rd, syn):
         source = Path(module.__file__).read_text()
-        found = re.findall(r"np\.(?:exp|log|sin|cos|tan|arctan2?|hypot|power|float_power)\b|[\w)\]]\s*\*\*|scipy|ImageDraw|"
-                           r"\.resize\(|\.filter\(|\.sum\(\)\s*/|\.mean\(", source)
+        found = re.findall(
+            r"np\.(?:exp|log|sin|cos|tan|arctan2?|hypot|power|float_power)\b|[\w)\]]\s*\*\*|scipy|ImageDraw|"
+            r"\.resize\(|\.filter\(|\.sum\(\)\s*/|\.mean\(",
+            source,
+        )
         assert not found, (module.__name__, found)
 
 
@@ -135,8 +142,17 @@ def test_cohen_truth_and_masks(cohen):
     truth = pd.read_csv(root / "annotations" / "synthetic_truth.csv", dtype=str, keep_default_na=False)
     meta = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
     assert list(truth["filename"]) == list(meta["filename"])
-    assert list(truth.columns[:9]) == ["filename", "patientid", "finding", "view", "modality", "severity",
-                                       "lung_mask", "lesion_mask", "lesion_pixels"]
+    assert list(truth.columns[:9]) == [
+        "filename",
+        "patientid",
+        "finding",
+        "view",
+        "modality",
+        "severity",
+        "lung_mask",
+        "lesion_mask",
+        "lesion_pixels",
+    ]
     for row in truth.itertuples():
         with Image.open(root / "images" / row.filename) as img:
             size = img.size
@@ -159,6 +175,7 @@ def test_rejects_unknown_findings_and_views():  # the cfg itself is validated by
 
 # --- determinism ----------------------------------------------------------------------------
 
+
 def test_determinism(tmp_path):
     cfg_c = cohen_cfg(covid_patients=3, other_patients=2, ct_rows=1, size_range=[128, 200])
     cfg_x = chexpert_cfg(train_patients=6, valid_patients=2)
@@ -175,8 +192,14 @@ def test_determinism(tmp_path):
 
 
 def test_style_shift_keeps_content(tmp_path):
-    base = cohen_cfg(covid_patients=2, other_patients=0, images_per_patient=[1, 1], lateral_fraction=0.0,
-                     ct_rows=0, size_range=[128, 160])
+    base = cohen_cfg(
+        covid_patients=2,
+        other_patients=0,
+        images_per_patient=[1, 1],
+        lateral_fraction=0.0,
+        ct_rows=0,
+        size_range=[128, 160],
+    )
     a = syn.generate_cohen(tmp_path / "a", base, 3)
     b = syn.generate_cohen(tmp_path / "b", {**base, "style_shift": 1.0}, 3)
     assert a["images"] == b["images"]
@@ -203,6 +226,7 @@ def test_style_shift_keeps_content(tmp_path):
 
 # --- CheXpert -------------------------------------------------------------------------------
 
+
 def _read_chexpert(root: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(root / "CheXpert-v1.0-small" / name, dtype=str, keep_default_na=False)
 
@@ -213,7 +237,11 @@ def test_chexpert_layout(chexpert):
         frame = _read_chexpert(root, name)
         assert list(frame.columns) == syn.CHEXPERT_COLUMNS
         split = name[:-4]
-        assert frame["Path"].str.match(rf"^CheXpert-v1\.0-small/{split}/patient\d{{5}}/study\d+/view\d_(frontal|lateral)\.jpg$").all()
+        assert (
+            frame["Path"]
+            .str.match(rf"^CheXpert-v1\.0-small/{split}/patient\d{{5}}/study\d+/view\d_(frontal|lateral)\.jpg$")
+            .all()
+        )
         for rel in frame["Path"]:
             assert (root / rel).is_file()
         lateral = frame["Frontal/Lateral"] == "Lateral"
@@ -260,8 +288,13 @@ def test_chexpert_default_counts():
     Checked on the plan (what generate_chexpert writes, without rendering: fast).
     """
     plan = syn.plan_chexpert(PARAMS["chexpert"], seed=43)
-    train = pd.DataFrame([{"Path": im["Path"], "Frontal/Lateral": im["Frontal/Lateral"], **im["labels"]}
-                          for im in plan if im["split"] == "train"])
+    train = pd.DataFrame(
+        [
+            {"Path": im["Path"], "Frontal/Lateral": im["Frontal/Lateral"], **im["labels"]}
+            for im in plan
+            if im["split"] == "train"
+        ]
+    )
     counts = _single_positive_frontal(train)
     assert counts.get("No Finding", 0) >= 130
     for cat in syn.CHEXPERT_CATEGORIES[1:]:
@@ -283,10 +316,12 @@ def test_chexpert_files_follow_the_plan(chexpert):
     train = written[written["Path"].str.contains("/train/")]
     counts = _single_positive_frontal(train)
     assert summary["train"]["single_positive_frontal_by_category"] == {
-        c: int(counts.get(c, 0)) for c in syn.CHEXPERT_CATEGORIES}
+        c: int(counts.get(c, 0)) for c in syn.CHEXPERT_CATEGORIES
+    }
 
 
 # --- rendering ------------------------------------------------------------------------------
+
 
 def _lesion_stats(findings, severity, n=12, seed=0):
     stats = []
@@ -313,7 +348,7 @@ def test_covid_lesions_bilateral_peripheral_lower():
         h, w = les.shape
         cols = np.nonzero(lung.any(axis=0))[0]
         mid = (cols.min() + cols.max()) / 2
-        assert les[:, : int(mid)].sum() > 0 and les[:, int(mid):].sum() > 0  # both lungs
+        assert les[:, : int(mid)].sum() > 0 and les[:, int(mid) :].sum() > 0  # both lungs
     # more lesion area in the lower half of the lungs, pooled over images
     upper = lower = 0
     for r in _lesion_stats(["COVID-19"], 0.6, n=16, seed=1):

@@ -42,11 +42,21 @@ pytestmark = pytest.mark.slow
 SIZE = 32
 SPLITS = {"train": 240, "val": 60, "test": 400}  # labels alternate 0/1: balanced in every part
 PARAMS = {
-    "model": "resnet18", "weights": "none", "seed": 0,
+    "model": "resnet18",
+    "weights": "none",
+    "seed": 0,
     "preprocess.cache_size": SIZE,
-    "train.mode": "last_layer", "train.image_size": SIZE, "train.epochs": 5, "train.batch_size": 20,
-    "train.lr": 0.03, "train.weight_decay": 0.0, "train.patience": 0, "train.device": "cpu",
-    "train.num_workers": 0, "train.feature_batch_size": 128, "train.shuffle_labels": False,
+    "train.mode": "last_layer",
+    "train.image_size": SIZE,
+    "train.epochs": 5,
+    "train.batch_size": 20,
+    "train.lr": 0.03,
+    "train.weight_decay": 0.0,
+    "train.patience": 0,
+    "train.device": "cpu",
+    "train.num_workers": 0,
+    "train.feature_batch_size": 128,
+    "train.shuffle_labels": False,
 }
 SHUFFLE_SEEDS = (0, 1, 2)
 
@@ -77,15 +87,34 @@ def planted(tmp_path_factory) -> Path:
             image_id = f"{source}/img{i:04d}.png"
             rel = f"images/img{i:04d}.png"
             Image.fromarray(_image(label, rng)).save(cache / rel)
-            rows.append({"image_id": image_id, "source": source, "relpath": f"img{i:04d}.png",
-                         "patient": f"p{i:04d}", "split_group": f"g{i:05d}", "label": label,
-                         "group": "covid" if label else "normal",
-                         "category": "COVID-19" if label else "No Finding",
-                         "finding": "COVID-19" if label else "", "view": "PA",
-                         "pool": "" if label else ("test" if split == "test" else "train"),
-                         "split": split, "sha256": f"{i:064x}"})
-            index.append({"image_id": image_id, "split": split, "label": label,
-                          "group": rows[-1]["group"], "cache_path": rel, "width": SIZE, "height": SIZE})
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "source": source,
+                    "relpath": f"img{i:04d}.png",
+                    "patient": f"p{i:04d}",
+                    "split_group": f"g{i:05d}",
+                    "label": label,
+                    "group": "covid" if label else "normal",
+                    "category": "COVID-19" if label else "No Finding",
+                    "finding": "COVID-19" if label else "",
+                    "view": "PA",
+                    "pool": "" if label else ("test" if split == "test" else "train"),
+                    "split": split,
+                    "sha256": f"{i:064x}",
+                }
+            )
+            index.append(
+                {
+                    "image_id": image_id,
+                    "split": split,
+                    "label": label,
+                    "group": rows[-1]["group"],
+                    "cache_path": rel,
+                    "width": SIZE,
+                    "height": SIZE,
+                }
+            )
             i += 1
     pd.DataFrame(rows).to_csv(ws / "data/manifest.csv", index=False)
     pd.DataFrame(index).to_csv(cache / "index.csv", index=False)

@@ -12,13 +12,17 @@ import pytest
 import torch
 import yaml
 
-from deepcovid.files import sha256_file
 from workspace import copy_without, error_line, override_params, read, run_stage
 
 # the tests' model, whatever params.yaml's default: random init (offline, fast)
 MODEL = {"model": "resnet18", "weights": "none"}
-ENVIRONMENT_KEYS = ["torch_threads", "cpu_capability", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
-                    "deterministic_algorithms"]
+ENVIRONMENT_KEYS = [
+    "torch_threads",
+    "cpu_capability",
+    "ONEDNN_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "deterministic_algorithms",
+]
 
 
 @pytest.fixture(scope="module")
@@ -103,22 +107,35 @@ def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
         "import mlflow\n"
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         "model = mlflow.pyfunc.load_model('models:/deep-covid-resnet18/latest')\n"
-        "print(json.dumps(model.predict(sys.argv[2:])['score'].tolist()))\n")
+        "print(json.dumps(model.predict(sys.argv[2:])['score'].tolist()))\n"
+    )
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", script, f"sqlite:///{db}", *paths], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, f"sqlite:///{db}", *paths],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     want = pred.set_index("image_id").loc[test_ids, "score"].astype(float).tolist()
     assert loaded == pytest.approx(want, abs=1e-6)
-    listing = ("import json, sys\nfrom pathlib import Path\nimport mlflow\nmlflow.set_tracking_uri(sys.argv[1])\n"
-               "from mlflow.artifacts import download_artifacts\n"
-               "local = Path(download_artifacts('models:/deep-covid-resnet18/latest', dst_path=sys.argv[2]))\n"
-               "print(json.dumps([p.relative_to(local).as_posix() for p in local.rglob('*') if p.is_file()]))\n")
-    proc = subprocess.run([sys.executable, "-c", listing, f"sqlite:///{db}", str(tmp_path / "logged")],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    listing = (
+        "import json, sys\nfrom pathlib import Path\nimport mlflow\nmlflow.set_tracking_uri(sys.argv[1])\n"
+        "from mlflow.artifacts import download_artifacts\n"
+        "local = Path(download_artifacts('models:/deep-covid-resnet18/latest', dst_path=sys.argv[2]))\n"
+        "print(json.dumps([p.relative_to(local).as_posix() for p in local.rglob('*') if p.is_file()]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", listing, f"sqlite:///{db}", str(tmp_path / "logged")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     logged = set(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert {"MLmodel", "mlflow_loader.py", "artifacts/model.pt", "artifacts/model.json"} <= logged, logged
@@ -141,9 +158,14 @@ def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
     state = torch.load(tmp_path / "logged/artifacts/model.pt", weights_only=True)
     state["fc.bias"] = state["fc.bias"] + 1
     torch.save(state, tmp_path / "logged/artifacts/model.pt")
-    swapped = ("import mlflow, sys\nmlflow.pyfunc.load_model(sys.argv[1])\n")
-    proc = subprocess.run([sys.executable, "-c", swapped, str(tmp_path / "logged")], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    swapped = "import mlflow, sys\nmlflow.pyfunc.load_model(sys.argv[1])\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", swapped, str(tmp_path / "logged")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0 and "come from different runs" in proc.stderr, proc.stderr[-2000:]
 
     # the model card, logged to the same run
@@ -156,9 +178,16 @@ def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
 
 def test_last_layer_stages_are_bitwise_reproducible(tiny_data, tmp_path):
     """featurize and train twice, in two copies: every output byte for byte the same."""
-    outputs = ["data/features/features.npy", "data/features/index.csv", "data/features/meta.json",
-               "models/model.pt", "models/model.json", "data/predictions.csv", "plots/train_loss.csv",
-               "metrics/train.json"]
+    outputs = [
+        "data/features/features.npy",
+        "data/features/index.csv",
+        "data/features/meta.json",
+        "models/model.pt",
+        "models/model.json",
+        "data/predictions.csv",
+        "plots/train_loss.csv",
+        "metrics/train.json",
+    ]
     runs = []
     for name in ("a", "b"):
         ws = _with(tiny_data, tmp_path / name, **{"train.mode": "last_layer"})
@@ -171,15 +200,20 @@ def test_last_layer_stages_are_bitwise_reproducible(tiny_data, tmp_path):
 
 def _checkpoint_path(ws: Path) -> Path:
     """Where the train stage keeps its full-training checkpoint for this workspace (CPU)."""
+    from deepcovid.config import load_config
     from deepcovid.model.checkpoints import checkpoint_inputs, checkpoint_key
     from deepcovid.model.weights import build_model
-    from deepcovid.config import load_config
 
     params = load_config(ws / "params.yaml")
     _, provenance = build_model(params.model, params.weights)
-    inputs = checkpoint_inputs(params, provenance, manifest=ws / "data/manifest.csv",
-                               preprocessed=ws / "data/preprocessed", augmented=ws / "data/augmented",
-                               device="cpu")
+    inputs = checkpoint_inputs(
+        params,
+        provenance,
+        manifest=ws / "data/manifest.csv",
+        preprocessed=ws / "data/preprocessed",
+        augmented=ws / "data/augmented",
+        device="cpu",
+    )
     return ws / params.train.checkpoint_dir / f"{params.model}-{checkpoint_key(inputs)[:16]}.pt"
 
 

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from deepcovid.model.features import extract_features
 from deepcovid.model.architectures import split_backbone_head
 from deepcovid.model.environment import resolve_device
+from deepcovid.model.features import extract_features
 from deepcovid.model.training import train_full, train_head
 from deepcovid.model.weights import build_model
 
@@ -57,8 +57,10 @@ def _max_diff(a: dict, b: dict) -> float:
 
 # ------------------------------------------------------------------ a. cached == paper's path
 
-@pytest.mark.parametrize("arch,weights,size", [("efficientnet_lite0", "imagenet", 224), ("resnet18", "none", 64),
-                                                ("squeezenet", "none", 96)])
+
+@pytest.mark.parametrize(
+    "arch,weights,size", [("efficientnet_lite0", "imagenet", 224), ("resnet18", "none", 64), ("squeezenet", "none", 96)]
+)
 def test_onnx_runtime_features_equal_pytorch_features(arch, weights, size):
     """The featurize stage's ONNX Runtime pass gives PyTorch's features within float rounding,
     in the same order, for a batch that does not divide the set."""
@@ -68,16 +70,18 @@ def test_onnx_runtime_features_equal_pytorch_features(arch, weights, size):
     images = torch.randn(11, 3, size, size)
     data = TensorDataset(images, torch.zeros(11, dtype=torch.long))
     ref = extract_features(copy.deepcopy(backbone), data, batch_size=4, progress=False)
-    got = extract_features(copy.deepcopy(backbone), data, batch_size=4, progress=False, runtime="onnxruntime",
-                           image_size=size)
+    got = extract_features(
+        copy.deepcopy(backbone), data, batch_size=4, progress=False, runtime="onnxruntime", image_size=size
+    )
     assert got.shape == ref.shape and got.dtype == np.float32
     assert np.max(np.abs(got - ref)) <= 1e-4 * max(1.0, float(np.max(np.abs(ref))))
-    assert np.max(np.abs(got[3] - ref[4])) > 1e-3        # rows differ: an order mix-up would show
+    assert np.max(np.abs(got[3] - ref[4])) > 1e-3  # rows differ: an order mix-up would show
 
 
 def test_feature_runtime_auto_is_onnx_runtime_on_the_cpu_only():
     from deepcovid.errors import InputError
     from deepcovid.model.features import resolve_runtime
+
     assert resolve_runtime("auto", torch.device("cpu")) == "onnxruntime"
     assert resolve_runtime("auto", torch.device("cuda")) == "torch"
     assert resolve_runtime("torch", torch.device("cpu")) == "torch"
@@ -101,14 +105,16 @@ def test_cached_features_give_the_same_head_as_encoding_every_epoch(arch, size, 
     backbone, head = split_backbone_head(copy.deepcopy(model), arch)
     init = _clone(head.state_dict())
     feats = torch.from_numpy(extract_features(backbone, TensorDataset(images, labels), progress=False))
-    head, hist_cached, best_cached = train_head(head, feats[:ntr], labels[:ntr], feats[ntr:], labels[ntr:],
-                                                seed=3, **kw)
+    head, hist_cached, best_cached = train_head(
+        head, feats[:ntr], labels[:ntr], feats[ntr:], labels[ntr:], seed=3, **kw
+    )
     cached = _clone(head.state_dict())
 
     backbone, head = split_backbone_head(copy.deepcopy(model), arch)
     backbone.eval()
-    head, hist_naive, best_naive = train_head(head, images[:ntr], labels[:ntr], images[ntr:], labels[ntr:],
-                                              seed=3, encode=backbone, **kw)
+    head, hist_naive, best_naive = train_head(
+        head, images[:ntr], labels[:ntr], images[ntr:], labels[ntr:], seed=3, encode=backbone, **kw
+    )
     naive = _clone(head.state_dict())
 
     assert _max_diff(cached, init) > 1e-5  # the head did train
@@ -125,6 +131,7 @@ def test_cached_features_give_the_same_head_as_encoding_every_epoch(arch, size, 
 
 
 # ------------------------------------------------------------------ b. best epoch
+
 
 def _overfitting_problem():
     """40 training points in 100 dimensions, the signal in 10 of them: the validation
@@ -152,9 +159,19 @@ def test_returns_the_head_of_the_lowest_validation_loss_epoch(patience, one_thre
     (xtr, ytr), (xva, yva) = _overfitting_problem()
     head = _zero_head()
     snapshots = []
-    head, history, best = train_head(head, xtr, ytr, xva, yva, epochs=30, batch_size=20, lr=1e-2, seed=0,
-                                     patience=patience,
-                                     on_epoch=lambda entry: snapshots.append(_clone(head.state_dict())))
+    head, history, best = train_head(
+        head,
+        xtr,
+        ytr,
+        xva,
+        yva,
+        epochs=30,
+        batch_size=20,
+        lr=1e-2,
+        seed=0,
+        patience=patience,
+        on_epoch=lambda entry: snapshots.append(_clone(head.state_dict())),
+    )
     val = [h.val_loss for h in history]
     assert [h.epoch for h in history] == list(range(1, len(history) + 1))
     assert len(snapshots) == len(history)
@@ -172,6 +189,7 @@ def test_returns_the_head_of_the_lowest_validation_loss_epoch(patience, one_thre
 
 
 # ------------------------------------------------------------------ c. shuffled labels
+
 
 def test_shuffled_training_labels_give_chance_auc(one_thread):
     """Gaussian clusters in 512 dimensions (resnet18's feature size), the class shifting
@@ -191,8 +209,9 @@ def test_shuffled_training_labels_give_chance_auc(one_thread):
 
     def auc(train_labels, seed):
         torch.manual_seed(seed)
-        head, _, _ = train_head(nn.Linear(dim, 2), xtr, train_labels, xva, yva, epochs=20, batch_size=20,
-                                lr=1e-3, seed=seed)
+        head, _, _ = train_head(
+            nn.Linear(dim, 2), xtr, train_labels, xva, yva, epochs=20, batch_size=20, lr=1e-3, seed=seed
+        )
         with torch.no_grad():
             scores = torch.softmax(head(xte), 1)[:, 1].numpy()
         return roc_auc_score(yte.numpy(), scores)
@@ -207,6 +226,7 @@ def test_shuffled_training_labels_give_chance_auc(one_thread):
 
 
 # ------------------------------------------------------------------ d/e. full fine-tuning in subprocesses
+
 
 @pytest.fixture(scope="module")
 def png_data(tmp_path_factory) -> Path:
@@ -227,15 +247,30 @@ def png_data(tmp_path_factory) -> Path:
 
 
 def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     return env
 
 
 def _cmd(data: Path, out: Path, epochs: int, num_workers: int = 0) -> list[str]:
-    return [sys.executable, str(SCRIPT), "--data", str(data), "--out", str(out), "--checkpoint",
-            str(out / "ckpt.pt"), "--epochs", str(epochs), "--num-workers", str(num_workers)]
+    return [
+        sys.executable,
+        str(SCRIPT),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(out / "ckpt.pt"),
+        "--epochs",
+        str(epochs),
+        "--num-workers",
+        str(num_workers),
+    ]
 
 
 def _checkpoint_epoch(path: Path) -> int:
@@ -246,8 +281,15 @@ def _checkpoint_epoch(path: Path) -> int:
 
 
 def _popen(cmd: list[str], **env) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -274,8 +316,7 @@ def resume_runs(png_data, tmp_path_factory) -> dict:
     try:
         for nw, (ref_out, run_out) in outs.items():
             procs[("ref", nw)] = _popen(_cmd(png_data, ref_out, RESUME_EPOCHS, nw))
-            procs[("victim", nw)] = _popen(_cmd(png_data, run_out, RESUME_EPOCHS, nw),
-                                           DEEPCOVID_TEST_EPOCH_SLEEP="1")
+            procs[("victim", nw)] = _popen(_cmd(png_data, run_out, RESUME_EPOCHS, nw), DEEPCOVID_TEST_EPOCH_SLEEP="1")
         deadline = time.monotonic() + 300
         pending = set(RESUME_WORKERS)
         while pending:
@@ -289,8 +330,9 @@ def resume_runs(png_data, tmp_path_factory) -> dict:
                     results[nw]["victim_final_exists"] = (outs[nw][1] / "final.pt").exists()
                     pending.discard(nw)
                 elif victim.poll() is not None:
-                    pytest.fail(f"num_workers={nw}: the run ended before it could be killed:\n"
-                                f"{victim.stderr.read()[-3000:]}")
+                    pytest.fail(
+                        f"num_workers={nw}: the run ended before it could be killed:\n{victim.stderr.read()[-3000:]}"
+                    )
             assert time.monotonic() < deadline, "no checkpoint of epoch 2 within 300 s"
             time.sleep(0.05)
         for nw, (_, run_out) in outs.items():  # phase 2: the same commands again
@@ -350,8 +392,15 @@ def test_full_training_resumes_exactly_after_sigkill(resume_runs, num_workers):
 
 def test_ddp_on_cpu_with_torchrun(png_data, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           *_cmd(png_data, out, epochs=2)[1:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        *_cmd(png_data, out, epochs=2)[1:],
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     reports = {r: json.loads((out / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)}
@@ -372,6 +421,7 @@ def test_ddp_on_cpu_with_torchrun(png_data, tmp_path):
 
 # ------------------------------------------------------------------ e2. checkpoints in one process
 
+
 @pytest.fixture
 def deterministic():
     """Deterministic algorithms, as the stages run (restored afterwards: the mode is global)."""
@@ -390,18 +440,34 @@ def _tiny_run(checkpoint: Path | None, epochs: int):
     labels = torch.arange(36) % 2
     images[labels == 1, 0] += 0.5
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Dropout(0.3), nn.Linear(6, 2))
-    return train_full(model, TensorDataset(images[:28], labels[:28]), TensorDataset(images[28:], labels[28:]),
-                      epochs=epochs, batch_size=8, lr=1e-2, seed=3, device=torch.device("cpu"),
-                      checkpoint=checkpoint)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(6, 2),
+    )
+    return train_full(
+        model,
+        TensorDataset(images[:28], labels[:28]),
+        TensorDataset(images[28:], labels[28:]),
+        epochs=epochs,
+        batch_size=8,
+        lr=1e-2,
+        seed=3,
+        device=torch.device("cpu"),
+        checkpoint=checkpoint,
+    )
 
 
 def _assert_same_run(a, b) -> None:
     (model_a, hist_a, best_a), (model_b, hist_b, best_b) = a, b
     assert best_a == best_b
-    assert [(h.epoch, h.train_loss, h.val_loss) for h in hist_a] == [(h.epoch, h.train_loss, h.val_loss)
-                                                                      for h in hist_b]
+    assert [(h.epoch, h.train_loss, h.val_loss) for h in hist_a] == [
+        (h.epoch, h.train_loss, h.val_loss) for h in hist_b
+    ]
     state_a, state_b = model_a.state_dict(), model_b.state_dict()
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # bitwise
@@ -430,7 +496,7 @@ class _NotAllowed:  # a pickled object that weights_only=True refuses
 
 def _truncated(path: Path) -> None:
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
 
 
 BAD_CHECKPOINTS = {
@@ -439,14 +505,14 @@ BAD_CHECKPOINTS = {
     "empty": lambda path: path.write_bytes(b""),
     "arbitrary object": lambda path: torch.save({"epoch": 1, "model": _NotAllowed()}, path),
     "other structure": lambda path: torch.save({"epoch": 1, "weights": torch.zeros(3)}, path),
-    "other model": lambda path: torch.save({**torch.load(path, weights_only=True),
-                                            "model": {"w": torch.zeros(2)}}, path),
+    "other model": lambda path: torch.save(
+        {**torch.load(path, weights_only=True), "model": {"w": torch.zeros(2)}}, path
+    ),
 }
 
 
 @pytest.mark.parametrize("kind", list(BAD_CHECKPOINTS))
-def test_unusable_checkpoint_is_set_aside_and_training_starts_over(kind, tmp_path, one_thread, deterministic,
-                                                                   caplog):
+def test_unusable_checkpoint_is_set_aside_and_training_starts_over(kind, tmp_path, one_thread, deterministic, caplog):
     reference = _tiny_run(None, 3)
     ckpt = tmp_path / "ckpt.pt"
     _tiny_run(ckpt, 2)
@@ -472,6 +538,7 @@ def test_unusable_checkpoint_is_set_aside_and_training_starts_over(kind, tmp_pat
 
 
 # ------------------------------------------------------------------ f. devices
+
 
 def test_resolve_device():
     if torch.cuda.is_available():

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
+
+from stage_server import StageServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,15 +54,46 @@ def stage_argv(stage: str) -> list[str]:
     return [str(REPO / argv[1]), *argv[2:]]
 
 
-def run_stage(ws: Path, stage: str, check: bool = True, args: tuple = (), env: dict | None = None,
-              timeout: float = 900) -> subprocess.CompletedProcess:
+_SERVER: StageServer | None = None
+
+
+def stage_server() -> StageServer:
+    """This test process's :class:`StageServer` (started on first use, stopped at exit)."""
+    global _SERVER
+    if _SERVER is None:
+        _SERVER = StageServer()
+        atexit.register(_SERVER.close)
+    return _SERVER
+
+
+def run_python(
+    argv: list,
+    *,
+    cwd=None,
+    env: dict | None = None,
+    timeout: float = 900,
+    check: bool = False,
+    capture_output: bool = True,
+    text: bool = True,
+) -> subprocess.CompletedProcess:
+    """``subprocess.run([sys.executable, *argv], capture_output=True, text=True, ...)`` through the
+    stage server (``argv``: ``["-m", "deepcovid", ...]`` or a script and its arguments)."""
+    assert capture_output and text, "run_python always captures text"
+    proc = stage_server().run([str(a) for a in argv], cwd=cwd or os.getcwd(), env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+    return proc
+
+
+def run_stage(
+    ws: Path, stage: str, check: bool = True, args: tuple = (), env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run the stage's command of dvc.yaml in ``ws`` as DVC would (fetch: after fetch_params, its input)."""
     if stage == "fetch":
         proc = run_stage(ws, "fetch_params", check=check, env=env, timeout=timeout)
         if proc.returncode != 0:
             return proc
-    proc = subprocess.run([sys.executable, *stage_argv(stage), *args], cwd=ws,
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    proc = stage_server().run([*stage_argv(stage), *args], cwd=ws, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"stage {stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -69,8 +102,9 @@ def run_stage(ws: Path, stage: str, check: bool = True, args: tuple = (), env: d
 def stage_outputs(stage: str) -> list[str]:
     """Every path the stage writes, as dvc.yaml lists them (outs, metrics, plots)."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
-    return [next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics", "plots")
-            for o in spec.get(key, [])]
+    return [
+        next(iter(o)) if isinstance(o, dict) else o for key in ("outs", "metrics", "plots") for o in spec.get(key, [])
+    ]
 
 
 def copy_without(src: Path, dst: Path, stages: list[str]) -> Path:
@@ -91,7 +125,7 @@ def read(path: Path) -> pd.DataFrame:
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [l for l in proc.stderr.strip().splitlines() if ": error: " in l]
+    lines = [line for line in proc.stderr.strip().splitlines() if ": error: " in line]
     assert len(lines) == 1, proc.stderr
     return lines[0]
 

@@ -36,15 +36,23 @@ def regression_rows(current: dict, baseline: dict, tolerances: dict, lower_is_be
     lower = set(lower_is_better or ())
     unknown = lower - set(tol)
     if unknown:
-        raise ConfigError(f"parameter regression.lower_is_better names metrics without a tolerance: "
-                          f"{', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"parameter regression.lower_is_better names metrics without a tolerance: {', '.join(sorted(unknown))}"
+        )
     rows = []
     for metric, t in tol.items():
         if not _number(t) or t < 0:
             raise ConfigError(f"parameter regression.tolerances.{metric} must be a number >= 0, got {t!r}")
         b, c = base.get(metric), cur.get(metric)
-        row = {"metric": metric, "baseline": b, "current": c, "drop": None, "tolerance": float(t),
-               "lower_is_better": metric in lower, "status": "MISSING"}
+        row = {
+            "metric": metric,
+            "baseline": b,
+            "current": c,
+            "drop": None,
+            "tolerance": float(t),
+            "lower_is_better": metric in lower,
+            "status": "MISSING",
+        }
         if _number(b) and _number(c):
             drop = (c - b) if metric in lower else (b - c)
             row.update(drop=float(drop), status="FAIL" if drop > t + 1e-12 else "ok")
@@ -54,6 +62,7 @@ def regression_rows(current: dict, baseline: dict, tolerances: dict, lower_is_be
 
 def format_rows(rows: list[dict]) -> str:
     """An aligned plain-text table (metric, baseline, current, drop, tolerance, status)."""
+
     def cell(v, signed=False):
         if v is None:
             return "-"
@@ -61,8 +70,17 @@ def format_rows(rows: list[dict]) -> str:
             return repr(v)
         return f"{v:+.4f}" if signed else f"{v:.4f}"
 
-    body = [[r["metric"] + (" (lower is better)" if r["lower_is_better"] else ""), cell(r["baseline"]),
-             cell(r["current"]), cell(r["drop"], signed=True), cell(r["tolerance"]), r["status"]] for r in rows]
+    body = [
+        [
+            r["metric"] + (" (lower is better)" if r["lower_is_better"] else ""),
+            cell(r["baseline"]),
+            cell(r["current"]),
+            cell(r["drop"], signed=True),
+            cell(r["tolerance"]),
+            r["status"],
+        ]
+        for r in rows
+    ]
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(HEADER)]
 
     def line(cells):
@@ -85,8 +103,9 @@ def read_metrics(path: Path, what: str) -> dict:
     return data
 
 
-def check_regression(cfg: Regression, metrics: str | Path, baseline: str | Path | None = None,
-                     write_baseline: bool = False) -> int:
+def check_regression(
+    cfg: Regression, metrics: str | Path, baseline: str | Path | None = None, write_baseline: bool = False
+) -> int:
     """Print the comparison table; 0 when no metric regressed, 1 otherwise.
 
     ``cfg``: the ``regression`` section; ``baseline`` defaults to its ``baseline``; ``write_baseline`` copies the

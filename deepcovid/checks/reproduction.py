@@ -2,7 +2,7 @@
 
 Data stages: their dvc.lock output hashes must be identical (exact arithmetic, any CPU). Model
 stages: their metrics must agree within ``params.yaml`` ``reproduction.tolerances``, measured
-across instruction sets and thread counts (bench/cross_isa.py, README "Reproducibility")."""
+across instruction sets and thread counts (bench/cross_isa.py, docs/reproducibility.md)."""
 
 from __future__ import annotations
 
@@ -47,14 +47,15 @@ def compare_outputs(committed: dict, rebuilt: dict, stages: list[str]) -> list[s
             continue
         for path in sorted(set(a[stage]) | set(b[stage])):
             if a[stage].get(path) != b[stage].get(path):
-                problems.append(f"{stage}: {path} differs (committed {a[stage].get(path)}, rebuilt {b[stage].get(path)})")
+                problems.append(
+                    f"{stage}: {path} differs (committed {a[stage].get(path)}, rebuilt {b[stage].get(path)})"
+                )
     return problems
 
 
 def flatten_numbers(obj: dict) -> dict[str, float]:
     """Dotted keys of every numeric leaf (bools excluded) of a nested dict."""
-    return {k: float(v) for k, v in flatten(obj).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in flatten(obj).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def compare_metrics(committed: dict, current: dict, tolerances: dict[str, float | None]) -> list[dict]:
@@ -71,8 +72,13 @@ def compare_metrics(committed: dict, current: dict, tolerances: dict[str, float 
         tol = tolerances[max(matching, key=len)] if matching else "none"
         if tol is None:
             continue
-        row = {"metric": key, "committed": a.get(key), "current": b.get(key), "difference": None,
-               "tolerance": None if tol == "none" else float(tol)}
+        row = {
+            "metric": key,
+            "committed": a.get(key),
+            "current": b.get(key),
+            "difference": None,
+            "tolerance": None if tol == "none" else float(tol),
+        }
         if key not in a or key not in b:
             row["status"] = "MISSING"
         elif tol == "none":
@@ -96,8 +102,9 @@ def _load(path: Path, kind: str):
         raise InputError(f"{path}: not a valid {kind} ({type(exc).__name__})") from None
 
 
-def check_reproduction(cfg: Reproduction, committed_lock: str | Path, lock: str | Path, committed_metrics: str | Path,
-                       metrics: str | Path) -> int:
+def check_reproduction(
+    cfg: Reproduction, committed_lock: str | Path, lock: str | Path, committed_metrics: str | Path, metrics: str | Path
+) -> int:
     """Print what was compared; 0 when the data stages' outputs and the model metrics agree, 1 otherwise.
 
     ``cfg``: the ``reproduction`` section (exact_stages, tolerances); the metrics folders
@@ -106,22 +113,33 @@ def check_reproduction(cfg: Reproduction, committed_lock: str | Path, lock: str 
     stages, tolerances = cfg.exact_stages, cfg.tolerances
 
     problems = compare_outputs(_load(Path(committed_lock), "dvc.lock"), _load(Path(lock), "dvc.lock"), stages)
-    print(f"data stages ({', '.join(stages)}): outputs {'DIFFER' if problems else 'identical to the committed dvc.lock'}")
+    print(
+        f"data stages ({', '.join(stages)}): outputs {'DIFFER' if problems else 'identical to the committed dvc.lock'}"
+    )
     for line in problems:
         print(f"  {line}")
     failed = bool(problems)
 
     for name in METRIC_FILES:
-        rows = compare_metrics(_load(Path(committed_metrics) / name, "metrics file"),
-                               _load(Path(metrics) / name, "metrics file"), tolerances)
+        rows = compare_metrics(
+            _load(Path(committed_metrics) / name, "metrics file"),
+            _load(Path(metrics) / name, "metrics file"),
+            tolerances,
+        )
         bad = [r for r in rows if r["status"] != "ok"]
-        worst = max((r["difference"] / r["tolerance"] for r in rows
-                     if r["difference"] is not None and r["tolerance"]), default=0.0)
-        print(f"metrics/{name}: {len(rows) - len(bad)}/{len(rows)} within tolerance "
-              f"(largest difference {worst:.2f} of its tolerance)")
+        worst = max(
+            (r["difference"] / r["tolerance"] for r in rows if r["difference"] is not None and r["tolerance"]),
+            default=0.0,
+        )
+        print(
+            f"metrics/{name}: {len(rows) - len(bad)}/{len(rows)} within tolerance "
+            f"(largest difference {worst:.2f} of its tolerance)"
+        )
         for r in bad:
-            print(f"  {r['metric']}: committed {r['committed']}, current {r['current']}, "
-                  f"difference {r['difference']}, tolerance {r['tolerance']}: {r['status']}")
+            print(
+                f"  {r['metric']}: committed {r['committed']}, current {r['current']}, "
+                f"difference {r['difference']}, tolerance {r['tolerance']}: {r['status']}"
+            )
         failed |= bool(bad)
     if failed:
         print("NOT REPRODUCED: see the lines above")

@@ -43,8 +43,9 @@ def _member_path(raw: str, archive: Path) -> PurePosixPath:
 def _check_kind(info: zipfile.ZipInfo, archive: Path) -> None:
     where = f"archive {archive.name}: member {info.filename!r}"
     if not info.filename:  # zipfile cuts a name at its first NUL byte
-        raise FetchError(f"archive {archive.name}: a member has an empty name (or one starting with a NUL byte); "
-                         "refusing to extract")
+        raise FetchError(
+            f"archive {archive.name}: a member has an empty name (or one starting with a NUL byte); refusing to extract"
+        )
     if info.flag_bits & 0x1:
         raise FetchError(f"{where} is encrypted; refusing to extract")
     mode = info.external_attr >> 16
@@ -137,8 +138,15 @@ def safe_extract_zip(
                             out.write(block)
                 except FetchError:
                     raise
-                except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError,
-                        ValueError) as exc:
+                except (
+                    zipfile.BadZipFile,
+                    zlib.error,
+                    lzma.LZMAError,
+                    EOFError,
+                    NotImplementedError,
+                    RuntimeError,
+                    ValueError,
+                ) as exc:
                     raise FetchError(f"archive {archive.name}: member {info.filename!r} is corrupt: {exc}") from None
                 except OSError as exc:
                     raise FetchError(
@@ -189,4 +197,3 @@ def _plan_members(
             f"archive {archive.name}: {sorted(map(str, clash))[0]!r} is both a file and a folder; refusing to extract"
         )
     return plan
-

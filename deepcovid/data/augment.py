@@ -69,7 +69,7 @@ class Augmentation:
         cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
         ca, sa = portable.cos(angle), portable.sin(angle)
         sh = portable.sin(shear) / portable.cos(shear)
-        a, b = s * ca, s * (ca * sh - sa)           # L = R @ [[1, sh], [0, 1]] * s
+        a, b = s * ca, s * (ca * sh - sa)  # L = R @ [[1, sh], [0, 1]] * s
         c, d = s * sa, s * (sa * sh + ca)
         det = a * d - b * c
         qx, qy = xx - (cx + tx), yy - (cy + ty)
@@ -144,8 +144,19 @@ def check_augmented(augmented: pd.DataFrame, manifest: pd.DataFrame) -> None:
         raise AugmentError(f"patient group {sorted(leaked)[0]} of an augmented image is in validation or test")
 
 
-AUGMENTED_COLUMNS = ["image_id", "parent", "copy", "source", "patient", "split_group", "label", "group",
-                     "category", "split", "cache_path"]
+AUGMENTED_COLUMNS = [
+    "image_id",
+    "parent",
+    "copy",
+    "source",
+    "patient",
+    "split_group",
+    "label",
+    "group",
+    "category",
+    "split",
+    "cache_path",
+]
 
 
 def augment_positives(manifest_csv, cache_dir, out_dir, cfg: config.Augment, seed: int) -> pd.DataFrame:
@@ -167,10 +178,21 @@ def augment_positives(manifest_csv, cache_dir, out_dir, cfg: config.Augment, see
             target = files.inside(out_dir, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.asarray(out)).save(target, format="PNG", compress_level=3)
-            records.append({"image_id": f"{row.image_id}#aug{k}", "parent": row.image_id, "copy": k,
-                            "source": row.source, "patient": row.patient, "split_group": row.split_group,
-                            "label": 1, "group": row.group, "category": row.category, "split": "train",
-                            "cache_path": rel})
+            records.append(
+                {
+                    "image_id": f"{row.image_id}#aug{k}",
+                    "parent": row.image_id,
+                    "copy": k,
+                    "source": row.source,
+                    "patient": row.patient,
+                    "split_group": row.split_group,
+                    "label": 1,
+                    "group": row.group,
+                    "category": row.category,
+                    "split": "train",
+                    "cache_path": rel,
+                }
+            )
     table = pd.DataFrame(records, columns=AUGMENTED_COLUMNS)
     check_augmented(table, manifest)
     files.write_csv(out_dir / "index.csv", table)

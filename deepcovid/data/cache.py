@@ -41,8 +41,9 @@ def _process(job):
     return width, height, ""
 
 
-def build_cache(raw_dir, manifest_csv, out_dir, *, cache_size: int, resize: str, grayscale: bool,
-                workers: int, max_pixels: int) -> dict:
+def build_cache(
+    raw_dir, manifest_csv, out_dir, *, cache_size: int, resize: str, grayscale: bool, workers: int, max_pixels: int
+) -> dict:
     """Write ``images/<image_id>.png``, ``index.csv``, ``rejected.csv`` (with the reason) and
     ``report.json`` into the new folder ``out_dir``; returns the report. Images above
     ``max_pixels`` are refused from their header, before decoding, so that the stage's memory
@@ -52,19 +53,26 @@ def build_cache(raw_dir, manifest_csv, out_dir, *, cache_size: int, resize: str,
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
     rel = [f"images/{i}.png" for i in manifest["image_id"]]
     out_dir.mkdir()
-    jobs = [_job(roots, raw_dir, out_dir, s, r, p, cache_size, resize, grayscale, max_pixels)
-            for s, r, p in zip(manifest["source"], manifest["relpath"], rel)]
+    jobs = [
+        _job(roots, raw_dir, out_dir, s, r, p, cache_size, resize, grayscale, max_pixels)
+        for s, r, p in zip(manifest["source"], manifest["relpath"], rel)
+    ]
     with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         results = list(tqdm(pool.map(_process, jobs, chunksize=8), total=len(jobs), desc="preprocess", mininterval=2))
     table = manifest[["image_id", "split", "label", "group"]].assign(
-        cache_path=rel, width=[r[0] for r in results], height=[r[1] for r in results],
-        reason=[r[2] for r in results])
+        cache_path=rel, width=[r[0] for r in results], height=[r[1] for r in results], reason=[r[2] for r in results]
+    )
     rejected = table[table["reason"] != ""].drop(columns=["cache_path", "width", "height"])
     index = table[table["reason"] == ""].drop(columns="reason")
     files.write_csv(out_dir / "index.csv", index.astype({"width": int, "height": int}))
     files.write_csv(out_dir / "rejected.csv", rejected, report=True)
-    report = {"cache_size": cache_size, "resize": resize, "grayscale": grayscale,
-              "decoded": int(len(index)), "rejected": int(len(rejected))}
+    report = {
+        "cache_size": cache_size,
+        "resize": resize,
+        "grayscale": grayscale,
+        "decoded": int(len(index)),
+        "rejected": int(len(rejected)),
+    }
     files.write_json(out_dir / "report.json", report)
     for row in rejected.itertuples():
         log.warning("rejected %s: %s", row.image_id, row.reason)

@@ -53,8 +53,21 @@ def _parser_errors() -> tuple[type[BaseException], ...]:
 
     from pydicom.errors import BytesLengthException, InvalidDicomError
 
-    return (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, KeyError, TypeError,
-            IndexError, AttributeError, NotImplementedError, OverflowError, struct.error, MemoryError)
+    return (
+        InvalidDicomError,
+        BytesLengthException,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        NotImplementedError,
+        OverflowError,
+        struct.error,
+        MemoryError,
+    )
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -92,8 +105,10 @@ def _pixels(ds) -> np.ndarray:
         compressed = syntax is not None and getattr(syntax, "is_compressed", False)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if compressed:
-            raise DicomError(f"compressed transfer syntax {name} cannot be decoded with the installed handlers "
-                             f"(e.g. pip install pylibjpeg pylibjpeg-libjpeg): {reason}") from None
+            raise DicomError(
+                f"compressed transfer syntax {name} cannot be decoded with the installed handlers "
+                f"(e.g. pip install pylibjpeg pylibjpeg-libjpeg): {reason}"
+            ) from None
         raise DicomError(f"cannot decode the pixel data ({name}): {reason}") from None
 
 
@@ -142,8 +157,10 @@ def check_file_size(path: str | Path, max_pixels: int, kind: str = "file") -> No
     ``max_pixels`` pixels can be stored in (checked before the file is read)."""
     size = os.stat(path).st_size
     if size > max_pixels * _MAX_BYTES_PER_PIXEL + _HEADER_ROOM:
-        raise DicomError(f"a {kind} of {size:,} bytes: larger than an image within the pixel budget of "
-                         f"{max_pixels:,} (preprocess.max_pixels) can be")
+        raise DicomError(
+            f"a {kind} of {size:,} bytes: larger than an image within the pixel budget of "
+            f"{max_pixels:,} (preprocess.max_pixels) can be"
+        )
 
 
 def check_budget(ds, max_pixels: int) -> int:
@@ -158,8 +175,10 @@ def check_budget(ds, max_pixels: int) -> int:
         raise DicomError(f"invalid image size in the DICOM header: {exc}") from None
     pixels = rows * cols * max(frames, 1)
     if pixels > max_pixels:
-        raise DicomError(f"{cols} x {rows} pixels x {frames} frames = {pixels:,} pixels: above the pixel budget of "
-                         f"{max_pixels:,} (preprocess.max_pixels); refused before decoding")
+        raise DicomError(
+            f"{cols} x {rows} pixels x {frames} frames = {pixels:,} pixels: above the pixel budget of "
+            f"{max_pixels:,} (preprocess.max_pixels); refused before decoding"
+        )
     return pixels * max(samples, 1) * max(1, (bits + 7) // 8)
 
 
@@ -196,8 +215,9 @@ def _inflate(path: str | Path, max_pixels: int):
     expected = check_budget(header, max_pixels)
     data += inflater.decompress(inflater.unconsumed_tail, expected + DEFLATED_HEADER_BYTES)
     if inflater.unconsumed_tail:
-        raise DicomError(f"deflated DICOM that inflates beyond the {expected:,} bytes of pixels its header "
-                         f"declares: refused")
+        raise DicomError(
+            f"deflated DICOM that inflates beyond the {expected:,} bytes of pixels its header declares: refused"
+        )
     dataset = read_dataset(DicomBytesIO(data), False, True)
     return FileDataset(str(path), dataset, preamble, file_meta, False, True)
 
@@ -211,7 +231,7 @@ def _read_dicom(path: str | Path, max_pixels: int) -> tuple[Image.Image, list[st
             ds = _dataset(path, max_pixels)
     except DicomError:
         raise
-    except (_parser_errors() + (zlib.error,)) as exc:
+    except _parser_errors() + (zlib.error,) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DicomError(f"not a readable DICOM file: {reason}") from None
     if "PixelData" not in ds:
@@ -221,8 +241,10 @@ def _read_dicom(path: str | Path, max_pixels: int) -> tuple[Image.Image, list[st
         raise DicomError(f"multi-frame DICOM ({frames} frames): not supported; export the radiograph as one frame")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in {"MONOCHROME1", "MONOCHROME2", "RGB"}:
-        raise DicomError(f"DICOM PhotometricInterpretation {photometric or '(missing)'}: "
-                         f"only MONOCHROME1, MONOCHROME2 and RGB are supported")
+        raise DicomError(
+            f"DICOM PhotometricInterpretation {photometric or '(missing)'}: "
+            f"only MONOCHROME1, MONOCHROME2 and RGB are supported"
+        )
     try:
         arr = _pixels(ds)
         if photometric == "RGB":

@@ -69,8 +69,15 @@ def download(
         if scheme == "file":
             _copy_local(url, part, max_bytes=max_bytes, name=name)
         else:
-            _http_get(url, part, attempts=max(1, int(retries)), timeout=timeout, backoff=backoff,
-                      max_bytes=max_bytes, name=name)
+            _http_get(
+                url,
+                part,
+                attempts=max(1, int(retries)),
+                timeout=timeout,
+                backoff=backoff,
+                max_bytes=max_bytes,
+                name=name,
+            )
         os.replace(part, dest)
     except OSError as exc:  # network errors are FetchErrors by now: writing failed (disk full, permissions)
         raise FetchError(f"cannot download {name} to {dest}: {exc}") from None
@@ -79,15 +86,22 @@ def download(
     return dest
 
 
-def _http_get(url: str, part: Path, *, attempts: int, timeout: float, backoff: float,
-              max_bytes: int | None, name: str) -> None:
+def _http_get(
+    url: str, part: Path, *, attempts: int, timeout: float, backoff: float, max_bytes: int | None, name: str
+) -> None:
     # Retry covers everything up to the response headers (connection errors, timeouts, 5xx,
     # 429); a body that breaks off is retried here, from the start, out of the same budget:
     # ``history`` holds every failed attempt so far.
     history: tuple = ()
     while True:
-        retry = _Retry(total=attempts - 1 - len(history), backoff_factor=backoff, status_forcelist=RETRY_STATUS,
-                       raise_on_status=False, respect_retry_after_header=False, history=history)
+        retry = _Retry(
+            total=attempts - 1 - len(history),
+            backoff_factor=backoff,
+            status_forcelist=RETRY_STATUS,
+            raise_on_status=False,
+            respect_retry_after_header=False,
+            history=history,
+        )
         with requests.Session() as session:
             session.mount("http://", HTTPAdapter(max_retries=retry))
             session.mount("https://", HTTPAdapter(max_retries=retry))

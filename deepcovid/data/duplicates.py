@@ -9,22 +9,24 @@ images are near-duplicates when one, whole, is within ``max_distance`` bits of t
 cropped (found through a multi-index, :mod:`deepcovid.data.hamming`, not by comparing every pair)
 and the pixels of their thumbnails agree (:func:`pixel_correlation` at least ``min_correlation``);
 the groups are the connected components of the confirmed pairs; ``similarity`` is
-``1 - distance / 255``. The thresholds and their measurement on real data: README, "Duplicates"."""
+``1 - distance / 255``. The thresholds and their measurement on real data: docs/audit.md, "Duplicates"."""
 
 from __future__ import annotations
 
 import logging
 import math
 import tempfile
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from deepcovid import portable
@@ -35,21 +37,27 @@ from deepcovid.errors import InputError, MissingInputError
 
 log = logging.getLogger("duplicates")
 
-HASH_BITS = 255          # the 16 x 16 lowest DCT frequencies but the constant one
-_WORDS = 4               # stored as four uint64 words (the last bit always 0)
-_WORK = 256              # images are first reduced to this longer side (one resize)
+HASH_BITS = 255  # the 16 x 16 lowest DCT frequencies but the constant one
+_WORDS = 4  # stored as four uint64 words (the last bit always 0)
+_WORK = 256  # images are first reduced to this longer side (one resize)
 _THUMB = 64
 _LOW = 16
-_PREC = 12               # fixed-point bits of the DCT matrix
-_MAX_THUMBS = 4096       # thumbnails held at once by the pixel check (about 0.9 GB)
+_PREC = 12  # fixed-point bits of the DCT matrix
+_MAX_THUMBS = 4096  # thumbnails held at once by the pixel check (about 0.9 GB)
 # Crops (left, top, right, bottom fractions) hashed besides the whole image, so that a copy
 # cropped by a few percent on some sides still matches one of them: all sides, one side, two
 # sides meeting at a corner, each by 2, 4 and 6%.
-_FRACTIONS = (.02, .04, .06)
-CROPS = ((0, 0, 0, 0), *[(c, c, c, c) for c in _FRACTIONS],
-         *[tuple(c if k == side else 0 for k in range(4)) for c in _FRACTIONS for side in range(4)],
-         *[(c * (k in (0, 3)), c * (k in (0, 1)), c * (k in (1, 2)), c * (k in (2, 3)))
-           for c in _FRACTIONS for k in range(4)])
+_FRACTIONS = (0.02, 0.04, 0.06)
+CROPS = (
+    (0, 0, 0, 0),
+    *[(c, c, c, c) for c in _FRACTIONS],
+    *[tuple(c if k == side else 0 for k in range(4)) for c in _FRACTIONS for side in range(4)],
+    *[
+        (c * (k in (0, 3)), c * (k in (0, 1)), c * (k in (1, 2)), c * (k in (2, 3)))
+        for c in _FRACTIONS
+        for k in range(4)
+    ],
+)
 
 
 def _dct_matrix() -> np.ndarray:
@@ -85,12 +93,14 @@ def thumbnails(gray: np.ndarray) -> np.ndarray:
     boxes = []
     for left, top, right, bottom in CROPS:
         box = (int(h * top), h - int(h * bottom), int(w * left), w - int(w * right))
-        boxes.append(box if box[0] < box[1] and box[2] < box[3] else (0, h, 0, w))   # an empty crop: the whole
+        boxes.append(box if box[0] < box[1] and box[2] < box[3] else (0, h, 0, w))  # an empty crop: the whole
     resized = portable.resize_uint8_crops(np.ascontiguousarray(gray), boxes, _THUMB, _THUMB)
     return np.stack([equalise(t) for t in resized])
 
 
-def read_thumbnails(paths: Sequence, workers: int = 2, max_pixels: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
+def read_thumbnails(
+    paths: Sequence, workers: int = 2, max_pixels: int | None = None
+) -> tuple[np.ndarray, dict[int, str]]:
     """``(len(paths), len(CROPS), 64, 64)`` thumbnails of image files (decoded as the
     preprocess stage decodes them, grey), and ``{index: reason}`` for the files that cannot be
     read (their thumbnails are zero; leave them out with ``skip``). All in memory (229 KB an
@@ -109,13 +119,17 @@ def _thumbnail_stream(paths: Sequence, workers: int, max_pixels: int | None = No
     """``(index, thumbnails or None, error)`` for each file, in order, ``workers`` at a time;
     images above ``max_pixels`` (``preprocess.max_pixels``; None: Pillow's limit) are refused
     from their header, before decoding."""
+
     def one(i):
         try:
             image = read_image(paths[i], grayscale=True, max_pixels=max_pixels)
             return i, thumbnails(np.asarray(image.convert("L"))), ""
         except ImageReadError as exc:
             return i, None, exc.reason
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+    # one BLAS thread in each worker: OpenBLAS's own threads on top of ours, on a machine with other
+    # work, made hashing several times slower (bench/busy_machine.py)
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         # at most a few images decoded ahead of the consumer: memory does not grow with the set
         window = 4 * max(1, workers)
         pending = [pool.submit(one, i) for i in range(min(window, len(paths)))]
@@ -134,7 +148,7 @@ def _low_frequencies(thumbs: np.ndarray) -> np.ndarray:
 
 def _bits(low: np.ndarray) -> np.ndarray:
     """``(..., 4)`` uint64 hashes: each coefficient above the median of its row or not."""
-    median = np.sort(low, axis=-1)[..., HASH_BITS // 2:HASH_BITS // 2 + 1]
+    median = np.sort(low, axis=-1)[..., HASH_BITS // 2 : HASH_BITS // 2 + 1]
     bits = np.concatenate([low > median, np.zeros(low.shape[:-1] + (1,), dtype=bool)], axis=-1)
     return np.packbits(bits, axis=-1).view(">u8").astype(np.uint64)
 
@@ -152,14 +166,14 @@ def hash_thumbnails(thumbs: np.ndarray) -> np.ndarray:
         return out
     mean = thumbs.sum(axis=0, dtype=np.int64) // len(thumbs)
     for start in range(0, len(thumbs), 32):
-        out[start:start + 32] = _bits(_low_frequencies(thumbs[start:start + 32].astype(np.int64) - mean))
+        out[start : start + 32] = _bits(_low_frequencies(thumbs[start : start + 32].astype(np.int64) - mean))
     return out
 
 
 class HashSet(NamedTuple):
-    hashes: np.ndarray           # (n, len(CROPS), 4) uint64
-    errors: dict[int, str]       # {index: reason} of the files that cannot be read (hashes zero)
-    mean: np.ndarray             # (len(CROPS), 64, 64) int64: the mean thumbnails the hashes are centred on
+    hashes: np.ndarray  # (n, len(CROPS), 4) uint64
+    errors: dict[int, str]  # {index: reason} of the files that cannot be read (hashes zero)
+    mean: np.ndarray  # (len(CROPS), 64, 64) int64: the mean thumbnails the hashes are centred on
 
 
 def hash_files(paths: Sequence, workers: int = 2, block: int = 256, max_pixels: int | None = None) -> HashSet:
@@ -195,7 +209,7 @@ def hash_files(paths: Sequence, workers: int = 2, block: int = 256, max_pixels: 
         for start in range(0, n, block):
             count = min(block, n - start)
             low = np.frombuffer(store.read(count * coeffs * 8), dtype=np.int64).reshape(count, len(CROPS), HASH_BITS)
-            hashes[start:start + count] = _bits(low - mean_low)
+            hashes[start : start + count] = _bits(low - mean_low)
     if errors:
         hashes[sorted(errors)] = 0
     return HashSet(hashes, errors, mean)
@@ -217,7 +231,7 @@ def pixel_correlation(thumbs_a: np.ndarray, thumbs_b: np.ndarray, mean: np.ndarr
     thumbs_a, thumbs_b = thumbs_a.astype(np.int64), thumbs_b.astype(np.int64)
     for whole, crops in ((thumbs_a[0], thumbs_b), (thumbs_b[0], thumbs_a)):
         for crop, centre in zip(crops, mean):
-            terms = _correlation_terms(whole - centre, crop - centre)   # one framing, one centre
+            terms = _correlation_terms(whole - centre, crop - centre)  # one framing, one centre
             if best is None or _greater(terms, best):
                 best = terms
     return best
@@ -225,9 +239,11 @@ def pixel_correlation(thumbs_a: np.ndarray, thumbs_b: np.ndarray, mean: np.ndarr
 
 def _greater(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
     """Whether correlation a > correlation b, exactly (signed squares of integers)."""
+
     def signed(t):
         num, xx, yy = t
         return (num * abs(num), xx * yy)
+
     (na, da), (nb, db) = signed(a), signed(b)
     if da == 0 or db == 0:
         return db == 0 and da != 0 and na > 0
@@ -274,8 +290,9 @@ def near_pairs(hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (), 
     _check_distance(max_distance)
     valid = np.setdiff1d(np.arange(len(hashes)), np.asarray(list(skip), dtype=np.int64))
     crops = hashes.shape[1] if hashes.ndim == 3 else 1
-    query, entry, dist = hamming.radius_pairs(hashes[valid, 0, :], hashes[valid].reshape(-1, hashes.shape[-1]),
-                                              max_distance, workers=workers)
+    query, entry, dist = hamming.radius_pairs(
+        hashes[valid, 0, :], hashes[valid].reshape(-1, hashes.shape[-1]), max_distance, workers=workers
+    )
     i, j = valid[query], valid[entry // crops]
     keep = i != j
     found = pd.DataFrame({"i": np.minimum(i, j)[keep], "j": np.maximum(i, j)[keep], "distance": dist[keep]})
@@ -283,23 +300,30 @@ def near_pairs(hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (), 
     return found.astype(np.int64).reset_index(drop=True)
 
 
-def near_pairs_exhaustive(hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (),
-                          chunk: int = 16) -> pd.DataFrame:
+def near_pairs_exhaustive(
+    hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (), chunk: int = 16
+) -> pd.DataFrame:
     """:func:`near_pairs` by comparing every pair (quadratic): the reference of the tests."""
     _check_distance(max_distance)
     valid = np.ones(len(hashes), dtype=bool)
     valid[list(skip)] = False
     found = [np.zeros((0, 3), dtype=np.int64)]
     for start in range(0, len(hashes), chunk):
-        dist = distances(hashes[start:start + chunk], hashes)
+        dist = distances(hashes[start : start + chunk], hashes)
         i, j = np.nonzero(dist <= max_distance)
         keep = (j > i + start) & valid[i + start] & valid[j]
         found.append(np.stack([i[keep] + start, j[keep], dist[i[keep], j[keep]]], axis=1))
     return pd.DataFrame(np.concatenate(found).astype(np.int64), columns=["i", "j", "distance"])
 
 
-def verify_pairs(paths: Sequence, pairs: pd.DataFrame, mean: np.ndarray, min_correlation: float,
-                 workers: int = 2, max_pixels: int | None = None) -> pd.DataFrame:
+def verify_pairs(
+    paths: Sequence,
+    pairs: pd.DataFrame,
+    mean: np.ndarray,
+    min_correlation: float,
+    workers: int = 2,
+    max_pixels: int | None = None,
+) -> pd.DataFrame:
     """``pairs`` (``i, j, distance``) with a ``correlation`` column (:func:`pixel_correlation`
     of the two images' thumbnails) and a ``same`` column: whether it reaches ``min_correlation``.
 
@@ -312,7 +336,7 @@ def verify_pairs(paths: Sequence, pairs: pd.DataFrame, mean: np.ndarray, min_cor
     terms: list[tuple[int, int, int]] = []
     thumbs: dict[int, np.ndarray | None] = {}
     start = 0
-    while start < len(pairs):     # chunks of pairs whose images fit the cache together
+    while start < len(pairs):  # chunks of pairs whose images fit the cache together
         stop, needed = start, set()
         while stop < len(pairs):
             new = {pairs["i"].iat[stop], pairs["j"].iat[stop]} - needed
@@ -323,7 +347,7 @@ def verify_pairs(paths: Sequence, pairs: pd.DataFrame, mean: np.ndarray, min_cor
         thumbs = {i: t for i, t in thumbs.items() if i in needed}
         missing = sorted(needed - set(thumbs))
         for k, t, err in _thumbnail_stream([paths[i] for i in missing], workers, max_pixels):
-            if err:   # was readable when hashed: changed since; the pair cannot be confirmed
+            if err:  # was readable when hashed: changed since; the pair cannot be confirmed
                 log.warning("%s: not re-read for the pixel check (%s)", paths[missing[k]], err)
             thumbs[missing[k]] = t
         for i, j in zip(pairs["i"].iloc[start:stop], pairs["j"].iloc[start:stop]):
@@ -335,9 +359,14 @@ def verify_pairs(paths: Sequence, pairs: pd.DataFrame, mean: np.ndarray, min_cor
     return pairs
 
 
-def duplicate_groups(names: Sequence[str], hashes: np.ndarray, max_distance: int, skip: Sequence[int] = (),
-                     check: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
-                     workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+def duplicate_groups(
+    names: Sequence[str],
+    hashes: np.ndarray,
+    max_distance: int,
+    skip: Sequence[int] = (),
+    check: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    workers: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(groups, pairs)``: one row per image in a group of two or more near-duplicates
     (``group, name, similarity, closest``: its highest similarity and the member it has it
     with; ties: the first in ``names``), and every near pair (``name_a, name_b, similarity``,
@@ -364,14 +393,21 @@ def duplicate_groups(names: Sequence[str], hashes: np.ndarray, max_distance: int
     labels: dict[int, str] = {}
     for i in member:
         labels.setdefault(int(component[i]), f"d{len(labels):05d}")
-    groups = pd.DataFrame({
-        "group": [labels[int(component[i])] for i in member],
-        "name": [names[i] for i in member],
-        "similarity": similarity(least[member]),
-        "closest": [names[closest[i]] for i in member],
-    })
-    pair_table = pd.DataFrame({"name_a": [names[i] for i in found["i"]], "name_b": [names[j] for j in found["j"]],
-                               "similarity": similarity(found["distance"].to_numpy())})
+    groups = pd.DataFrame(
+        {
+            "group": [labels[int(component[i])] for i in member],
+            "name": [names[i] for i in member],
+            "similarity": similarity(least[member]),
+            "closest": [names[closest[i]] for i in member],
+        }
+    )
+    pair_table = pd.DataFrame(
+        {
+            "name_a": [names[i] for i in found["i"]],
+            "name_b": [names[j] for j in found["j"]],
+            "similarity": similarity(found["distance"].to_numpy()),
+        }
+    )
     for column in ("correlation", "same"):
         if column in found:
             pair_table[column] = found[column].to_numpy()
@@ -383,16 +419,24 @@ def similarity(distance) -> np.ndarray:
     return np.round(1.0 - np.asarray(distance, dtype=np.float64) / HASH_BITS, 4)
 
 
-def find_duplicates(raw_dir, positives_csv, negatives_csv, max_distance: int, min_correlation: float,
-                    workers: int = 2, max_pixels: int | None = None) -> tuple[pd.DataFrame, dict]:
+def find_duplicates(
+    raw_dir,
+    positives_csv,
+    negatives_csv,
+    max_distance: int,
+    min_correlation: float,
+    workers: int = 2,
+    max_pixels: int | None = None,
+) -> tuple[pd.DataFrame, dict]:
     """The duplicates stage: near-duplicate groups among every image the split may use.
 
     Returns one row per image in a group (``group, image_id, source, patient, label,
     similarity, closest``) and a report (counts; images that cannot be read are left out here
     and rejected with the reason by the preprocess stage)."""
     roots = read_sources(raw_dir)
-    table = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in (positives_csv, negatives_csv)],
-                      ignore_index=True)
+    table = pd.concat(
+        [pd.read_csv(p, dtype=str, keep_default_na=False) for p in (positives_csv, negatives_csv)], ignore_index=True
+    )
     table["image_id"] = table["source"] + "/" + table["relpath"]
     table = table.drop_duplicates("image_id").reset_index(drop=True)
     paths = [image_path(roots, s, r, raw_dir) for s, r in zip(table["source"], table["relpath"])]
@@ -400,22 +444,40 @@ def find_duplicates(raw_dir, positives_csv, negatives_csv, max_distance: int, mi
     for i, reason in errors.items():
         log.warning("%s: not hashed (%s)", table["image_id"][i], reason)
     groups, pairs = duplicate_groups(
-        table["image_id"], hashes, max_distance, skip=list(errors), workers=workers,
-        check=lambda p: verify_pairs(paths, p, mean, min_correlation, workers, max_pixels))
+        table["image_id"],
+        hashes,
+        max_distance,
+        skip=list(errors),
+        workers=workers,
+        check=lambda p: verify_pairs(paths, p, mean, min_correlation, workers, max_pixels),
+    )
     info = table.set_index("image_id")
     groups = groups.rename(columns={"name": "image_id"})
     groups.insert(2, "source", info.loc[groups["image_id"], "source"].to_numpy())
     groups.insert(3, "patient", info.loc[groups["image_id"], "patient"].to_numpy())
     groups.insert(4, "label", info.loc[groups["image_id"], "label"].astype(int).to_numpy())
-    report = {"max_distance": int(max_distance), "min_similarity": float(similarity(max_distance)),
-              "min_correlation": float(min_correlation),
-              "images_hashed": int(len(table) - len(errors)), "images_not_hashed": int(len(errors)),
-              "pairs_within_distance": int(len(pairs)), "pairs_confirmed": int(pairs["same"].sum()),
-              **group_summary(groups)}
-    log.info("%d near-duplicate groups (%d images; %d span patients, %d span labels): %d of %d pairs within "
-             "distance %d confirmed by pixels (correlation >= %s)", report["groups"], report["images"],
-             report["groups_of_several_patients"], report["groups_of_both_labels"], report["pairs_confirmed"],
-             report["pairs_within_distance"], max_distance, min_correlation)
+    report = {
+        "max_distance": int(max_distance),
+        "min_similarity": float(similarity(max_distance)),
+        "min_correlation": float(min_correlation),
+        "images_hashed": int(len(table) - len(errors)),
+        "images_not_hashed": int(len(errors)),
+        "pairs_within_distance": int(len(pairs)),
+        "pairs_confirmed": int(pairs["same"].sum()),
+        **group_summary(groups),
+    }
+    log.info(
+        "%d near-duplicate groups (%d images; %d span patients, %d span labels): %d of %d pairs within "
+        "distance %d confirmed by pixels (correlation >= %s)",
+        report["groups"],
+        report["images"],
+        report["groups_of_several_patients"],
+        report["groups_of_both_labels"],
+        report["pairs_confirmed"],
+        report["pairs_within_distance"],
+        max_distance,
+        min_correlation,
+    )
     return groups, report
 
 
@@ -426,9 +488,12 @@ def group_summary(groups: pd.DataFrame) -> dict:
         return {"groups": 0, "images": 0, "groups_of_several_patients": 0, "groups_of_both_labels": 0}
     by_group = groups.groupby("group")
     patients = by_group[["source", "patient"]].apply(lambda g: len(g.drop_duplicates()))
-    return {"groups": int(by_group.ngroups), "images": int(len(groups)),
-            "groups_of_several_patients": int((patients > 1).sum()),
-            "groups_of_both_labels": int((by_group["label"].nunique() > 1).sum())}
+    return {
+        "groups": int(by_group.ngroups),
+        "images": int(len(groups)),
+        "groups_of_several_patients": int((patients > 1).sum()),
+        "groups_of_both_labels": int((by_group["label"].nunique() > 1).sum()),
+    }
 
 
 def image_files(paths: Sequence[str]) -> list[str]:
@@ -446,13 +511,20 @@ def image_files(paths: Sequence[str]) -> list[str]:
     return found
 
 
-def audit_paths(paths: Sequence[str], max_distance: int, min_correlation: float,
-                workers: int = 2, max_pixels: int | None = None) -> tuple[pd.DataFrame, dict[str, str], int]:
+def audit_paths(
+    paths: Sequence[str], max_distance: int, min_correlation: float, workers: int = 2, max_pixels: int | None = None
+) -> tuple[pd.DataFrame, dict[str, str], int]:
     """``deepcovid duplicates``: groups among the image files in ``paths`` (files and folders):
     ``group, path, similarity, closest``, ``{path: reason}`` for the files that are not
     readable images, and the number of files."""
     names = image_files(paths)
     hashes, errors, mean = hash_files(names, workers, max_pixels=max_pixels)
-    groups, _ = duplicate_groups(names, hashes, max_distance, skip=list(errors), workers=workers,
-                                 check=lambda p: verify_pairs(names, p, mean, min_correlation, workers, max_pixels))
+    groups, _ = duplicate_groups(
+        names,
+        hashes,
+        max_distance,
+        skip=list(errors),
+        workers=workers,
+        check=lambda p: verify_pairs(names, p, mean, min_correlation, workers, max_pixels),
+    )
     return groups.rename(columns={"name": "path"}), {names[i]: reason for i, reason in errors.items()}, len(names)

@@ -11,9 +11,9 @@ import shutil
 import subprocess
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from deepcovid import synthetic
 from deepcovid.data.archive import safe_extract_zip
@@ -318,8 +318,9 @@ def _generator_pool() -> ProcessPoolExecutor:
 
 
 def fetch_dataset(selection: dict, out: str | os.PathLike, *, log: Callable[[str], object] = print) -> dict:
-    """The fetch stage: bring the sources of ``selection`` (from :meth:`deepcovid.config.Params.fetch_selection`) into ``out``
-    atomically, with ``sources.json`` recording each source's root and fetch record."""
+    """The fetch stage: bring the sources of ``selection`` (from
+    :meth:`deepcovid.config.Params.fetch_selection`) into ``out`` atomically,
+    with ``sources.json`` recording each source's root and fetch record."""
     from deepcovid import files
     from deepcovid.data.metadata import chexpert_root
 
@@ -328,8 +329,10 @@ def fetch_dataset(selection: dict, out: str | os.PathLike, *, log: Callable[[str
     if "chexpert" in sources:  # needs no download: a missing CheXpert stops at once
         path = selection["fetch"]["chexpert"]["path"]
         if not path:
-            raise FetchError(f"dataset={dataset} needs CheXpert: set parameter fetch.chexpert.path to your "
-                             "CheXpert-v1.0-small (or CheXpert-v1.0) folder")
+            raise FetchError(
+                f"dataset={dataset} needs CheXpert: set parameter fetch.chexpert.path to your "
+                "CheXpert-v1.0-small (or CheXpert-v1.0) folder"
+            )
         if not Path(path).exists():
             raise FetchError(f"parameter fetch.chexpert.path: {path} does not exist")
         roots["chexpert"] = str(chexpert_root(path).resolve())
@@ -340,8 +343,9 @@ def fetch_dataset(selection: dict, out: str | os.PathLike, *, log: Callable[[str
             seed, cfg = selection["seed"], selection["synthetic"]
             records["cohen"] = synthetic.generate_cohen(tmp / "cohen", cfg["cohen"], seed)
             with _generator_pool() as pool:
-                records["chexpert"] = synthetic.generate_chexpert(tmp / "chexpert", cfg["chexpert"], seed + 1,
-                                                                  map=functools.partial(pool.map, chunksize=16))
+                records["chexpert"] = synthetic.generate_chexpert(
+                    tmp / "chexpert", cfg["chexpert"], seed + 1, map=functools.partial(pool.map, chunksize=16)
+                )
             roots["cohen"], roots["chexpert"] = "cohen", "chexpert/CheXpert-v1.0-small"
         else:
             for name in sources:

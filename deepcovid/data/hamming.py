@@ -26,7 +26,7 @@ import numpy as np
 __all__ = ["radius_pairs", "radius_pairs_exhaustive", "plan_parts", "popcount"]
 
 _WORD = 64
-_MAX_PART_BITS = 24        # a part's table: 2 ** bits counts (int64), at most 128 MiB
+_MAX_PART_BITS = 24  # a part's table: 2 ** bits counts (int64), at most 128 MiB
 _CANDIDATES_PER_BLOCK = 4_000_000
 
 
@@ -37,9 +37,9 @@ def popcount(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Part:
-    start: int        # first bit (0 = the most significant bit of word 0)
+    start: int  # first bit (0 = the most significant bit of word 0)
     bits: int
-    threshold: int    # look up every value within this many bits of the query's
+    threshold: int  # look up every value within this many bits of the query's
 
 
 def plan_parts(total_bits: int, radius: int, n_queries: int, n_entries: int) -> tuple[Part, ...] | None:
@@ -48,13 +48,13 @@ def plan_parts(total_bits: int, radius: int, n_queries: int, n_entries: int) -> 
     threshold would be -1 are left out: the pigeonhole needs only the others). Any plan gives
     the same pairs; this only chooses the fastest. ``None`` where comparing every pair is
     cheaper. Needs ``0 <= radius < total_bits``."""
-    best, best_cost = None, 4.0 * n_queries * n_entries        # None: compare every pair
+    best, best_cost = None, 4.0 * n_queries * n_entries  # None: compare every pair
     for m in range(-(-total_bits // _MAX_PART_BITS), total_bits + 1):
         sizes = [total_bits // m + (p < total_bits % m) for p in range(m)]
-        spare = radius - m + 1          # below 0: some parts get threshold -1 and are not looked up
+        spare = radius - m + 1  # below 0: some parts get threshold -1 and are not looked up
         thresholds = [spare // m + (p < spare % m) for p in range(m)]
         lookups = sum(sum(comb(b, k) for k in range(t + 1)) for b, t in zip(sizes, thresholds))
-        share = sum(sum(comb(b, k) for k in range(t + 1)) / 2.0 ** b for b, t in zip(sizes, thresholds))
+        share = sum(sum(comb(b, k) for k in range(t + 1)) / 2.0**b for b, t in zip(sizes, thresholds))
         tables = sum((1 << b) + 3 * n_entries for b, t in zip(sizes, thresholds) if t >= 0)
         cost = n_queries * (lookups + 4.0 * n_entries * share) + tables
         if cost < best_cost:
@@ -89,10 +89,10 @@ class _Table:
     def __init__(self, entries: np.ndarray, part: Part):
         self.part = part
         values = _field(entries, part.start, part.bits)
-        self.order = np.argsort(values, kind="stable").astype(np.int32 if len(entries) < 2 ** 31 else np.int64)
+        self.order = np.argsort(values, kind="stable").astype(np.int32 if len(entries) < 2**31 else np.int64)
         counts = np.bincount(values, minlength=1 << part.bits)
         self.counts = counts.astype(np.int32)
-        self.starts = (np.cumsum(counts) - counts).astype(np.int64 if len(entries) >= 2 ** 31 else np.int32)
+        self.starts = (np.cumsum(counts) - counts).astype(np.int64 if len(entries) >= 2**31 else np.int32)
         self.masks = _masks(part.bits, part.threshold)
 
 
@@ -110,8 +110,9 @@ def _candidates(table: _Table, query_values: np.ndarray):
     return rows, table.order[positions].astype(np.int64)
 
 
-def radius_pairs(queries: np.ndarray, entries: np.ndarray, radius: int, workers: int = 1,
-                 parts: tuple[Part, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def radius_pairs(
+    queries: np.ndarray, entries: np.ndarray, radius: int, workers: int = 1, parts: tuple[Part, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(query, entry, distance)`` for every pair of rows of ``queries`` ``(nq, W)`` and
     ``entries`` ``(ne, W)`` (uint64 words) within ``radius`` differing bits, sorted by query,
     then entry. The same result as :func:`radius_pairs_exhaustive`."""
@@ -149,7 +150,7 @@ def radius_pairs(queries: np.ndarray, entries: np.ndarray, radius: int, workers:
         if not found:
             return np.zeros((0, 3), dtype=np.int64)
         hits = np.concatenate(found)
-        return np.unique(hits, axis=0)     # an entry found through several parts counts once
+        return np.unique(hits, axis=0)  # an entry found through several parts counts once
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         blocks = list(pool.map(run, range(0, len(queries), block)))
@@ -157,14 +158,15 @@ def radius_pairs(queries: np.ndarray, entries: np.ndarray, radius: int, workers:
     return hits[:, 0], hits[:, 1], hits[:, 2]
 
 
-def radius_pairs_exhaustive(queries: np.ndarray, entries: np.ndarray, radius: int,
-                            chunk: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def radius_pairs_exhaustive(
+    queries: np.ndarray, entries: np.ndarray, radius: int, chunk: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference: every query compared with every entry (quadratic)."""
     queries = np.asarray(queries, dtype=np.uint64)
     entries = np.asarray(entries, dtype=np.uint64)
     found = [np.zeros((0, 3), dtype=np.int64)]
     for start in range(0, len(queries), chunk):
-        dist = popcount(queries[start:start + chunk, None, :] ^ entries[None, :, :])
+        dist = popcount(queries[start : start + chunk, None, :] ^ entries[None, :, :])
         q, e = np.nonzero(dist <= radius)
         found.append(np.stack([q + start, e, dist[q, e]], axis=1))
     hits = np.concatenate(found)

@@ -54,8 +54,9 @@ def to_rgb8(img: Image.Image, grayscale: bool = True) -> Image.Image:
     return rgb
 
 
-def read_image(path: str | Path, grayscale: bool = True, notes: list[str] | None = None,
-               max_pixels: int | None = None) -> Image.Image:
+def read_image(
+    path: str | Path, grayscale: bool = True, notes: list[str] | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Open ``path`` by content and return an 8-bit RGB image, or raise ImageReadError.
 
     DICOM files (recognised by their ``DICM`` marker) are shown as a viewer would
@@ -84,9 +85,12 @@ def read_image(path: str | Path, grayscale: bool = True, notes: list[str] | None
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > budget:  # the header's size, before any pixel is decoded
-                    raise ImageReadError(f"{img.width} x {img.height} = {img.width * img.height:,} pixels: above "
-                                         f"the pixel budget of {budget:,} (preprocess.max_pixels); refused before "
-                                         f"decoding", path)
+                    raise ImageReadError(
+                        f"{img.width} x {img.height} = {img.width * img.height:,} pixels: above "
+                        f"the pixel budget of {budget:,} (preprocess.max_pixels); refused before "
+                        f"decoding",
+                        path,
+                    )
                 if img.format == "PNG":
                     img.verify()  # every chunk's CRC, IDAT included (load() alone does not check them)
                     img = Image.open(io.BytesIO(data))
@@ -142,7 +146,7 @@ def resize_square(img: Image.Image, size: int, mode: str = "stretch") -> Image.I
     height, width = arr.shape[:2]
     new_w, new_h, left, top = letterbox(width, height, size)
     canvas = np.zeros((size, size, 3), dtype=np.uint8)
-    canvas[top:top + new_h, left:left + new_w] = portable.resize_uint8(arr, new_w, new_h)
+    canvas[top : top + new_h, left : left + new_w] = portable.resize_uint8(arr, new_w, new_h)
     return Image.fromarray(canvas, "RGB")
 
 

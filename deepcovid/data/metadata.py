@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 from deepcovid import files
-from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.errors import InputError
-
+from deepcovid.labels import CHEXPERT_CATEGORIES
 
 # normalised column name -> accepted spellings (compared lower-case, without spaces, _ and -)
 _COHEN_ALIASES = {
@@ -73,16 +72,18 @@ def read_cohen_style(path: str | Path, source: str, images_dir: str = "images") 
         )
     if raw.empty:
         raise MetadataError(f"{path}: no rows below the header")
-    out = pd.DataFrame({
-        "source": source,
-        "filename": raw[found["filename"]],
-        "patient": raw[found["patient"]],
-        "finding": raw[found["finding"]],
-        "view": raw[found["view"]],
-        # Older versions have no modality column: they held X-rays only.
-        "modality": raw[found["modality"]] if "modality" in found else "X-ray",
-        "offset": raw[found["offset"]] if "offset" in found else "",
-    })
+    out = pd.DataFrame(
+        {
+            "source": source,
+            "filename": raw[found["filename"]],
+            "patient": raw[found["patient"]],
+            "finding": raw[found["finding"]],
+            "view": raw[found["view"]],
+            # Older versions have no modality column: they held X-rays only.
+            "modality": raw[found["modality"]] if "modality" in found else "X-ray",
+            "offset": raw[found["offset"]] if "offset" in found else "",
+        }
+    )
     folder = raw[found["folder"]] if "folder" in found else pd.Series(images_dir, index=raw.index)
     folder = folder.where(folder != "", images_dir)
     out.insert(1, "relpath", [f"{d}/{f}" if f else "" for d, f in zip(folder, out["filename"])])
@@ -131,24 +132,30 @@ def read_chexpert(root: str | Path, include_valid: bool = True) -> pd.DataFrame:
         for col in ["Path", "Frontal/Lateral", *CHEXPERT_CATEGORIES]:
             if col not in raw.columns:
                 raise MetadataError(f"{path}: required column {col!r} not found")
-        frame = pd.DataFrame({
-            "source": "chexpert",
-            "relpath": [_chexpert_relpath(root, v) for v in raw["Path"]],
-            "patient": raw["Path"].str.extract(r"(patient\d+)", expand=False).fillna(""),
-            "frontal": raw["Frontal/Lateral"].str.lower().eq("frontal"),
-            "view": raw["AP/PA"] if "AP/PA" in raw.columns else "",
-            "csv": name,
-        })
+        frame = pd.DataFrame(
+            {
+                "source": "chexpert",
+                "relpath": [_chexpert_relpath(root, v) for v in raw["Path"]],
+                "patient": raw["Path"].str.extract(r"(patient\d+)", expand=False).fillna(""),
+                "frontal": raw["Frontal/Lateral"].str.lower().eq("frontal"),
+                "view": raw["AP/PA"] if "AP/PA" in raw.columns else "",
+                "csv": name,
+            }
+        )
         for cat in CHEXPERT_CATEGORIES:
             values = pd.to_numeric(raw[cat].replace("", np.nan), errors="coerce")
             bad = raw[cat].ne("") & ~values.isin(CHEXPERT_LABEL_VALUES)
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise MetadataError(f"{path}: line {files.line_of(raw, i)}: column {cat!r} holds {raw[cat].iloc[i]!r}, "
-                                    "expected 1.0, 0.0, -1.0 or blank")
+                raise MetadataError(
+                    f"{path}: line {files.line_of(raw, i)}: column {cat!r} holds {raw[cat].iloc[i]!r}, "
+                    "expected 1.0, 0.0, -1.0 or blank"
+                )
             frame[cat] = values.to_numpy()
         if (frame["patient"] == "").any():
             i = int(np.flatnonzero((frame["patient"] == "").to_numpy())[0])
-            raise MetadataError(f"{path}: line {files.line_of(raw, i)}: no patientNNNNN in Path {raw['Path'].iloc[i]!r}")
+            raise MetadataError(
+                f"{path}: line {files.line_of(raw, i)}: no patientNNNNN in Path {raw['Path'].iloc[i]!r}"
+            )
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

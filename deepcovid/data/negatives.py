@@ -14,9 +14,9 @@ import pandas as pd
 
 from deepcovid.config import Negatives
 from deepcovid.data.metadata import read_chexpert, read_cohen_style
-from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.data.positives import is_covid, is_frontal, is_xray
 from deepcovid.data.sources import read_sources, source_root, unsafe_rows
+from deepcovid.labels import CHEXPERT_CATEGORIES
 
 log = logging.getLogger(__name__)
 NORMAL = "No Finding"
@@ -81,8 +81,14 @@ def sample_chexpert(candidates: pd.DataFrame, counts: dict, seed: int) -> tuple[
         report[cat] = {"available": available, "asked": asked, "taken": {"train": got["train"], "test": got["test"]}}
         for pool in ("train", "test"):
             if got[pool] < asked[pool]:
-                log.warning("chexpert %r: %d of %d asked for the %s pool (source has %d eligible images)",
-                            cat, got[pool], asked[pool], pool, available)
+                log.warning(
+                    "chexpert %r: %d of %d asked for the %s pool (source has %d eligible images)",
+                    cat,
+                    got[pool],
+                    asked[pool],
+                    pool,
+                    available,
+                )
     out = pd.concat(chosen, ignore_index=True) if chosen else candidates.head(0).assign(pool="")
     return _with_groups(out), report
 
@@ -100,7 +106,9 @@ def public_negatives(metas: list[pd.DataFrame], frontal_views: list[str]) -> tup
             "dropped_empty_or_todo_finding": int((keep & ~usable).sum()),
         }
         rows = meta[keep & usable]
-        frames.append(rows.assign(category=rows["finding"].where(~rows["finding"].str.lower().eq("no finding"), NORMAL)))
+        frames.append(
+            rows.assign(category=rows["finding"].where(~rows["finding"].str.lower().eq("no finding"), NORMAL))
+        )
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return _with_groups(out[["source", "relpath", "patient", "view", "finding", "category"]]), report
 
@@ -123,8 +131,9 @@ def drop_unsafe(frame: pd.DataFrame, root, source: str, report: dict) -> pd.Data
     return frame[inside].reset_index(drop=True)
 
 
-def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: Negatives, frontal_views: list[str],
-                     seed: int) -> tuple[pd.DataFrame, dict]:
+def select_negatives(
+    raw_dir, dataset: str, sources: list[str], cfg: Negatives, frontal_views: list[str], seed: int
+) -> tuple[pd.DataFrame, dict]:
     """The negatives stage: CheXpert negatives sampled as the paper did and/or the public ones.
 
     ``cfg`` is the ``negatives`` section of params.yaml.
@@ -137,13 +146,23 @@ def select_negatives(raw_dir, dataset: str, sources: list[str], cfg: Negatives, 
         candidates = chexpert_single_label(table)
         counts = cfg.counts[dataset if dataset in ("paper", "synthetic") else "paper"].model_dump()
         chosen, per_category = sample_chexpert(candidates, counts, seed)
-        report["chexpert"] = {"rows": int(len(table)), "frontal_single_label": int(len(candidates)),
-                              "categories": per_category}
+        report["chexpert"] = {
+            "rows": int(len(table)),
+            "frontal_single_label": int(len(candidates)),
+            "categories": per_category,
+        }
         frames.append(chosen)
     cohen_style = [n for n in sources if n != "chexpert"]
     if cohen_style:
-        metas = [drop_unsafe(read_cohen_style(source_root(roots, n, raw_dir) / "metadata.csv", n),
-                             source_root(roots, n, raw_dir), n, report) for n in cohen_style]
+        metas = [
+            drop_unsafe(
+                read_cohen_style(source_root(roots, n, raw_dir) / "metadata.csv", n),
+                source_root(roots, n, raw_dir),
+                n,
+                report,
+            )
+            for n in cohen_style
+        ]
         chosen, rep = public_negatives(metas, frontal_views)
         chosen = assign_pools_by_patient(chosen, cfg.public_test_fraction, seed)
         report.update(rep)

@@ -54,13 +54,15 @@ def read_exclusions(path: str | Path) -> pd.DataFrame:
     if bad.any():
         i = int(bad.to_numpy().nonzero()[0][0])
         raise MetadataError(
-            f"{path}: line {files.line_of(frame, i)}: decision {frame['decision'].iloc[i]!r} is not one of {', '.join(DECISIONS)}"
+            f"{path}: line {files.line_of(frame, i)}: decision {frame['decision'].iloc[i]!r} "
+            f"is not one of {', '.join(DECISIONS)}"
         )
     return frame
 
 
-def filter_positives(meta: pd.DataFrame, frontal_views: list[str], exclusions: pd.DataFrame,
-                     root: Path | None = None) -> tuple[pd.DataFrame, dict]:
+def filter_positives(
+    meta: pd.DataFrame, frontal_views: list[str], exclusions: pd.DataFrame, root: Path | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Apply the rules to one source's normalised metadata.
 
     Returns the kept rows (with label/group/category columns) and a report of how many
@@ -68,7 +70,7 @@ def filter_positives(meta: pd.DataFrame, frontal_views: list[str], exclusions: p
     removed too and counted.
     """
     source = str(meta["source"].iloc[0]) if len(meta) else ""
-    removed: "OrderedDict[str, int]" = OrderedDict()
+    removed: OrderedDict[str, int] = OrderedDict()
     rows = meta
 
     def apply(rule: str, keep: pd.Series) -> None:
@@ -107,8 +109,9 @@ def filter_positives(meta: pd.DataFrame, frontal_views: list[str], exclusions: p
     return kept.reset_index(drop=True), report
 
 
-def select_positives(raw_dir: str | Path, sources: list[str], frontal_views: list[str],
-                     exclusions: str | Path) -> tuple[pd.DataFrame, list[dict]]:
+def select_positives(
+    raw_dir: str | Path, sources: list[str], frontal_views: list[str], exclusions: str | Path
+) -> tuple[pd.DataFrame, list[dict]]:
     """The filter stage: positives of every source in ``sources`` and one report per source."""
     excluded = read_exclusions(exclusions)
     roots = read_sources(raw_dir)
@@ -117,9 +120,15 @@ def select_positives(raw_dir: str | Path, sources: list[str], frontal_views: lis
         root = source_root(roots, name, raw_dir)
         meta = read_cohen_style(root / "metadata.csv", name)
         rows, report = filter_positives(meta, frontal_views, excluded, root=root)
-        log.info("%s: %d rows, %d COVID-19 X-ray rows -> kept %d images of %d patients; removed %s",
-                 name, report["rows"], report["covid_xray_rows"], report["kept"], report["kept_patients"],
-                 ", ".join(f"{k}: {v}" for k, v in report["removed"].items()))
+        log.info(
+            "%s: %d rows, %d COVID-19 X-ray rows -> kept %d images of %d patients; removed %s",
+            name,
+            report["rows"],
+            report["covid_xray_rows"],
+            report["kept"],
+            report["kept_patients"],
+            ", ".join(f"{k}: {v}" for k, v in report["removed"].items()),
+        )
         kept.append(rows)
         reports.append(report)
     return pd.concat(kept, ignore_index=True), reports

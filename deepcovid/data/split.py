@@ -26,8 +26,19 @@ from deepcovid.files import sha256_file
 log = logging.getLogger("split")
 
 MANIFEST_COLUMNS = [
-    "image_id", "source", "relpath", "patient", "split_group", "label", "group", "category",
-    "finding", "view", "pool", "split", "sha256",
+    "image_id",
+    "source",
+    "relpath",
+    "patient",
+    "split_group",
+    "label",
+    "group",
+    "category",
+    "finding",
+    "view",
+    "pool",
+    "split",
+    "sha256",
 ]
 SPLITS = ("train", "val", "test", "external")
 
@@ -82,10 +93,16 @@ def take_groups_until(sizes: pd.Series, target: int, rng: np.random.Generator) -
     return taken
 
 
-def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_images: int,
-               val_fraction: float, seed: int, duplicates: pd.DataFrame | None = None,
-               exclude_negatives_of_covid_patients: bool = False,
-               external_sources: list[str] = ()) -> tuple[pd.DataFrame, dict]:
+def make_split(
+    positives: pd.DataFrame,
+    negatives: pd.DataFrame,
+    covid_test_images: int,
+    val_fraction: float,
+    seed: int,
+    duplicates: pd.DataFrame | None = None,
+    exclude_negatives_of_covid_patients: bool = False,
+    external_sources: list[str] = (),
+) -> tuple[pd.DataFrame, dict]:
     """Build the manifest from the positives and negatives (both with ``sha256``) and the
     near-duplicate groups (``duplicates``: ``group, image_id``; none when None). The images of
     ``external_sources`` get the split ``external`` (never train, val or test), except those
@@ -139,12 +156,17 @@ def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_imag
     table = pd.concat([table, external], ignore_index=True)
     manifest = table.reindex(columns=MANIFEST_COLUMNS).fillna("")
     manifest["label"] = manifest["label"].astype(int)
-    manifest = manifest.sort_values(["split", "label", "image_id"], ascending=[True, False, True]).reset_index(drop=True)
+    manifest = manifest.sort_values(["split", "label", "image_id"], ascending=[True, False, True]).reset_index(
+        drop=True
+    )
     check_no_leak(manifest, duplicates)
     report = summarize(manifest)
     report["rows_listed_twice"] = n_listed_twice
     report["negatives_of_covid_patients"] = {
-        "images": len(shared_ids), "excluded": bool(exclude_negatives_of_covid_patients), "image_ids": shared_ids}
+        "images": len(shared_ids),
+        "excluded": bool(exclude_negatives_of_covid_patients),
+        "image_ids": shared_ids,
+    }
     report["near_duplicates"] = duplicate_summary(duplicates, manifest)
     report["external_linked_to_internal"] = {"images": len(linked_ids), "image_ids": linked_ids}
     report["covid_test_images_asked"] = int(covid_test_images)
@@ -153,8 +175,13 @@ def make_split(positives: pd.DataFrame, negatives: pd.DataFrame, covid_test_imag
 
 def duplicate_summary(duplicates: pd.DataFrame | None, manifest: pd.DataFrame) -> dict:
     """:func:`~deepcovid.data.duplicates.group_summary` and how many of those images the manifest holds."""
-    duplicates = pd.DataFrame(columns=["group", "image_id", "source", "patient", "label"]) if duplicates is None else duplicates
-    return {**group_summary(duplicates), "images_in_manifest": int(manifest["image_id"].isin(duplicates["image_id"]).sum())}
+    duplicates = (
+        pd.DataFrame(columns=["group", "image_id", "source", "patient", "label"]) if duplicates is None else duplicates
+    )
+    return {
+        **group_summary(duplicates),
+        "images_in_manifest": int(manifest["image_id"].isin(duplicates["image_id"]).sum()),
+    }
 
 
 def check_no_leak(manifest: pd.DataFrame, duplicates: pd.DataFrame | None = None) -> None:
@@ -180,8 +207,9 @@ def check_no_leak(manifest: pd.DataFrame, duplicates: pd.DataFrame | None = None
         for group, where in parts.items():
             if len(where) > 1:
                 ids = placed.loc[placed["group"] == group, "image_id"]
-                raise SplitError(f"near-duplicate group {group} ({', '.join(ids)}) appears in "
-                                 f"{' and '.join(sorted(where))}")
+                raise SplitError(
+                    f"near-duplicate group {group} ({', '.join(ids)}) appears in {' and '.join(sorted(where))}"
+                )
 
 
 def summarize(manifest: pd.DataFrame) -> dict:
@@ -204,9 +232,17 @@ def _digest(path) -> str:
         return ""  # missing or unreadable: preprocess rejects it with the reason
 
 
-def split_dataset(raw_dir, positives_csv, negatives_csv, duplicates_csv, covid_test_images: int,
-                  val_fraction: float, seed: int, exclude_negatives_of_covid_patients: bool,
-                  external_sources: list[str] = ()) -> tuple[pd.DataFrame, dict]:
+def split_dataset(
+    raw_dir,
+    positives_csv,
+    negatives_csv,
+    duplicates_csv,
+    covid_test_images: int,
+    val_fraction: float,
+    seed: int,
+    exclude_negatives_of_covid_patients: bool,
+    external_sources: list[str] = (),
+) -> tuple[pd.DataFrame, dict]:
     """The split stage: hash every image (byte-identical files share a group), read the
     near-duplicate groups, then :func:`make_split`."""
     roots = read_sources(raw_dir)
@@ -222,20 +258,43 @@ def split_dataset(raw_dir, positives_csv, negatives_csv, duplicates_csv, covid_t
     if missing:
         raise SplitError(f"{duplicates_csv}: missing columns {', '.join(sorted(missing))}")
     duplicates = duplicates.astype({"label": int})
-    manifest, report = make_split(frames[0], frames[1], covid_test_images, val_fraction, seed, duplicates,
-                                  exclude_negatives_of_covid_patients, external_sources)
+    manifest, report = make_split(
+        frames[0],
+        frames[1],
+        covid_test_images,
+        val_fraction,
+        seed,
+        duplicates,
+        exclude_negatives_of_covid_patients,
+        external_sources,
+    )
     if report["external_linked_to_internal"]["images"]:
-        log.warning("%d external images share a patient or a radiograph with internal ones: left out",
-                    report["external_linked_to_internal"]["images"])
+        log.warning(
+            "%d external images share a patient or a radiograph with internal ones: left out",
+            report["external_linked_to_internal"]["images"],
+        )
     shared = report["negatives_of_covid_patients"]
     if shared["images"]:
-        log.warning("%d negative images share a patient or a radiograph with COVID-19 images: %s",
-                    shared["images"], "left out" if shared["excluded"] else "kept with that patient")
+        log.warning(
+            "%d negative images share a patient or a radiograph with COVID-19 images: %s",
+            shared["images"],
+            "left out" if shared["excluded"] else "kept with that patient",
+        )
     if report["test"]["covid"] < report["covid_test_images_asked"]:
-        log.warning("only %d COVID test images (asked for %d): the positives hold too few patients",
-                    report["test"]["covid"], report["covid_test_images_asked"])
+        log.warning(
+            "only %d COVID test images (asked for %d): the positives hold too few patients",
+            report["test"]["covid"],
+            report["covid_test_images_asked"],
+        )
     for split in SPLITS:
         r = report[split]
-        log.info("%-5s %5d images, %4d patients (covid %d, normal %d, other disease %d)", split,
-                 r["images"], r["patients"], r["covid"], r["normal"], r["other-disease"])
+        log.info(
+            "%-5s %5d images, %4d patients (covid %d, normal %d, other disease %d)",
+            split,
+            r["images"],
+            r["patients"],
+            r["covid"],
+            r["normal"],
+            r["other-disease"],
+        )
     return manifest, report

@@ -53,15 +53,20 @@ def _head() -> object:
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
 
 
-def grouped_oof_scores(features: np.ndarray, target: np.ndarray, groups: np.ndarray, folds: int,
-                       seed: int) -> np.ndarray:
+def grouped_oof_scores(
+    features: np.ndarray, target: np.ndarray, groups: np.ndarray, folds: int, seed: int
+) -> np.ndarray:
     """Out-of-fold probabilities of ``target`` (0/1) from ``features``, folds stratified by target
     and never splitting a group (``StratifiedGroupKFold``, shuffled with ``seed``)."""
     features, target, groups = np.asarray(features, dtype=np.float64), np.asarray(target), np.asarray(groups)
     if not (len(features) == len(target) == len(groups)):
-        raise AuditError(f"features ({len(features)}), target ({len(target)}) and groups ({len(groups)}) differ in length")
+        raise AuditError(
+            f"features ({len(features)}), target ({len(target)}) and groups ({len(groups)}) differ in length"
+        )
     scores = np.full(len(target), np.nan)
-    for train, test in StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(features, target, groups):
+    for train, test in StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(
+        features, target, groups
+    ):
         if len(np.unique(target[train])) < 2:
             raise AuditError("a training fold holds one class only: too few groups of a class for these folds")
         scores[test] = _head().fit(features[train], target[train]).predict_proba(features[test])[:, 1]
@@ -103,8 +108,25 @@ def metadata_scores(train: pd.DataFrame, test: pd.DataFrame, columns: list[str])
 #: The image statistics of the style baseline: what a scanner, a processing chain or a collection
 #: changes without any disease (intensity distribution, dark / saturated share, border against
 #: centre, sharpness) and the stored image's size and shape.
-STYLE_FEATURES = ("mean", "sd", "p01", "p05", "p25", "p50", "p75", "p95", "p99", "dark", "bright", "border",
-                  "centre", "gradient", "width", "height", "aspect")
+STYLE_FEATURES = (
+    "mean",
+    "sd",
+    "p01",
+    "p05",
+    "p25",
+    "p50",
+    "p75",
+    "p95",
+    "p99",
+    "dark",
+    "bright",
+    "border",
+    "centre",
+    "gradient",
+    "width",
+    "height",
+    "aspect",
+)
 
 
 def image_statistics(gray: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -113,11 +135,24 @@ def image_statistics(gray: np.ndarray, width: int, height: int) -> np.ndarray:
     h, w = g.shape
     frame = max(1, min(h, w) // 16)
     border = np.concatenate([g[:frame].ravel(), g[-frame:].ravel(), g[:, :frame].ravel(), g[:, -frame:].ravel()])
-    centre = g[h // 4: h - h // 4, w // 4: w - w // 4]
+    centre = g[h // 4 : h - h // 4, w // 4 : w - w // 4]
     gradient = (np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean()) / 2
     q = np.percentile(g, [1, 5, 25, 50, 75, 95, 99])
-    return np.array([g.mean(), g.std(), *q, (g <= 5).mean(), (g >= 250).mean(), border.mean(), centre.mean(),
-                     gradient, float(width), float(height), float(width) / float(height)])
+    return np.array(
+        [
+            g.mean(),
+            g.std(),
+            *q,
+            (g <= 5).mean(),
+            (g >= 250).mean(),
+            border.mean(),
+            centre.mean(),
+            gradient,
+            float(width),
+            float(height),
+            float(width) / float(height),
+        ]
+    )
 
 
 def load_statistics(preprocessed_dir, image_ids) -> np.ndarray | None:
@@ -153,9 +188,17 @@ def baseline_against_model(y_test, model_scores, baseline, alpha: float) -> dict
     """A baseline's test AUC with DeLong's interval beside the model's, with the paired test."""
     paired = delong_paired_test(y_test, model_scores, baseline, alpha=alpha)
     base = auc_delong(y_test, baseline, alpha=alpha)
-    return {"auc": base["auc"], "auc_low": base["low"], "auc_high": base["high"], "model_auc": paired["auc_a"],
-            "difference": paired["difference"], "difference_low": paired["low"], "difference_high": paired["high"],
-            "p_value": paired["p_value"], "model_clearly_better": bool(paired["low"] > 0)}
+    return {
+        "auc": base["auc"],
+        "auc_low": base["low"],
+        "auc_high": base["high"],
+        "model_auc": paired["auc_a"],
+        "difference": paired["difference"],
+        "difference_low": paired["low"],
+        "difference_high": paired["high"],
+        "p_value": paired["p_value"],
+        "model_clearly_better": bool(paired["low"] > 0),
+    }
 
 
 def stratum_metrics(y, scores, threshold: float, ci_method: str, alpha: float, min_per_class: int) -> dict:
@@ -174,9 +217,20 @@ def stratum_metrics(y, scores, threshold: float, ci_method: str, alpha: float, m
     return out
 
 
-def audit(table: pd.DataFrame, features: np.ndarray | None, threshold: float, *, folds: int, seed: int,
-          flag_auc: float, metadata: list[str], min_per_class: int, ci_method: str = "wilson",
-          alpha: float = 0.05, statistics: np.ndarray | None = None) -> dict:
+def audit(
+    table: pd.DataFrame,
+    features: np.ndarray | None,
+    threshold: float,
+    *,
+    folds: int,
+    seed: int,
+    flag_auc: float,
+    metadata: list[str],
+    min_per_class: int,
+    ci_method: str = "wilson",
+    alpha: float = 0.05,
+    statistics: np.ndarray | None = None,
+) -> dict:
     """The audit of one run. ``table``: one row per image of the manifest (``source, view, label,
     split, split_group`` and ``score`` for val / test images), ``features``: their backbone
     features in the same order, or None (full fine-tuning: no cached features); ``statistics``:
@@ -186,21 +240,34 @@ def audit(table: pd.DataFrame, features: np.ndarray | None, threshold: float, *,
         raise AuditError(f"audit table lacks {', '.join(sorted(need - set(table.columns)))}")
     table = table.assign(view_class=table["view"].map(view_class), label=table["label"].astype(int))
     main_source = table.loc[table["label"] == 1, "source"].value_counts().idxmax()
-    out: dict = {"settings": {"folds": folds, "flag_auc": flag_auc, "metadata": list(metadata), "threshold": threshold,
-                              "source_tested": main_source}}
+    out: dict = {
+        "settings": {
+            "folds": folds,
+            "flag_auc": flag_auc,
+            "metadata": list(metadata),
+            "threshold": threshold,
+            "source_tested": main_source,
+        }
+    }
 
     # readability of source and view from the image features, overall and within each class
-    for what, target in (("source", (table["source"] == main_source).to_numpy().astype(int)),
-                         ("view", (table["view_class"] == "PA").to_numpy().astype(int))):
+    for what, target in (
+        ("source", (table["source"] == main_source).to_numpy().astype(int)),
+        ("view", (table["view_class"] == "PA").to_numpy().astype(int)),
+    ):
         section = {}
-        for name, mask in (("all", np.ones(len(table), bool)), ("negatives", (table["label"] == 0).to_numpy()),
-                           ("positives", (table["label"] == 1).to_numpy())):
+        for name, mask in (
+            ("all", np.ones(len(table), bool)),
+            ("negatives", (table["label"] == 0).to_numpy()),
+            ("positives", (table["label"] == 1).to_numpy()),
+        ):
             if features is None:
                 section[name] = {"skipped": "no cached features (train.mode: full)"}
                 continue
             keep = mask & ((table["view_class"] != "other").to_numpy() if what == "view" else True)
-            section[name] = readability(features[keep], target[keep], table["split_group"].to_numpy()[keep], folds,
-                                        seed, min_per_class, alpha)
+            section[name] = readability(
+                features[keep], target[keep], table["split_group"].to_numpy()[keep], folds, seed, min_per_class, alpha
+            )
         out[f"{what}_readability"] = section
 
     # metadata-only baseline against the model, on test
@@ -214,13 +281,17 @@ def audit(table: pd.DataFrame, features: np.ndarray | None, threshold: float, *,
     else:
         is_train, is_test = (table["split"] == "train").to_numpy(), (table["split"] == "test").to_numpy()
         style = style_scores(statistics[is_train], table.loc[is_train, "label"], statistics[is_test])
-        out["style_baseline"] = {**baseline_against_model(y_test, model_scores, style, alpha),
-                                 "features": list(STYLE_FEATURES)}
+        out["style_baseline"] = {
+            **baseline_against_model(y_test, model_scores, style, alpha),
+            "features": list(STYLE_FEATURES),
+        }
 
     # strata of the test split
     for key, column in (("by_source", "source"), ("by_view", "view_class")):
-        out[key] = {str(value): stratum_metrics(part["label"], part["score"], threshold, ci_method, alpha, min_per_class)
-                    for value, part in test.groupby(column, sort=True)}
+        out[key] = {
+            str(value): stratum_metrics(part["label"], part["score"], threshold, ci_method, alpha, min_per_class)
+            for value, part in test.groupby(column, sort=True)
+        }
     pa = test[test["view_class"] == "PA"]
     out["pa_only"] = stratum_metrics(pa["label"], pa["score"], threshold, ci_method, alpha, min_per_class)
 
@@ -231,8 +302,10 @@ def audit(table: pd.DataFrame, features: np.ndarray | None, threshold: float, *,
 
 
 def _readable(section: dict, flag_auc: float) -> bool:
-    return any("auc_low" in section.get(part, {}) and section[part]["auc_low"] > flag_auc
-               for part in ("negatives", "positives"))
+    return any(
+        "auc_low" in section.get(part, {}) and section[part]["auc_low"] > flag_auc
+        for part in ("negatives", "positives")
+    )
 
 
 def flags(result: dict, flag_auc: float, source_is_label: bool) -> dict:
@@ -241,11 +314,14 @@ def flags(result: dict, flag_auc: float, source_is_label: bool) -> dict:
     interval above 0) higher than the metadata baseline's; ``style_rivals_model``: the same against
     the style baseline (image statistics alone); ``source_is_label``: every positive
     comes from one source and every negative from others, so no within-class test exists."""
-    f = {"image_shows_source": _readable(result["source_readability"], flag_auc), "image_shows_view": _readable(result["view_readability"], flag_auc),
-         "metadata_rivals_model": not result["metadata_baseline"]["model_clearly_better"],
-         "style_rivals_model": "auc" in result.get("style_baseline", {})
-         and not result["style_baseline"]["model_clearly_better"],
-         "source_is_label": bool(source_is_label)}
+    f = {
+        "image_shows_source": _readable(result["source_readability"], flag_auc),
+        "image_shows_view": _readable(result["view_readability"], flag_auc),
+        "metadata_rivals_model": not result["metadata_baseline"]["model_clearly_better"],
+        "style_rivals_model": "auc" in result.get("style_baseline", {})
+        and not result["style_baseline"]["model_clearly_better"],
+        "source_is_label": bool(source_is_label),
+    }
     f["any"] = any(f.values())
     return f
 
@@ -255,25 +331,33 @@ def verdict(result: dict) -> str:
     f, m = result["flags"], result["metadata_baseline"]
     said = []
     if f["source_is_label"]:
-        said.append("every COVID-19 image comes from one source and every other image from another, so the source "
-                    "alone separates the classes and the AUC cannot show that the model reads disease")
+        said.append(
+            "every COVID-19 image comes from one source and every other image from another, so the source "
+            "alone separates the classes and the AUC cannot show that the model reads disease"
+        )
     if f["image_shows_source"]:
         said.append("the image source can be read from the image features within a class")
     if f["image_shows_view"]:
         said.append("the view (PA / AP) can be read from the image features within a class")
     if f["metadata_rivals_model"]:
-        said.append(f"the model (AUC {m['model_auc']:.3f}) does not clearly beat a classifier that sees only "
-                    f"{' and '.join(result['settings']['metadata'])} (AUC {m['auc']:.3f}; difference "
-                    f"{m['difference']:+.3f} [{m['difference_low']:+.3f}, {m['difference_high']:+.3f}])")
+        said.append(
+            f"the model (AUC {m['model_auc']:.3f}) does not clearly beat a classifier that sees only "
+            f"{' and '.join(result['settings']['metadata'])} (AUC {m['auc']:.3f}; difference "
+            f"{m['difference']:+.3f} [{m['difference_low']:+.3f}, {m['difference_high']:+.3f}])"
+        )
     if f.get("style_rivals_model"):
         st = result["style_baseline"]
-        said.append(f"the model does not clearly beat a classifier that sees only image statistics (intensity "
-                    f"distribution, border, sharpness, image size; AUC {st['auc']:.3f}; difference "
-                    f"{st['difference']:+.3f} [{st['difference_low']:+.3f}, {st['difference_high']:+.3f}])")
+        said.append(
+            f"the model does not clearly beat a classifier that sees only image statistics (intensity "
+            f"distribution, border, sharpness, image size; AUC {st['auc']:.3f}; difference "
+            f"{st['difference']:+.3f} [{st['difference_low']:+.3f}, {st['difference_high']:+.3f}])"
+        )
     if not said:
-        return ("No shortcut flagged: source and view are not readable within a class and the model beats the "
-                f"metadata-only baseline (AUC {m['model_auc']:.3f} vs {m['auc']:.3f}) and the image-statistics "
-                "baseline.")
+        return (
+            "No shortcut flagged: source and view are not readable within a class and the model beats the "
+            f"metadata-only baseline (AUC {m['model_auc']:.3f} vs {m['auc']:.3f}) and the image-statistics "
+            "baseline."
+        )
     return "Shortcut risk: " + "; ".join(said) + "."
 
 
@@ -303,8 +387,18 @@ def load_features(features_dir, image_ids) -> np.ndarray | None:
     return feats[row.loc[list(image_ids)].to_numpy()].astype(np.float64)
 
 
-def run_audit(manifest_csv, features_dir, predictions_csv, evaluation_json, cfg: config.Audit, *, seed: int,
-              ci_method: str, alpha: float, preprocessed_dir=None) -> dict:
+def run_audit(
+    manifest_csv,
+    features_dir,
+    predictions_csv,
+    evaluation_json,
+    cfg: config.Audit,
+    *,
+    seed: int,
+    ci_method: str,
+    alpha: float,
+    preprocessed_dir=None,
+) -> dict:
     """The audit stage: read the manifest, features, predictions and operating point; log the verdict.
     ``cfg``: the ``audit`` section; ``ci_method`` and ``alpha``: those of ``evaluate``."""
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
@@ -312,23 +406,54 @@ def run_audit(manifest_csv, features_dir, predictions_csv, evaluation_json, cfg:
     table = audit_table(manifest, predictions)
     features = load_features(features_dir, table["image_id"])
     statistics = None if preprocessed_dir is None else load_statistics(preprocessed_dir, table["image_id"])
-    result = audit(table, features, operating_point(evaluation_json), folds=cfg.folds, seed=seed,
-                   flag_auc=cfg.flag_auc, metadata=list(cfg.metadata), min_per_class=cfg.min_per_class,
-                   ci_method=ci_method, alpha=alpha, statistics=statistics)
+    result = audit(
+        table,
+        features,
+        operating_point(evaluation_json),
+        folds=cfg.folds,
+        seed=seed,
+        flag_auc=cfg.flag_auc,
+        metadata=list(cfg.metadata),
+        min_per_class=cfg.min_per_class,
+        ci_method=ci_method,
+        alpha=alpha,
+        statistics=statistics,
+    )
     for what in ("source", "view"):
         for part, r in result[f"{what}_readability"].items():
             if "auc" in r:
-                log.info("%s readable from the image features (%s): AUC %.3f [%.3f, %.3f]", what, part, r["auc"],
-                         r["auc_low"], r["auc_high"])
+                log.info(
+                    "%s readable from the image features (%s): AUC %.3f [%.3f, %.3f]",
+                    what,
+                    part,
+                    r["auc"],
+                    r["auc_low"],
+                    r["auc_high"],
+                )
             else:
                 log.info("%s readability (%s): %s", what, part, r["skipped"])
     m = result["metadata_baseline"]
-    log.info("metadata-only baseline (%s): test AUC %.3f [%.3f, %.3f]; model %.3f, difference %+.3f [%+.3f, %+.3f]",
-             ", ".join(cfg.metadata), m["auc"], m["auc_low"], m["auc_high"], m["model_auc"], m["difference"],
-             m["difference_low"], m["difference_high"])
+    log.info(
+        "metadata-only baseline (%s): test AUC %.3f [%.3f, %.3f]; model %.3f, difference %+.3f [%+.3f, %+.3f]",
+        ", ".join(cfg.metadata),
+        m["auc"],
+        m["auc_low"],
+        m["auc_high"],
+        m["model_auc"],
+        m["difference"],
+        m["difference_low"],
+        m["difference_high"],
+    )
     st = result["style_baseline"]
     if "auc" in st:
-        log.info("image-statistics (style) baseline: test AUC %.3f [%.3f, %.3f]; difference %+.3f [%+.3f, %+.3f]",
-                 st["auc"], st["auc_low"], st["auc_high"], st["difference"], st["difference_low"], st["difference_high"])
+        log.info(
+            "image-statistics (style) baseline: test AUC %.3f [%.3f, %.3f]; difference %+.3f [%+.3f, %+.3f]",
+            st["auc"],
+            st["auc_low"],
+            st["auc_high"],
+            st["difference"],
+            st["difference_low"],
+            st["difference_high"],
+        )
     (log.warning if result["flags"]["any"] else log.info)("%s", result["verdict"])
     return result

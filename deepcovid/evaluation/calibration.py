@@ -37,10 +37,15 @@ def reliability_table(y_true, prob, n_bins: int = 10) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_p = np.where(count > 0, sum_p / np.maximum(count, 1), np.nan)
         frac = np.where(count > 0, sum_y / np.maximum(count, 1), np.nan)
-    return pd.DataFrame({
-        "bin_low": edges[:-1], "bin_high": edges[1:], "count": count.astype(np.int64),
-        "mean_predicted": mean_p, "fraction_positive": frac,
-    })
+    return pd.DataFrame(
+        {
+            "bin_low": edges[:-1],
+            "bin_high": edges[1:],
+            "count": count.astype(np.int64),
+            "mean_predicted": mean_p,
+            "fraction_positive": frac,
+        }
+    )
 
 
 def expected_calibration_error(y_true, prob, n_bins: int = 10) -> float:

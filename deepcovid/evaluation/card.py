@@ -55,8 +55,9 @@ def _exclusions(path: Path) -> tuple[int, str]:
     return len(rows), files.sha256_file(path)
 
 
-def limitations(*, dataset: str, evaluation: dict, audit: dict | None, repeats: dict | None,
-                explain: dict | None, train: dict) -> list[str]:
+def limitations(
+    *, dataset: str, evaluation: dict, audit: dict | None, repeats: dict | None, explain: dict | None, train: dict
+) -> list[str]:
     """The known limitations, derived from the numbers (each a sentence)."""
     out = []
     test = evaluation["test"]
@@ -72,14 +73,18 @@ def limitations(*, dataset: str, evaluation: dict, audit: dict | None, repeats: 
         out.append(f"Small test set ({test['n_pos']} COVID-19, {test['n_neg']} other images): the intervals are wide.")
     if repeats is not None and "repeats" in repeats:
         r = repeats["repeats"]
-        out.append(f"Over {r['splits']} repeated patient-grouped splits the test AUC ranged over "
-                   f"[{r['auc']['p2_5']:.3f}, {r['auc']['p97_5']:.3f}] and the specificity at the validation-chosen "
-                   f"operating point over [{r['specificity']['p2_5']:.3f}, {r['specificity']['p97_5']:.3f}] "
-                   f"(2.5th-97.5th percentiles): a single split's numbers move with the split.")
+        out.append(
+            f"Over {r['splits']} repeated patient-grouped splits the test AUC ranged over "
+            f"[{r['auc']['p2_5']:.3f}, {r['auc']['p97_5']:.3f}] and the specificity at the validation-chosen "
+            f"operating point over [{r['specificity']['p2_5']:.3f}, {r['specificity']['p97_5']:.3f}] "
+            f"(2.5th-97.5th percentiles): a single split's numbers move with the split."
+        )
     if explain is not None and explain.get("pointing_lung") is not None:
-        out.append(f"Occlusion heatmaps of {explain['images']} test images put {explain['lung_mass']:.0%} of their mass "
-                   f"inside the lungs (which cover {explain['lung_area']:.0%} of them); their maximum lies in the lungs "
-                   f"for {explain['pointing_lung']:.0%} (randomised head: {explain['random_pointing_lung']:.0%}).")
+        out.append(
+            f"Occlusion heatmaps of {explain['images']} test images put {explain['lung_mass']:.0%} of their mass "
+            f"inside the lungs (which cover {explain['lung_area']:.0%} of them); their maximum lies in the lungs "
+            f"for {explain['pointing_lung']:.0%} (randomised head: {explain['random_pointing_lung']:.0%})."
+        )
     if "external" not in evaluation:
         out.append("No external test: every test image comes from the same collections as the training images.")
     if train.get("best_epoch") == train.get("epochs_run"):
@@ -92,54 +97,110 @@ def limitations(*, dataset: str, evaluation: dict, audit: dict | None, repeats: 
 def _environment():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("deepcovid.evaluation", "templates"),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("deepcovid.evaluation", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     env.filters.update(ci=_ci, f3=lambda v: f"{v:.3f}", g=lambda v: f"{v:g}")
     return env
 
 
-def model_card(*, model_json: dict, model_sha256: str, dataset: str, sources: DatasetSources, augment_copies: int,
-               exclusions_file: str, target_sensitivity: float, data: dict, filter_report: dict,
-               exclusions: tuple[int, str], train: dict, evaluation: dict, audit: dict | None,
-               repeats: dict | None, explain: dict | None, registered_name: str) -> str:
+def model_card(
+    *,
+    model_json: dict,
+    model_sha256: str,
+    dataset: str,
+    sources: DatasetSources,
+    augment_copies: int,
+    exclusions_file: str,
+    target_sensitivity: float,
+    data: dict,
+    filter_report: dict,
+    exclusions: tuple[int, str],
+    train: dict,
+    evaluation: dict,
+    audit: dict | None,
+    repeats: dict | None,
+    explain: dict | None,
+    registered_name: str,
+) -> str:
     """The Markdown text of the card: ``templates/model_card.md.j2`` filled with the numbers.
     ``dataset`` and ``sources``: the configuration the model was trained on."""
     weights, prep = model_json["weights"], model_json["preprocessing"]
     test = evaluation["test"]
     performance = [("test", test)] + ([("external test", evaluation["external"])] if "external" in evaluation else [])
-    readability = [(what, part, sec) for what in ("source", "view")
-                   for part, sec in (audit or {}).get(f"{what}_readability", {}).items() if "auc" in sec]
+    readability = [
+        (what, part, sec)
+        for what in ("source", "view")
+        for part, sec in (audit or {}).get(f"{what}_readability", {}).items()
+        if "auc" in sec
+    ]
     style, pa_only = (audit or {}).get("style_baseline", {}), (audit or {}).get("pa_only", {})
     n_exclusions, exclusions_sha256 = exclusions
     context = {
-        "registered_name": registered_name, "dataset": dataset, "arch": model_json["architecture"],
-        "model": model_json, "cfg": model_json["train"], "prep": prep, "train": train,
-        "weights": {k: weights.get(k) for k in ("weights", "weights_source", "weights_sha256", "weights_verified",
-                                                "head")},
-        "augment_copies": augment_copies, "model_sha256": model_sha256,
-        "mean": [round(m, 4) for m in prep["mean"]], "std": [round(s, 4) for s in prep["std"]],
+        "registered_name": registered_name,
+        "dataset": dataset,
+        "arch": model_json["architecture"],
+        "model": model_json,
+        "cfg": model_json["train"],
+        "prep": prep,
+        "train": train,
+        "weights": {
+            k: weights.get(k) for k in ("weights", "weights_source", "weights_sha256", "weights_verified", "head")
+        },
+        "augment_copies": augment_copies,
+        "model_sha256": model_sha256,
+        "mean": [round(m, 4) for m in prep["mean"]],
+        "std": [round(s, 4) for s in prep["std"]],
         "sources": sources,
-        "filter_sources": [{**src, "removed_text": ", ".join(f"{k} {v}" for k, v in src["removed"].items() if v)}
-                           for src in filter_report.get("sources", [])],
-        "exclusions_file": exclusions_file, "n_exclusions": n_exclusions, "exclusions_sha256": exclusions_sha256,
+        "filter_sources": [
+            {**src, "removed_text": ", ".join(f"{k} {v}" for k, v in src["removed"].items() if v)}
+            for src in filter_report.get("sources", [])
+        ],
+        "exclusions_file": exclusions_file,
+        "n_exclusions": n_exclusions,
+        "exclusions_sha256": exclusions_sha256,
         "near_duplicates": {"groups": 0, "images": 0, **data.get("near_duplicates", {})},
         "shared": {"images": 0, "excluded": False, **data.get("negatives_of_covid_patients", {})},
-        "counts": [(split, data[split]) for split in ("train", "val", "test", "external")
-                   if data.get(split) and data[split].get("images")],
-        "test": test, "chosen_on_val": bool(test.get("threshold_chosen_on_val")), "val": evaluation.get("val"),
-        "target_sensitivity": target_sensitivity, "performance": performance,
+        "counts": [
+            (split, data[split])
+            for split in ("train", "val", "test", "external")
+            if data.get(split) and data[split].get("images")
+        ],
+        "test": test,
+        "chosen_on_val": bool(test.get("threshold_chosen_on_val")),
+        "val": evaluation.get("val"),
+        "target_sensitivity": target_sensitivity,
+        "performance": performance,
         "repeats": repeats["repeats"] if repeats is not None and "repeats" in repeats else None,
-        "audit": audit, "readability": readability, "style": style if "auc" in style else None,
+        "audit": audit,
+        "readability": readability,
+        "style": style if "auc" in style else None,
         "pa_only": pa_only if "auc" in pa_only else None,
-        "limitations": limitations(dataset=dataset, evaluation=evaluation, audit=audit, repeats=repeats,
-                                   explain=explain, train=train),
+        "limitations": limitations(
+            dataset=dataset, evaluation=evaluation, audit=audit, repeats=repeats, explain=explain, train=train
+        ),
     }
     return _environment().get_template("model_card.md.j2").render(context)
 
 
-def write_card(*, models: str | Path, data_json, filter_report, train_json, evaluation_json, audit_json,
-               repeats_json, explain_json, params: Params, out: str | Path) -> str:
+def write_card(
+    *,
+    models: str | Path,
+    data_json,
+    filter_report,
+    train_json,
+    evaluation_json,
+    audit_json,
+    repeats_json,
+    explain_json,
+    params: Params,
+    out: str | Path,
+) -> str:
     """Read the inputs, write the card to ``out`` (atomically) and return the SHA-256 of the
     model's state_dict it describes (the MLflow run's ``model_sha256`` tag)."""
     from deepcovid.model.tracking import registered_name
@@ -151,13 +212,23 @@ def write_card(*, models: str | Path, data_json, filter_report, train_json, eval
         raise CardError(f"{pt} not found: run dvc repro train")
     digest = files.sha256_file(pt)
     dataset = model_json.get("dataset") or params.dataset
-    text = model_card(model_json=model_json, model_sha256=digest, dataset=dataset, sources=params.datasets[dataset],
-                      augment_copies=params.augment.copies, exclusions_file=params.filter.exclusions,
-                      target_sensitivity=params.evaluate.target_sensitivity,
-                      data=_read_json(data_json), filter_report=_read_json(filter_report),
-                      exclusions=_exclusions(Path(params.filter.exclusions)), train=_read_json(train_json),
-                      evaluation=_read_json(evaluation_json), audit=_read_json(audit_json, required=False),
-                      repeats=_read_json(repeats_json, required=False), explain=_read_json(explain_json, required=False),
-                      registered_name=registered_name(model_json["architecture"]))
+    text = model_card(
+        model_json=model_json,
+        model_sha256=digest,
+        dataset=dataset,
+        sources=params.datasets[dataset],
+        augment_copies=params.augment.copies,
+        exclusions_file=params.filter.exclusions,
+        target_sensitivity=params.evaluate.target_sensitivity,
+        data=_read_json(data_json),
+        filter_report=_read_json(filter_report),
+        exclusions=_exclusions(Path(params.filter.exclusions)),
+        train=_read_json(train_json),
+        evaluation=_read_json(evaluation_json),
+        audit=_read_json(audit_json, required=False),
+        repeats=_read_json(repeats_json, required=False),
+        explain=_read_json(explain_json, required=False),
+        registered_name=registered_name(model_json["architecture"]),
+    )
     files.write_text(out, text)
     return digest

@@ -126,19 +126,28 @@ def paired_test_frames(ref_name: str, ref: pd.DataFrame, name: str, other: pd.Da
     only_a, only_b = a.index.difference(b.index), b.index.difference(a.index)
     if len(only_a) or len(only_b):
         example = (only_a.tolist() + only_b.tolist())[0]
-        raise InputError(f"models {ref_name!r} and {name!r} did not score the same test images "
-                         f"({len(only_a)} only in {ref_name}, {len(only_b)} only in {name}, e.g. {example!r}); "
-                         f"a paired test needs the same test set")
+        raise InputError(
+            f"models {ref_name!r} and {name!r} did not score the same test images "
+            f"({len(only_a)} only in {ref_name}, {len(only_b)} only in {name}, e.g. {example!r}); "
+            f"a paired test needs the same test set"
+        )
     b = b.loc[a.index]
     differ = a["label"].to_numpy() != b["label"].to_numpy()
     if differ.any():
-        raise InputError(f"models {ref_name!r} and {name!r} disagree on the label of {int(differ.sum())} test images "
-                         f"(e.g. {a.index[differ][0]!r})")
+        raise InputError(
+            f"models {ref_name!r} and {name!r} disagree on the label of {int(differ.sum())} test images "
+            f"(e.g. {a.index[differ][0]!r})"
+        )
     return (a["label"].to_numpy(dtype=np.int64), a["score"].to_numpy(dtype=float), b["score"].to_numpy(dtype=float))
 
 
-def compare_models(runs: dict[str, pd.DataFrame], cfg: EvalConfig, reference: str | None = None,
-                   paired: str = "delong", models: dict[str, str] | None = None) -> tuple[pd.DataFrame, dict]:
+def compare_models(
+    runs: dict[str, pd.DataFrame],
+    cfg: EvalConfig,
+    reference: str | None = None,
+    paired: str = "delong",
+    models: dict[str, str] | None = None,
+) -> tuple[pd.DataFrame, dict]:
     """Table 6 of the paper, side by side, plus a paired test of each model's AUC against ``reference``.
 
     ``runs`` maps a run name to its predictions table (from :func:`load_predictions`); ``models``
@@ -159,19 +168,31 @@ def compare_models(runs: dict[str, pd.DataFrame], cfg: EvalConfig, reference: st
     for name in names:
         t = details[name].details["test"]
         row = {
-            "run": name, "model": models.get(name, ""), "reference": name == reference,
-            "n_test": t["n"], "n_covid": t["n_pos"],
+            "run": name,
+            "model": models.get(name, ""),
+            "reference": name == reference,
+            "n_test": t["n"],
+            "n_covid": t["n_pos"],
             "threshold": t["threshold"],
             "threshold_chosen_on": details[name].details["settings"]["operating_point_chosen_on"],
-            "sensitivity": t["sensitivity"], "sensitivity_low": t["sensitivity_low"],
+            "sensitivity": t["sensitivity"],
+            "sensitivity_low": t["sensitivity_low"],
             "sensitivity_high": t["sensitivity_high"],
             "paper_sensitivity_radius": paper_interval(t["tp"], t["n_pos"], cfg.alpha).radius,
-            "specificity": t["specificity"], "specificity_low": t["specificity_low"],
+            "specificity": t["specificity"],
+            "specificity_low": t["specificity_low"],
             "specificity_high": t["specificity_high"],
             "paper_specificity_radius": paper_interval(t["tn"], t["n_neg"], cfg.alpha).radius,
-            "auc": t["auc"], "auc_low": t["auc_low"], "auc_high": t["auc_high"], "ap": t["ap"], "ece": t["ece"],
-            "auc_diff": 0.0 if name == reference else None, "auc_diff_low": None, "auc_diff_high": None,
-            "z": None, "p_value": None,
+            "auc": t["auc"],
+            "auc_low": t["auc_low"],
+            "auc_high": t["auc_high"],
+            "ap": t["ap"],
+            "ece": t["ece"],
+            "auc_diff": 0.0 if name == reference else None,
+            "auc_diff_low": None,
+            "auc_diff_high": None,
+            "z": None,
+            "p_value": None,
         }
         if name != reference:
             y, s_ref, s_other = paired_test_frames(reference, runs[reference], name, runs[name])
@@ -179,16 +200,16 @@ def compare_models(runs: dict[str, pd.DataFrame], cfg: EvalConfig, reference: st
                 r = delong_paired_test(y, s_other, s_ref, alpha=cfg.alpha)
                 row.update(z=r["z"] if math.isfinite(r["z"]) else None)
             else:
-                r = paired_bootstrap_auc(y, s_other, s_ref, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed,
-                                         alpha=cfg.alpha)
+                r = paired_bootstrap_auc(
+                    y, s_other, s_ref, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, alpha=cfg.alpha
+                )
             row.update(auc_diff=r["difference"], auc_diff_low=r["low"], auc_diff_high=r["high"], p_value=r["p_value"])
         rows.append(row)
     table = pd.DataFrame(rows)
     tested = table["p_value"].notna()
     table["p_value_holm"] = None
     if tested.any():
-        table.loc[tested, "p_value_holm"] = multipletests(table.loc[tested, "p_value"].astype(float),
-                                                          method="holm")[1]
+        table.loc[tested, "p_value_holm"] = multipletests(table.loc[tested, "p_value"].astype(float), method="holm")[1]
     return table, details
 
 
@@ -207,31 +228,63 @@ def comparison_markdown(table: pd.DataFrame, cfg: EvalConfig, paired: str = "del
     ref = table.loc[table["reference"], "run"].iloc[0]
     level = f"{100 * (1 - cfg.alpha):g}%"
     with_model = bool(table["model"].astype(str).str.len().any())
-    head = ["Run"] + (["Model"] if with_model else []) + [
-        "Threshold", f"Sensitivity [{level} CI]", "paper ±", f"Specificity [{level} CI]", "paper ±",
-        f"AUC [{level} CI]", "AP", "ECE", f"ΔAUC vs {ref} [{level} CI]", "p", "p (Holm)"]
+    head = (
+        ["Run"]
+        + (["Model"] if with_model else [])
+        + [
+            "Threshold",
+            f"Sensitivity [{level} CI]",
+            "paper ±",
+            f"Specificity [{level} CI]",
+            "paper ±",
+            f"AUC [{level} CI]",
+            "AP",
+            "ECE",
+            f"ΔAUC vs {ref} [{level} CI]",
+            "p",
+            "p (Holm)",
+        ]
+    )
     first = 2 if with_model else 1
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * first + ["---:"] * (len(head) - first)) + "|"]
     for r in table.to_dict("records"):
         mark = "" if r["threshold_chosen_on"] == "val" else " (test!)"
-        diff = "reference" if r["reference"] else (
-            f"{r['auc_diff']:+.3f} [{r['auc_diff_low']:+.3f}, {r['auc_diff_high']:+.3f}]")
-        lines.append("| " + " | ".join([
-            str(r["run"]), *([str(r["model"])] if with_model else []), _fmt(r["threshold"]) + mark,
-            f"{_fmt(r['sensitivity'])} [{_fmt(r['sensitivity_low'])}, {_fmt(r['sensitivity_high'])}]",
-            _fmt(r["paper_sensitivity_radius"]),
-            f"{_fmt(r['specificity'])} [{_fmt(r['specificity_low'])}, {_fmt(r['specificity_high'])}]",
-            _fmt(r["paper_specificity_radius"]),
-            f"{_fmt(r['auc'])} [{_fmt(r['auc_low'])}, {_fmt(r['auc_high'])}]",
-            _fmt(r["ap"]), _fmt(r["ece"]), diff, _fmt_p(r["p_value"]), _fmt_p(r["p_value_holm"]),
-        ]) + " |")
+        diff = (
+            "reference"
+            if r["reference"]
+            else (f"{r['auc_diff']:+.3f} [{r['auc_diff_low']:+.3f}, {r['auc_diff_high']:+.3f}]")
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["run"]),
+                    *([str(r["model"])] if with_model else []),
+                    _fmt(r["threshold"]) + mark,
+                    f"{_fmt(r['sensitivity'])} [{_fmt(r['sensitivity_low'])}, {_fmt(r['sensitivity_high'])}]",
+                    _fmt(r["paper_sensitivity_radius"]),
+                    f"{_fmt(r['specificity'])} [{_fmt(r['specificity_low'])}, {_fmt(r['specificity_high'])}]",
+                    _fmt(r["paper_specificity_radius"]),
+                    f"{_fmt(r['auc'])} [{_fmt(r['auc_low'])}, {_fmt(r['auc_high'])}]",
+                    _fmt(r["ap"]),
+                    _fmt(r["ece"]),
+                    diff,
+                    _fmt_p(r["p_value"]),
+                    _fmt_p(r["p_value_holm"]),
+                ]
+            )
+            + " |"
+        )
     n = table["n_test"].iloc[0]
     notes = [
         "",
         f"Test split: {n} images ({table['n_covid'].iloc[0]} COVID-19). Threshold: the highest reaching "
         f"sensitivity {cfg.target_sensitivity:g} on the validation split, applied to test"
-        + ("; '(test!)' marks runs without a usable validation split (paper-style threshold chosen on test)."
-           if (table["threshold_chosen_on"] != "val").any() else "."),
+        + (
+            "; '(test!)' marks runs without a usable validation split (paper-style threshold chosen on test)."
+            if (table["threshold_chosen_on"] != "val").any()
+            else "."
+        ),
         f"Intervals: {cfg.ci_method} for sensitivity/specificity; 'paper ±' is the paper's normal-approximation "
         f"radius (Eq. 3, may exceed [0, 1]); AUC interval by {cfg.auc_ci}.",
         f"ΔAUC and p: {'DeLong paired test' if paired == 'delong' else 'paired stratified bootstrap'} "
@@ -244,9 +297,14 @@ def comparison_markdown(table: pd.DataFrame, cfg: EvalConfig, paired: str = "del
 # --------------------------------------------------------------------------- the compare command
 
 
-def collect_runs(run_specs: list[str], from_dvc_exps: bool = False, repo: str = ".",
-                 predictions_path: str = "data/predictions.csv", include_baseline: bool = True,
-                 commits: int = 1) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+def collect_runs(
+    run_specs: list[str],
+    from_dvc_exps: bool = False,
+    repo: str = ".",
+    predictions_path: str = "data/predictions.csv",
+    include_baseline: bool = True,
+    commits: int = 1,
+) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """``(runs, models)``: the finished DVC experiments (if asked), then each ``NAME=CSV`` of ``run_specs``."""
     runs: dict[str, pd.DataFrame] = {}
     models: dict[str, str] = {}
@@ -265,8 +323,13 @@ def collect_runs(run_specs: list[str], from_dvc_exps: bool = False, repo: str = 
                 raise
             except Exception as exc:  # DVC errors: not in the local cache, no remote, ...
                 message = " ".join(str(exc).split()) or type(exc).__name__
-                log.warning("skipping %s (%s): cannot read %s (%s); is it in the local cache? "
-                            "(dvc exp pull / dvc pull)", e["name"], e["rev"][:7], predictions_path, message)
+                log.warning(
+                    "skipping %s (%s): cannot read %s (%s); is it in the local cache? (dvc exp pull / dvc pull)",
+                    e["name"],
+                    e["rev"][:7],
+                    predictions_path,
+                    message,
+                )
                 continue
             add(e["name"], frame, e["model"])
     for text in run_specs:
@@ -277,42 +340,68 @@ def collect_runs(run_specs: list[str], from_dvc_exps: bool = False, repo: str = 
     return runs, models
 
 
-def write_comparison(out: Path, table: pd.DataFrame, results: dict[str, EvalResult], models: dict[str, str],
-                     cfg: EvalConfig, paired: str = "delong") -> str:
+def write_comparison(
+    out: Path,
+    table: pd.DataFrame,
+    results: dict[str, EvalResult],
+    models: dict[str, str],
+    cfg: EvalConfig,
+    paired: str = "delong",
+) -> str:
     """table.md, table.csv, compare.json, roc.png, pr.png and reliability_<run>.png under ``out``; returns table.md."""
     markdown = comparison_markdown(table, cfg, paired=paired)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files.write_text(out / "table.md", markdown)
     files.write_csv(out / "table.csv", table)
-    files.write_json(out / "compare.json", {
-        "reference": str(table.loc[table["reference"], "run"].iloc[0]),
-        "paired_test": paired,
-        "runs": {name: {"model": models.get(name, ""), **results[name].details} for name in results},
-        "comparisons": [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                        for r in table.to_dict("records")],
-    })
+    files.write_json(
+        out / "compare.json",
+        {
+            "reference": str(table.loc[table["reference"], "run"].iloc[0]),
+            "paired_test": paired,
+            "runs": {name: {"model": models.get(name, ""), **results[name].details} for name in results},
+            "comparisons": [
+                {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                for r in table.to_dict("records")
+            ],
+        },
+    )
 
-    label = {name: f"{name} ({models[name]})" if models.get(name) and models[name] != name else name
-             for name in results}
+    label = {
+        name: f"{name} ({models[name]})" if models.get(name) and models[name] != name else name for name in results
+    }
     curves = []
     for name in results:
         t = results[name].details["test"]
-        curves.append({"label": f"{label[name]}: AUC {t['auc']:.3f}", "fpr": results[name].roc["fpr"],
-                       "tpr": results[name].roc["tpr"], "recall": results[name].pr["recall"],
-                       "precision": results[name].pr["precision"], "point": (t["fp"] / t["n_neg"], t["sensitivity"]),
-                       "ap": t["ap"]})
+        curves.append(
+            {
+                "label": f"{label[name]}: AUC {t['auc']:.3f}",
+                "fpr": results[name].roc["fpr"],
+                "tpr": results[name].roc["tpr"],
+                "recall": results[name].pr["recall"],
+                "precision": results[name].pr["precision"],
+                "point": (t["fp"] / t["n_neg"], t["sensitivity"]),
+                "ap": t["ap"],
+            }
+        )
     figures.roc_curves(curves, out / "roc.png", title="ROC curves (test); dots: operating points")
-    figures.pr_curves([{**c, "label": f"{c['label'].split(': AUC')[0]}: AP {c['ap']:.3f}"} for c in curves],
-                      out / "pr.png", prevalence=results[next(iter(results))].details["test"]["prevalence"],
-                      title="Precision-recall curves (test)")
+    figures.pr_curves(
+        [{**c, "label": f"{c['label'].split(': AUC')[0]}: AP {c['ap']:.3f}"} for c in curves],
+        out / "pr.png",
+        prevalence=results[next(iter(results))].details["test"]["prevalence"],
+        title="Precision-recall curves (test)",
+    )
     keep = set()
     for name in results:
         t = results[name].details["test"]
         target = out / f"reliability_{safe(name)}.png"
         keep.add(target.name)
-        figures.reliability_diagram(results[name].calibration, t["ece"], target,
-                                    title=f"{label[name]}: reliability (test), ECE = {t['ece']:.4f}")
+        figures.reliability_diagram(
+            results[name].calibration,
+            t["ece"],
+            target,
+            title=f"{label[name]}: reliability (test), ECE = {t['ece']:.4f}",
+        )
     for stale in out.glob("reliability_*.png"):
         if stale.name not in keep:
             stale.unlink()

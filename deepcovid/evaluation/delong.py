@@ -99,8 +99,14 @@ def delong_paired_test(y_true, scores_a, scores_b, alpha: float = 0.05) -> dict:
         p = float(2.0 * stats.norm.sf(abs(z)))
     half = half_width_z * math.sqrt(max(var, 0.0))
     return {
-        "auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "difference": diff,
-        "low": diff - half, "high": diff + half,
-        "z": float(z), "p_value": float(min(1.0, p)), "covariance": float(cov[0, 1]),
-        "variance_a": float(cov[0, 0]), "variance_b": float(cov[1, 1]),
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "difference": diff,
+        "low": diff - half,
+        "high": diff + half,
+        "z": float(z),
+        "p_value": float(min(1.0, p)),
+        "covariance": float(cov[0, 1]),
+        "variance_a": float(cov[0, 0]),
+        "variance_b": float(cov[1, 1]),
     }

@@ -16,7 +16,6 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
-
 from pydantic import Field
 
 from deepcovid.config import Evaluate, Params
@@ -54,9 +53,30 @@ def _finite(x: float) -> float:
 
 
 #: Key order of a metrics section: the headline numbers first (what ``dvc metrics show`` lists).
-KEY_ORDER = ("threshold", "threshold_chosen_on_val", "paper_style_test_threshold", "auc", "auc_low", "auc_high",
-             "ap", "sensitivity", "sensitivity_low", "sensitivity_high", "specificity", "specificity_low",
-             "specificity_high", "ece", "n", "n_pos", "n_neg", "prevalence", "tp", "fn", "tn", "fp")
+KEY_ORDER = (
+    "threshold",
+    "threshold_chosen_on_val",
+    "paper_style_test_threshold",
+    "auc",
+    "auc_low",
+    "auc_high",
+    "ap",
+    "sensitivity",
+    "sensitivity_low",
+    "sensitivity_high",
+    "specificity",
+    "specificity_low",
+    "specificity_high",
+    "ece",
+    "n",
+    "n_pos",
+    "n_neg",
+    "prevalence",
+    "tp",
+    "fn",
+    "tn",
+    "fp",
+)
 
 
 def _ordered(section: dict) -> dict:
@@ -80,16 +100,24 @@ def auc_with_ci(y, s, cfg: EvalConfig) -> dict:
     DeLong needs two samples of each class; with fewer it falls back to the bootstrap (logged).
     """
     if np.unique(np.asarray(s)).size == 1:
-        log.warning("all %d scores are equal (%.6g): the model does not rank these images; AUC 0.5 and its "
-                    "zero-width interval say nothing about it", np.asarray(s).size, float(np.asarray(s).flat[0]))
+        log.warning(
+            "all %d scores are equal (%.6g): the model does not rank these images; AUC 0.5 and its "
+            "zero-width interval say nothing about it",
+            np.asarray(s).size,
+            float(np.asarray(s).flat[0]),
+        )
     if cfg.auc_ci == "delong":
         n_pos = int(np.sum(np.asarray(y) == 1))
         n_neg = np.asarray(y).size - n_pos
         if min(n_pos, n_neg) >= DELONG_MIN_PER_CLASS:
             r = auc_delong(y, s, alpha=cfg.alpha)
             return {"auc": r["auc"], "auc_low": r["low"], "auc_high": r["high"], "auc_ci_method": "delong"}
-        log.warning("DeLong interval impossible (%d positive, %d negative: needs %d of each); using the bootstrap",
-                    n_pos, n_neg, DELONG_MIN_PER_CLASS)
+        log.warning(
+            "DeLong interval impossible (%d positive, %d negative: needs %d of each); using the bootstrap",
+            n_pos,
+            n_neg,
+            DELONG_MIN_PER_CLASS,
+        )
     r = auc_bootstrap(y, s, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, alpha=cfg.alpha)
     return {"auc": r["auc"], "auc_low": r["low"], "auc_high": r["high"], "auc_ci_method": "bootstrap"}
 
@@ -98,8 +126,10 @@ def paper_intervals(summary: dict, alpha: float) -> dict:
     """The paper's Eq. 3 interval (:func:`~deepcovid.evaluation.proportions.paper_interval`) for sensitivity
     and specificity, unclipped and clipped, with the ``outside_unit`` flags."""
     out: dict = {}
-    for name, k, n in (("sensitivity", summary["tp"], summary["n_pos"]),
-                       ("specificity", summary["tn"], summary["n_neg"])):
+    for name, k, n in (
+        ("sensitivity", summary["tp"], summary["n_pos"]),
+        ("specificity", summary["tn"], summary["n_neg"]),
+    ):
         iv = paper_interval(k, n, alpha)
         out[f"paper_{name}_low"], out[f"paper_{name}_high"] = iv.low, iv.high
         out[f"paper_{name}_low_clipped"], out[f"paper_{name}_high_clipped"] = iv.low_clipped, iv.high_clipped
@@ -111,10 +141,20 @@ def paper_intervals(summary: dict, alpha: float) -> dict:
 def _log_paper_outside(where: str, s: dict, method: str) -> None:
     for name in ("sensitivity", "specificity"):
         if s[f"paper_{name}_outside_unit"]:
-            log.warning("%s: the paper's interval for %s %.4f is [%.4f, %.4f], outside [0, 1] "
-                        "(clipped [%.4f, %.4f]; %s [%.4f, %.4f])", where, name, s[name],
-                        s[f"paper_{name}_low"], s[f"paper_{name}_high"], s[f"paper_{name}_low_clipped"],
-                        s[f"paper_{name}_high_clipped"], method, s[f"{name}_low"], s[f"{name}_high"])
+            log.warning(
+                "%s: the paper's interval for %s %.4f is [%.4f, %.4f], outside [0, 1] "
+                "(clipped [%.4f, %.4f]; %s [%.4f, %.4f])",
+                where,
+                name,
+                s[name],
+                s[f"paper_{name}_low"],
+                s[f"paper_{name}_high"],
+                s[f"paper_{name}_low_clipped"],
+                s[f"paper_{name}_high_clipped"],
+                method,
+                s[f"{name}_low"],
+                s[f"{name}_high"],
+            )
 
 
 def operating_summary(y, s, threshold: float, cfg: EvalConfig) -> dict:
@@ -134,9 +174,15 @@ def threshold_rows(y, s, cfg: EvalConfig, name: str = "test") -> pd.DataFrame:
     for row in table.itertuples():
         for rate in ("sensitivity", "specificity"):
             if getattr(row, f"paper_{rate}_outside_unit"):
-                log.warning("%s: at threshold %g the paper's interval for %s %.4f is [%.4f, %.4f], outside [0, 1]",
-                            name, row.threshold, rate, getattr(row, rate), getattr(row, f"paper_{rate}_low"),
-                            getattr(row, f"paper_{rate}_high"))
+                log.warning(
+                    "%s: at threshold %g the paper's interval for %s %.4f is [%.4f, %.4f], outside [0, 1]",
+                    name,
+                    row.threshold,
+                    rate,
+                    getattr(row, rate),
+                    getattr(row, f"paper_{rate}_low"),
+                    getattr(row, f"paper_{rate}_high"),
+                )
     return table
 
 
@@ -146,18 +192,72 @@ def threshold_rows(y, s, cfg: EvalConfig, name: str = "test") -> pd.DataFrame:
 #: What metrics/evaluate.json holds (``dvc metrics show / diff``): the headline numbers only.
 #: Everything else (counts, clipped paper bounds, settings) is in metrics/evaluate_details.json.
 COMPACT_KEYS = {
-    "test": ("threshold", "threshold_chosen_on_val", "auc", "auc_low", "auc_high", "ap", "sensitivity",
-             "sensitivity_low", "sensitivity_high", "specificity", "specificity_low", "specificity_high", "ece",
-             "paper_sensitivity_low", "paper_sensitivity_high", "paper_specificity_low", "paper_specificity_high",
-             "paper_interval_outside_unit", "n_pos", "n_neg"),
-    "val": ("threshold", "auc", "auc_low", "auc_high", "ap", "sensitivity", "sensitivity_low", "sensitivity_high",
-            "specificity", "specificity_low", "specificity_high", "ece"),
-    "external": ("threshold", "auc", "auc_low", "auc_high", "ap", "sensitivity", "sensitivity_low", "sensitivity_high",
-                 "specificity", "specificity_low", "specificity_high", "ece", "n_pos", "n_neg"),
-    "paper_style": ("paper_style_test_threshold", "sensitivity", "sensitivity_low", "sensitivity_high",
-                    "specificity", "specificity_low", "specificity_high", "paper_sensitivity_low",
-                    "paper_sensitivity_high", "paper_specificity_low", "paper_specificity_high",
-                    "paper_interval_outside_unit"),
+    "test": (
+        "threshold",
+        "threshold_chosen_on_val",
+        "auc",
+        "auc_low",
+        "auc_high",
+        "ap",
+        "sensitivity",
+        "sensitivity_low",
+        "sensitivity_high",
+        "specificity",
+        "specificity_low",
+        "specificity_high",
+        "ece",
+        "paper_sensitivity_low",
+        "paper_sensitivity_high",
+        "paper_specificity_low",
+        "paper_specificity_high",
+        "paper_interval_outside_unit",
+        "n_pos",
+        "n_neg",
+    ),
+    "val": (
+        "threshold",
+        "auc",
+        "auc_low",
+        "auc_high",
+        "ap",
+        "sensitivity",
+        "sensitivity_low",
+        "sensitivity_high",
+        "specificity",
+        "specificity_low",
+        "specificity_high",
+        "ece",
+    ),
+    "external": (
+        "threshold",
+        "auc",
+        "auc_low",
+        "auc_high",
+        "ap",
+        "sensitivity",
+        "sensitivity_low",
+        "sensitivity_high",
+        "specificity",
+        "specificity_low",
+        "specificity_high",
+        "ece",
+        "n_pos",
+        "n_neg",
+    ),
+    "paper_style": (
+        "paper_style_test_threshold",
+        "sensitivity",
+        "sensitivity_low",
+        "sensitivity_high",
+        "specificity",
+        "specificity_low",
+        "specificity_high",
+        "paper_sensitivity_low",
+        "paper_sensitivity_high",
+        "paper_specificity_low",
+        "paper_specificity_high",
+        "paper_interval_outside_unit",
+    ),
 }
 
 
@@ -180,15 +280,23 @@ class EvalResult:
     @property
     def metrics(self) -> dict:
         """The compact view written to metrics/evaluate.json (see :data:`COMPACT_KEYS`)."""
-        compact = {section: {k: self.details[section][k] for k in keys}
-                   for section, keys in COMPACT_KEYS.items() if section in self.details}
+        compact = {
+            section: {k: self.details[section][k] for k in keys}
+            for section, keys in COMPACT_KEYS.items()
+            if section in self.details
+        }
         if "model_sha256" in self.details:  # the model whose operating point this is
             compact["model_sha256"] = self.details["model_sha256"]
         return compact
 
 
-def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", threshold: float | None = None,
-             model_sha256: str | None = None) -> EvalResult:
+def evaluate(
+    df: pd.DataFrame,
+    cfg: EvalConfig,
+    name: str = "predictions",
+    threshold: float | None = None,
+    model_sha256: str | None = None,
+) -> EvalResult:
     """Evaluate a table returned by :func:`~deepcovid.evaluation.predictions.load_predictions`.
 
     ``model_sha256``, the SHA-256 of the model.pt that scored ``df``, is recorded beside the
@@ -204,8 +312,10 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", thres
     external = SplitData(df[df["split"] == "external"].reset_index(drop=True))
     given = threshold
     if not test.both_classes:
-        raise InputError(f"{name}: the test split needs both classes (label 0 and 1); "
-                         f"it has {len(test.frame)} rows, {int(test.frame['label'].sum())} COVID-19")
+        raise InputError(
+            f"{name}: the test split needs both classes (label 0 and 1); "
+            f"it has {len(test.frame)} rows, {int(test.frame['label'].sum())} COVID-19"
+        )
     warnings: list[str] = []
 
     paper_threshold = threshold_for_sensitivity(test.labels, test.scores, cfg.target_sensitivity)
@@ -216,8 +326,10 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", thres
         chosen_on = "val"
     else:
         why = "no validation split" if len(val.frame) == 0 else "the validation split holds a single class"
-        msg = (f"{name}: {why}: the operating point falls back to the paper-style threshold chosen on the TEST "
-               f"split ({paper_threshold:.6g}); test sensitivity/specificity are then optimistic")
+        msg = (
+            f"{name}: {why}: the operating point falls back to the paper-style threshold chosen on the TEST "
+            f"split ({paper_threshold:.6g}); test sensitivity/specificity are then optimistic"
+        )
         log.warning("%s", msg)
         warnings.append(msg)
         threshold, chosen_on = paper_threshold, "test"
@@ -230,7 +342,9 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", thres
             auc = auc_with_ci(data.labels, data.scores, cfg)
         except InputError as exc:
             n_pos = int(data.labels.sum())
-            raise InputError(f"{name}: {split} split ({n_pos} COVID-19, {data.labels.size - n_pos} other): {exc}") from None
+            raise InputError(
+                f"{name}: {split} split ({n_pos} COVID-19, {data.labels.size - n_pos} other): {exc}"
+            ) from None
         auc_methods.append(auc.pop("auc_ci_method"))
         out.update(auc)
         out["ap"] = average_precision(data.labels, data.scores)
@@ -248,9 +362,18 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", thres
     if external.both_classes:
         metrics["external"] = split_metrics(external, threshold, "external")
         e = metrics["external"]
-        log.info("%s: external test (%d COVID-19, %d other): AUC %.4f [%.4f, %.4f], sensitivity %.4f, specificity "
-                 "%.4f at the same operating point", name, e["n_pos"], e["n_neg"], e["auc"], e["auc_low"],
-                 e["auc_high"], e["sensitivity"], e["specificity"])
+        log.info(
+            "%s: external test (%d COVID-19, %d other): AUC %.4f [%.4f, %.4f], sensitivity %.4f, specificity "
+            "%.4f at the same operating point",
+            name,
+            e["n_pos"],
+            e["n_neg"],
+            e["auc"],
+            e["auc_low"],
+            e["auc_high"],
+            e["sensitivity"],
+            e["specificity"],
+        )
     elif len(external.frame):
         msg = f"{name}: the external split holds a single class ({len(external.frame)} images): not evaluated"
         log.warning("%s", msg)
@@ -275,14 +398,38 @@ def evaluate(df: pd.DataFrame, cfg: EvalConfig, name: str = "predictions", thres
         if section in metrics:
             metrics[section] = _ordered(metrics[section])
 
-    log.info("%s: operating point %.6g (chosen on %s for sensitivity >= %g): test sensitivity %.4f "
-             "[%.4f, %.4f], specificity %.4f [%.4f, %.4f] (%s)", name, threshold, chosen_on, cfg.target_sensitivity,
-             test_m["sensitivity"], test_m["sensitivity_low"], test_m["sensitivity_high"], test_m["specificity"],
-             test_m["specificity_low"], test_m["specificity_high"], cfg.ci_method)
-    log.info("%s: paper-style test threshold %.6g: sensitivity %.4f, specificity %.4f", name, paper_threshold,
-             paper["sensitivity"], paper["specificity"])
-    log.info("%s: test AUC %.4f [%.4f, %.4f] (%s), AP %.4f, ECE %.4f", name, test_m["auc"], test_m["auc_low"],
-             test_m["auc_high"], metrics["settings"]["auc_ci_method"], test_m["ap"], test_m["ece"])
+    log.info(
+        "%s: operating point %.6g (chosen on %s for sensitivity >= %g): test sensitivity %.4f "
+        "[%.4f, %.4f], specificity %.4f [%.4f, %.4f] (%s)",
+        name,
+        threshold,
+        chosen_on,
+        cfg.target_sensitivity,
+        test_m["sensitivity"],
+        test_m["sensitivity_low"],
+        test_m["sensitivity_high"],
+        test_m["specificity"],
+        test_m["specificity_low"],
+        test_m["specificity_high"],
+        cfg.ci_method,
+    )
+    log.info(
+        "%s: paper-style test threshold %.6g: sensitivity %.4f, specificity %.4f",
+        name,
+        paper_threshold,
+        paper["sensitivity"],
+        paper["specificity"],
+    )
+    log.info(
+        "%s: test AUC %.4f [%.4f, %.4f] (%s), AP %.4f, ECE %.4f",
+        name,
+        test_m["auc"],
+        test_m["auc_low"],
+        test_m["auc_high"],
+        metrics["settings"]["auc_ci_method"],
+        test_m["ap"],
+        test_m["ece"],
+    )
 
     return EvalResult(
         details=metrics,

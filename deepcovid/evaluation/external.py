@@ -36,24 +36,37 @@ def folder_table(folder: str | Path, frontal_views: list[str]) -> tuple[pd.DataF
     meta["image_id"] = meta["relpath"]
     finding = meta["finding"].astype(str).str.strip()
     reasons = pd.Series("", index=meta.index)
-    for mask, reason in ((~is_xray(meta["modality"]), "not an X-ray"),
-                         (~is_frontal(meta["view"], frontal_views), "not a frontal view"),
-                         (finding.eq("") | finding.str.lower().eq("todo"), "no finding"),
-                         (meta["image_id"].duplicated(), "listed twice")):
+    for mask, reason in (
+        (~is_xray(meta["modality"]), "not an X-ray"),
+        (~is_frontal(meta["view"], frontal_views), "not a frontal view"),
+        (finding.eq("") | finding.str.lower().eq("todo"), "no finding"),
+        (meta["image_id"].duplicated(), "listed twice"),
+    ):
         reasons = reasons.mask((reasons == "") & mask, reason)
     kept = meta[reasons == ""].copy()
     kept["label"] = is_covid(kept["finding"]).astype(int)
-    kept["group"] = np.where(kept["label"] == 1, "covid",
-                             np.where(kept["finding"].str.strip().str.lower().isin(NORMAL_FINDINGS), "normal",
-                                      "other-disease"))
+    kept["group"] = np.where(
+        kept["label"] == 1,
+        "covid",
+        np.where(kept["finding"].str.strip().str.lower().isin(NORMAL_FINDINGS), "normal", "other-disease"),
+    )
     kept["category"] = kept["finding"]
     kept["path"] = [str(folder / r) for r in kept["relpath"]]
     rejected = pd.DataFrame({"image_id": meta.loc[reasons != "", "image_id"], "reason": reasons[reasons != ""]})
     return kept.reset_index(drop=True), rejected.reset_index(drop=True)
 
 
-def evaluate_external(folder: str | Path, *, models: str | Path, evaluation: str | Path, out_dir: str | Path,
-                      cfg, frontal_views: list[str], batch_size: int = 32, threshold: float | None = None) -> dict:
+def evaluate_external(
+    folder: str | Path,
+    *,
+    models: str | Path,
+    evaluation: str | Path,
+    out_dir: str | Path,
+    cfg,
+    frontal_views: list[str],
+    batch_size: int = 32,
+    threshold: float | None = None,
+) -> dict:
     """``deepcovid evaluate-external``: score a Cohen-layout folder with the trained model and
     write, under ``out_dir``, predictions.csv, rejected.csv, the evaluate stage's metrics
     (evaluate.json, evaluate_details.json, thresholds.csv) and its plots and figures, at the
@@ -81,9 +94,19 @@ def evaluate_external(folder: str | Path, *, models: str | Path, evaluation: str
     predictions = table[["image_id", "source", "patient", "label", "group", "category", "view", "split", "score"]]
     files.write_csv(out / "predictions.csv", predictions, report=True)
     files.write_csv(out / "rejected.csv", rejected, report=True)
-    log.info("%s: %d images scored (%d COVID-19), %d left out (rejected.csv)", folder, len(table),
-             int(table["label"].sum()), len(rejected))
-    result = evaluate(predictions.astype({"label": np.int64, "score": np.float64}), cfg, name=str(folder),
-                      threshold=threshold, model_sha256=record["model_sha256"])
+    log.info(
+        "%s: %d images scored (%d COVID-19), %d left out (rejected.csv)",
+        folder,
+        len(table),
+        int(table["label"].sum()),
+        len(rejected),
+    )
+    result = evaluate(
+        predictions.astype({"label": np.int64, "score": np.float64}),
+        cfg,
+        name=str(folder),
+        threshold=threshold,
+        model_sha256=record["model_sha256"],
+    )
     write_outputs(result, OutputPaths.into(out, out / "plots"))
     return result.metrics

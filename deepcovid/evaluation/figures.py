@@ -6,8 +6,8 @@ field is left out), so the figures can be pipeline outputs compared against dvc.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,8 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from deepcovid.evaluation.labels import CLASS_NAMES, GROUP_LABELS, group_order
 
 DPI = 110
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-          "#17becf")
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 GROUP_COLORS = {"covid": "#d62728", "normal": "#1f77b4", "other-disease": "#ff7f0e", "non-covid": "#1f77b4"}
 
 
@@ -56,8 +55,9 @@ def score_histograms(scores, groups, threshold: float, path, bins: int = 20, tit
         ax.axvline(threshold, color="black", linestyle="--", linewidth=1)
         above = int(np.sum(vals >= threshold))
         label = GROUP_LABELS.get(grp, grp)
-        ax.set_title(f"{label} (n = {vals.size}): {above} at or above the threshold, {vals.size - above} below",
-                     fontsize=10)
+        ax.set_title(
+            f"{label} (n = {vals.size}): {above} at or above the threshold, {vals.size - above} below", fontsize=10
+        )
         ax.set_ylabel("images")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(0.0, 1.0)
@@ -78,8 +78,15 @@ def confusion_matrix(counts: dict, threshold: float, path, title: str = "") -> P
         row = max(int(cells[i].sum()), 1)
         for j in range(2):
             share = cells[i, j] / row
-            ax.text(j, i, f"{cells[i, j]}\n({100 * share:.1f}%)", ha="center", va="center",
-                    color="white" if share > 0.5 else "black", fontsize=12)
+            ax.text(
+                j,
+                i,
+                f"{cells[i, j]}\n({100 * share:.1f}%)",
+                ha="center",
+                va="center",
+                color="white" if share > 0.5 else "black",
+                fontsize=12,
+            )
     ax.set_xticks([0, 1], [f"predicted {n}" for n in names])
     ax.set_yticks([0, 1], [f"actual {n}" for n in names], rotation=90, va="center")
     ax.set_xlabel("predicted class")
@@ -87,8 +94,10 @@ def confusion_matrix(counts: dict, threshold: float, path, title: str = "") -> P
     n_pos, n_neg = cells[0].sum(), cells[1].sum()
     sens = cells[0, 0] / n_pos if n_pos else float("nan")
     spec = cells[1, 1] / n_neg if n_neg else float("nan")
-    ax.set_title(title or f"Test confusion matrix at threshold {threshold:.3g}\n"
-                          f"sensitivity {sens:.3f}, specificity {spec:.3f}", fontsize=10)
+    ax.set_title(
+        title or f"Test confusion matrix at threshold {threshold:.3g}\nsensitivity {sens:.3f}, specificity {spec:.3f}",
+        fontsize=10,
+    )
     fig.tight_layout()
     return save(fig, path)
 
@@ -116,22 +125,31 @@ def roc_curves(curves: Sequence[dict], path, title: str = "ROC curve (test)") ->
         ax.plot(c["fpr"], c["tpr"], color=color, linewidth=1.6, label=c["label"], drawstyle="default")
         if c.get("point") is not None:
             ax.plot([c["point"][0]], [c["point"][1]], marker="o", color=color, markersize=6)
-    return _finish_unit_square(fig, ax, path, "false positive rate (1 - specificity)",
-                               "true positive rate (sensitivity)", title, "lower right")
+    return _finish_unit_square(
+        fig, ax, path, "false positive rate (1 - specificity)", "true positive rate (sensitivity)", title, "lower right"
+    )
 
 
-def pr_curves(curves: Sequence[dict], path, prevalence: float | None = None,
-              title: str = "Precision-recall curve (test)") -> Path:
+def pr_curves(
+    curves: Sequence[dict], path, prevalence: float | None = None, title: str = "Precision-recall curve (test)"
+) -> Path:
     """Overlay of precision-recall curves; each dict: ``label, recall, precision``."""
     fig = _figure(5.5, 5.2)
     ax = fig.add_subplot()
     if prevalence is not None:
         ax.axhline(prevalence, color="#999999", linestyle=":", linewidth=1, label=f"prevalence {prevalence:.3f}")
     for i, c in enumerate(curves):
-        ax.plot(c["recall"], c["precision"], color=COLORS[i % len(COLORS)], linewidth=1.6, label=c["label"],
-                drawstyle="steps-post")
-    return _finish_unit_square(fig, ax, path, "recall (sensitivity)", "precision (positive predictive value)",
-                               title, "lower left")
+        ax.plot(
+            c["recall"],
+            c["precision"],
+            color=COLORS[i % len(COLORS)],
+            linewidth=1.6,
+            label=c["label"],
+            drawstyle="steps-post",
+        )
+    return _finish_unit_square(
+        fig, ax, path, "recall (sensitivity)", "precision (positive predictive value)", title, "lower left"
+    )
 
 
 def reliability_diagram(table: pd.DataFrame, ece: float, path, title: str = "") -> Path:
@@ -166,20 +184,42 @@ def evaluation_figures(result, out_dir) -> list[Path]:
     thr = t["threshold"]
     chosen = result.details["settings"]["operating_point_chosen_on"]
     where = {"val": "chosen on validation", "given": "the model's operating point"}.get(
-        chosen, "chosen on TEST (paper-style fallback)")
+        chosen, "chosen on TEST (paper-style fallback)"
+    )
     test = result.test
     point = (t["fp"] / t["n_neg"], t["sensitivity"])
     return [
-        score_histograms(test["score"], test["group"], thr, out / "score_histograms.png",
-                         bins=len(result.scores),
-                         title=f"Predicted COVID-19 probability on the test set\nthreshold {thr:.3g} ({where})"),
-        confusion_matrix(t, thr, out / "confusion_matrix.png",
-                         title=f"Test confusion matrix, threshold {thr:.3g} ({where})\n"
-                               f"sensitivity {t['sensitivity']:.3f}, specificity {t['specificity']:.3f}"),
-        roc_curves([{"label": f"AUC {t['auc']:.3f} [{t['auc_low']:.3f}, {t['auc_high']:.3f}]",
-                     "fpr": result.roc["fpr"], "tpr": result.roc["tpr"], "point": point}],
-                   out / "roc.png", title="ROC curve (test); dot: operating point"),
-        pr_curves([{"label": f"AP {t['ap']:.3f}", "recall": result.pr["recall"],
-                    "precision": result.pr["precision"]}], out / "pr.png", prevalence=t["prevalence"]),
+        score_histograms(
+            test["score"],
+            test["group"],
+            thr,
+            out / "score_histograms.png",
+            bins=len(result.scores),
+            title=f"Predicted COVID-19 probability on the test set\nthreshold {thr:.3g} ({where})",
+        ),
+        confusion_matrix(
+            t,
+            thr,
+            out / "confusion_matrix.png",
+            title=f"Test confusion matrix, threshold {thr:.3g} ({where})\n"
+            f"sensitivity {t['sensitivity']:.3f}, specificity {t['specificity']:.3f}",
+        ),
+        roc_curves(
+            [
+                {
+                    "label": f"AUC {t['auc']:.3f} [{t['auc_low']:.3f}, {t['auc_high']:.3f}]",
+                    "fpr": result.roc["fpr"],
+                    "tpr": result.roc["tpr"],
+                    "point": point,
+                }
+            ],
+            out / "roc.png",
+            title="ROC curve (test); dot: operating point",
+        ),
+        pr_curves(
+            [{"label": f"AP {t['ap']:.3f}", "recall": result.pr["recall"], "precision": result.pr["precision"]}],
+            out / "pr.png",
+            prevalence=t["prevalence"],
+        ),
         reliability_diagram(result.calibration, t["ece"], out / "reliability.png"),
     ]

@@ -5,8 +5,7 @@ from __future__ import annotations
 CLASS_NAMES = {1: "COVID-19", 0: "non-COVID"}
 #: Score-histogram groups in display order (paper Figs. 6-9), with their labels.
 GROUPS = ("covid", "normal", "other-disease")
-GROUP_LABELS = {"covid": "COVID-19", "normal": "Normal", "other-disease": "Other disease",
-                "non-covid": "Non-COVID"}
+GROUP_LABELS = {"covid": "COVID-19", "normal": "Normal", "other-disease": "Other disease", "non-covid": "Non-COVID"}
 
 
 def group_order(groups) -> list[str]:

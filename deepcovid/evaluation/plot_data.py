@@ -28,11 +28,13 @@ def confusion_frame(y, s, threshold: float, image_ids) -> pd.DataFrame:
     """One row per image: actual and predicted class names (DVC's ``confusion`` template)."""
     y = np.asarray(y)
     pred = (np.asarray(s) >= threshold).astype(int)
-    return pd.DataFrame({
-        "image_id": list(image_ids),
-        "actual": [CLASS_NAMES[int(v)] for v in y],
-        "predicted": [CLASS_NAMES[int(v)] for v in pred],
-    })
+    return pd.DataFrame(
+        {
+            "image_id": list(image_ids),
+            "actual": [CLASS_NAMES[int(v)] for v in y],
+            "predicted": [CLASS_NAMES[int(v)] for v in pred],
+        }
+    )
 
 
 def score_histogram(scores, groups, bins: int) -> pd.DataFrame:

@@ -50,12 +50,19 @@ def read_predictions(source, name: str) -> pd.DataFrame:
     if missing:
         raise InputError(f"{path}: missing column {missing[0]!r} (required columns: {', '.join(REQUIRED_COLUMNS)})")
     if (df["image_id"] == "").any():
-        raise InputError(f"{path}: column 'image_id' has empty values (line {files.line_of(df, int(np.flatnonzero(df['image_id'] == '')[0]))})")
+        raise InputError(
+            f"{path}: column 'image_id' has empty values "
+            f"(line {files.line_of(df, int(np.flatnonzero(df['image_id'] == '')[0]))})"
+        )
     df["split"] = df["split"].str.strip().str.lower()
     other = sorted(set(df["split"]) - set(SPLITS))
     if other:
-        log.info("%s: ignoring %d rows of split %s (only val, test and external are evaluated)", path,
-                 int((~df["split"].isin(SPLITS)).sum()), ", ".join(map(repr, other)))
+        log.info(
+            "%s: ignoring %d rows of split %s (only val, test and external are evaluated)",
+            path,
+            int((~df["split"].isin(SPLITS)).sum()),
+            ", ".join(map(repr, other)),
+        )
         df = df[df["split"].isin(SPLITS)].reset_index(drop=True)
     if not (df["split"] == "test").any():
         raise InputError(f"{path}: column 'split' has no 'test' rows")
@@ -64,28 +71,40 @@ def read_predictions(source, name: str) -> pd.DataFrame:
         bad = values.isna() | ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
         if bad.any():
             first = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"{path}: column {col!r} has {int(bad.sum())} empty or non-numeric values "
-                             f"(first: {df[col].iloc[first]!r} at image_id {df['image_id'].iloc[first]!r})")
+            raise InputError(
+                f"{path}: column {col!r} has {int(bad.sum())} empty or non-numeric values "
+                f"(first: {df[col].iloc[first]!r} at image_id {df['image_id'].iloc[first]!r})"
+            )
         df[col] = values.astype(float)
     if not df["label"].isin((0.0, 1.0)).all():
         found = sorted(set(df.loc[~df["label"].isin((0.0, 1.0)), "label"]))[:5]
         raise InputError(f"{path}: column 'label' must hold 0 or 1 (1 = COVID-19); found {found}")
     df["label"] = df["label"].astype(np.int64)
     if df["score"].min() < 0.0 or df["score"].max() > 1.0:
-        raise InputError(f"{path}: column 'score' must be a probability in [0, 1]; "
-                         f"found range [{df['score'].min()}, {df['score'].max()}]")
+        raise InputError(
+            f"{path}: column 'score' must be a probability in [0, 1]; "
+            f"found range [{df['score'].min()}, {df['score'].max()}]"
+        )
     dup = df.duplicated(["split", "image_id"])
     if dup.any():
-        raise InputError(f"{path}: column 'image_id' repeats within a split "
-                         f"({int(dup.sum())} duplicates, e.g. {df.loc[dup, 'image_id'].iloc[0]!r})")
+        raise InputError(
+            f"{path}: column 'image_id' repeats within a split "
+            f"({int(dup.sum())} duplicates, e.g. {df.loc[dup, 'image_id'].iloc[0]!r})"
+        )
     if "group" in df.columns:
         df["group"] = df["group"].str.strip()
         if (df["group"] == "").any():
             raise InputError(f"{path}: column 'group' has empty values")
         odd = df[(df["group"] == "covid") != (df["label"] == 1)]
         if len(odd):
-            log.warning("%s: %d rows whose group disagrees with the label (e.g. %s: group %r, label %d)", path,
-                        len(odd), odd["image_id"].iloc[0], odd["group"].iloc[0], odd["label"].iloc[0])
+            log.warning(
+                "%s: %d rows whose group disagrees with the label (e.g. %s: group %r, label %d)",
+                path,
+                len(odd),
+                odd["image_id"].iloc[0],
+                odd["group"].iloc[0],
+                odd["label"].iloc[0],
+            )
     else:
         log.warning("%s: no 'group' column; score histograms use covid / non-covid from the label", path)
         df["group"] = np.where(df["label"] == 1, "covid", "non-covid")
@@ -120,7 +139,9 @@ def recorded_model(model_json: str | Path) -> str:
     except FileNotFoundError:
         raise MissingInputError(f"{model_json} not found: run the train stage first") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{model_json}: no model_sha256 ({type(exc).__name__}: {exc}): rerun the train stage") from None
+        raise InputError(
+            f"{model_json}: no model_sha256 ({type(exc).__name__}: {exc}): rerun the train stage"
+        ) from None
     if not isinstance(digest, str) or len(digest) != 64:
         raise InputError(f"{model_json}: model_sha256 {digest!r} is not a SHA-256 digest")
     return digest
@@ -145,10 +166,14 @@ def operating_point(evaluation: str | Path, model_sha256: str | None = None) -> 
     if model_sha256 is not None:
         named = record.get("model_sha256")
         if named is None:
-            raise InputError(f"{evaluation} does not name the model its operating point was chosen for: "
-                             f"rerun the evaluate stage, or give a threshold (--threshold)")
+            raise InputError(
+                f"{evaluation} does not name the model its operating point was chosen for: "
+                f"rerun the evaluate stage, or give a threshold (--threshold)"
+            )
         if named != model_sha256:
-            raise InputError(f"{evaluation}: its operating point was chosen for another model "
-                             f"(SHA-256 {str(named)[:16]}...), not this one ({model_sha256[:16]}...): give that model's "
-                             f"evaluation (--evaluation) or a threshold (--threshold)")
+            raise InputError(
+                f"{evaluation}: its operating point was chosen for another model "
+                f"(SHA-256 {str(named)[:16]}...), not this one ({model_sha256[:16]}...): give that model's "
+                f"evaluation (--evaluation) or a threshold (--threshold)"
+            )
     return threshold

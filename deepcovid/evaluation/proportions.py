@@ -131,14 +131,24 @@ def threshold_table(y_true, scores, thresholds, method: str = "wilson", alpha: f
             row.update({rate: k / n, f"{rate}_low": low, f"{rate}_high": high})
             paper[rate] = paper_interval(k, n, alpha)
         sens, spec = paper["sensitivity"], paper["specificity"]
-        row.update({
-            "paper_sensitivity_radius": sens.radius, "paper_specificity_radius": spec.radius,
-            "paper_sensitivity_outside_unit": sens.outside_unit, "paper_specificity_outside_unit": spec.outside_unit,
-            "paper_interval_outside_unit": sens.outside_unit or spec.outside_unit,
-        })
+        row.update(
+            {
+                "paper_sensitivity_radius": sens.radius,
+                "paper_specificity_radius": spec.radius,
+                "paper_sensitivity_outside_unit": sens.outside_unit,
+                "paper_specificity_outside_unit": spec.outside_unit,
+                "paper_interval_outside_unit": sens.outside_unit or spec.outside_unit,
+            }
+        )
         for rate, iv in paper.items():
-            row.update({f"paper_{rate}_low": iv.low, f"paper_{rate}_high": iv.high,
-                        f"paper_{rate}_low_clipped": iv.low_clipped, f"paper_{rate}_high_clipped": iv.high_clipped})
+            row.update(
+                {
+                    f"paper_{rate}_low": iv.low,
+                    f"paper_{rate}_high": iv.high,
+                    f"paper_{rate}_low_clipped": iv.low_clipped,
+                    f"paper_{rate}_high_clipped": iv.high_clipped,
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -183,9 +193,20 @@ def summarize(y_true, scores, threshold, method: str = "wilson", alpha: float = 
     sl, sh = proportion_ci(c["tp"], n_pos, method=method, alpha=alpha)
     pl, ph = proportion_ci(c["tn"], n_neg, method=method, alpha=alpha)
     return {
-        "threshold": t, "n": int(y.size), "n_pos": int(n_pos), "n_neg": int(n_neg),
-        "tp": c["tp"], "fn": c["fn"], "tn": c["tn"], "fp": c["fp"],
-        "sensitivity": c["tp"] / n_pos, "sensitivity_low": sl, "sensitivity_high": sh,
-        "specificity": c["tn"] / n_neg, "specificity_low": pl, "specificity_high": ph,
-        "ci_method": str(method), "alpha": float(alpha),
+        "threshold": t,
+        "n": int(y.size),
+        "n_pos": int(n_pos),
+        "n_neg": int(n_neg),
+        "tp": c["tp"],
+        "fn": c["fn"],
+        "tn": c["tn"],
+        "fp": c["fp"],
+        "sensitivity": c["tp"] / n_pos,
+        "sensitivity_low": sl,
+        "sensitivity_high": sh,
+        "specificity": c["tn"] / n_neg,
+        "specificity_low": pl,
+        "specificity_high": ph,
+        "ci_method": str(method),
+        "alpha": float(alpha),
     }

@@ -77,9 +77,16 @@ def _bootstrap(data: tuple, statistic, n_resamples: int, seed: int, alpha: float
         it = iter(resampled)
         return statistic(*(next(it) if k in free else d for k, d in enumerate(data)), axis=axis)
 
-    return stats.bootstrap(tuple(data[k] for k in free), fixed_aside, n_resamples=_check_resamples(n_resamples),
-                           vectorized=True, axis=-1, confidence_level=1.0 - check_alpha(alpha),
-                           method="percentile", rng=np.random.default_rng(seed))
+    return stats.bootstrap(
+        tuple(data[k] for k in free),
+        fixed_aside,
+        n_resamples=_check_resamples(n_resamples),
+        vectorized=True,
+        axis=-1,
+        confidence_level=1.0 - check_alpha(alpha),
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
 
 
 def auc_bootstrap(y_true, scores, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
@@ -90,14 +97,18 @@ def auc_bootstrap(y_true, scores, n_resamples: int = 1000, seed: int = 0, alpha:
     y, s = check_inputs(y_true, scores)
     res = _bootstrap((s[y == 1], s[y == 0]), _auc, n_resamples, seed, alpha)
     return {
-        "auc": float(skm.roc_auc_score(y, s)), "low": float(res.confidence_interval.low),
-        "high": float(res.confidence_interval.high), "std": float(res.standard_error),
-        "n_resamples": int(n_resamples), "seed": seed,
+        "auc": float(skm.roc_auc_score(y, s)),
+        "low": float(res.confidence_interval.low),
+        "high": float(res.confidence_interval.high),
+        "std": float(res.standard_error),
+        "n_resamples": int(n_resamples),
+        "seed": seed,
     }
 
 
-def paired_bootstrap_auc(y_true, scores_a, scores_b, n_resamples: int = 1000, seed: int = 0,
-                         alpha: float = 0.05) -> dict:
+def paired_bootstrap_auc(
+    y_true, scores_a, scores_b, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict:
     """Stratified paired bootstrap of ``AUC(a) - AUC(b)``: both models scored on the same resamples.
 
     Percentile interval of the resampled differences ``d``; two-sided p-value
@@ -117,7 +128,12 @@ def paired_bootstrap_auc(y_true, scores_a, scores_b, n_resamples: int = 1000, se
     p_ge = (1 + np.sum(d >= 0)) / (1 + d.size)
     auc_a, auc_b = float(skm.roc_auc_score(y, a)), float(skm.roc_auc_score(y, b))
     return {
-        "auc_a": auc_a, "auc_b": auc_b, "difference": auc_a - auc_b,
-        "low": float(res.confidence_interval.low), "high": float(res.confidence_interval.high),
-        "p_value": float(min(1.0, 2.0 * min(p_le, p_ge))), "n_resamples": int(n_resamples), "seed": seed,
+        "auc_a": auc_a,
+        "auc_b": auc_b,
+        "difference": auc_a - auc_b,
+        "low": float(res.confidence_interval.low),
+        "high": float(res.confidence_interval.high),
+        "p_value": float(min(1.0, 2.0 * min(p_le, p_ge))),
+        "n_resamples": int(n_resamples),
+        "seed": seed,
     }

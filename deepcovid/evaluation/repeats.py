@@ -43,16 +43,28 @@ log = logging.getLogger(__name__)
 
 INTERNAL = ("train", "val", "test")
 STATISTICS = ("mean", "sd", "min", "p2_5", "median", "p97_5", "max")
-ROW_COLUMNS = ["split", "seed", "train_images", "val_images", "test_images", "test_covid", "threshold", "auc",
-               "sensitivity", "specificity", "best_epoch"]
+ROW_COLUMNS = [
+    "split",
+    "seed",
+    "train_images",
+    "val_images",
+    "test_images",
+    "test_covid",
+    "threshold",
+    "auc",
+    "sensitivity",
+    "specificity",
+    "best_epoch",
+]
 
 
 class RepeatsError(InputError):
     """Inputs the repeated splits cannot use (one line, names the input)."""
 
 
-def grouped_split(table: pd.DataFrame, test_pos: int, test_neg: int, val_fraction: float,
-                  rng: np.random.Generator) -> pd.Series:
+def grouped_split(
+    table: pd.DataFrame, test_pos: int, test_neg: int, val_fraction: float, rng: np.random.Generator
+) -> pd.Series:
     """A new split of ``table`` (``split_group``, ``label``) by whole groups, as the split stage
     makes one: groups holding a COVID-19 image are drawn until ``test_pos`` COVID-19 images, the
     others until ``test_neg`` images; of the rest, ``val_fraction`` of each class's images goes to
@@ -83,8 +95,15 @@ def spread(values) -> dict:
     if v.size == 0 or not np.isfinite(v).all():
         raise RepeatsError(f"spread needs finite values, got {v.tolist()}")
     q = np.percentile(v, [2.5, 50, 97.5])
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "min": float(v.min()),
-            "p2_5": float(q[0]), "median": float(q[1]), "p97_5": float(q[2]), "max": float(v.max())}
+    return {
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "p2_5": float(q[0]),
+        "median": float(q[1]),
+        "p97_5": float(q[2]),
+        "max": float(v.max()),
+    }
 
 
 def _fresh_head(head: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -97,8 +116,16 @@ def _fresh_head(head: torch.nn.Module, seed: int) -> torch.nn.Module:
     return fresh
 
 
-def fit_and_score(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray, split: np.ndarray, *, seed: int,
-                  train: config.Train, target_sensitivity: float) -> dict:
+def fit_and_score(
+    head: torch.nn.Module,
+    features: np.ndarray,
+    labels: np.ndarray,
+    split: np.ndarray,
+    *,
+    seed: int,
+    train: config.Train,
+    target_sensitivity: float,
+) -> dict:
     """Train a fresh copy of ``head`` on the ``train`` rows as the train stage does (its epochs,
     batch size, learning rate, weight decay, patience, class weight; permuted labels when
     ``train.shuffle_labels``), choose the operating point on ``val`` for ``target_sensitivity``
@@ -106,27 +133,45 @@ def fit_and_score(head: torch.nn.Module, features: np.ndarray, labels: np.ndarra
     parts = {s: np.flatnonzero(split == s) for s in INTERNAL}
     for s in ("val", "test"):
         if len(set(labels[parts[s]])) < 2:
-            raise RepeatsError(f"a repeated split's {s} part holds a single class ({len(parts[s])} images): "
-                               f"raise split.val_fraction or the test size, or set repeats.splits: 0")
+            raise RepeatsError(
+                f"a repeated split's {s} part holds a single class ({len(parts[s])} images): "
+                f"raise split.val_fraction or the test size, or set repeats.splits: 0"
+            )
     x = torch.from_numpy(features.astype(np.float32))
     y = torch.from_numpy(labels.astype(np.int64))
     train_y = y[parts["train"]]
     if train.shuffle_labels:
         train_y = train_y[torch.from_numpy(np.random.default_rng(seed).permutation(len(train_y)))]
-    net, _, best_epoch = train_head(_fresh_head(head, seed), x[parts["train"]], train_y, x[parts["val"]],
-                                    y[parts["val"]], epochs=train.epochs, batch_size=train.batch_size,
-                                    lr=train.lr, seed=seed, weight_decay=train.weight_decay,
-                                    patience=train.patience,
-                                    class_weight=class_weights(train_y, train.class_weight))
+    net, _, best_epoch = train_head(
+        _fresh_head(head, seed),
+        x[parts["train"]],
+        train_y,
+        x[parts["val"]],
+        y[parts["val"]],
+        epochs=train.epochs,
+        batch_size=train.batch_size,
+        lr=train.lr,
+        seed=seed,
+        weight_decay=train.weight_decay,
+        patience=train.patience,
+        class_weight=class_weights(train_y, train.class_weight),
+    )
     with torch.no_grad():
         score = {s: covid_probability(net(x[parts[s]])).numpy().astype(np.float64) for s in ("val", "test")}
     threshold = threshold_for_sensitivity(labels[parts["val"]], score["val"], target_sensitivity)
     test_y = labels[parts["test"]]
     c = confusion_at_threshold(test_y, score["test"], threshold)
-    return {"train_images": len(parts["train"]), "val_images": len(parts["val"]), "test_images": len(parts["test"]),
-            "test_covid": int(test_y.sum()), "threshold": float(threshold),
-            "auc": float(roc_auc_score(test_y, score["test"])), "sensitivity": c["tp"] / (c["tp"] + c["fn"]),
-            "specificity": c["tn"] / (c["tn"] + c["fp"]), "best_epoch": int(best_epoch)}
+    return {
+        "train_images": len(parts["train"]),
+        "val_images": len(parts["val"]),
+        "test_images": len(parts["test"]),
+        "test_covid": int(test_y.sum()),
+        "threshold": float(threshold),
+        "auc": float(roc_auc_score(test_y, score["test"])),
+        "sensitivity": c["tp"] / (c["tp"] + c["fn"]),
+        "specificity": c["tn"] / (c["tn"] + c["fp"]),
+        "best_epoch": int(best_epoch),
+    }
 
 
 _WORK: tuple | None = None  # what a worker process fits on (set once by its initializer)
@@ -153,14 +198,27 @@ def _fits(jobs: list[tuple[np.ndarray, int]], features, labels, head, kw, worker
             yield fit_and_score(head, features, labels, split, seed=seed, **kw)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker,
-                             initargs=(features, labels, head, kw, os.getpid())) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(features, labels, head, kw, os.getpid()),
+    ) as pool:
         yield from pool.map(_fit_job, jobs)
 
 
-def repeated_splits(table: pd.DataFrame, features: np.ndarray, head: torch.nn.Module, *, splits: int, seed: int,
-                    val_fraction: float, train: config.Train, target_sensitivity: float,
-                    workers: int = 1) -> tuple[dict, pd.DataFrame]:
+def repeated_splits(
+    table: pd.DataFrame,
+    features: np.ndarray,
+    head: torch.nn.Module,
+    *,
+    splits: int,
+    seed: int,
+    val_fraction: float,
+    train: config.Train,
+    target_sensitivity: float,
+    workers: int = 1,
+) -> tuple[dict, pd.DataFrame]:
     """The pipeline's split (``table["split"]``) and ``splits`` new grouped splits of the internal
     images of ``table`` (``split_group``, ``label``, ``split``; ``features`` row-aligned), each
     retrained and scored by :func:`fit_and_score`, ``workers`` at a time (the same numbers for any
@@ -182,17 +240,30 @@ def repeated_splits(table: pd.DataFrame, features: np.ndarray, head: torch.nn.Mo
         if k == 0:
             continue
         r = k - 1
-        log.info("split %d/%d: test %d images (%d COVID-19), AUC %.4f, sensitivity %.4f, specificity %.4f at %.4g",
-                 r + 1, splits, rows[-1]["test_images"], rows[-1]["test_covid"], rows[-1]["auc"],
-                 rows[-1]["sensitivity"], rows[-1]["specificity"], rows[-1]["threshold"])
+        log.info(
+            "split %d/%d: test %d images (%d COVID-19), AUC %.4f, sensitivity %.4f, specificity %.4f at %.4g",
+            r + 1,
+            splits,
+            rows[-1]["test_images"],
+            rows[-1]["test_covid"],
+            rows[-1]["auc"],
+            rows[-1]["sensitivity"],
+            rows[-1]["specificity"],
+            rows[-1]["threshold"],
+        )
     frame = pd.DataFrame(rows, columns=ROW_COLUMNS)
     repeats = frame.iloc[1:]
     pipeline = frame.iloc[0]
     summary = {
-        "repeats": {"splits": int(splits), "augmented_copies": False,
-                    "test_covid_asked": test_pos, "test_other_asked": test_neg,
-                    **{m: spread(repeats[m]) for m in ("auc", "sensitivity", "specificity", "threshold")},
-                    "test_images": spread(repeats["test_images"]), "test_covid": spread(repeats["test_covid"])},
+        "repeats": {
+            "splits": int(splits),
+            "augmented_copies": False,
+            "test_covid_asked": test_pos,
+            "test_other_asked": test_neg,
+            **{m: spread(repeats[m]) for m in ("auc", "sensitivity", "specificity", "threshold")},
+            "test_images": spread(repeats["test_images"]),
+            "test_covid": spread(repeats["test_covid"]),
+        },
         "pipeline_split": {m: float(pipeline[m]) for m in ("auc", "sensitivity", "specificity", "threshold")}
         | {"augmented_copies": False},
     }
@@ -202,8 +273,19 @@ def repeated_splits(table: pd.DataFrame, features: np.ndarray, head: torch.nn.Mo
 def single_split(evaluation: dict) -> dict:
     """The pipeline's test metrics with their intervals (metrics/evaluate.json ``test``)."""
     t = evaluation["test"]
-    keys = ("auc", "auc_low", "auc_high", "sensitivity", "sensitivity_low", "sensitivity_high", "specificity",
-            "specificity_low", "specificity_high", "n_pos", "n_neg")
+    keys = (
+        "auc",
+        "auc_low",
+        "auc_high",
+        "sensitivity",
+        "sensitivity_low",
+        "sensitivity_high",
+        "specificity",
+        "specificity_low",
+        "specificity_high",
+        "n_pos",
+        "n_neg",
+    )
     return {k: t[k] for k in keys}
 
 
@@ -216,8 +298,10 @@ def run_repeats(manifest_csv, features_dir, evaluation_json, params: config.Para
     if cfg.splits == 0:
         return {"skipped": "repeats.splits is 0"}, empty
     if train.mode != "last_layer":
-        return {"skipped": f"train.mode={train.mode}: the repeats retrain the last layer on cached features, "
-                           f"which full fine-tuning does not have"}, empty
+        return {
+            "skipped": f"train.mode={train.mode}: the repeats retrain the last layer on cached features, "
+            f"which full fine-tuning does not have"
+        }, empty
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
     features = load_features(features_dir, manifest["image_id"])
     if features is None:
@@ -232,16 +316,40 @@ def run_repeats(manifest_csv, features_dir, evaluation_json, params: config.Para
     model = construct(params.model)
     replace_head(model, params.model, 2)
     _, head = split_backbone_head(model, params.model)
-    summary, frame = repeated_splits(manifest, features, head, splits=cfg.splits, seed=params.seed,
-                                     val_fraction=params.split.val_fraction, train=train,
-                                     target_sensitivity=params.evaluate.target_sensitivity,
-                                     workers=cfg.workers)
+    summary, frame = repeated_splits(
+        manifest,
+        features,
+        head,
+        splits=cfg.splits,
+        seed=params.seed,
+        val_fraction=params.split.val_fraction,
+        train=train,
+        target_sensitivity=params.evaluate.target_sensitivity,
+        workers=cfg.workers,
+    )
     summary["single_split"] = single_split(evaluation)
     r, one = summary["repeats"], summary["single_split"]
-    log.info("test AUC over %d patient-grouped splits: mean %.3f, 95%% of splits in [%.3f, %.3f] (sd %.3f); "
-             "the pipeline's split: %.3f [%.3f, %.3f]", r["splits"], r["auc"]["mean"], r["auc"]["p2_5"],
-             r["auc"]["p97_5"], r["auc"]["sd"], one["auc"], one["auc_low"], one["auc_high"])
+    log.info(
+        "test AUC over %d patient-grouped splits: mean %.3f, 95%% of splits in [%.3f, %.3f] (sd %.3f); "
+        "the pipeline's split: %.3f [%.3f, %.3f]",
+        r["splits"],
+        r["auc"]["mean"],
+        r["auc"]["p2_5"],
+        r["auc"]["p97_5"],
+        r["auc"]["sd"],
+        one["auc"],
+        one["auc_low"],
+        one["auc_high"],
+    )
     for m in ("sensitivity", "specificity"):
-        log.info("test %s over the splits: mean %.3f, [%.3f, %.3f]; the pipeline's split %.3f [%.3f, %.3f]", m,
-                 r[m]["mean"], r[m]["p2_5"], r[m]["p97_5"], one[m], one[f"{m}_low"], one[f"{m}_high"])
+        log.info(
+            "test %s over the splits: mean %.3f, [%.3f, %.3f]; the pipeline's split %.3f [%.3f, %.3f]",
+            m,
+            r[m]["mean"],
+            r[m]["p2_5"],
+            r[m]["p97_5"],
+            one[m],
+            one[f"{m}_low"],
+            one[f"{m}_high"],
+        )
     return summary, frame

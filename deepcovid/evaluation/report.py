@@ -27,15 +27,23 @@ class OutputPaths:
     figures: Path
 
     @classmethod
-    def into(cls, metrics: str | Path, plots: str | Path) -> "OutputPaths":
+    def into(cls, metrics: str | Path, plots: str | Path) -> OutputPaths:
         """The evaluate stage's files in the folders ``metrics`` and ``plots``."""
         m, p = Path(metrics), Path(plots)
-        return cls(metrics=m / "evaluate.json", details=m / "evaluate_details.json", thresholds=m / "thresholds.csv",
-                   roc=p / "roc.csv", pr=p / "pr.csv", confusion=p / "confusion.csv", scores=p / "scores.csv",
-                   calibration=p / "calibration.csv", figures=p / "figures")
+        return cls(
+            metrics=m / "evaluate.json",
+            details=m / "evaluate_details.json",
+            thresholds=m / "thresholds.csv",
+            roc=p / "roc.csv",
+            pr=p / "pr.csv",
+            confusion=p / "confusion.csv",
+            scores=p / "scores.csv",
+            calibration=p / "calibration.csv",
+            figures=p / "figures",
+        )
 
     @classmethod
-    def under(cls, root: str | Path = ".") -> "OutputPaths":
+    def under(cls, root: str | Path = ".") -> OutputPaths:
         return cls.into(Path(root) / "metrics", Path(root) / "plots")
 
 
@@ -47,8 +55,14 @@ def check_finite_frame(frame: pd.DataFrame, what: str) -> None:
 
 def write_outputs(result: EvalResult, paths: OutputPaths) -> None:
     """Write the metrics, plot data and figures (each file atomically; the figures folder as a whole)."""
-    tables = {paths.thresholds: result.thresholds, paths.roc: result.roc, paths.pr: result.pr,
-              paths.confusion: result.confusion, paths.scores: result.scores, paths.calibration: result.calibration}
+    tables = {
+        paths.thresholds: result.thresholds,
+        paths.roc: result.roc,
+        paths.pr: result.pr,
+        paths.confusion: result.confusion,
+        paths.scores: result.scores,
+        paths.calibration: result.calibration,
+    }
     for path, frame in tables.items():
         check_finite_frame(frame, str(path))
     with files.atomic_path(paths.figures) as tmp:

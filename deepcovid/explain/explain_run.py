@@ -18,7 +18,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from deepcovid import files
+from deepcovid import config, files
 from deepcovid.data.images import ImageReadError
 from deepcovid.data.sources import read_sources, source_root
 from deepcovid.evaluation.predictions import operating_point
@@ -32,9 +32,23 @@ from deepcovid.model.presets import eval_transform
 
 log = logging.getLogger(__name__)
 
-INDEX_COLUMNS = ["image_id", "kind", "label", "score", "base_score", "lung_origin", "lung_area", "lung_mass",
-                 "lesion_mass", "pointing_lung", "random_lung_mass", "random_pointing_lung", "sanity_spearman",
-                 "flips", "figure"]
+INDEX_COLUMNS = [
+    "image_id",
+    "kind",
+    "label",
+    "score",
+    "base_score",
+    "lung_origin",
+    "lung_area",
+    "lung_mass",
+    "lesion_mass",
+    "pointing_lung",
+    "random_lung_mass",
+    "random_pointing_lung",
+    "sanity_spearman",
+    "flips",
+    "figure",
+]
 
 
 def select_images(predictions: pd.DataFrame, threshold: float, top: int, fn: int, fp: int) -> pd.DataFrame:
@@ -42,9 +56,11 @@ def select_images(predictions: pd.DataFrame, threshold: float, top: int, fn: int
     lowest-scored COVID-19 images under ``threshold`` and the ``fp`` highest-scored others over it."""
     test = predictions[predictions["split"] == "test"]
     pos, neg = test[test["label"] == 1], test[test["label"] == 0]
-    parts = [pos.nlargest(top, "score").assign(kind="top"),
-             pos[pos["score"] < threshold].nsmallest(fn, "score").assign(kind="false_negative"),
-             neg[neg["score"] >= threshold].nlargest(fp, "score").assign(kind="false_positive")]
+    parts = [
+        pos.nlargest(top, "score").assign(kind="top"),
+        pos[pos["score"] < threshold].nsmallest(fn, "score").assign(kind="false_negative"),
+        neg[neg["score"] >= threshold].nlargest(fp, "score").assign(kind="false_positive"),
+    ]
     return pd.concat(parts, ignore_index=True).drop_duplicates("image_id")
 
 
@@ -95,8 +111,20 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def run_explain(cfg: config.Explain, *, seed: int, models, manifest, cache, predictions, evaluation, raw,
-                out: str | os.PathLike, metrics: str | os.PathLike, plots: str | os.PathLike) -> dict:
+def run_explain(
+    cfg: config.Explain,
+    *,
+    seed: int,
+    models,
+    manifest,
+    cache,
+    predictions,
+    evaluation,
+    raw,
+    out: str | os.PathLike,
+    metrics: str | os.PathLike,
+    plots: str | os.PathLike,
+) -> dict:
     """Write ``out`` (maps.npz, index.csv, rejected.csv), the ``metrics`` JSON and one PNG per
     image in the folder ``plots``; return the metrics. ``cfg``: the ``explain`` section."""
     model, record = load_model(models)
@@ -104,15 +132,28 @@ def run_explain(cfg: config.Explain, *, seed: int, models, manifest, cache, pred
     if cfg.window > size:
         raise ExplainError(f"explain.window {cfg.window} is larger than the model input {size}")
     threshold = operating_point(evaluation, model_sha256=record["model_sha256"])
-    chosen = select_images(pd.read_csv(predictions, dtype={"image_id": str}), threshold,
-                           cfg.top_covid, cfg.false_negatives, cfg.false_positives)
+    chosen = select_images(
+        pd.read_csv(predictions, dtype={"image_id": str}),
+        threshold,
+        cfg.top_covid,
+        cfg.false_negatives,
+        cfg.false_positives,
+    )
     table = load_table(manifest, cache).set_index("image_id")
     relpaths = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("image_id")["relpath"]
     transform = eval_transform(prep, size)
     mean = dataset_mean(table.reset_index(), transform) if cfg.fill == "mean" else None
-    occluder = Occluder(TrainedAndRandomHead(model, record["architecture"], seed).eval(), cfg.window,
-                        cfg.stride, cfg.method, cfg.batch_size, score=two_scores, coarse=cfg.coarse,
-                        refine=cfg.refine, runtime=cfg.runtime)
+    occluder = Occluder(
+        TrainedAndRandomHead(model, record["architecture"], seed).eval(),
+        cfg.window,
+        cfg.stride,
+        cfg.method,
+        cfg.batch_size,
+        score=two_scores,
+        coarse=cfg.coarse,
+        refine=cfg.refine,
+        runtime=cfg.runtime,
+    )
     sources = read_sources(raw)
     annotations: dict[str, dict] = {}
     rows, rejected, arrays = [], [], {"pixel": [], "scores": [], "random_pixel": [], "lung": [], "lesion": []}
@@ -135,32 +176,63 @@ def run_explain(cfg: config.Explain, *, seed: int, models, manifest, cache, pred
             raw_path = source_root(sources, entry["source"], raw) / relpaths[item.image_id]
             if raw_path in annotations[entry["source"]]:
                 try:
-                    regions = load_regions(raw_path, annotations[entry["source"]][raw_path],
-                                           cache_size=int(prep["cache_size"]), resize=prep["resize"], image_size=size)
+                    regions = load_regions(
+                        raw_path,
+                        annotations[entry["source"]][raw_path],
+                        cache_size=int(prep["cache_size"]),
+                        resize=prep["resize"],
+                        image_size=size,
+                    )
                 except ImageReadError as exc:
                     rejected.append((item.image_id, f"annotation not used: {exc}"))
             pixel, random_pixel = trained.pixel_map(), random.pixel_map()
             figure = f"{k:02d}_{item.kind}.png"
-            occlusion_figure(tmp_plots / figure, image[0].numpy(), pixel, trained.flips(threshold),
-                             f"{item.image_id}  ({item.kind.replace('_', ' ')}, label {item.label}, "
-                             f"score {trained.base:.3f}, threshold {threshold:.3f})", regions.lung, regions.lesion,
-                             trained.centres())
+            occlusion_figure(
+                tmp_plots / figure,
+                image[0].numpy(),
+                pixel,
+                trained.flips(threshold),
+                f"{item.image_id}  ({item.kind.replace('_', ' ')}, label {item.label}, "
+                f"score {trained.base:.3f}, threshold {threshold:.3f})",
+                regions.lung,
+                regions.lesion,
+                trained.centres(),
+            )
             rho = rank_correlation(pixel, random_pixel)
-            rows.append([item.image_id, item.kind, int(item.label), float(item.score), trained.base,
-                         regions.lung_origin, float(regions.lung.mean()) if regions.lung is not None else math.nan,
-                         mass_inside(pixel, regions.lung), mass_inside(pixel, regions.lesion),
-                         pointing_hit(pixel, regions.lung), mass_inside(random_pixel, regions.lung),
-                         pointing_hit(random_pixel, regions.lung), float(rho), int(trained.flips(threshold).sum()),
-                         figure])
+            rows.append(
+                [
+                    item.image_id,
+                    item.kind,
+                    int(item.label),
+                    float(item.score),
+                    trained.base,
+                    regions.lung_origin,
+                    float(regions.lung.mean()) if regions.lung is not None else math.nan,
+                    mass_inside(pixel, regions.lung),
+                    mass_inside(pixel, regions.lesion),
+                    pointing_hit(pixel, regions.lung),
+                    mass_inside(random_pixel, regions.lung),
+                    pointing_hit(random_pixel, regions.lung),
+                    float(rho),
+                    int(trained.flips(threshold).sum()),
+                    figure,
+                ]
+            )
             empty = np.zeros(pixel.shape, bool)
-            for key, value in (("pixel", pixel.astype(np.float32)), ("scores", trained.scores),
-                               ("random_pixel", random_pixel.astype(np.float32)),
-                               ("lung", regions.lung if regions.lung is not None else empty),
-                               ("lesion", regions.lesion if regions.lesion is not None else empty)):
+            for key, value in (
+                ("pixel", pixel.astype(np.float32)),
+                ("scores", trained.scores),
+                ("random_pixel", random_pixel.astype(np.float32)),
+                ("lung", regions.lung if regions.lung is not None else empty),
+                ("lesion", regions.lesion if regions.lesion is not None else empty),
+            ):
                 arrays[key].append(value)
         index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
-        np.savez_compressed(tmp_out / "maps.npz", image_id=index["image_id"].to_numpy(str),
-                            **{k: np.stack(v) if v else np.zeros((0,)) for k, v in arrays.items()})
+        np.savez_compressed(
+            tmp_out / "maps.npz",
+            image_id=index["image_id"].to_numpy(str),
+            **{k: np.stack(v) if v else np.zeros((0,)) for k, v in arrays.items()},
+        )
         files.write_csv(tmp_out / "index.csv", index)
         files.write_csv(tmp_out / "rejected.csv", pd.DataFrame(rejected, columns=["image_id", "reason"]), report=True)
         summary = summarise(index, cfg, threshold, record["architecture"])
@@ -170,16 +242,25 @@ def run_explain(cfg: config.Explain, *, seed: int, models, manifest, cache, pred
     return summary
 
 
-def explain_images(paths: list[str], cfg: config.Explain, *, models, out: str | os.PathLike,
-                   threshold: float | None = None) -> list[tuple[str, float | None, str]]:
+def explain_images(
+    paths: list[str], cfg: config.Explain, *, models, out: str | os.PathLike, threshold: float | None = None
+) -> list[tuple[str, float | None, str]]:
     """``deepcovid explain``: for each image file, preprocess it as the pipeline does (the
     settings recorded in ``models``/model.json), write ``<stem>_occlusion.png`` under ``out``
     and return ``(path, score, figure or the reason it failed)``."""
     model, record = load_model(models)
     if cfg.fill == "mean":
         raise ExplainError("fill 'mean' needs the training images: use the explain stage, or fill zero or blur")
-    occluder = Occluder(model, cfg.window, cfg.stride, cfg.method, cfg.batch_size, coarse=cfg.coarse,
-                        refine=cfg.refine, runtime=cfg.runtime)
+    occluder = Occluder(
+        model,
+        cfg.window,
+        cfg.stride,
+        cfg.method,
+        cfg.batch_size,
+        coarse=cfg.coarse,
+        refine=cfg.refine,
+        runtime=cfg.runtime,
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -192,9 +273,14 @@ def explain_images(paths: list[str], cfg: config.Explain, *, models, out: str | 
         result = occluder(image, baseline(image, cfg.fill, None, cfg.blur_sigma))
         cut = 0.5 if threshold is None else threshold
         figure = out / f"{Path(path).stem}_occlusion.png"
-        occlusion_figure(figure, image[0].numpy(), result.pixel_map(), result.flips(cut),
-                         f"{Path(path).name}  (score {result.base:.3f}, threshold {cut:.3f})",
-                         centres=result.centres())
+        occlusion_figure(
+            figure,
+            image[0].numpy(),
+            result.pixel_map(),
+            result.flips(cut),
+            f"{Path(path).name}  (score {result.base:.3f}, threshold {cut:.3f})",
+            centres=result.centres(),
+        )
         results.append((path, result.base, str(figure)))
     return results
 
@@ -208,12 +294,19 @@ def summarise(index: pd.DataFrame, cfg: config.Explain, threshold: float, archit
     """The metrics JSON: means over the explained images (None where no image has the annotation)."""
     covid = index[index["label"] == 1]
     return {
-        "architecture": architecture, "method": cfg.method, "window": cfg.window, "stride": cfg.stride,
-        "fill": cfg.fill, "threshold": threshold, "images": int(len(index)),
+        "architecture": architecture,
+        "method": cfg.method,
+        "window": cfg.window,
+        "stride": cfg.stride,
+        "fill": cfg.fill,
+        "threshold": threshold,
+        "images": int(len(index)),
         "with_lungs": int(index["lung_area"].notna().sum()),
-        "lung_mass": _mean(index["lung_mass"]), "lung_area": _mean(index["lung_area"]),
+        "lung_mass": _mean(index["lung_mass"]),
+        "lung_area": _mean(index["lung_area"]),
         "pointing_lung": _mean(index["pointing_lung"]),
-        "covid_lung_mass": _mean(covid["lung_mass"]), "covid_lesion_mass": _mean(covid["lesion_mass"]),
+        "covid_lung_mass": _mean(covid["lung_mass"]),
+        "covid_lesion_mass": _mean(covid["lesion_mass"]),
         "random_lung_mass": _mean(index["random_lung_mass"]),
         "random_pointing_lung": _mean(index["random_pointing_lung"]),
         "sanity_spearman": _mean(index["sanity_spearman"]),

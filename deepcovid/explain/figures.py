@@ -20,9 +20,16 @@ def grayscale(image: np.ndarray) -> np.ndarray:
     return (gray - lo) / (hi - lo) if hi > lo else np.zeros_like(gray)
 
 
-def occlusion_figure(path: str | os.PathLike, image: np.ndarray, heatmap: np.ndarray, flips: np.ndarray,
-                     title: str, lung: np.ndarray | None = None, lesion: np.ndarray | None = None,
-                     centres: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+def occlusion_figure(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    flips: np.ndarray,
+    title: str,
+    lung: np.ndarray | None = None,
+    lesion: np.ndarray | None = None,
+    centres: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
     """Write the four-panel PNG. ``heatmap``: (H, W) probability drop; ``flips``: the window grid,
     drawn at the window centres ``centres`` (rows, columns) over the image."""
     gray = grayscale(image)

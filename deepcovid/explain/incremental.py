@@ -36,8 +36,8 @@ from deepcovid.explain.winograd import Conv3x3
 
 RUNTIMES = ("onnxruntime", "torch")
 # a patch covering at least this fraction of its map counts as changed as a whole: the rest of the
-# network then runs on whole maps in ONNX Runtime (EfficientNet-Lite0's exact map 10% faster than
-# waiting for patches that cover their maps; 0.4 and 0.5 alike)
+# network then runs on whole maps in ONNX Runtime (faster than waiting for patches that cover their
+# maps; 0.4 and 0.5 alike: docs/explanations.md, bench/occlusion_speed.py)
 WHOLE = 0.5
 
 _UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Dropout, nn.Identity, nn.BatchNorm2d, nn.LeakyReLU)
@@ -55,7 +55,8 @@ def _activation_inplace(module: nn.Module, data: torch.Tensor) -> torch.Tensor:
 
 
 _INPLACE_FUNCTIONS = {
-    F.relu: lambda data, inplace=False: data.relu_(), torch.relu: lambda data: data.relu_(),
+    F.relu: lambda data, inplace=False: data.relu_(),
+    torch.relu: lambda data: data.relu_(),
     F.relu6: lambda data, inplace=False: F.hardtanh(data, 0.0, 6.0, inplace=True),
     F.hardtanh: lambda data, min_val=-1.0, max_val=1.0, inplace=False: F.hardtanh(data, min_val, max_val, inplace=True),
     F.leaky_relu: lambda data, negative_slope=0.01, inplace=False: F.leaky_relu(data, negative_slope, inplace=True),
@@ -114,8 +115,15 @@ def fold_padding(gm: fx.GraphModule) -> fx.GraphModule:
         else:
             continue
         conv = next(iter(node.users))
-        if len(pads) != 4 or pads[0] != pads[1] or pads[2] != pads[3] or min(pads) < 0 \
-                or conv.op != "call_function" or conv.target is not F.conv2d or conv.args[0] is not node:
+        if (
+            len(pads) != 4
+            or pads[0] != pads[1]
+            or pads[2] != pads[3]
+            or min(pads) < 0
+            or conv.op != "call_function"
+            or conv.target is not F.conv2d
+            or conv.args[0] is not node
+        ):
             continue
         names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
         values = dict(zip(names, (None, None, None, 1, 0, 1, 1)))
@@ -188,8 +196,17 @@ class Patch:
         zero = torch.zeros_like(self.y)
         return self._paste(out, zero, zero)
 
-    def window(self, y: torch.Tensor, x: torch.Tensor, h: int, w: int, padded: torch.Tensor,
-               pad_top: int, pad_left: int, value: float = 0.0) -> torch.Tensor:
+    def window(
+        self,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        h: int,
+        w: int,
+        padded: torch.Tensor,
+        pad_top: int,
+        pad_left: int,
+        value: float = 0.0,
+    ) -> torch.Tensor:
         """The (B, C, h, w) values at rows ``y..y+h`` and columns ``x..x+w`` (map coordinates,
         negative inside the padding) of the maps; ``padded`` is the base map padded with ``value``
         by ``pad_top`` and ``pad_left`` (and enough on the other sides)."""
@@ -215,10 +232,10 @@ class Patch:
                 continue
             if members[-1] - members[0] + 1 == len(members):  # consecutive copies: a plain slice copy
                 m = slice(members[0], members[-1] + 1)
-                out[m, :, a0:a1, b0:b1] = self.data[m, :, a0 - oy:a1 - oy, b0 - ox:b1 - ox]
+                out[m, :, a0:a1, b0:b1] = self.data[m, :, a0 - oy : a1 - oy, b0 - ox : b1 - ox]
             else:
                 index = torch.tensor(members)
-                out[index, :, a0:a1, b0:b1] = self.data[index, :, a0 - oy:a1 - oy, b0 - ox:b1 - ox]
+                out[index, :, a0:a1, b0:b1] = self.data[index, :, a0 - oy : a1 - oy, b0 - ox : b1 - ox]
         return out
 
 
@@ -226,8 +243,8 @@ def gather(maps: torch.Tensor, y: torch.Tensor, x: torch.Tensor, h: int, w: int)
     """The (B, C, h, w) boxes of the (1, C, H, W) ``maps`` at rows ``y`` and columns ``x`` (B,), copied."""
     ys, xs = y.tolist(), x.tolist()
     if len(set(ys)) == 1 and len(set(xs)) == 1:
-        return repeat(maps[:, :, ys[0]:ys[0] + h, xs[0]:xs[0] + w], len(ys))
-    return torch.cat([maps[:, :, a:a + h, b:b + w] for a, b in zip(ys, xs)])
+        return repeat(maps[:, :, ys[0] : ys[0] + h, xs[0] : xs[0] + w], len(ys))
+    return torch.cat([maps[:, :, a : a + h, b : b + w] for a, b in zip(ys, xs)])
 
 
 def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
@@ -261,9 +278,12 @@ class IncrementalOcclusion:
         self._overwritable = {node for node in self.gm.graph.nodes if self._sole_owner(node)}
         self._base: dict[fx.Node, object] = {}
         self._padded: dict = {}
-        self.winograd = {node: Conv3x3(g[0], g[1]) for node in self.gm.graph.nodes  # the convolutions
-                         if (g := _conv_geometry(self.gm, self.modules, node)) is not None  # it speeds up
-                         and Conv3x3.useful(g[0], g[2], g[4], g[5])}
+        self.winograd = {
+            node: Conv3x3(g[0], g[1])
+            for node in self.gm.graph.nodes  # the convolutions
+            if (g := _conv_geometry(self.gm, self.modules, node)) is not None  # it speeds up
+            and Conv3x3.useful(g[0], g[2], g[4], g[5])
+        }
         self._lock = threading.Lock()  # batches may run in threads (the multiply-add count)
         self.image_macs = 0  # convolution multiply-adds of one plain forward pass of the image
         self.macs = 0  # those of the occluded passes since :meth:`set_image`
@@ -272,12 +292,18 @@ class IncrementalOcclusion:
         """Whether ``node`` may overwrite its input's values: nothing else reads them, and they are
         computed in the occluded pass (not the caller's input or a parameter), also through the
         operations that pass their input on (padding, identity, dropout, activations)."""
-        if node.op == "call_module" and isinstance(self.modules[node.target], _ACTIVATIONS) or \
-                node.op == "call_function" and node.target in _INPLACE_FUNCTIONS:
+        if (
+            node.op == "call_module"
+            and isinstance(self.modules[node.target], _ACTIVATIONS)
+            or node.op == "call_function"
+            and node.target in _INPLACE_FUNCTIONS
+        ):
             src = node.args[0] if node.args else None
             while isinstance(src, fx.Node) and len(src.users) == 1 and src.op not in ("placeholder", "get_attr"):
                 module = self.modules.get(src.target) if src.op == "call_module" else None
-                if not (isinstance(module, _ALIASING) or src.op == "call_function" and src.target in _ALIASING_FUNCTIONS):
+                if not (
+                    isinstance(module, _ALIASING) or src.op == "call_function" and src.target in _ALIASING_FUNCTIONS
+                ):
                     return True
                 src = src.args[0]
         return False
@@ -298,8 +324,11 @@ class IncrementalOcclusion:
         self._base = base
         self._size = tuple(image.shape)
         self.macs = 0
-        self.image_macs = sum(_conv_macs(g[0], base[n]) for n in self.gm.graph.nodes
-                              if (g := _conv_geometry(self.gm, self.modules, n)) is not None)
+        self.image_macs = sum(
+            _conv_macs(g[0], base[n])
+            for n in self.gm.graph.nodes
+            if (g := _conv_geometry(self.gm, self.modules, n)) is not None
+        )
         return out
 
     @torch.inference_mode()
@@ -310,8 +339,11 @@ class IncrementalOcclusion:
         i = 0
         while i < len(self._nodes):
             node = self._nodes[i]
-            if self.runtime == "onnxruntime" and node.op not in ("placeholder", "get_attr", "output") and \
-                    (tail := self._tail(i, env)) is not None:
+            if (
+                self.runtime == "onnxruntime"
+                and node.op not in ("placeholder", "get_attr", "output")
+                and (tail := self._tail(i, env)) is not None
+            ):
                 tail, macs = tail
                 outs = tail([_full(env[n]) for n in tail.segment.inputs])
                 env.update(zip(tail.segment.outputs, outs))
@@ -340,18 +372,21 @@ class IncrementalOcclusion:
             return None
         with self._lock:
             if key not in self._tails:
-                self._tails[key] = Tail(self.gm, seg, self._base), sum(
-                    _conv_macs(g[0], self._base[n]) for n in self._nodes[seg.start:seg.end]
-                    if (g := _conv_geometry(self.gm, self.modules, n)) is not None)
+                self._tails[key] = (
+                    Tail(self.gm, seg, self._base),
+                    sum(
+                        _conv_macs(g[0], self._base[n])
+                        for n in self._nodes[seg.start : seg.end]
+                        if (g := _conv_geometry(self.gm, self.modules, n)) is not None
+                    ),
+                )
             return self._tails[key]
 
     def _worth(self, nodes: list[fx.Node]) -> bool:
         """Whether ONNX Runtime is worth it for these nodes: only where they hold a depthwise (grouped)
-        convolution. Its gain is in those memory-bound layers and the activations fused around them
-        (EfficientNet-Lite0's exact map 2.6 -> 2.0 s); with dense convolutions alone it was slower or
-        about as fast as PyTorch (exact maps at 224 px, 2 cores: ResNet18 4.6 s against 3.8 s, its
-        layer3 and layer4 losing Winograd's algorithm; SqueezeNet 1.56 s against 1.44 s; DenseNet-121
-        12.8 s against 13.6 s)."""
+        convolution. Its gain is in those memory-bound layers and the activations fused around them;
+        with dense convolutions alone it was slower than PyTorch or about as fast (ResNet18's layer3
+        and layer4 lose Winograd's algorithm there). Measured in docs/explanations.md."""
         return any((g := _conv_geometry(self.gm, self.modules, n)) is not None and g[5] > 1 for n in nodes)
 
     def _run(self, node: fx.Node, env: dict):
@@ -367,11 +402,21 @@ class IncrementalOcclusion:
             shape = torch.Size([first.batch, *first.base.shape[1:]])
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             return shape if dim is None else shape[dim]
-        if node.op == "call_function" and node.target in _ADD and len(args) == 2 and not kwargs \
-                and all(isinstance(a, Patch) for a in args):
+        if (
+            node.op == "call_function"
+            and node.target in _ADD
+            and len(args) == 2
+            and not kwargs
+            and all(isinstance(a, Patch) for a in args)
+        ):
             return self._union(node, list(args), lambda parts: parts[0] + parts[1])
-        if node.op == "call_function" and node.target is torch.cat and isinstance(first, (list, tuple)) \
-                and all(isinstance(a, Patch) for a in first) and _cat_dim(args, kwargs) == 1:
+        if (
+            node.op == "call_function"
+            and node.target is torch.cat
+            and isinstance(first, (list, tuple))
+            and all(isinstance(a, Patch) for a in first)
+            and _cat_dim(args, kwargs) == 1
+        ):
             return self._union(node, list(first), lambda parts: torch.cat(parts, 1))
         args, kwargs = _full(args), _full(kwargs)
         if module is not None:
@@ -418,18 +463,31 @@ class IncrementalOcclusion:
         if isinstance(module, nn.MaxPool2d) and not module.return_indices:
             pair = torch.nn.modules.utils._pair
             k, s, pad, d = pair(module.kernel_size), pair(module.stride), pair(module.padding), pair(module.dilation)
-            return self._sliding(node, p, k, s, pad, d, -math.inf,
-                                 lambda maps, pads: F.max_pool2d(maps, k, s, pads, d, ceil_mode=False))
+            return self._sliding(
+                node, p, k, s, pad, d, -math.inf, lambda maps, pads: F.max_pool2d(maps, k, s, pads, d, ceil_mode=False)
+            )
         if isinstance(module, nn.AvgPool2d) and not module.ceil_mode and module.divisor_override is None:
             pair = torch.nn.modules.utils._pair
             k, s, pad = pair(module.kernel_size), pair(module.stride), pair(module.padding)
             if module.count_include_pad or pad == (0, 0):
-                return self._sliding(node, p, k, s, pad, (1, 1), 0.0, lambda maps, pads: F.avg_pool2d(
-                    maps, k, s, pads, ceil_mode=False, count_include_pad=True))
+                return self._sliding(
+                    node,
+                    p,
+                    k,
+                    s,
+                    pad,
+                    (1, 1),
+                    0.0,
+                    lambda maps, pads: F.avg_pool2d(maps, k, s, pads, ceil_mode=False, count_include_pad=True),
+                )
             return None
-        global_pool = (isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))) or \
-            (node.op == "call_function" and node.target is F.adaptive_avg_pool2d and len(args) == 2
-             and args[1] in (1, (1, 1)) and not kwargs)
+        global_pool = (isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))) or (
+            node.op == "call_function"
+            and node.target is F.adaptive_avg_pool2d
+            and len(args) == 2
+            and args[1] in (1, (1, 1))
+            and not kwargs
+        )
         if global_pool:
             before = self._base[node.args[0]]
             covered = gather(before, p.y, p.x, *p.data.shape[-2:])

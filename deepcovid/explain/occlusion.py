@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 from scipy.interpolate import RegularGridInterpolator
 from scipy.ndimage import maximum_filter, minimum_filter
+from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from deepcovid.errors import InputError
@@ -69,8 +69,8 @@ def in_threads(fn, items: list) -> list:
     """``[fn(item) for item in items]`` (in inference mode), in as many threads as torch has
     intra-op threads (at most one per item), each running its operations on one thread. Batches of
     occluded copies are independent, and the many small operations of incremental inference hold
-    Python's lock between the large ones: two batches side by side on two cores kept the cores busier
-    than one batch on both (ResNet18's exact map 15% faster, EfficientNet-Lite0's 3%). The scores
+    Python's lock between the large ones: two batches side by side on two cores keep the cores busier
+    than one batch on both (measured in docs/explanations.md). The scores
     equal those of one thread up to float rounding (the summation order of a product may differ)."""
     threads = min(torch.get_num_threads(), len(items))
     if threads <= 1:
@@ -111,8 +111,10 @@ class OcclusionMap:
 
     def centres(self) -> tuple[np.ndarray, np.ndarray]:
         """Row and column of each window's centre (windows cut at the edge: of the part left)."""
-        return tuple((s + np.minimum(s + self.window, n)) / 2 - 0.5 for s, n in ((self.ys, self.size[0]),
-                                                                                (self.xs, self.size[1])))
+        return tuple(
+            (s + np.minimum(s + self.window, n)) / 2 - 0.5
+            for s, n in ((self.ys, self.size[0]), (self.xs, self.size[1]))
+        )
 
     def pixel_map(self) -> np.ndarray:
         """(H, W) mean drop over the windows covering each pixel (Captum's ``Occlusion``)."""
@@ -124,8 +126,8 @@ def pixel_map(drops: np.ndarray, ys: np.ndarray, xs: np.ndarray, window: int, si
     count = np.zeros(size, dtype=np.int64)
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
-            total[y:y + window, x:x + window] += drops[i, j]
-            count[y:y + window, x:x + window] += 1
+            total[y : y + window, x : x + window] += drops[i, j]
+            count[y : y + window, x : x + window] += 1
     return total / count  # every pixel is covered: the last window reaches the edge
 
 
@@ -138,9 +140,18 @@ class Occluder:
     copies per pass; ``runtime`` of the exact and approximate modes' whole-map layers
     (:class:`~deepcovid.explain.incremental.IncrementalOcclusion`)."""
 
-    def __init__(self, model: nn.Module, window: int, stride: int, method: str = "exact",
-                 batch_size: int = 64, score=covid_probability, coarse: int = 3, refine: float = 0.1,
-                 runtime: str = "onnxruntime") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        window: int,
+        stride: int,
+        method: str = "exact",
+        batch_size: int = 64,
+        score=covid_probability,
+        coarse: int = 3,
+        refine: float = 0.1,
+        runtime: str = "onnxruntime",
+    ) -> None:
         if method not in METHODS:
             raise ExplainError(f"unknown occlusion method {method!r}; valid: {', '.join(METHODS)}")
         if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 1:
@@ -149,7 +160,13 @@ class Occluder:
             raise ExplainError(f"refine must be a fraction in [0, 1], got {refine!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ExplainError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.model, self.window, self.stride, self.method, self.batch_size = model.eval(), window, stride, method, batch_size
+        self.model, self.window, self.stride, self.method, self.batch_size = (
+            model.eval(),
+            window,
+            stride,
+            method,
+            batch_size,
+        )
         self.score, self.coarse, self.refine = score, coarse, refine
         self.engine = None if method == "batched" else IncrementalOcclusion(model, runtime)
 
@@ -161,8 +178,10 @@ class Occluder:
     def maps(self, image: torch.Tensor, fill: torch.Tensor) -> list[OcclusionMap]:
         """One map per score the ``score`` function returns, from the same occluded passes."""
         if image.ndim != 4 or image.shape[0] != 1 or fill.shape != image.shape:
-            raise ExplainError(f"expected one (1, C, H, W) image and a fill of its shape, got {tuple(image.shape)} "
-                               f"and {tuple(fill.shape)}")
+            raise ExplainError(
+                f"expected one (1, C, H, W) image and a fill of its shape, got {tuple(image.shape)} "
+                f"and {tuple(fill.shape)}"
+            )
         h, w = image.shape[-2:]
         ys, xs = starts(h, self.window, self.stride), starts(w, self.window, self.stride)
         logits = self.engine.set_image(image) if self.engine is not None else self.model(image)
@@ -180,8 +199,15 @@ class Occluder:
         coarse = run([(i, j) for i in rows for j in cols]).reshape(len(rows), len(cols), -1)
         grid = np.stack(np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij"), -1)
         points = (rows, cols) if len(rows) > 1 and len(cols) > 1 else None
-        scores = np.stack([RegularGridInterpolator(points, coarse[:, :, m])(grid) if points else
-                           np.broadcast_to(coarse[:, :, m].mean(), (ny, nx)) for m in range(coarse.shape[2])], -1)
+        scores = np.stack(
+            [
+                RegularGridInterpolator(points, coarse[:, :, m])(grid)
+                if points
+                else np.broadcast_to(coarse[:, :, m].mean(), (ny, nx))
+                for m in range(coarse.shape[2])
+            ],
+            -1,
+        )
         known = np.zeros((ny, nx), bool)
         known[np.ix_(rows, cols)] = True
         # refined first: where the interpolation is least certain, the largest spread of the scores
@@ -190,7 +216,7 @@ class Occluder:
         size = 2 * self.coarse - 1
         spread = maximum_filter(scores[:, :, 0], size=size) - minimum_filter(scores[:, :, 0], size=size)
         order = np.argsort(-spread, axis=None, kind="stable")
-        refine = [divmod(int(k), nx) for k in order[:math.ceil(self.refine * ny * nx)] if not known.flat[k]]
+        refine = [divmod(int(k), nx) for k in order[: math.ceil(self.refine * ny * nx)] if not known.flat[k]]
         if refine:
             scores[tuple(np.array(refine).T)] = run(refine)
         scores[np.ix_(rows, cols)] = coarse
@@ -203,7 +229,7 @@ class Occluder:
         # their patches then sit alike in every layer's windows, and a batch moves them as slices
         order = sorted(range(len(positions)), key=lambda k: (positions[k][0] % 32, positions[k][1] % 32, k))
         ordered = [positions[k] for k in order]
-        chunks = [ordered[k:k + self.batch_size] for k in range(0, len(ordered), self.batch_size)]
+        chunks = [ordered[k : k + self.batch_size] for k in range(0, len(ordered), self.batch_size)]
         one = lambda c: self._scores(image, fill, c, h, w)  # noqa: E731
         # the plain reference stays on the caller's threads: its large passes ran slower in threads
         scores = in_threads(one, chunks) if self.engine is not None else [one(c) for c in chunks]
@@ -217,12 +243,12 @@ class Occluder:
         if self.engine is None:
             copies = image.repeat(len(chunk), 1, 1, 1)
             for b, (y, x) in enumerate(chunk):
-                copies[b, :, y:y + n, x:x + n] = fill[0, :, y:y + n, x:x + n]
+                copies[b, :, y : y + n, x : x + n] = fill[0, :, y : y + n, x : x + n]
             return self.score(self.model(copies.contiguous(memory_format=torch.channels_last)))
         # the changed box is n x n, moved inside the image for a window cut at the edge
         y = torch.tensor([min(y, h - n) for y, _ in chunk])
         x = torch.tensor([min(x, w - n) for _, x in chunk])
-        data = torch.stack([image[0, :, yy:yy + n, xx:xx + n] for yy, xx in zip(y.tolist(), x.tolist())])
+        data = torch.stack([image[0, :, yy : yy + n, xx : xx + n] for yy, xx in zip(y.tolist(), x.tolist())])
         for b, (y0, x0) in enumerate(chunk):  # the occluded part of the box
-            data[b, :, y0 - int(y[b]):, x0 - int(x[b]):] = fill[0, :, y0:y0 + n, x0:x0 + n]
+            data[b, :, y0 - int(y[b]) :, x0 - int(x[b]) :] = fill[0, :, y0 : y0 + n, x0 : x0 + n]
         return self.score(self.engine(data, y, x))

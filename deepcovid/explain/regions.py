@@ -41,13 +41,17 @@ def annotation_index(root: Path) -> dict[Path, dict]:
     truth = root / "annotations" / "synthetic_truth.csv"  # Cohen layout
     if truth.is_file():
         for row in _read_csv(truth).itertuples():
-            index[root / "images" / row.filename] = {"lung": ("mask", root / row.lung_mask, "synthetic mask"),
-                                                     "lesion": ("mask", root / row.lesion_mask, "synthetic mask")}
+            index[root / "images" / row.filename] = {
+                "lung": ("mask", root / row.lung_mask, "synthetic mask"),
+                "lesion": ("mask", root / row.lesion_mask, "synthetic mask"),
+            }
     truth = root / "synthetic_truth.csv"  # CheXpert layout: paths relative to the folder above
     if truth.is_file():
         for row in _read_csv(truth).itertuples():
-            index[root.parent / row.Path] = {"lung": ("mask", root.parent / row.lung_mask, "synthetic mask"),
-                                             "lesion": ("mask", root.parent / row.lesion_mask, "synthetic mask")}
+            index[root.parent / row.Path] = {
+                "lung": ("mask", root.parent / row.lung_mask, "synthetic mask"),
+                "lesion": ("mask", root.parent / row.lesion_mask, "synthetic mask"),
+            }
     _coco_boxes(root, index)
     masks = root / "annotations" / "lungVAE-masks"
     if masks.is_dir():
@@ -73,8 +77,12 @@ def _coco_boxes(root: Path, index: dict) -> None:
     originals = {}
     if scales_csv.is_file():
         for row in _read_csv(scales_csv).itertuples():
-            originals[row.filename] = (int(row.original_width), int(row.original_height),
-                                       int(row.new_width), int(row.new_height))
+            originals[row.filename] = (
+                int(row.original_width),
+                int(row.original_height),
+                int(row.new_width),
+                int(row.new_height),
+            )
     for image in coco.get("images", []):
         name = image.get("file_name", "")
         recorded = (image.get("width"), image.get("height"))
@@ -83,8 +91,12 @@ def _coco_boxes(root: Path, index: dict) -> None:
         if not found or any(not isinstance(b, list) or len(b) != 4 for b in found):
             entry = ("unusable", "lung boxes missing or malformed", "bounding boxes")
         elif name in originals and recorded != originals[name][:2]:
-            entry = ("unusable", f"lung boxes recorded for a {recorded[0]}x{recorded[1]} image, the original is "
-                                 f"{originals[name][0]}x{originals[name][1]}", "bounding boxes")
+            entry = (
+                "unusable",
+                f"lung boxes recorded for a {recorded[0]}x{recorded[1]} image, the original is "
+                f"{originals[name][0]}x{originals[name][1]}",
+                "bounding boxes",
+            )
         else:
             if name in originals:
                 ow, oh, nw, nh = originals[name]
@@ -115,7 +127,7 @@ def _box_mask(boxes, scale, size: tuple[int, int], recorded) -> np.ndarray:
     mask = np.zeros((h, w), bool)
     for x, y, bw, bh in boxes:
         x0, y0 = max(0, int(round(x * sx))), max(0, int(round(y * sy)))
-        mask[y0:max(y0, int(round((y + bh) * sy))), x0:max(x0, int(round((x + bw) * sx)))] = True
+        mask[y0 : max(y0, int(round((y + bh) * sy))), x0 : max(x0, int(round((x + bw) * sx)))] = True
     return mask
 
 

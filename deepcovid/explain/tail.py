@@ -4,9 +4,9 @@ Incremental occlusion recomputes a patch of each layer; once the patches of the 
 layers read have grown to (most of) their maps, the rest of the network might as well be a plain
 forward pass of the batch of occluded copies on whole maps. That part is cut out of the traced
 graph (:func:`segment`), exported to ONNX once and run by ONNX Runtime, whose CPU kernels
-(blocked channel layout, convolution and activation fused, depthwise kernels) ran the whole of
-EfficientNet-Lite0 1.4x faster than PyTorch's eager channels_last forward on one core here
-(batch 32; ResNet18 1.1x). It rounds differently from PyTorch (about 1e-6 of the logits).
+(blocked channel layout, convolution and activation fused, depthwise kernels) run networks with
+depthwise convolutions faster than PyTorch's eager channels_last forward (docs/explanations.md,
+bench/occlusion_speed.py). It rounds differently from PyTorch (about 1e-6 of the logits).
 
 A segment starts at a node boundary and runs while every value it reads is a tensor (in the
 unoccluded pass): it stops before a node that reads a Python number (``x.view(x.size(0), -1)``
@@ -55,8 +55,11 @@ def segment(gm: fx.GraphModule, base: dict, start: int, worth) -> Segment | None
     end = start
     while end < len(nodes):
         node = nodes[end]
-        if node.op in ("output", "placeholder") or not isinstance(base.get(node), torch.Tensor) or \
-                any(n.op != "get_attr" and not isinstance(base.get(n), torch.Tensor) for n in _inputs(node)):
+        if (
+            node.op in ("output", "placeholder")
+            or not isinstance(base.get(node), torch.Tensor)
+            or any(n.op != "get_attr" and not isinstance(base.get(n), torch.Tensor) for n in _inputs(node))
+        ):
             break
         end += 1
     inside = nodes[start:end]
@@ -77,7 +80,7 @@ def extract(gm: fx.GraphModule, seg: Segment) -> fx.GraphModule:
             env[n] = graph.get_attr(n.target)
         return env[n]
 
-    for node in list(gm.graph.nodes)[seg.start:seg.end]:
+    for node in list(gm.graph.nodes)[seg.start : seg.end]:
         env[node] = graph.node_copy(node, arg)
     graph.output(tuple(env[n] for n in seg.outputs))
     return fx.GraphModule(gm, graph)
@@ -106,8 +109,15 @@ class Tail:
                     buffer = io.BytesIO()
                     with _EXPORTING, warnings.catch_warnings():  # (and the exporter's deprecation notices)
                         warnings.simplefilter("ignore")
-                        torch.onnx.export(self._module, self._samples, buffer, dynamo=False, input_names=names,
-                                          output_names=outs, dynamic_axes={n: {0: "batch"} for n in names + outs})
+                        torch.onnx.export(
+                            self._module,
+                            self._samples,
+                            buffer,
+                            dynamo=False,
+                            input_names=names,
+                            output_names=outs,
+                            dynamic_axes={n: {0: "batch"} for n in names + outs},
+                        )
                     self._onnx = buffer.getvalue()
                 options = ort.SessionOptions()
                 options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -121,5 +131,4 @@ class Tail:
         outs = session.run(None, feed)
         if len(outs) != len(self.segment.outputs):
             raise StateError(f"the ONNX Runtime segment gave {len(outs)} outputs, expected {len(self.segment.outputs)}")
-        return [torch.from_numpy(o).contiguous(memory_format=CL) if o.ndim == 4
-                else torch.from_numpy(o) for o in outs]
+        return [torch.from_numpy(o).contiguous(memory_format=CL) if o.ndim == 4 else torch.from_numpy(o) for o in outs]

@@ -33,22 +33,22 @@ MIN_CHANNELS = 256  # narrower layers: the transforms cost about what the produc
 MIN_GAIN = 1.5  # multiply-adds saved, at least, for a map to be computed this way
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def transforms(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(A^T, G, B^T)`` of F(m, 3), float64, shapes (m, n), (n, 3), (n, n) with n = m + 2:
     ``A^T ((G g) * (B^T d))`` is the correlation ``y_i = sum_k d[i + k] g[k]`` for every ``d``, ``g``."""
     r, n = 3, m + 2
     if not 1 <= m <= len(POINTS) - 1:  # n - 1 finite points
         raise ValueError(f"no Winograd transform for tiles of {m}")
-    points = POINTS[:n - 1]
+    points = POINTS[: n - 1]
     at, g = np.zeros((m, n)), np.zeros((n, r))
     for j, p in enumerate(points):  # Lagrange interpolation at the points, and the point at infinity
-        at[:, j] = [p ** i for i in range(m)]
-        g[j] = [p ** k / math.prod(p - q for q in points if q != p) for k in range(r)]
+        at[:, j] = [p**i for i in range(m)]
+        g[j] = [p**k / math.prod(p - q for q in points if q != p) for k in range(r)]
     at[m - 1, n - 1] = g[n - 1, r - 1] = 1.0
     # B^T is then fixed: column l of it solves sum_j at[i, j] g[j, k] bt[j, l] = [l == i + k]
     system = np.stack([at[i] * g[:, k] for i in range(m) for k in range(r)])
-    targets = np.array([[float(l == i + k) for l in range(n)] for i in range(m) for k in range(r)])
+    targets = np.array([[float(j == i + k) for j in range(n)] for i in range(m) for k in range(r)])
     bt = np.linalg.lstsq(system, targets, rcond=None)[0]
     if not np.allclose(system @ bt, targets, atol=1e-9):
         raise ValueError(f"the interpolation points give no exact F({m}, 3)")
@@ -77,8 +77,13 @@ class Conv3x3:
     @staticmethod
     def useful(weight: torch.Tensor, stride, dilation, groups: int) -> bool:
         """Whether a convolution of these settings is one this class can speed up."""
-        return tuple(weight.shape[-2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) \
-            and groups == 1 and min(weight.shape[:2]) >= MIN_CHANNELS
+        return (
+            tuple(weight.shape[-2:]) == (3, 3)
+            and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1)
+            and groups == 1
+            and min(weight.shape[:2]) >= MIN_CHANNELS
+        )
 
     def _kernel(self, mh: int, mw: int):
         """(U, B_h^T, B_w^T, A_h^T, A_w^T) for ``mh x mw`` tiles, made once (U: (nh nw, C, O), float32)."""
@@ -105,7 +110,7 @@ class Conv3x3:
             x = pad_maps(x, 0, hp - h, 0, wp - w)
         d = x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): the channels_last memory as it lies
         s = d.stride()
-        tiles = torch.empty(nh, nw, b, th, tw, c, dtype=x.dtype)  # copy_ into it: 2x faster than reshape
+        tiles = torch.empty(nh, nw, b, th, tw, c, dtype=x.dtype)  # copy_ into it: faster than reshape
         tiles.copy_(d.as_strided(tiles.shape, (s[1], s[2], s[0], mh * s[1], mw * s[2], s[3])))
         n = b * th * tw
         # B^T d B for every tile and channel: one axis, then the other (fewer operations than their

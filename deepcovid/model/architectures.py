@@ -115,8 +115,7 @@ def _import_lite(name: str):
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise ModelError(
-            f"{name} needs the {LITE_CODE_PACKAGE} package ({one_line(exc)}); "
-            f"pip install {LITE_CODE_PACKAGE}"
+            f"{name} needs the {LITE_CODE_PACKAGE} package ({one_line(exc)}); pip install {LITE_CODE_PACKAGE}"
         ) from None
     return EfficientNet
 

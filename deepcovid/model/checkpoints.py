@@ -9,8 +9,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -23,9 +23,18 @@ log = logging.getLogger(__name__)
 
 PACKAGE = Path(__file__).resolve().parents[1]  # deepcovid/
 # The code of full fine-tuning (relative to deepcovid/), whose sha256 goes into the key.
-CODE_FILES = ("model/architectures.py", "model/weights.py", "model/datasets.py", "model/presets.py",
-              "model/environment.py", "model/checkpoints.py", "model/training.py", "model/train_run.py",
-              "data/augment.py", "portable.py")
+CODE_FILES = (
+    "model/architectures.py",
+    "model/weights.py",
+    "model/datasets.py",
+    "model/presets.py",
+    "model/environment.py",
+    "model/checkpoints.py",
+    "model/training.py",
+    "model/train_run.py",
+    "data/augment.py",
+    "portable.py",
+)
 KEYS = ("epoch", "model", "optimizer", "scaler", "history", "best_loss", "best_epoch", "best_state")
 
 
@@ -38,10 +47,17 @@ def _folder_digest(path: Path | None) -> str | None:
     return tree_digest(path) if path is not None and path.is_dir() else None
 
 
-def checkpoint_inputs(params: config.Params, provenance: dict, *, manifest: str | os.PathLike,
-                      preprocessed: str | os.PathLike, augmented: str | os.PathLike | None,
-                      device: str | torch.device = "cpu", world_size: int = 1,
-                      code_files: Iterable[str | os.PathLike] = ()) -> dict:
+def checkpoint_inputs(
+    params: config.Params,
+    provenance: dict,
+    *,
+    manifest: str | os.PathLike,
+    preprocessed: str | os.PathLike,
+    augmented: str | os.PathLike | None,
+    device: str | torch.device = "cpu",
+    world_size: int = 1,
+    code_files: Iterable[str | os.PathLike] = (),
+) -> dict:
     """Everything that changes the result of full fine-tuning, as a JSON-able dict.
 
     Parameters (model, weights, seed and the train, augment and preprocess sections), the
@@ -94,7 +110,8 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
 
 def _same_layout(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
-        isinstance(a[k], torch.Tensor) and a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a)
+        isinstance(a[k], torch.Tensor) and a[k].shape == b[k].shape and a[k].dtype == b[k].dtype for k in a
+    )
 
 
 def load_checkpoint(path: Path, model: nn.Module, epochs: int, device: torch.device) -> dict:
@@ -107,11 +124,16 @@ def load_checkpoint(path: Path, model: nn.Module, epochs: int, device: torch.dev
     if missing:
         raise KeyError(f"missing entries {sorted(missing)}")
     epoch, best_epoch = state["epoch"], state["best_epoch"]
-    if not isinstance(epoch, int) or not isinstance(best_epoch, int) or not 1 <= epoch <= epochs \
-            or not 0 <= best_epoch <= epoch:
+    if (
+        not isinstance(epoch, int)
+        or not isinstance(best_epoch, int)
+        or not 1 <= epoch <= epochs
+        or not 0 <= best_epoch <= epoch
+    ):
         raise InputError(f"epoch {epoch!r} / best epoch {best_epoch!r} out of range for {epochs} epochs")
-    if not isinstance(state["history"], list) or \
-            [h.get("epoch") if isinstance(h, dict) else None for h in state["history"]] != list(range(1, epoch + 1)):
+    if not isinstance(state["history"], list) or [
+        h.get("epoch") if isinstance(h, dict) else None for h in state["history"]
+    ] != list(range(1, epoch + 1)):
         raise InputError("history does not match the epoch count")
     if not _same_layout(state["best_state"], model.state_dict()):
         raise InputError("best_state does not fit the model")
@@ -127,7 +149,7 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
         text = "weights-only load refused: " + text.split(" was not an allowed global")[0]
     text = " ".join(text.split())
     text = f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (empty or cut short?)"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def set_aside(path: Path, reason: str) -> Path:
@@ -137,7 +159,8 @@ def set_aside(path: Path, reason: str) -> Path:
     try:
         os.replace(path, target)
     except OSError as exc:
-        raise StateError(f"checkpoint {path} cannot be used ({reason}) and cannot be set aside "
-                           f"({one_line(exc)}): remove it") from None
+        raise StateError(
+            f"checkpoint {path} cannot be used ({reason}) and cannot be set aside ({one_line(exc)}): remove it"
+        ) from None
     log.warning("checkpoint %s cannot be used (%s); set aside as %s, training starts over", path, reason, target)
     return target

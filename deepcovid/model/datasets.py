@@ -14,7 +14,18 @@ import pandas as pd
 from PIL import Image
 from torch.utils.data import Dataset
 
-TABLE_COLUMNS = ["image_id", "parent", "source", "patient", "split_group", "label", "group", "category", "split", "file"]
+TABLE_COLUMNS = [
+    "image_id",
+    "parent",
+    "source",
+    "patient",
+    "split_group",
+    "label",
+    "group",
+    "category",
+    "split",
+    "file",
+]
 
 
 def _read(path: Path) -> pd.DataFrame:

@@ -31,8 +31,9 @@ def enable_determinism() -> str:
     """
     mode = (os.environ.get(DETERMINISM_ENV) or "strict").strip().lower()
     if mode not in _DETERMINISM_MODES:
-        raise InputError(f"environment variable {DETERMINISM_ENV}={mode!r}: expected one of "
-                         f"{', '.join(_DETERMINISM_MODES)}")
+        raise InputError(
+            f"environment variable {DETERMINISM_ENV}={mode!r}: expected one of {', '.join(_DETERMINISM_MODES)}"
+        )
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=_DETERMINISM_MODES[mode])
     torch.backends.cudnn.benchmark = False
@@ -87,8 +88,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise InputError(f"parameter train.device: {name!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"parameter train.device is {name!r} but CUDA is not available")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                     and torch.backends.mps.is_available()):
+    if device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
         raise InputError(f"parameter train.device is {name!r} but MPS is not available")
     return device
 

@@ -38,10 +38,17 @@ class OnnxBackbone:
 
         buffer = io.BytesIO()
         sample = torch.zeros(1, 3, image_size, image_size)
-        with warnings.catch_warnings():     # the TorchScript exporter's deprecation notices
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
             warnings.simplefilter("ignore")
-            torch.onnx.export(backbone.eval(), sample, buffer, dynamo=False, input_names=["images"],
-                              output_names=["features"], dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+            torch.onnx.export(
+                backbone.eval(),
+                sample,
+                buffer,
+                dynamo=False,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads or torch.get_num_threads(), 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy waiting
@@ -58,15 +65,25 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
         return "onnxruntime" if device.type == "cpu" else "torch"
     if runtime == "onnxruntime" and device.type != "cpu":
         from deepcovid.errors import InputError
-        raise InputError(f"train.feature_runtime: onnxruntime runs on the CPU only, but train.device is {device}; "
-                         "use auto or torch")
+
+        raise InputError(
+            f"train.feature_runtime: onnxruntime runs on the CPU only, but train.device is {device}; use auto or torch"
+        )
     return runtime
 
 
 @torch.inference_mode()
-def extract_features(backbone: torch.nn.Module, dataset: Dataset, batch_size: int = 64, num_workers: int = 0,
-                     device: str | torch.device = "cpu", channels_last: bool = True,
-                     progress: bool = True, runtime: str = "torch", image_size: int | None = None) -> np.ndarray:
+def extract_features(
+    backbone: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    channels_last: bool = True,
+    progress: bool = True,
+    runtime: str = "torch",
+    image_size: int | None = None,
+) -> np.ndarray:
     """Run ``backbone`` (in eval mode) over ``dataset``; return an (N, D) float32 array.
     ``runtime``: ``torch`` or ``onnxruntime`` (CPU; needs ``image_size``)."""
     device = torch.device(device)
@@ -78,8 +95,9 @@ def extract_features(backbone: torch.nn.Module, dataset: Dataset, batch_size: in
         onnx = OnnxBackbone(backbone, image_size)
     elif channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     out = []
     for images, _ in tqdm(loader, desc="features", disable=not progress, mininterval=2):
         if onnx is not None:
@@ -103,8 +121,14 @@ def state_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def featurize(params: config.Params, *, manifest: str | os.PathLike, cache: str | os.PathLike,
-              augmented: str | os.PathLike | None, out: str | os.PathLike) -> None:
+def featurize(
+    params: config.Params,
+    *,
+    manifest: str | os.PathLike,
+    cache: str | os.PathLike,
+    augmented: str | os.PathLike | None,
+    out: str | os.PathLike,
+) -> None:
     """Write the backbone features of every image (original and augmented) to the folder
     ``out`` (features.npy, index.csv, meta.json); in full mode only a meta.json saying so.
 
@@ -115,8 +139,10 @@ def featurize(params: config.Params, *, manifest: str | os.PathLike, cache: str 
     with files.atomic_path(out) as tmp:
         tmp.mkdir()
         if mode != "last_layer":
-            files.write_json(tmp / "meta.json", {"mode": mode, "skipped": True,
-                                                 "reason": "full fine-tuning changes the backbone; nothing to cache"})
+            files.write_json(
+                tmp / "meta.json",
+                {"mode": mode, "skipped": True, "reason": "full fine-tuning changes the backbone; nothing to cache"},
+            )
             log.info("train.mode=%s: no features to cache", mode)
             return
         seed_everything(params.seed)  # and deterministic algorithms
@@ -128,12 +154,31 @@ def featurize(params: config.Params, *, manifest: str | os.PathLike, cache: str 
         prep = preprocessing(name)
         dataset = ImageDataset(table["file"], table["label"], eval_transform(prep, size))
         runtime = resolve_runtime(params.train.feature_runtime, device)
-        feats = extract_features(backbone, dataset, batch_size=params.train.feature_batch_size,
-                                 num_workers=0, device=device, channels_last=True, runtime=runtime, image_size=size)
+        feats = extract_features(
+            backbone,
+            dataset,
+            batch_size=params.train.feature_batch_size,
+            num_workers=0,
+            device=device,
+            channels_last=True,
+            runtime=runtime,
+            image_size=size,
+        )
         np.save(tmp / "features.npy", feats.astype(np.float32))
         files.write_csv(tmp / "index.csv", table.drop(columns=["file"]))
-        files.write_json(tmp / "meta.json", {"mode": mode, "skipped": False, "model": name, "image_size": size,
-                                             "preprocessing": prep, "provenance": provenance,
-                                             "backbone_sha256": state_digest(backbone), "shape": list(feats.shape),
-                                             "device": str(device), "runtime": runtime})
+        files.write_json(
+            tmp / "meta.json",
+            {
+                "mode": mode,
+                "skipped": False,
+                "model": name,
+                "image_size": size,
+                "preprocessing": prep,
+                "provenance": provenance,
+                "backbone_sha256": state_digest(backbone),
+                "shape": list(feats.shape),
+                "device": str(device),
+                "runtime": runtime,
+            },
+        )
     log.info("%s features %s for %d images", name, tuple(feats.shape[1:]), len(feats))

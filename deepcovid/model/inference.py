@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -46,18 +46,25 @@ def read_record(model_json: str | os.PathLike, model_pt: str | os.PathLike) -> d
         raise MissingInputError(f"{model_json} not found: run the train stage first") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelError(f"{model_json}: not a model record ({type(exc).__name__}: {exc})") from None
-    missing = [k for k in ("architecture", "classes", "preprocessing", "train", "model_sha256")
-               if not isinstance(record, dict) or k not in record]
+    missing = [
+        k
+        for k in ("architecture", "classes", "preprocessing", "train", "model_sha256")
+        if not isinstance(record, dict) or k not in record
+    ]
     if missing:
-        raise ModelError(f"{model_json}: no {', '.join(missing)} (a record of another version or not the "
-                         f"train stage's): rerun the train stage")
+        raise ModelError(
+            f"{model_json}: no {', '.join(missing)} (a record of another version or not the "
+            f"train stage's): rerun the train stage"
+        )
     if not model_pt.is_file():
         raise MissingInputError(f"{model_pt} not found: run the train stage (or dvc checkout) first")
     digest = sha256_file(model_pt)
     if digest != record["model_sha256"]:
-        raise ModelError(f"{model_pt}: SHA-256 {digest[:16]}... is not the {str(record['model_sha256'])[:16]}... "
-                         f"that {model_json.name} records: the two files come from different runs "
-                         f"(dvc checkout models, or train again)")
+        raise ModelError(
+            f"{model_pt}: SHA-256 {digest[:16]}... is not the {str(record['model_sha256'])[:16]}... "
+            f"that {model_json.name} records: the two files come from different runs "
+            f"(dvc checkout models, or train again)"
+        )
     return record
 
 
@@ -97,18 +104,25 @@ def prepare(path: str | os.PathLike, record: dict, notes: list[str] | None = Non
 
 
 @torch.no_grad()
-def score_files(model: torch.nn.Module, record: dict, paths: Sequence[str | os.PathLike], batch_size: int = 32,
-                *, device: torch.device | None = None,
-                warnings: dict[int, str] | None = None) -> tuple[np.ndarray, dict[int, str]]:
+def score_files(
+    model: torch.nn.Module,
+    record: dict,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 32,
+    *,
+    device: torch.device | None = None,
+    warnings: dict[int, str] | None = None,
+) -> tuple[np.ndarray, dict[int, str]]:
     """COVID-19 probabilities of image files (NaN for the unreadable ones) and
-    ``{index: reason}`` for those (a non-finite model output is such a reason, never a score). The batches run on ``device`` (the model must be there;
-    default CPU); ``warnings``, when given, receives ``{index: "; "-joined notes}`` of the files
-    :func:`prepare` had a warning for."""
+    ``{index: reason}`` for those (a non-finite model output is such a reason, never a score). The batches
+    run on ``device`` (the model must be there; default CPU); ``warnings``, when given, receives
+    ``{index: "; "-joined notes}`` of the files :func:`prepare` had a warning for."""
     scores = np.full(len(paths), np.nan)
     errors: dict[int, str] = {}
     model = model.eval()
-    for start in tqdm(range(0, len(paths), batch_size), desc="scoring", mininterval=2,
-                      disable=len(paths) <= batch_size):
+    for start in tqdm(
+        range(0, len(paths), batch_size), desc="scoring", mininterval=2, disable=len(paths) <= batch_size
+    ):
         batch, where = [], []
         for i in range(start, min(start + batch_size, len(paths))):
             notes: list[str] = []

@@ -37,4 +37,3 @@ class DeepCovidModel(PythonModel):
             i = min(errors)
             raise InputError(f"{paths[i]}: {errors[i]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
         return pd.DataFrame({"score": scores})
-

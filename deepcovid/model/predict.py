@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,8 +54,9 @@ def collect_files(paths: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-def predict_files(paths: Sequence[str], *, models: str | os.PathLike, threshold: float, batch_size: int = 8,
-                  device: str = "auto") -> pd.DataFrame:
+def predict_files(
+    paths: Sequence[str], *, models: str | os.PathLike, threshold: float, batch_size: int = 8, device: str = "auto"
+) -> pd.DataFrame:
     """One row per path: ``path, score, label, warning, error`` (score and label empty when the
     file could not be read, with the reason in ``error``)."""
     if not 0.0 <= threshold <= 1.0:
@@ -67,7 +68,13 @@ def predict_files(paths: Sequence[str], *, models: str | os.PathLike, threshold:
     warnings: dict[int, str] = {}
     scores, errors = score_files(model.to(dev), record, list(paths), batch_size, device=dev, warnings=warnings)
     scored = ~np.isnan(scores)
-    return pd.DataFrame({"path": list(paths), "score": scores,
-                         "label": np.where(scored, np.where(scores >= threshold, LABELS[1], LABELS[0]), ""),
-                         "warning": [warnings.get(i, "") for i in range(len(paths))],
-                         "error": [errors.get(i, "") for i in range(len(paths))]}, columns=COLUMNS)
+    return pd.DataFrame(
+        {
+            "path": list(paths),
+            "score": scores,
+            "label": np.where(scored, np.where(scores >= threshold, LABELS[1], LABELS[0]), ""),
+            "warning": [warnings.get(i, "") for i in range(len(paths))],
+            "error": [errors.get(i, "") for i in range(len(paths))],
+        },
+        columns=COLUMNS,
+    )

@@ -20,13 +20,18 @@ _INTERPOLATION = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.Inter
 def eval_transform(prep: dict, image_size: int) -> v2.Compose:
     """Cached uint8 image -> resized float tensor normalised as the network expects
     (``prep``: :func:`deepcovid.model.architectures.preprocessing`)."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize((image_size, image_size), interpolation=_INTERPOLATION[prep.get("interpolation", "bilinear")],
-                  antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=prep["mean"], std=prep["std"]),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(
+                (image_size, image_size),
+                interpolation=_INTERPOLATION[prep.get("interpolation", "bilinear")],
+                antialias=True,
+            ),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=prep["mean"], std=prep["std"]),
+        ]
+    )
 
 
 class Augment:

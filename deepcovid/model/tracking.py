@@ -26,9 +26,11 @@ class TrackingError(DeepCovidError):
 
 def _store_failure(uri: str, exc: BaseException) -> TrackingError:
     first = (str(exc).strip().splitlines() or [""])[0][:300]
-    return TrackingError(f"MLflow store {uri} cannot be used ({type(exc).__name__}: {first}); set "
-                         "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a store you can write, or "
-                         "mlflow.enabled: false to train without MLflow")
+    return TrackingError(
+        f"MLflow store {uri} cannot be used ({type(exc).__name__}: {first}); set "
+        "mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to a store you can write, or "
+        "mlflow.enabled: false to train without MLflow"
+    )
 
 
 def open_store(experiment: str, configured_uri: str = "") -> str:
@@ -50,7 +52,7 @@ def open_store(experiment: str, configured_uri: str = "") -> str:
             if uri.startswith("sqlite:"):
                 # artifacts beside the database (absolute), not in the cwd: a queued DVC experiment
                 # runs in a temporary copy that is deleted afterwards
-                location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+                location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
             mlflow.create_experiment(experiment, artifact_location=location)
     except Exception as exc:  # whatever the backend raises (sqlalchemy, requests, MlflowException)
         raise _store_failure(uri, exc) from exc
@@ -68,7 +70,7 @@ def repository_root(cwd: str | Path | None = None) -> Path:
     cwd = Path(cwd or os.getcwd()).resolve()
     parts = cwd.parts
     for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return cwd
 
@@ -83,8 +85,9 @@ def tracking_uri(configured: str = "", cwd: str | Path | None = None) -> str:
 
 def git_revision(cwd: str | Path | None = None) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -95,12 +98,16 @@ def start_run(experiment: str, configured_uri: str = "", run_name: str | None = 
     import mlflow
 
     uri = open_store(experiment, configured_uri)
-    tags = {"git_revision": git_revision(), "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-            "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", "")}
+    tags = {
+        "git_revision": git_revision(),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+    }
     try:
         mlflow.set_experiment(experiment)
-        return mlflow.start_run(run_name=run_name or os.environ.get("DVC_EXP_NAME") or None,
-                                tags={k: v for k, v in tags.items() if v})
+        return mlflow.start_run(
+            run_name=run_name or os.environ.get("DVC_EXP_NAME") or None, tags={k: v for k, v in tags.items() if v}
+        )
     except Exception as exc:
         raise _store_failure(uri, exc) from exc
 
@@ -110,10 +117,18 @@ def start_training_run(params: Params, device, provenance: dict, environment: di
     source and compute environment."""
     import mlflow
 
-
     run = start_run(params.mlflow.experiment, params.mlflow.tracking_uri)
-    mlflow.log_params(flatten({"model": params.model, "weights": params.weights, "seed": params.seed,
-                               "dataset": params.dataset, "train": params.train.as_dict()}))
+    mlflow.log_params(
+        flatten(
+            {
+                "model": params.model,
+                "weights": params.weights,
+                "seed": params.seed,
+                "dataset": params.dataset,
+                "train": params.train.as_dict(),
+            }
+        )
+    )
     mlflow.log_params({"device": str(device), "weights_source": provenance["weights_source"]})
     mlflow.log_params(environment)
     return run
@@ -137,8 +152,9 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
 
     The model is logged as MLflow "model from code": a state_dict (``model_pt``) and
     ``model.json``, loaded without unpickling anything, by :mod:`deepcovid.model.mlflow_loader`,
-    which imports the installed deepcovid package (no copy of the package is logged); registered as :func:`registered_name`. The run is tagged with
-    the state_dict's SHA-256 (``model_sha256``) so later stages find it (the model card)."""
+    which imports the installed deepcovid package (no copy of the package is logged); registered as
+    :func:`registered_name`. The run is tagged with the state_dict's SHA-256 (``model_sha256``) so later
+    stages find it (the model card)."""
     import mlflow
     import mlflow.pyfunc
     import torch
@@ -150,8 +166,13 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     from deepcovid.model import mlflow_loader  # the file MLflow runs on loading (nothing pickled)
 
     record = json.loads(Path(model_json).read_text(encoding="utf-8"))
-    mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and v is not None and k not in environment})
+    mlflow.log_metrics(
+        {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and k not in environment
+        }
+    )
     mlflow.log_metric("train_seconds", round(seconds, 1))
     mlflow.log_artifact(str(plot))
     mlflow.log_artifact(str(model_json))
@@ -160,8 +181,15 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     loader_sha256 = files.sha256_file(loader)
     mlflow.set_tag("loader_sha256", loader_sha256)
     signature = ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("double", "score")]))
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
-                    "pillow", "numpy", "pandas", "pydicom", "simplejpeg"]
+    requirements = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+        "pillow",
+        "numpy",
+        "pandas",
+        "pydicom",
+        "simplejpeg",
+    ]
     if record["architecture"].startswith("efficientnet_lite"):
         requirements.append("efficientnet-lite-pytorch==0.1.0")
     # No absolute path of this checkout in what is logged: artifacts relative to the working
@@ -170,16 +198,22 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     staging = Path(tempfile.mkdtemp(prefix="deepcovid-mlflow-"))
     try:
         shutil.copyfile(loader, staging / loader.name)
-        mlflow.pyfunc.log_model(name="model", python_model=str(staging / loader.name),
-                                artifacts={"state_dict": os.path.relpath(model_pt),
-                                           "model_json": os.path.relpath(model_json)},
-                                signature=signature, pip_requirements=requirements,
-                                registered_model_name=registered_name(record["architecture"]),
-                                metadata={"architecture": record["architecture"],
-                                          "preprocessing": record["preprocessing"], "classes": record["classes"],
-                                          "model_sha256": record["model_sha256"],
-                                          "loader_sha256": loader_sha256,
-                                          "intended_use": "research only; not for clinical diagnosis"})
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(staging / loader.name),
+            artifacts={"state_dict": os.path.relpath(model_pt), "model_json": os.path.relpath(model_json)},
+            signature=signature,
+            pip_requirements=requirements,
+            registered_model_name=registered_name(record["architecture"]),
+            metadata={
+                "architecture": record["architecture"],
+                "preprocessing": record["preprocessing"],
+                "classes": record["classes"],
+                "model_sha256": record["model_sha256"],
+                "loader_sha256": loader_sha256,
+                "intended_use": "research only; not for clinical diagnosis",
+            },
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     mlflow.end_run()
@@ -200,8 +234,12 @@ def log_to_training_run(path: str | Path, model_sha256: str, experiment: str, co
         raise _store_failure(uri, exc) from exc
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.model_sha256 = '{model_sha256}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.model_sha256 = '{model_sha256}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs:
         return None
     client.log_artifact(runs[0].info.run_id, str(path))

@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 
 from deepcovid import config, files
-from deepcovid.model import tracking
 from deepcovid.errors import StateError
+from deepcovid.model import tracking
 from deepcovid.model.architectures import preprocessing, split_backbone_head
 from deepcovid.model.checkpoints import checkpoint_inputs, checkpoint_key
 from deepcovid.model.datasets import ImageDataset, load_table
@@ -57,51 +57,109 @@ def _train_last_layer(model, params: config.Params, parts: dict, features: Path,
     row_of = {img: i for i, img in enumerate(index["image_id"])}
     x = {s: feats[[row_of[i] for i in parts[s]["image_id"]]] for s in parts}
     y = {s: torch.tensor(parts[s]["label"].to_numpy(), dtype=torch.long) for s in parts}
-    head, history, best_epoch = train_head(head, x["train"], y["train"], x["val"], y["val"],
-                                           epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                                           seed=params.seed, weight_decay=cfg.weight_decay,
-                                           patience=cfg.patience, on_epoch=on_epoch,
-                                           class_weight=class_weights(y["train"], cfg.class_weight))
+    head, history, best_epoch = train_head(
+        head,
+        x["train"],
+        y["train"],
+        x["val"],
+        y["val"],
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=params.seed,
+        weight_decay=cfg.weight_decay,
+        patience=cfg.patience,
+        on_epoch=on_epoch,
+        class_weight=class_weights(y["train"], cfg.class_weight),
+    )
     with torch.no_grad():
         scores = {s: covid_probability(head(x[s])).numpy() for s in SCORED}
     return history, best_epoch, scores
 
 
-def _train_full(model, params: config.Params, parts: dict, provenance: dict, device: torch.device, *, manifest, cache,
-                augmented, distributed: bool, rank0: bool, on_epoch):
+def _train_full(
+    model,
+    params: config.Params,
+    parts: dict,
+    provenance: dict,
+    device: torch.device,
+    *,
+    manifest,
+    cache,
+    augmented,
+    distributed: bool,
+    rank0: bool,
+    on_epoch,
+):
     """Fine-tune end to end with a checkpoint; return (model, history, best epoch, scores)."""
     name, cfg = params.model, params.train
     prep, size = preprocessing(name), cfg.image_size
     evaluate = eval_transform(prep, size)
-    train_set = ImageDataset(parts["train"]["file"], parts["train"]["label"],
-                             train_transform(prep, size, params.augment))
+    train_set = ImageDataset(
+        parts["train"]["file"], parts["train"]["label"], train_transform(prep, size, params.augment)
+    )
     val_set = ImageDataset(parts["val"]["file"], parts["val"]["label"], evaluate)
-    inputs = checkpoint_inputs(params, provenance, manifest=manifest, preprocessed=cache, augmented=augmented,
-                               device=device, world_size=torch.distributed.get_world_size() if distributed else 1)
+    inputs = checkpoint_inputs(
+        params,
+        provenance,
+        manifest=manifest,
+        preprocessed=cache,
+        augmented=augmented,
+        device=device,
+        world_size=torch.distributed.get_world_size() if distributed else 1,
+    )
     checkpoint = Path(cfg.checkpoint_dir) / f"{name}-{checkpoint_key(inputs)[:16]}.pt"
     log.info("checkpoint %s", checkpoint)
     others = sorted(p for p in checkpoint.parent.glob("*.pt*") if p != checkpoint and not p.name.endswith(".tmp"))
     if others and rank0:  # kept: switching parameters back resumes them; remove them by hand
-        log.info("%s also holds %d other checkpoint file(s) (%.0f MB) that this run does not use",
-                 checkpoint.parent, len(others), sum(p.stat().st_size for p in others) / 1e6)
-    model, history, best_epoch = train_full(model, train_set, val_set, epochs=cfg.epochs,
-                                            batch_size=cfg.batch_size, lr=cfg.lr, seed=params.seed,
-                                            device=device, checkpoint=checkpoint, num_workers=cfg.num_workers,
-                                            weight_decay=cfg.weight_decay, patience=cfg.patience,
-                                            class_weight=class_weights(parts["train"]["label"].to_numpy(),
-                                                                       cfg.class_weight),
-                                            on_epoch=on_epoch)
-    scores = {s: predict_scores(model, ImageDataset(parts[s]["file"], parts[s]["label"], evaluate), 64, device)
-              for s in SCORED} if rank0 else {}
+        log.info(
+            "%s also holds %d other checkpoint file(s) (%.0f MB) that this run does not use",
+            checkpoint.parent,
+            len(others),
+            sum(p.stat().st_size for p in others) / 1e6,
+        )
+    model, history, best_epoch = train_full(
+        model,
+        train_set,
+        val_set,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=params.seed,
+        device=device,
+        checkpoint=checkpoint,
+        num_workers=cfg.num_workers,
+        weight_decay=cfg.weight_decay,
+        patience=cfg.patience,
+        class_weight=class_weights(parts["train"]["label"].to_numpy(), cfg.class_weight),
+        on_epoch=on_epoch,
+    )
+    scores = (
+        {
+            s: predict_scores(model, ImageDataset(parts[s]["file"], parts[s]["label"], evaluate), 64, device)
+            for s in SCORED
+        }
+        if rank0
+        else {}
+    )
     if rank0 and checkpoint.exists():
         checkpoint.unlink()
     return model, history, best_epoch, scores
 
 
-def run_training(params: config.Params, *, manifest: str | os.PathLike, cache: str | os.PathLike,
-                 augmented: str | os.PathLike | None, features: str | os.PathLike, models: str | os.PathLike,
-                 predictions: str | os.PathLike, metrics: str | os.PathLike, plot: str | os.PathLike,
-                 use_mlflow: bool = True) -> None:
+def run_training(
+    params: config.Params,
+    *,
+    manifest: str | os.PathLike,
+    cache: str | os.PathLike,
+    augmented: str | os.PathLike | None,
+    features: str | os.PathLike,
+    models: str | os.PathLike,
+    predictions: str | os.PathLike,
+    metrics: str | os.PathLike,
+    plot: str | os.PathLike,
+    use_mlflow: bool = True,
+) -> None:
     """Train as ``params`` say (validated), then write ``models`` (model.pt, model.json),
     ``predictions``, ``plot`` (loss per epoch) and ``metrics``; log to MLflow unless told not to.
 
@@ -131,8 +189,13 @@ def run_training(params: config.Params, *, manifest: str | os.PathLike, cache: s
     run = tracking.start_training_run(params, device, provenance, environment) if rank0 and use_mlflow else None
 
     def on_epoch(entry):
-        log.info("epoch %3d  train loss %.4f  val loss %.4f  (%.1f s)", entry.epoch, entry.train_loss,
-                 entry.val_loss, entry.seconds)
+        log.info(
+            "epoch %3d  train loss %.4f  val loss %.4f  (%.1f s)",
+            entry.epoch,
+            entry.train_loss,
+            entry.val_loss,
+            entry.seconds,
+        )
         if run is not None:
             tracking.log_epoch(entry)
 
@@ -140,16 +203,30 @@ def run_training(params: config.Params, *, manifest: str | os.PathLike, cache: s
     if cfg.mode == "last_layer":
         history, best_epoch, scores = _train_last_layer(model, params, parts, Path(features), on_epoch)
     else:
-        model, history, best_epoch, scores = _train_full(model, params, parts, provenance, device, manifest=manifest,
-                                                         cache=cache, augmented=augmented, distributed=distributed,
-                                                         rank0=rank0, on_epoch=on_epoch)
+        model, history, best_epoch, scores = _train_full(
+            model,
+            params,
+            parts,
+            provenance,
+            device,
+            manifest=manifest,
+            cache=cache,
+            augmented=augmented,
+            distributed=distributed,
+            rank0=rank0,
+            on_epoch=on_epoch,
+        )
     seconds = time.perf_counter() - start
     if not rank0:
         return
 
     results = {
-        "model": name, "weights": provenance["weights"], "mode": cfg.mode, "device": str(device),
-        "best_epoch": int(best_epoch), "epochs_run": len(history),
+        "model": name,
+        "weights": provenance["weights"],
+        "mode": cfg.mode,
+        "device": str(device),
+        "best_epoch": int(best_epoch),
+        "epochs_run": len(history),
         "best_val_loss": float(min(h.val_loss for h in history)),
         "val_auc": _auc(parts["val"]["label"], scores["val"]),
         "test_auc": _auc(parts["test"]["label"], scores["test"]),
@@ -157,27 +234,44 @@ def run_training(params: config.Params, *, manifest: str | os.PathLike, cache: s
         "shuffled_labels": cfg.shuffle_labels,
         **environment,  # what bitwise equality depends on (compared across machines within a tolerance)
     }
-    log.info("best epoch %d; val AUC %s, test AUC %s; %.1f s", best_epoch, results["val_auc"], results["test_auc"],
-             seconds)
+    log.info(
+        "best epoch %d; val AUC %s, test AUC %s; %.1f s", best_epoch, results["val_auc"], results["test_auc"], seconds
+    )
     prep = preprocessing(name)
     models = Path(models)  # model.pt and model.json are DVC outputs of their own (the model card sits beside)
     models.mkdir(parents=True, exist_ok=True)
     with files.atomic_path(models / "model.pt") as tmp:
         torch.save(model.state_dict(), tmp)
-    files.write_json(models / "model.json", {
-        "architecture": name, "classes": ["non-COVID", "COVID-19"], "positive_class": 1,
-        "preprocessing": {**prep, "input_size": cfg.image_size, "cache_size": params.preprocess.cache_size,
-                          "resize": params.preprocess.resize, "grayscale": params.preprocess.grayscale,
-                          "max_pixels": params.preprocess.max_pixels},
-        "weights": provenance, "train": cfg.as_dict(), "seed": seed, "dataset": params.dataset,
-        "best_epoch": int(best_epoch), "device": str(device),
-        "model_sha256": files.sha256_file(models / "model.pt"),  # inference refuses a model.pt without it
-    })
+    files.write_json(
+        models / "model.json",
+        {
+            "architecture": name,
+            "classes": ["non-COVID", "COVID-19"],
+            "positive_class": 1,
+            "preprocessing": {
+                **prep,
+                "input_size": cfg.image_size,
+                "cache_size": params.preprocess.cache_size,
+                "resize": params.preprocess.resize,
+                "grayscale": params.preprocess.grayscale,
+                "max_pixels": params.preprocess.max_pixels,
+            },
+            "weights": provenance,
+            "train": cfg.as_dict(),
+            "seed": seed,
+            "dataset": params.dataset,
+            "best_epoch": int(best_epoch),
+            "device": str(device),
+            "model_sha256": files.sha256_file(models / "model.pt"),  # inference refuses a model.pt without it
+        },
+    )
     scored = pd.concat([parts[s].assign(score=scores[s]) for s in SCORED], ignore_index=True)
     files.write_csv(predictions, scored[PRED_COLUMNS])
-    files.write_csv(plot, pd.DataFrame([{"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss}
-                                        for h in history]))
+    files.write_csv(
+        plot, pd.DataFrame([{"epoch": h.epoch, "train_loss": h.train_loss, "val_loss": h.val_loss} for h in history])
+    )
     files.write_json(metrics, results)
     if run is not None:
-        tracking.finish_training_run(results, environment, seconds, plot=plot, model_json=models / "model.json",
-                                     model_pt=models / "model.pt")
+        tracking.finish_training_run(
+            results, environment, seconds, plot=plot, model_json=models / "model.json", model_pt=models / "model.pt"
+        )

@@ -14,9 +14,9 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -59,26 +59,45 @@ def class_weights(labels, mode: str) -> torch.Tensor | None:
 
 # ------------------------------------------------------------------------- last layer
 
+
 @torch.no_grad()
-def _mean_loss(head: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, encode: Callable | None,
-               weight: torch.Tensor | None = None) -> float:
+def _mean_loss(
+    head: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    encode: Callable | None,
+    weight: torch.Tensor | None = None,
+) -> float:
     """Mean cross-entropy over ``x`` (weighted by ``weight[y]`` when given)."""
     head.eval()
     total = 0.0
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
+        xb = x[i : i + batch_size]
         if encode is not None:
             xb = encode(xb)
-        total += F.cross_entropy(head(xb), y[i:i + batch_size], weight=weight, reduction="sum").item()
+        total += F.cross_entropy(head(xb), y[i : i + batch_size], weight=weight, reduction="sum").item()
     norm = len(x) if weight is None else float(weight[y].sum())
     return total / max(norm, 1)
 
 
-def train_head(head: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-               val_y: torch.Tensor, *, epochs: int, batch_size: int, lr: float, seed: int,
-               weight_decay: float = 0.0, patience: int = 0, encode: Callable | None = None,
-               class_weight: torch.Tensor | None = None,
-               on_epoch: Callable[[EpochLog], None] | None = None) -> tuple[nn.Module, list[EpochLog], int]:
+def train_head(
+    head: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    weight_decay: float = 0.0,
+    patience: int = 0,
+    encode: Callable | None = None,
+    class_weight: torch.Tensor | None = None,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> tuple[nn.Module, list[EpochLog], int]:
     """Train ``head`` with Adam and cross-entropy; return (head at best epoch, history, best epoch).
 
     ``train_x``/``val_x`` are features, or images when ``encode`` (the frozen backbone in
@@ -98,7 +117,7 @@ def train_head(head: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, va
         head.train()
         total = 0.0
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             xb = train_x[idx]
             if encode is not None:
                 with torch.no_grad():
@@ -125,6 +144,7 @@ def train_head(head: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, va
 
 # ------------------------------------------------------------------------- full fine-tuning
 
+
 def _loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, epoch: int, device: torch.device):
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
@@ -134,9 +154,16 @@ def _loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int
     if is_distributed():
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False)
         sampler.set_epoch(epoch)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers, generator=gen, pin_memory=device.type == "cuda",
-                      persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=num_workers,
+        generator=gen,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
 
 
 def _batches(loader, device: torch.device, channels_last: bool):
@@ -147,8 +174,17 @@ def _batches(loader, device: torch.device, channels_last: bool):
         yield images, labels
 
 
-def train_one_epoch(net: nn.Module, optimizer, scaler, loader, device: torch.device, *, channels_last: bool,
-                    amp: bool, class_weight: torch.Tensor | None = None) -> float:
+def train_one_epoch(
+    net: nn.Module,
+    optimizer,
+    scaler,
+    loader,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    amp: bool,
+    class_weight: torch.Tensor | None = None,
+) -> float:
     """One pass over ``loader``; return the mean training loss (over all processes under DDP)."""
     net.train()
     total = torch.zeros(2, dtype=torch.float64, device=device)
@@ -167,8 +203,15 @@ def train_one_epoch(net: nn.Module, optimizer, scaler, loader, device: torch.dev
     return (total[0] / total[1]).item()
 
 
-def evaluate(net: nn.Module, loader, device: torch.device, *, channels_last: bool, amp: bool,
-             class_weight: torch.Tensor | None = None) -> float:
+def evaluate(
+    net: nn.Module,
+    loader,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    amp: bool,
+    class_weight: torch.Tensor | None = None,
+) -> float:
     """The mean cross-entropy over ``loader`` (weighted by ``class_weight[label]`` when given;
     over all processes under DDP)."""
     net.eval()
@@ -185,11 +228,25 @@ def evaluate(net: nn.Module, loader, device: torch.device, *, channels_last: boo
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size: int, lr: float, seed: int,
-               device: torch.device, checkpoint: Path | None = None, num_workers: int = 0,
-               weight_decay: float = 0.0, patience: int = 0, amp: bool | None = None,
-               channels_last: bool | None = None, class_weight: torch.Tensor | None = None,
-               on_epoch: Callable[[EpochLog], None] | None = None) -> tuple[nn.Module, list[EpochLog], int]:
+def train_full(
+    model: nn.Module,
+    train_set,
+    val_set,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    num_workers: int = 0,
+    weight_decay: float = 0.0,
+    patience: int = 0,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    class_weight: torch.Tensor | None = None,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> tuple[nn.Module, list[EpochLog], int]:
     """End-to-end fine-tuning; resumes from ``checkpoint`` when it exists. ``class_weight``:
     as in :func:`train_head`.
 
@@ -235,8 +292,10 @@ def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size:
         check = torch.tensor([start_epoch, -start_epoch], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(check, op=torch.distributed.ReduceOp.MAX)
         if check[0].item() != -check[1].item():
-            raise StateError(f"the processes resumed from different epochs ({-check[1].item():.0f} to "
-                               f"{check[0].item():.0f}); remove {checkpoint} and start again")
+            raise StateError(
+                f"the processes resumed from different epochs ({-check[1].item():.0f} to "
+                f"{check[0].item():.0f}); remove {checkpoint} and start again"
+            )
     net = model
     if is_distributed():
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
@@ -246,12 +305,28 @@ def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size:
             break
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(seed, epoch) + 1 + process_rank())  # dropout, augmentation
-        train_loss = train_one_epoch(net, optimizer, scaler,
-                                     _loader(train_set, batch_size, True, num_workers, seed, epoch, device),
-                                     device, channels_last=channels_last, amp=amp, class_weight=class_weight)
-        val_loss = evaluate(net, _loader(val_set, batch_size, False, num_workers, seed, epoch, device),
-                            device, channels_last=channels_last, amp=amp,
-                            class_weight=class_weight) if len(val_set) else math.nan
+        train_loss = train_one_epoch(
+            net,
+            optimizer,
+            scaler,
+            _loader(train_set, batch_size, True, num_workers, seed, epoch, device),
+            device,
+            channels_last=channels_last,
+            amp=amp,
+            class_weight=class_weight,
+        )
+        val_loss = (
+            evaluate(
+                net,
+                _loader(val_set, batch_size, False, num_workers, seed, epoch, device),
+                device,
+                channels_last=channels_last,
+                amp=amp,
+                class_weight=class_weight,
+            )
+            if len(val_set)
+            else math.nan
+        )
         entry = EpochLog(epoch, train_loss, val_loss, time.perf_counter() - t0)
         history.append(entry)
         if len(val_set) == 0 or val_loss < best_loss:
@@ -259,17 +334,28 @@ def train_full(model: nn.Module, train_set, val_set, *, epochs: int, batch_size:
         if on_epoch and process_rank() == 0:
             on_epoch(entry)
         if checkpoint is not None and process_rank() == 0:
-            save_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict(), "history": [asdict(h) for h in history],
-                             "best_loss": best_loss, "best_epoch": best_epoch, "best_state": best_state},
-                            Path(checkpoint))
+            save_checkpoint(
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "history": [asdict(h) for h in history],
+                    "best_loss": best_loss,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                },
+                Path(checkpoint),
+            )
     model.load_state_dict(best_state)
     model.eval()
     return model, history, best_epoch
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> np.ndarray:
+def predict_scores(
+    model: nn.Module, dataset, batch_size: int, device: torch.device, num_workers: int = 0
+) -> np.ndarray:
     """COVID probability (softmax of class 1) for every item of ``dataset``."""
     from torch.utils.data import DataLoader
 

@@ -22,8 +22,16 @@ import torch
 from torch import nn
 
 from deepcovid.files import remove_stale_temporaries, sha256_file
-from deepcovid.model.architectures import (LITE_CODE_PACKAGE, SPECS, ModelError, check_num_classes, construct,
-                                           get_spec, one_line, replace_head)
+from deepcovid.model.architectures import (
+    LITE_CODE_PACKAGE,
+    SPECS,
+    ModelError,
+    check_num_classes,
+    construct,
+    get_spec,
+    one_line,
+    replace_head,
+)
 
 # Seconds any one connect or read of the ImageNet weights download may take.
 DOWNLOAD_TIMEOUT_S = 10.0
@@ -88,28 +96,27 @@ def _download(url: str, dst: Path) -> None:
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
             size = response.headers.get("Content-Length")
             h = hashlib.sha256()
-            with open(tmp, "wb") as out, tqdm(
-                total=int(size) if size and size.isdigit() else None,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                disable=None,  # no bar when stderr is not a terminal
-            ) as bar:
+            with (
+                open(tmp, "wb") as out,
+                tqdm(
+                    total=int(size) if size and size.isdigit() else None,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    disable=None,  # no bar when stderr is not a terminal
+                ) as bar,
+            ):
                 for chunk in iter(lambda: response.read(1 << 16), b""):
                     out.write(chunk)
                     h.update(chunk)
                     bar.update(len(chunk))
         digest = h.hexdigest()
         if expected and not digest.startswith(expected.group(1)):
-            raise RuntimeError(
-                f"invalid hash value (expected {expected.group(1)!r}, got {digest[:16]}...)"
-            )
+            raise RuntimeError(f"invalid hash value (expected {expected.group(1)!r}, got {digest[:16]}...)")
         os.replace(tmp, dst)
     except (TimeoutError, urllib.error.URLError) as exc:
         if isinstance(getattr(exc, "reason", exc), TimeoutError):
-            raise TimeoutError(
-                f"no answer from {urlparse(url).netloc} within {DOWNLOAD_TIMEOUT_S:g} s"
-            ) from None
+            raise TimeoutError(f"no answer from {urlparse(url).netloc} within {DOWNLOAD_TIMEOUT_S:g} s") from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -232,10 +239,7 @@ def _mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
             if not key.endswith("num_batches_tracked"):  # absent from old checkpoints
                 problems.append(f"missing {key}")
         elif tuple(state[key].shape) != tuple(ref.shape):
-            problems.append(
-                f"{key} has shape {tuple(state[key].shape)} in the file, "
-                f"{tuple(ref.shape)} in the model"
-            )
+            problems.append(f"{key} has shape {tuple(state[key].shape)} in the file, {tuple(ref.shape)} in the model")
     problems += [f"unexpected {key}" for key in state if key not in expected]
     return problems
 
@@ -244,9 +248,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, n
     problems = _mismatches(model, state)
     if problems:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise ModelError(
-            f"{path}: weights do not match architecture {name}: {'; '.join(problems[:3])}{more}"
-        )
+        raise ModelError(f"{path}: weights do not match architecture {name}: {'; '.join(problems[:3])}{more}")
     try:
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # pragma: no cover - caught by _mismatches first
@@ -256,26 +258,25 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, n
 def _weights_file(name: str, path: Path, num_classes: int) -> tuple[nn.Module, dict, bool]:
     spec = SPECS[name]
     if not path.is_file():
-        raise ModelError(
-            f"weights must be 'none', 'imagenet' or a path to a state_dict file; "
-            f"{path}: no such file"
-        )
+        raise ModelError(f"weights must be 'none', 'imagenet' or a path to a state_dict file; {path}: no such file")
     state = _normalise_keys(_read_state_dict(path), name)
     model = construct(name)
     head = state.get(spec.head_weight)
-    head_from_file = (
-        isinstance(head, torch.Tensor) and head.ndim >= 1 and head.shape[0] == num_classes
-    )
+    head_from_file = isinstance(head, torch.Tensor) and head.ndim >= 1 and head.shape[0] == num_classes
     if head_from_file:
         replace_head(model, name, num_classes)  # a fine-tuned model: load it as it is
     _load_strict(model, state, path, name)
-    return model, {
-        "weights": "file",
-        "weights_source": str(path),
-        "weights_file": portable_path(path),
-        "weights_sha256": sha256_file(path),
-        "weights_verified": None,
-    }, head_from_file
+    return (
+        model,
+        {
+            "weights": "file",
+            "weights_source": str(path),
+            "weights_file": portable_path(path),
+            "weights_sha256": sha256_file(path),
+            "weights_verified": None,
+        },
+        head_from_file,
+    )
 
 
 def load_trained(name: str, path: str | os.PathLike, num_classes: int) -> nn.Module:
@@ -293,15 +294,18 @@ def load_trained(name: str, path: str | os.PathLike, num_classes: int) -> nn.Mod
     state = _normalise_keys(_read_state_dict(path), name)
     head = state.get(spec.head_weight)
     if isinstance(head, torch.Tensor) and head.ndim >= 1 and head.shape[0] != num_classes:
-        raise ModelError(f"{path}: its head ({spec.head_weight}) has {head.shape[0]} outputs, the model "
-                         f"record names {num_classes} classes: not the trained model")
+        raise ModelError(
+            f"{path}: its head ({spec.head_weight}) has {head.shape[0]} outputs, the model "
+            f"record names {num_classes} classes: not the trained model"
+        )
     model = construct(name)
     replace_head(model, name, num_classes)
     _load_strict(model, state, path, name)
     broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if broken:
-        raise ModelError(f"{path}: {len(broken)} tensors hold NaN or infinite values (first: {broken[0]}): "
-                         f"not a usable model")
+        raise ModelError(
+            f"{path}: {len(broken)} tensors hold NaN or infinite values (first: {broken[0]}): not a usable model"
+        )
     return model.eval()
 
 

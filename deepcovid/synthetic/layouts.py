@@ -23,19 +23,64 @@ from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.synthetic.render import Radiograph, render
 
 COHEN_COLUMNS = [
-    "patientid", "offset", "sex", "age", "finding", "survival", "intubated", "intubation_present",
-    "went_icu", "in_icu", "needed_supplemental_O2", "extubated", "temperature", "pO2_saturation",
-    "leukocyte_count", "neutrophil_count", "lymphocyte_count", "view", "modality", "date",
-    "location", "folder", "filename", "doi", "url", "license", "clinical_notes", "other_notes", "",
+    "patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "survival",
+    "intubated",
+    "intubation_present",
+    "went_icu",
+    "in_icu",
+    "needed_supplemental_O2",
+    "extubated",
+    "temperature",
+    "pO2_saturation",
+    "leukocyte_count",
+    "neutrophil_count",
+    "lymphocyte_count",
+    "view",
+    "modality",
+    "date",
+    "location",
+    "folder",
+    "filename",
+    "doi",
+    "url",
+    "license",
+    "clinical_notes",
+    "other_notes",
+    "",
 ]
 CHEXPERT_COLUMNS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_CATEGORIES]
 _COHEN_OTHER = ["No Finding", "SARS", "Streptococcus", "Pneumocystis", "Pneumonia", "ARDS"]
 # (format, Pillow mode, extension): each at least once, then by weight
-_COHEN_FORMATS = [("JPEG", "L", ".jpg"), ("JPEG", "RGB", ".jpeg"), ("PNG", "RGB", ".png"), ("PNG", "RGBA", ".png"),
-                  ("PNG", "P", ".png"), ("PNG", "I;16", ".png"), ("PNG", "L", ".jpg"), ("PNG", "L", ".png")]
+_COHEN_FORMATS = [
+    ("JPEG", "L", ".jpg"),
+    ("JPEG", "RGB", ".jpeg"),
+    ("PNG", "RGB", ".png"),
+    ("PNG", "RGBA", ".png"),
+    ("PNG", "P", ".png"),
+    ("PNG", "I;16", ".png"),
+    ("PNG", "L", ".jpg"),
+    ("PNG", "L", ".png"),
+]
 _COHEN_FORMAT_WEIGHTS = [0.30, 0.28, 0.14, 0.06, 0.05, 0.04, 0.05, 0.08]
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 _CHEX = "CheXpert-v1.0-small"
 _PATHOLOGIES = CHEXPERT_CATEGORIES[1:]
 
@@ -107,17 +152,29 @@ def generate_cohen(root: Path, cfg: dict, seed: int) -> dict:
     covid_xray = [i for i in xray if "COVID" in findings[images[i][0]]]
     if lateral and covid_xray and not lateral & set(covid_xray):
         lateral = (lateral - {min(lateral)}) | {covid_xray[int(rng.integers(0, len(covid_xray)))]}
-    views = ["Axial" if im[2] == "CT" else "L" if i in lateral else
-             str(rng.choice(["PA", "AP", "AP Supine"], p=[0.45, 0.38, 0.17])) for i, im in enumerate(images)]
+    views = [
+        "Axial"
+        if im[2] == "CT"
+        else "L"
+        if i in lateral
+        else str(rng.choice(["PA", "AP", "AP Supine"], p=[0.45, 0.38, 0.17]))
+        for i, im in enumerate(images)
+    ]
     n = len(images)
     fmts = list(range(len(_COHEN_FORMATS)))[:n]
     fmts += [int(x) for x in rng.choice(len(_COHEN_FORMATS), size=n - len(fmts), p=_COHEN_FORMAT_WEIGHTS)]
     fmts = [fmts[i] for i in rng.permutation(n)]
-    pat = [dict(sex=str(rng.choice(["M", "F", ""], p=[0.55, 0.4, 0.05])),
-                age="" if rng.random() < 0.08 else str(int(rng.integers(20, 90))), sev=_severity(rng, lo, hi),
-                start=int(rng.integers(19, 110)), location=["Synthetic Hospital A", "Synthetic Clinic B", ""][
-                    int(rng.integers(0, 3))],
-                drawn=f if f not in ("", "todo") else str(rng.choice(["No Finding", "Pneumonia"]))) for f in findings]
+    pat = [
+        dict(
+            sex=str(rng.choice(["M", "F", ""], p=[0.55, 0.4, 0.05])),
+            age="" if rng.random() < 0.08 else str(int(rng.integers(20, 90))),
+            sev=_severity(rng, lo, hi),
+            start=int(rng.integers(19, 110)),
+            location=["Synthetic Hospital A", "Synthetic Clinic B", ""][int(rng.integers(0, 3))],
+            drawn=f if f not in ("", "todo") else str(rng.choice(["No Finding", "Pneumonia"])),
+        )
+        for f in findings
+    ]
     meta, truth, modes = [], [], Counter()
     for i, ((p, offset, modality), view) in enumerate(zip(images, views)):
         irng, info = _rng(seed, 1, i), pat[p]
@@ -132,24 +189,68 @@ def generate_cohen(root: Path, cfg: dict, seed: int) -> dict:
         _save(rad.image, root / "images" / name, fmt, mode, tint)
         masks = _save_masks(root, "annotations/synthetic-masks", Path(name).stem, rad)
         day = datetime.date(2020, 1, 1) + datetime.timedelta(days=info["start"] + offset)
-        row = dict(patientid=pids[p], offset="" if irng.random() < 0.05 else str(offset), sex=info["sex"],
-                   age=info["age"], finding=findings[p], view=view, modality=modality,
-                   date="" if irng.random() < 0.05 else f"{_MONTHS[day.month - 1]} {day.day}, 2020",
-                   location=info["location"], folder="images", filename=name, doi=f"10.0000/synthetic.{p + 1}",
-                   url=f"https://example.org/synthetic/{pids[p]}", license="synthetic (CC0)",
-                   clinical_notes=f"Synthetic case: {info['drawn']}.")
+        row = dict(
+            patientid=pids[p],
+            offset="" if irng.random() < 0.05 else str(offset),
+            sex=info["sex"],
+            age=info["age"],
+            finding=findings[p],
+            view=view,
+            modality=modality,
+            date="" if irng.random() < 0.05 else f"{_MONTHS[day.month - 1]} {day.day}, 2020",
+            location=info["location"],
+            folder="images",
+            filename=name,
+            doi=f"10.0000/synthetic.{p + 1}",
+            url=f"https://example.org/synthetic/{pids[p]}",
+            license="synthetic (CC0)",
+            clinical_notes=f"Synthetic case: {info['drawn']}.",
+        )
         meta.append([row.get(c, "") for c in COHEN_COLUMNS])
-        truth.append([name, pids[p], findings[p], view, modality, f"{sev:.4f}", *masks, int(rad.lesion_mask.sum()),
-                      info["drawn"]])
+        truth.append(
+            [
+                name,
+                pids[p],
+                findings[p],
+                view,
+                modality,
+                f"{sev:.4f}",
+                *masks,
+                int(rad.lesion_mask.sum()),
+                info["drawn"],
+            ]
+        )
         modes[f"{fmt} {mode}"] += 1
     _write_rows(root / "metadata.csv", COHEN_COLUMNS, meta)
-    _write_rows(root / "annotations" / "synthetic_truth.csv", ["filename", "patientid", "finding", "view", "modality",
-                "severity", "lung_mask", "lesion_mask", "lesion_pixels", "drawn"], truth)
+    _write_rows(
+        root / "annotations" / "synthetic_truth.csv",
+        [
+            "filename",
+            "patientid",
+            "finding",
+            "view",
+            "modality",
+            "severity",
+            "lung_mask",
+            "lesion_mask",
+            "lesion_pixels",
+            "drawn",
+        ],
+        truth,
+    )
     count = lambda col: dict(sorted(Counter(r[col] or "(empty)" for r in truth).items()))  # noqa: E731
-    return {"generator": "deepcovid.synthetic.generate_cohen", "seed": int(seed), "cfg": cfg,
-            "patients": len(findings), "images": n, "by_finding": count(2), "by_view": count(3),
-            "by_modality": count(4), "by_mode": dict(sorted(modes.items())),
-            "png_named_jpg": sum(1 for f in fmts if _COHEN_FORMATS[f] == ("PNG", "L", ".jpg"))}
+    return {
+        "generator": "deepcovid.synthetic.generate_cohen",
+        "seed": int(seed),
+        "cfg": cfg,
+        "patients": len(findings),
+        "images": n,
+        "by_finding": count(2),
+        "by_view": count(3),
+        "by_modality": count(4),
+        "by_mode": dict(sorted(modes.items())),
+        "png_named_jpg": sum(1 for f in fmts if _COHEN_FORMATS[f] == ("PNG", "L", ".jpg")),
+    }
 
 
 def _profiles(rng: pm.Rng, n: int, valid: bool) -> list[tuple[str, list[str]]]:
@@ -168,8 +269,15 @@ def _multi(rng: pm.Rng, k: int) -> list[str]:
 
 def _random_profile(rng: pm.Rng, valid: bool) -> tuple[str, list[str]]:
     r = rng.random()
-    return (("single", ["No Finding"]) if r < 0.35 else ("single", [str(rng.choice(_PATHOLOGIES))])
-            if r < 0.8 or valid else ("multi", _multi(rng, 2)) if r < 0.92 else ("uncertain", []))
+    return (
+        ("single", ["No Finding"])
+        if r < 0.35
+        else ("single", [str(rng.choice(_PATHOLOGIES))])
+        if r < 0.8 or valid
+        else ("multi", _multi(rng, 2))
+        if r < 0.92
+        else ("uncertain", [])
+    )
 
 
 def _labels(rng: pm.Rng, kind: str, positives: list[str], valid: bool) -> dict[str, str]:
@@ -177,8 +285,15 @@ def _labels(rng: pm.Rng, kind: str, positives: list[str], valid: bool) -> dict[s
     values = {}
     for cat in CHEXPERT_CATEGORIES:
         r = 1.0 if cat in positives or valid or cat == "No Finding" else rng.random()
-        values[cat] = ("1.0" if cat in positives else "0.0" if valid or r < 0.15 else
-                       "-1.0" if r < 0.18 and positives != ["No Finding"] else "")
+        values[cat] = (
+            "1.0"
+            if cat in positives
+            else "0.0"
+            if valid or r < 0.15
+            else "-1.0"
+            if r < 0.18 and positives != ["No Finding"]
+            else ""
+        )
     if kind == "uncertain":
         values.update({str(c): "-1.0" for c in rng.choice(_PATHOLOGIES, size=int(rng.integers(1, 3)), replace=False)})
     return values
@@ -193,8 +308,10 @@ def plan_chexpert(cfg: dict, seed: int) -> list[dict]:
         studies = []  # [patient, study, [lateral?, ...]]: a lateral right after a frontal joins its study
         for k in range(cfg[f"{split}_patients"]):
             count = 0  # this patient's studies so far (patients come in order)
-            for lat in (rng.random() < cfg["lateral_fraction"] for _ in range(
-                    int(rng.integers(cfg["images_per_patient"][0], cfg["images_per_patient"][1] + 1)))):
+            for lat in (
+                rng.random() < cfg["lateral_fraction"]
+                for _ in range(int(rng.integers(cfg["images_per_patient"][0], cfg["images_per_patient"][1] + 1)))
+            ):
                 if lat and studies and studies[-1][0] == first + k and studies[-1][2] == [False]:
                     studies[-1][2].append(True)
                 else:
@@ -209,19 +326,31 @@ def plan_chexpert(cfg: dict, seed: int) -> list[dict]:
             kind, positives = profile.get(i) or _random_profile(rng, split == "valid")
             labels = _labels(rng, kind, positives, split == "valid")
             if pnum not in people:
-                people[pnum] = (str(rng.choice(["Male", "Female", "Unknown"], p=[0.56, 0.43, 0.01])),
-                                int(rng.integers(18, 91)))
+                people[pnum] = (
+                    str(rng.choice(["Male", "Female", "Unknown"], p=[0.56, 0.43, 0.01])),
+                    int(rng.integers(18, 91)),
+                )
             sev = _severity(rng, lo, hi)
             positive = [c for c in _PATHOLOGIES if labels[c] == "1.0"]
             drawn = positive + [c for c in _PATHOLOGIES if labels[c] == "-1.0" and rng.random() < 0.5]
             sev *= 1.0 if positive else 0.5  # uncertain findings only: drawn faintly
             ap = str(rng.choice(["AP", "PA"], p=[0.7, 0.3]))
             for j, lat in enumerate(views):
-                plan.append({"split": split, "Sex": people[pnum][0], "Age": people[pnum][1],
-                             "Path": f"{_CHEX}/{split}/patient{pnum:05d}/study{snum}/view{j + 1}_"
-                                     f"{'lateral' if lat else 'frontal'}.jpg",
-                             "Frontal/Lateral": "Lateral" if lat else "Frontal", "AP/PA": "" if lat else ap,
-                             "labels": labels, "drawn": drawn, "severity": sev if drawn else 0.0, "index": len(plan)})
+                plan.append(
+                    {
+                        "split": split,
+                        "Sex": people[pnum][0],
+                        "Age": people[pnum][1],
+                        "Path": f"{_CHEX}/{split}/patient{pnum:05d}/study{snum}/view{j + 1}_"
+                        f"{'lateral' if lat else 'frontal'}.jpg",
+                        "Frontal/Lateral": "Lateral" if lat else "Frontal",
+                        "AP/PA": "" if lat else ap,
+                        "labels": labels,
+                        "drawn": drawn,
+                        "severity": sev if drawn else 0.0,
+                        "index": len(plan),
+                    }
+                )
     return plan
 
 
@@ -230,12 +359,26 @@ def _chexpert_image(root: Path, cfg: dict, seed: int, im: dict) -> list:
     truth row."""
     irng, lateral = _rng(seed, 2, im["index"]), im["Frontal/Lateral"] == "Lateral"
     height = int(irng.integers(cfg["height_range"][0], cfg["height_range"][1] + 1))
-    rad = render(irng, height, cfg["width"], im["drawn"], im["severity"], "L" if lateral else im["AP/PA"],
-                 ("chexpert", float(cfg["style_shift"])))
+    rad = render(
+        irng,
+        height,
+        cfg["width"],
+        im["drawn"],
+        im["severity"],
+        "L" if lateral else im["AP/PA"],
+        ("chexpert", float(cfg["style_shift"])),
+    )
     _save(rad.image, root / im["Path"])
-    masks = _save_masks(root, f"{_CHEX}/synthetic-masks", im["Path"][len(_CHEX) + 1:-4], rad)
-    return [im["Path"], im["split"], im["Frontal/Lateral"], ";".join(im["drawn"]) or "No Finding",
-            f"{im['severity']:.4f}", *masks, int(rad.lesion_mask.sum())]
+    masks = _save_masks(root, f"{_CHEX}/synthetic-masks", im["Path"][len(_CHEX) + 1 : -4], rad)
+    return [
+        im["Path"],
+        im["split"],
+        im["Frontal/Lateral"],
+        ";".join(im["drawn"]) or "No Finding",
+        f"{im['severity']:.4f}",
+        *masks,
+        int(rad.lesion_mask.sum()),
+    ]
 
 
 def generate_chexpert(root: Path, cfg: dict, seed: int, map=map) -> dict:
@@ -248,14 +391,20 @@ def generate_chexpert(root: Path, cfg: dict, seed: int, map=map) -> dict:
         rows[im["split"]].append([im[c] for c in CHEXPERT_COLUMNS[:5]] + [im["labels"][c] for c in CHEXPERT_CATEGORIES])
     for split in rows:
         _write_rows(root / _CHEX / f"{split}.csv", CHEXPERT_COLUMNS, rows[split])
-    _write_rows(root / _CHEX / "synthetic_truth.csv", ["Path", "split", "Frontal/Lateral", "findings", "severity",
-                "lung_mask", "lesion_mask", "lesion_pixels"], truth)
+    _write_rows(
+        root / _CHEX / "synthetic_truth.csv",
+        ["Path", "split", "Frontal/Lateral", "findings", "severity", "lung_mask", "lesion_mask", "lesion_pixels"],
+        truth,
+    )
     summary = {"generator": "deepcovid.synthetic.generate_chexpert", "seed": int(seed), "cfg": cfg, "images": len(plan)}
     for split in rows:
         pos = [[c for j, c in enumerate(CHEXPERT_CATEGORIES) if r[5 + j] == "1.0"] for r in rows[split]]
         frontal = [r[3] == "Frontal" for r in rows[split]]
         single = Counter(p[0] for p, f in zip(pos, frontal) if f and len(p) == 1)
-        summary[split] = {"patients": cfg[f"{split}_patients"], "rows": len(rows[split]),
-                          "lateral": frontal.count(False),
-                          "single_positive_frontal_by_category": {c: single[c] for c in CHEXPERT_CATEGORIES}}
+        summary[split] = {
+            "patients": cfg[f"{split}_patients"],
+            "rows": len(rows[split]),
+            "lateral": frontal.count(False),
+            "single_positive_frontal_by_category": {c: single[c] for c in CHEXPERT_CATEGORIES},
+        }
     return summary

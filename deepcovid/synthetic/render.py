@@ -14,24 +14,27 @@ the same anatomy, findings and masks with or without it.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from deepcovid import portable as pm
-from deepcovid.labels import CHEXPERT_CATEGORIES
 from deepcovid.errors import InputError
+from deepcovid.labels import CHEXPERT_CATEGORIES
 
 GRID = 256
 FINDINGS = ("COVID-19", "ARDS", "SARS", "Pneumocystis", "Streptococcus", "Pneumonia", *CHEXPERT_CATEGORIES)
 VIEWS = {"PA": "frontal", "AP": "frontal", "AP Supine": "frontal", "L": "lateral", "Axial": "ct"}
-_GLYPHS = {"R": [[(0, 1), (0, 0), (0.6, 0), (0.8, 0.2), (0.6, 0.5), (0, 0.5)], [(0.3, 0.5), (0.8, 1)]],
-           "L": [[(0, 0), (0, 1), (0.7, 1)]]}
+_GLYPHS = {
+    "R": [[(0, 1), (0, 0), (0.6, 0), (0.8, 0.2), (0.6, 0.5), (0, 0.5)], [(0.3, 0.5), (0.8, 1)]],
+    "L": [[(0, 0), (0, 1), (0.7, 1)]],
+}
 
 
 class Radiograph(NamedTuple):
-    image: np.ndarray        # uint8 H x W
-    lung_mask: np.ndarray    # bool H x W: the lung fields as drawn
+    image: np.ndarray  # uint8 H x W
+    lung_mask: np.ndarray  # bool H x W: the lung fields as drawn
     lesion_mask: np.ndarray  # bool H x W: where findings were drawn (empty when normal)
 
 
@@ -75,7 +78,10 @@ class _Canvas:
         """Lung fields: (cx, cy, rx, ry, outward direction, flare) ellipses, ``flare`` times wider
         at the base, multiplied by the field ``cut`` (no heart, diaphragm...)."""
         self.lungs = lungs
-        self.ellipses = [_ell(self.u_grid, self.v_grid, cx, cy, rx * (1 + f * (self.v_grid - cy) / ry), ry) for cx, cy, rx, ry, _, f in lungs]
+        self.ellipses = [
+            _ell(self.u_grid, self.v_grid, cx, cy, rx * (1 + f * (self.v_grid - cy) / ry), ry)
+            for cx, cy, rx, ry, _, f in lungs
+        ]
         self.fields = [_step(1.08, 0.92, e) * cut for e in self.ellipses]
         self.lung = np.maximum(self.fields[0], self.fields[-1])
 
@@ -89,8 +95,10 @@ class _Canvas:
         """Add an anisotropic Gaussian (or a soft disk, ``sharp``) of brightness ``amp``."""
         col, row = self.pixel(u, v)
         r = 3.0 * max(su, sv) * self.scale * self.size / 2 + 2
-        win = (slice(max(int(row - r), 0), max(int(row + r) + 1, 0)),
-               slice(max(int(col - r), 0), max(int(col + r) + 1, 0)))
+        win = (
+            slice(max(int(row - r), 0), max(int(row + r) + 1, 0)),
+            slice(max(int(col - r), 0), max(int(col + r) + 1, 0)),
+        )
         du, dv = self.u_grid[win] - np.float32(u), self.v_grid[win] - np.float32(v)
         if du.size == 0:
             return
@@ -115,17 +123,22 @@ def _frontal(cv: _Canvas, rng: pm.Rng, fs: set, sev: float, view: str) -> np.nda
     dome = cy + (0.66 - 0.05 * (view == "AP Supine")) * ry + 0.12 * np.clip((X - 0.2) * 2, 0, 1)
     k = 1.0 + 0.06 * (view != "PA") + ("cardiomegaly" in fs) * (0.28 + 0.25 * sev)
     hx, hy = u(0.06, 0.11), u(0.27, 0.33) - 0.04 * (view == "AP Supine")
-    cv.heart = _step(1.1, 0.9, _ell(U, V, hx, hy, u(0.29, 0.33) * k, u(0.2, 0.24) * math.sqrt(k))) \
-        * _step(0.06, -0.04, V - cy - 0.66 * ry - 0.12)
+    cv.heart = _step(1.1, 0.9, _ell(U, V, hx, hy, u(0.29, 0.33) * k, u(0.2, 0.24) * math.sqrt(k))) * _step(
+        0.06, -0.04, V - cy - 0.66 * ry - 0.12
+    )
     mw = u(0.1, 0.13) + ("enlarged cardiomediastinum" in fs) * (0.05 + 0.07 * sev)
     cv.mediast = _step(mw + 0.02, mw - 0.02, X) * _step(-0.8, -0.7, V) * _step(0.15, 0.05, V)
-    cv.set_lungs([(o * u(0.37, 0.42), cy, u(0.24, 0.28), ry, o, 0.3) for o in (-1, 1)],
-                 (1 - cv.heart) * (1 - cv.mediast) * _step(0.02, -0.02, V - dome))  # diaphragm: lower laterally
+    cv.set_lungs(
+        [(o * u(0.37, 0.42), cy, u(0.24, 0.28), ry, o, 0.3) for o in (-1, 1)],
+        (1 - cv.heart) * (1 - cv.mediast) * _step(0.02, -0.02, V - dome),
+    )  # diaphragm: lower laterally
     body = _step(0.03, -0.03, X - bw + 0.55 * bw * _step(-0.75, -1.05, V))
     img = 0.05 + 0.42 * body + 0.08 * _step(0.3, 0.9, V) * body + 0.1 * _step(0.12, 0.08, X) * body
     img = img - depth * cv.lung * (1 - 0.3 * _step(-0.3, -0.8, V)) + u(0.0, 0.05) * cv.lung * _step(-0.2, 0.5, V)
     sp, ph, rk = u(0.11, 0.13), u(0.0, 1.0), u(0.5, 0.68)
-    y = V + 0.45 * rk * X - 1.6 * rk * _ell(np.clip(X - 0.5, 0, None), 0, 0, 0, 1, 1)  # posterior ribs, rising laterally
+    y = (
+        V + 0.45 * rk * X - 1.6 * rk * _ell(np.clip(X - 0.5, 0, None), 0, 0, 0, 1, 1)
+    )  # posterior ribs, rising laterally
     phi = y / sp - ph
     thorax = body * _step(0.78, 0.7, X) * _step(-0.92, -0.82, V) * _step(0.1, -0.05, V - dome) * (0.5 + 0.5 * cv.lung)
     img = img + 0.055 * _step(0.22, 0.15, np.abs(phi - np.rint(phi))) * thorax
@@ -146,7 +159,9 @@ def _lateral(cv: _Canvas, rng: pm.Rng, fs: set, sev: float) -> np.ndarray:
     lung = (u(-0.02, 0.08), u(-0.08, 0.0), u(0.52, 0.6), u(0.58, 0.68), 1, 0.0)  # posterior: +U
     cv.set_lungs([lung, lung], (1 - 0.8 * cv.heart) * _step(0.02, -0.02, V - dome))
     img = 0.05 + 0.45 * body + 0.08 * _step(0.35, 0.9, V) * body - u(0.22, 0.3) * cv.lung + 0.04 * cv.heart
-    spine = _step(0.1, 0.07, np.abs(U - 0.55 - 0.08 * V)) * (0.5 + 0.5 * _step(0.25, 0.35, np.abs((V / 0.12) % 1 - 0.5)))
+    spine = _step(0.1, 0.07, np.abs(U - 0.55 - 0.08 * V)) * (
+        0.5 + 0.5 * _step(0.25, 0.35, np.abs((V / 0.12) % 1 - 0.5))
+    )
     return img + 0.1 * spine * body + 0.05 * cv.lung * np.clip(_noise(rng, cv.size, 30), 0, None)
 
 
@@ -174,33 +189,89 @@ def _blobs(cv, rng, n, both, h, q, size, amp, texture, elong=(0.8, 1.4), jitter=
     for k in sides:
         u, v = (u0 + rng.normal(0, jitter), v0 + rng.normal(0, jitter)) if jitter else cv.point(k, h(), q())
         s = size[0] + rng.uniform(0, size[1])
-        cv.blob(u, v, s, s * rng.uniform(*elong), amp * rng.uniform(0.7, 1.1),
-                angle=rng.uniform(-1, 1), texture=texture)
+        cv.blob(
+            u, v, s, s * rng.uniform(*elong), amp * rng.uniform(0.7, 1.1), angle=rng.uniform(-1, 1), texture=texture
+        )
 
 
 def _findings(cv: _Canvas, rng: pm.Rng, keys: list[str], sev: float, depth: float = 0.3) -> None:
     U, V, un, beta = cv.u_grid, cv.v_grid, rng.uniform, rng.beta
     for f in keys:
         if f == "covid-19":  # bilateral, peripheral, lower-zone ground glass
-            _blobs(cv, rng, 3 + round(7 * sev) + int(rng.integers(0, 3)), True, lambda: beta(2.8, 1.3),
-                   lambda: 0.62 + 0.38 * beta(2.2, 1.2), (0.05 + 0.06 * sev, 0.035),
-                   0.02 + 0.09 * sev, 0.5, (1.1, 1.7))
+            _blobs(
+                cv,
+                rng,
+                3 + round(7 * sev) + int(rng.integers(0, 3)),
+                True,
+                lambda: beta(2.8, 1.3),
+                lambda: 0.62 + 0.38 * beta(2.2, 1.2),
+                (0.05 + 0.06 * sev, 0.035),
+                0.02 + 0.09 * sev,
+                0.5,
+                (1.1, 1.7),
+            )
         elif f == "sars":  # multifocal, more central and less basal: a hard confounder
-            _blobs(cv, rng, 3 + round(6 * sev) + int(rng.integers(0, 3)), rng.random() < 0.6,
-                   lambda: un(0.15, 0.95), lambda: un(0.2, 0.85), (0.05 + 0.06 * sev, 0.035),
-                   0.035 + 0.1 * sev, 0.45)
+            _blobs(
+                cv,
+                rng,
+                3 + round(6 * sev) + int(rng.integers(0, 3)),
+                rng.random() < 0.6,
+                lambda: un(0.15, 0.95),
+                lambda: un(0.2, 0.85),
+                (0.05 + 0.06 * sev, 0.035),
+                0.035 + 0.1 * sev,
+                0.45,
+            )
         elif f in ("pneumonia", "streptococcus", "consolidation"):  # one dense lobar cluster
-            _blobs(cv, rng, int(rng.integers(3, 6)), False, lambda: un(0.1, 0.95), lambda: un(0.25, 0.85),
-                   (0.05 + 0.04 * sev, 0.03), 0.08 + 0.14 * sev, 0.25, jitter=0.05)
+            _blobs(
+                cv,
+                rng,
+                int(rng.integers(3, 6)),
+                False,
+                lambda: un(0.1, 0.95),
+                lambda: un(0.25, 0.85),
+                (0.05 + 0.04 * sev, 0.03),
+                0.08 + 0.14 * sev,
+                0.25,
+                jitter=0.05,
+            )
         elif f == "lung opacity":
-            _blobs(cv, rng, int(rng.integers(1, 5)), rng.random() < 0.5, lambda: un(0.1, 0.95),
-                   lambda: un(0.15, 0.95), (0.05 + 0.05 * sev, 0.04), 0.05 + 0.11 * sev, 0.4)
+            _blobs(
+                cv,
+                rng,
+                int(rng.integers(1, 5)),
+                rng.random() < 0.5,
+                lambda: un(0.1, 0.95),
+                lambda: un(0.15, 0.95),
+                (0.05 + 0.05 * sev, 0.04),
+                0.05 + 0.11 * sev,
+                0.4,
+            )
         elif f == "pneumocystis":  # bilateral perihilar haze
-            _blobs(cv, rng, 6, True, lambda: un(0.25, 0.75), lambda: un(0.0, 0.45),
-                   (0.1 + 0.06 * sev, 0.0), 0.04 + 0.08 * sev, 0.6)
+            _blobs(
+                cv,
+                rng,
+                6,
+                True,
+                lambda: un(0.25, 0.75),
+                lambda: un(0.0, 0.45),
+                (0.1 + 0.06 * sev, 0.0),
+                0.04 + 0.08 * sev,
+                0.6,
+            )
         elif f == "edema":  # central bat-wing haze
-            _blobs(cv, rng, 2, True, lambda: un(0.4, 0.6), lambda: un(0.05, 0.25),
-                   (0.15 + 0.04 * sev, 0.0), 0.08 + 0.12 * sev, 0.3, (1.2, 1.4))
+            _blobs(
+                cv,
+                rng,
+                2,
+                True,
+                lambda: un(0.4, 0.6),
+                lambda: un(0.05, 0.25),
+                (0.15 + 0.04 * sev, 0.0),
+                0.08 + 0.12 * sev,
+                0.3,
+                (1.2, 1.4),
+            )
         elif f == "atelectasis":  # plate-like linear density at a base
             for _ in range(int(rng.integers(1, 3))):
                 u, v = cv.point(int(rng.integers(0, 2)), un(0.6, 0.92), un(0.3, 0.75))
@@ -210,8 +281,10 @@ def _findings(cv: _Canvas, rng: pm.Rng, keys: list[str], sev: float, depth: floa
             r = 0.025 + 0.04 * sev
             cv.blob(u, v, r, r * un(0.85, 1.15), 0.14 + 0.12 * sev, texture=0.1, sharp=True, mark=0.5)
         elif f == "ards":  # diffuse bilateral, denser in the dependent lung
-            cv.field((0.1 + 0.13 * sev) * cv.lung * (0.65 + 0.35 * cv.texture) * (0.7 + 0.3 * _step(-0.6, 0.4, V)),
-                     cv.lung > 0.5)
+            cv.field(
+                (0.1 + 0.13 * sev) * cv.lung * (0.65 + 0.35 * cv.texture) * (0.7 + 0.3 * _step(-0.6, 0.4, V)),
+                cv.lung > 0.5,
+            )
         elif f in ("pleural effusion", "pneumothorax", "pleural other"):
             k = int(rng.integers(0, 2))
             cx, cy, rx, ry, out, _ = cv.lungs[k]
@@ -228,8 +301,13 @@ def _findings(cv: _Canvas, rng: pm.Rng, keys: list[str], sev: float, depth: floa
                 cv.field(0.08 * edge - (0.07 + 0.04 * cv.texture) * space, space > 0.5)
             else:  # pleural thickening along a stretch of the outer wall
                 v0 = un(-0.7, 0.0)
-                band = _step(0.72, 0.82, cv.ellipses[k]) * lung * _step(v0, v0 + 0.05, (V - cy) / ry) \
-                    * _step(v0 + 0.9, v0 + 0.8, (V - cy) / ry) * (q > 0.3)
+                band = (
+                    _step(0.72, 0.82, cv.ellipses[k])
+                    * lung
+                    * _step(v0, v0 + 0.05, (V - cy) / ry)
+                    * _step(v0 + 0.9, v0 + 0.8, (V - cy) / ry)
+                    * (q > 0.3)
+                )
                 cv.field(0.7 * depth * band, band > 0.5)
         elif f in ("cardiomegaly", "enlarged cardiomediastinum"):
             cv.lesion |= (cv.heart if f == "cardiomegaly" else cv.mediast) > 0.5
@@ -238,8 +316,10 @@ def _findings(cv: _Canvas, rng: pm.Rng, keys: list[str], sev: float, depth: floa
             cv.blob(u, v, 0.03, 0.022, 0.06 + 0.08 * sev, un(-1, 1), 0.0, 0.2, sharp=True, confine=False)
         elif f == "support devices":  # tubes, a line, ECG leads
             p, o, n = cv.pixel, 1 if rng.random() < 0.5 else -1, cv.size
-            lines = [([p(0.01, -1.1), p(0.03, -0.48)], round(0.018 * n)),  # endotracheal tube, central line
-                     ([p(0.75 * o * (1 - t), -0.72 + 0.06 * t + 0.4 * t * t) for t in np.linspace(0, 1, 8)], 3)]
+            lines = [
+                ([p(0.01, -1.1), p(0.03, -0.48)], round(0.018 * n)),  # endotracheal tube, central line
+                ([p(0.75 * o * (1 - t), -0.72 + 0.06 * t + 0.4 * t * t) for t in np.linspace(0, 1, 8)], 3),
+            ]
             lines += [([p(un(-0.8, 0.8), un(-0.7, 0.6))], round(0.04 * n)) for _ in range(int(rng.integers(0, 4)))]
             dev = pm.draw_polylines((n, n), lines)
             cv.field(0.3 * dev, dev > 0.5)
@@ -272,8 +352,15 @@ def _tone(img: np.ndarray, rng: pm.Rng, n: int, style: tuple[str, float]) -> np.
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def render(rng: pm.Rng, height: int, width: int, findings: Sequence[str], severity: float,
-           view: str = "PA", style: tuple[str, float] = ("", 0.0)) -> Radiograph:
+def render(
+    rng: pm.Rng,
+    height: int,
+    width: int,
+    findings: Sequence[str],
+    severity: float,
+    view: str = "PA",
+    style: tuple[str, float] = ("", 0.0),
+) -> Radiograph:
     """One image of ``height`` x ``width`` with its masks.
 
     ``findings``: names of FINDINGS, any case ("COVID-19, ARDS" is split; "", "No Finding" and
@@ -285,8 +372,13 @@ def render(rng: pm.Rng, height: int, width: int, findings: Sequence[str], severi
     keys, sev, n = _normalise(findings), float(np.clip(severity, 0.0, 1.0)), GRID
     cv = _Canvas(rng, n)
     kind, fs = VIEWS[view], set(keys)
-    img = (_frontal(cv, rng, fs, sev, view) if kind == "frontal" else
-           _lateral(cv, rng, fs, sev) if kind == "lateral" else _ct(cv, rng, fs, sev))
+    img = (
+        _frontal(cv, rng, fs, sev, view)
+        if kind == "frontal"
+        else _lateral(cv, rng, fs, sev)
+        if kind == "lateral"
+        else _ct(cv, rng, fs, sev)
+    )
     cv.texture = np.clip(0.5 + 0.5 * _noise(rng, n, 22), 0, 1)
     for _ in range(int(rng.integers(0, 4))):  # normal variants, never marked
         u, v = cv.point(int(rng.integers(0, 2)), rng.uniform(0.1, 0.95), rng.uniform(0.1, 0.95))
@@ -299,7 +391,9 @@ def render(rng: pm.Rng, height: int, width: int, findings: Sequence[str], severi
         size, letter = rng.uniform(0.04, 0.07) * min(height, width), str(rng.choice(["R", "L"]))
         x = rng.uniform(0.04, 0.12) * width if rng.random() < 0.5 else width - size - rng.uniform(0.04, 0.12) * width
         y, w = rng.uniform(0.03, 0.1) * height, max(1, int(round(size / 7)))
-        mark = pm.draw_polylines(image.shape, [([(x + a * size, y + b * size) for a, b in s], w) for s in _GLYPHS[letter]])
+        mark = pm.draw_polylines(
+            image.shape, [([(x + a * size, y + b * size) for a, b in s], w) for s in _GLYPHS[letter]]
+        )
         image = np.where(mark > 0, np.uint8(rng.integers(215, 256)), image)
     masks = [pm.resample(m.astype(np.float32), width, height, "bilinear") > 0.5 for m in (cv.lung > 0.5, cv.lesion)]
     return Radiograph(image, *masks)

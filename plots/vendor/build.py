@@ -17,10 +17,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PINNED = {  # package: (version, sha256 of the npm tarball, minified build inside it)
     "vega": ("5.20.2", "d77deab01d6104b1239228720721f93003e60797d2faced7ffdd759fa70f989d", "build/vega.min.js"),
-    "vega-lite": ("5.2.0", "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b",
-                  "build/vega-lite.min.js"),
-    "vega-embed": ("6.18.2", "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b",
-                   "build/vega-embed.min.js"),
+    "vega-lite": (
+        "5.2.0",
+        "f64ca4745f043447ac86b67dc9e9592ec2b85ac8b8dafc35faf970f142463e4b",
+        "build/vega-lite.min.js",
+    ),
+    "vega-embed": (
+        "6.18.2",
+        "93aeee312e92077b0252ef026c0fe0ec8fa430c19825aeada6cd3a6804e68e1b",
+        "build/vega-embed.min.js",
+    ),
 }
 PAGE = """<!DOCTYPE html>
 <html>
@@ -55,8 +61,10 @@ def main() -> None:
         if "</script" in code.lower():
             sys.exit(f"{name}: the code holds '</script' and cannot be inlined")
         (HERE / f"LICENSE-{name}").write_bytes(licence)
-        scripts.append(f"    <!-- {name}@{version} (npm, sha256 {digest}; BSD-3-Clause, see LICENSE-{name}) -->\n"
-                       f"    <script>{code}</script>")
+        scripts.append(
+            f"    <!-- {name}@{version} (npm, sha256 {digest}; BSD-3-Clause, see LICENSE-{name}) -->\n"
+            f"    <script>{code}</script>"
+        )
     page = PAGE.replace("{{", "{").replace("}}", "}").replace("{scripts_inline}", "\n".join(scripts))
     for placeholder in ("{plot_divs}", "{scripts}", "{refresh_tag}"):  # DVC replaces these anywhere in the page
         if page.count(placeholder) != (0 if placeholder == "{scripts}" else 1):
