@@ -5,6 +5,7 @@ sizes of generated data, and the slope of log(time) against log(images).
     python bench/scale.py --sizes default paper    # the 30k point takes about an hour more
     python bench/scale.py --sizes paper --stages fetch_params fetch filter negatives duplicates
     python bench/scale.py --sizes 30k --add-to scale.json --out scale3.json   # a size more, later
+    python bench/scale.py --sizes paper --whole    # one plain `dvc repro` of every stage, timed as a whole
 
 Each size runs in a fresh copy of this working tree (tracked and untracked files, not the
 outputs) under ``--workdir``, with params.yaml changed as below, one ``dvc repro --single-item --force``
@@ -106,7 +107,7 @@ def _timed(cmd: list[str], cwd: Path, log) -> tuple[float, float, int]:
     return time.perf_counter() - start, usage.ru_maxrss / 1024**2, proc.returncode
 
 
-def run_size(name: str, workdir: Path, stages: list[str]) -> dict:
+def run_size(name: str, workdir: Path, stages: list[str], whole: bool = False) -> dict:
     dest = workdir / name
     if dest.exists():
         shutil.rmtree(dest)
@@ -121,6 +122,13 @@ def run_size(name: str, workdir: Path, stages: list[str]) -> dict:
     os.environ["PATH"] = env_path
     result = {"stages": {}, "images": None}
     with open(dest / "scale.log", "w") as log:
+        if whole:
+            seconds, peak, code = _timed([dvc, "repro"], dest, log)
+            if code != 0:
+                raise SystemExit(f"[{name}] dvc repro failed (exit {code}); see {dest / 'scale.log'}")
+            with open(dest / "data/manifest.csv") as f:
+                images = sum(1 for _ in f) - 1
+            return {"whole": {"seconds": round(seconds, 2), "peak_rss_gb": round(peak, 3)}, "images": images}
         for stage in stages:
             seconds, peak, code = _timed([dvc, "repro", "--single-item", "--force", stage], dest, log)
             log.flush()
@@ -227,8 +235,20 @@ def main() -> None:
         default=None,
         help="an earlier run's JSON: its sizes join this run's in the table, the slopes and the plot",
     )
+    ap.add_argument(
+        "--whole", action="store_true", help="one plain `dvc repro` per size, timed as a whole (no per-stage figures)"
+    )
     args = ap.parse_args()
     stages = args.stages or _stages()
+    if args.whole:
+        workdir = Path(args.workdir) if args.workdir else Path(os.environ.get("TMPDIR", "/tmp")) / "deepcovid-scale"
+        runs = {name: run_size(name, workdir, stages, whole=True) for name in args.sizes}
+        for name, r in runs.items():
+            print(
+                f"{name} ({r['images']} images): dvc repro of every stage in {r['whole']['seconds'] / 60:.1f} min "
+                f"({r['whole']['seconds']:.0f} s), peak RSS {r['whole']['peak_rss_gb']:.2f} GB"
+            )
+        return
     workdir = Path(args.workdir) if args.workdir else Path(os.environ.get("TMPDIR", "/tmp")) / "deepcovid-scale"
     results = json.loads(Path(args.add_to).read_text())["results"] if args.add_to else {}
     for name in args.sizes:
