@@ -18,14 +18,15 @@ $(STAMP): requirements.txt pyproject.toml
 repro: venv
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-# the tests run in TEST_WORKERS processes (pytest-xdist); TEST_WORKERS=0 runs them in this one
+# the tests run in TEST_WORKERS processes (pytest-xdist; a module's tests on one worker, so its
+# fixtures are built once); TEST_WORKERS=0 runs them in this one
 TEST_WORKERS ?= 2
 
 test: venv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-fast: venv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
