@@ -14,7 +14,6 @@ Absolute numbers depend on the machine and its load; the ratios are measured in 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -60,17 +59,16 @@ def main() -> None:
     images = args.data / "cohen" / "images"
     if not images.is_dir():
         raise SystemExit(f"{images}: no such folder (--data)")
-    with contextlib.suppress(KeyboardInterrupt):
-        limited, h1 = run(images, args.images, "limited", args.copies)
-        unlimited, h2 = run(images, args.images, "unlimited", args.copies)
-        alone, h3 = run(images, args.images, "limited", 1)
-        if len(h1 | h2 | h3) != 1:
-            raise SystemExit("the hashes differ between settings")
-        print(f"hashing {args.images} real X-rays, 2 worker threads, {args.copies} processes at once:")
-        print(f"  one BLAS thread per worker (the stage): {limited:6.1f} s")
-        print(f"  OpenBLAS's default threads:            {unlimited:6.1f} s")
-        print(f"  one process alone, one BLAS thread:     {alone:6.1f} s")
-        print(f"  default threads / one BLAS thread: {unlimited / limited:.1f}x slower on the busy machine")
+    limited, h1 = run(images, args.images, "limited", args.copies)
+    unlimited, h2 = run(images, args.images, "unlimited", args.copies)
+    alone, h3 = run(images, args.images, "limited", 1)
+    if len(h1 | h2 | h3) != 1:
+        raise SystemExit("the hashes differ between settings")
+    print(f"hashing {args.images} real X-rays, 2 worker threads, {args.copies} processes at once:")
+    print(f"  one BLAS thread per worker (the stage): {limited:6.1f} s")
+    print(f"  OpenBLAS's default threads:            {unlimited:6.1f} s")
+    print(f"  one process alone, one BLAS thread:     {alone:6.1f} s")
+    print(f"  default threads / one BLAS thread: {unlimited / limited:.1f}x slower on the busy machine")
 
 
 if __name__ == "__main__":

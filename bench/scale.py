@@ -240,8 +240,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     stages = args.stages or _stages()
+    workdir = Path(args.workdir) if args.workdir else Path(os.environ.get("TMPDIR", "/tmp")) / "deepcovid-scale"
     if args.whole:
-        workdir = Path(args.workdir) if args.workdir else Path(os.environ.get("TMPDIR", "/tmp")) / "deepcovid-scale"
         runs = {name: run_size(name, workdir, stages, whole=True) for name in args.sizes}
         for name, r in runs.items():
             print(
@@ -249,7 +249,6 @@ def main() -> None:
                 f"({r['whole']['seconds']:.0f} s), peak RSS {r['whole']['peak_rss_gb']:.2f} GB"
             )
         return
-    workdir = Path(args.workdir) if args.workdir else Path(os.environ.get("TMPDIR", "/tmp")) / "deepcovid-scale"
     results = json.loads(Path(args.add_to).read_text())["results"] if args.add_to else {}
     for name in args.sizes:
         started = time.perf_counter()

@@ -8,14 +8,16 @@ script with :mod:`runpy` as ``__main__``. The project's own modules are imported
 from the files as they are then, exactly as a new interpreter would.
 
 What cannot be the same in a forked child goes to a real subprocess: environment variables
-read when a library is imported (thread counts, instruction sets, hash seed), and anything the
-caller marks ``fresh=True`` (tests of signals, process trees or start-up itself); everything when
-``DEEPCOVID_TEST_SUBPROCESS=1``.
+read when a library is imported (thread counts, instruction sets, hash seed); everything when
+``DEEPCOVID_TEST_SUBPROCESS=1``. Tests of signals, process trees or start-up itself call
+:mod:`subprocess` directly.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -141,12 +143,11 @@ class StageServer:
         assert self.process.stdout.readline().strip() == "ready", "the stage server did not start"
 
     def run(
-        self, argv: list[str], *, cwd, env: dict | None = None, timeout: float = 900, fresh: bool = False
+        self, argv: list[str], *, cwd, env: dict | None = None, timeout: float = 900
     ) -> subprocess.CompletedProcess:
         env = dict(os.environ if env is None else env)
         if (
-            fresh
-            or os.environ.get("DEEPCOVID_TEST_SUBPROCESS") == "1"
+            os.environ.get("DEEPCOVID_TEST_SUBPROCESS") == "1"
             or _import_time_settings_differ(env, self.started_env)
             or self.process.poll() is not None
         ):
@@ -169,7 +170,7 @@ class StageServer:
                 )
                 pid = conn.recv()
                 if not conn.poll(timeout):
-                    os.killpg(pid, 9)
+                    os.killpg(pid, signal.SIGKILL)
                     conn.recv()
                     raise subprocess.TimeoutExpired([sys.executable, *argv], timeout)
                 code = conn.recv()
@@ -191,6 +192,4 @@ class StageServer:
                 self.process.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
                 self.process.kill()
-        import shutil
-
         shutil.rmtree(self.folder, ignore_errors=True)

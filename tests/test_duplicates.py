@@ -182,8 +182,6 @@ def test_cli_finds_the_checked_duplicates_of_the_real_data(shared_data, tmp_path
     proc = run_python(
         ["-m", "deepcovid", "duplicates", *folders, str(tmp_path / "notes.txt"), "--out", str(out)],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
@@ -211,8 +209,6 @@ def test_cli_finds_the_checked_duplicates_of_the_real_data(shared_data, tmp_path
     missing = run_python(
         ["-m", "deepcovid", "duplicates", str(tmp_path / "nowhere"), "--out", str(out)],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert (

@@ -134,8 +134,6 @@ def test_cli_explains_a_real_image_with_the_pipeline_preprocessing(trained, tmp_
             str(trained / "params.yaml"),
         ],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
     assert proc.returncode == 1, proc.stderr  # one file failed

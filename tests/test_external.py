@@ -177,14 +177,14 @@ def test_scoring_files_reproduces_the_pipeline_predictions(trained):
     np.testing.assert_allclose(scores, pred["score"].to_numpy(), atol=1e-6, rtol=0)
 
 
-def test_evaluate_external_cli_on_the_real_actualmed_folder(trained, shared_data, tmp_path):
-    out = tmp_path / "actualmed-eval"
-    proc = run_python(
+def _evaluate_external(folder, trained, out, timeout):
+    """`python -m deepcovid evaluate-external FOLDER` with the tiny pipeline's model, evaluation and params."""
+    return run_python(
         [
             "-m",
             "deepcovid",
             "evaluate-external",
-            str(shared_data / "actualmed"),
+            str(folder),
             "--model",
             str(trained / "models"),
             "--evaluation",
@@ -195,10 +195,13 @@ def test_evaluate_external_cli_on_the_real_actualmed_folder(trained, shared_data
             str(trained / "params.yaml"),
         ],
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+def test_evaluate_external_cli_on_the_real_actualmed_folder(trained, shared_data, tmp_path):
+    out = tmp_path / "actualmed-eval"
+    proc = _evaluate_external(shared_data / "actualmed", trained, out, timeout=600)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "evaluate.json").read_text())
     threshold = json.loads((trained / "metrics/evaluate.json").read_text())["test"]["threshold"]
@@ -209,24 +212,5 @@ def test_evaluate_external_cli_on_the_real_actualmed_folder(trained, shared_data
     assert len(pred) == 44 and pred["score"].between(0, 1).all()
     assert (out / "plots" / "figures" / "roc.png").is_file() and (out / "thresholds.csv").is_file()
     assert "external test AUC" in proc.stdout
-    missing = run_python(
-        [
-            "-m",
-            "deepcovid",
-            "evaluate-external",
-            str(tmp_path / "nowhere"),
-            "--model",
-            str(trained / "models"),
-            "--evaluation",
-            str(trained / "metrics/evaluate.json"),
-            "--out-dir",
-            str(out),
-            "--params",
-            str(trained / "params.yaml"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = _evaluate_external(tmp_path / "nowhere", trained, out, timeout=120)
     assert missing.returncode == 2 and "nowhere" in missing.stderr.strip().splitlines()[-1]

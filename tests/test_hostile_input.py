@@ -562,8 +562,6 @@ def test_model_file_with_a_pickled_payload_runs_no_code(tiny_trained, tmp_path):
             "--out",
             str(tmp_path / "scores.csv"),
         ],
-        capture_output=True,
-        text=True,
         cwd=tmp_path,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

@@ -42,9 +42,7 @@ def _rewrite(models, state):
 
 
 def _cli(command, *args):
-    return run_python(
-        ["-m", "deepcovid", command, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    return run_python(["-m", "deepcovid", command, *map(str, args)], cwd=REPO, timeout=300)
 
 
 def _one_line_refusal(proc, *words):
@@ -206,8 +204,6 @@ def test_spreadsheet_formulas_from_file_names_are_neutralised(tiny_trained, tmp_
             *names,
         ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -65,8 +65,6 @@ def test_predict_refuses_an_unwritable_out_before_scoring(tmp_path):
             str(blocker / "scores.csv"),
         ],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     last = proc.stderr.strip().splitlines()[-1]

@@ -35,8 +35,6 @@ def _predict(ws, *args, timeout=600):
             str(ws / "params.yaml"),
         ],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=timeout,
     )
 
@@ -131,8 +129,6 @@ def test_threshold_explain_and_one_line_errors(tiny_trained, tmp_path):
             str(tmp_path / "none.json"),
         ],
         cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert bad.returncode == 2 and "none.json not found" in bad.stderr.strip().splitlines()[-1]

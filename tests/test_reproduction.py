@@ -147,12 +147,13 @@ def test_check_reproduction_command(tmp_path):
             "committed",
         ],
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
     )
     assert missing.returncode == 2 and "nope.lock: dvc.lock not found" in missing.stderr
     assert missing.stderr.strip().splitlines()[-1].startswith("check-reproduction: error:")
-    usage = run_python(["-m", "deepcovid", "check-reproduction"], cwd=tmp_path, capture_output=True, text=True)
+    usage = run_python(
+        ["-m", "deepcovid", "check-reproduction"],
+        cwd=tmp_path,
+    )
     assert usage.returncode == 2 and "--committed-lock" in usage.stderr
 
 

@@ -73,12 +73,9 @@ def run_python(
     env: dict | None = None,
     timeout: float = 900,
     check: bool = False,
-    capture_output: bool = True,
-    text: bool = True,
 ) -> subprocess.CompletedProcess:
     """``subprocess.run([sys.executable, *argv], capture_output=True, text=True, ...)`` through the
     stage server (``argv``: ``["-m", "deepcovid", ...]`` or a script and its arguments)."""
-    assert capture_output and text, "run_python always captures text"
     proc = stage_server().run([str(a) for a in argv], cwd=cwd or os.getcwd(), env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
@@ -93,7 +90,7 @@ def run_stage(
         proc = run_stage(ws, "fetch_params", check=check, env=env, timeout=timeout)
         if proc.returncode != 0:
             return proc
-    proc = stage_server().run([*stage_argv(stage), *args], cwd=ws, timeout=timeout, env={**os.environ, **(env or {})})
+    proc = run_python([*stage_argv(stage), *args], cwd=ws, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"stage {stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
