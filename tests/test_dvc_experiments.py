@@ -100,18 +100,20 @@ KILLED_STAGES = ["fetch", "filter", "negatives", "duplicates", "split", "preproc
 TEMPORARY = re.compile(r"^\..+\.\d+\.(?:[a-z0-9_]{8}\.tmp|old|part)$")
 
 
-def _stage_processes(stage: str) -> list[int]:
-    """Live (not zombie) processes running ``stages/<stage>.py``: the stage and any worker it forked."""
-    found = []
+def _stage_processes(stage: str, root: Path) -> list[int]:
+    """Live (not zombie) processes running ``stages/<stage>.py`` in ``root``: the stage and any worker
+    it forked. Only this project's: another test (another xdist worker) may run the same stage elsewhere."""
+    found, script, here = [], f"stages/{stage}.py".encode(), str(root.resolve())
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cwd = os.readlink(entry / "cwd")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if state != "Z" and any(arg.endswith(f"stages/{stage}.py".encode()) for arg in cmdline):
+        if state != "Z" and cwd == here and any(arg.endswith(script) for arg in cmdline):
             found.append(int(entry.name))
     return sorted(found)
 
@@ -182,20 +184,20 @@ def test_sigterm_to_dvc_alone_stops_the_stage_and_its_workers(project, stage):
     )
     try:
         deadline = time.monotonic() + 120
-        while not _stage_processes(stage) and repro.poll() is None and time.monotonic() < deadline:
+        while not _stage_processes(stage, root) and repro.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert _stage_processes(stage), f"{stage} never started"
+        assert _stage_processes(stage, root), f"{stage} never started"
         time.sleep(0.5)  # into its work (imports, workers started)
         repro.send_signal(signal.SIGTERM)
         repro.wait(timeout=60)
         stop_by = time.monotonic() + 15
-        while _stage_processes(stage) and time.monotonic() < stop_by:
+        while _stage_processes(stage, root) and time.monotonic() < stop_by:
             time.sleep(0.05)
-        assert _stage_processes(stage) == [], f"{stage}: still running after dvc was terminated"
+        assert _stage_processes(stage, root) == [], f"{stage}: still running after dvc was terminated"
     finally:
         if repro.poll() is None:
             os.killpg(repro.pid, signal.SIGKILL)
-        for pid in _stage_processes(stage):
+        for pid in _stage_processes(stage, root):
             os.kill(pid, signal.SIGKILL)
     assert (root / "dvc.lock").read_text() == lock
     _sh([dvc, "repro", "-s", stage], root, env)  # what DVC removed before the stage ran (run cache)
@@ -219,7 +221,7 @@ def _repro_and_kill(dvc, root, env, stage, folders, extra) -> tuple[bool, int]:
     killed, deadline = False, time.monotonic() + 300
     try:
         while repro.poll() is None and time.monotonic() < deadline:
-            pids = _stage_processes(stage)
+            pids = _stage_processes(stage, root)
             if pids:  # the stage itself (the lowest pid: forked workers come later)
                 killed = _kill_while_writing(pids[0], folders, extra)
                 break
@@ -253,9 +255,9 @@ def test_sigkill_each_stage_under_dvc_repro_then_rerun(project):
         assert status != 0, f"{stage}: dvc repro succeeded although its stage was killed"
         left_by_kill = _temporaries(root)
         wait_until = time.monotonic() + 10
-        while _stage_processes(stage) and time.monotonic() < wait_until:
+        while _stage_processes(stage, root) and time.monotonic() < wait_until:
             time.sleep(0.1)
-        assert _stage_processes(stage) == [], f"{stage}: processes outlived the killed stage"
+        assert _stage_processes(stage, root) == [], f"{stage}: processes outlived the killed stage"
         # the killed run never replaced the earlier outputs, so DVC would find the stage unchanged and
         # skip it (the leftovers would then go with the next stage that runs): force the stage's code
         # to run again, not restored from DVC's run cache
