@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="pixel correlation a pair must reach (default: duplicates.min_correlation in params)",
     )
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: duplicates.workers)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: duplicates.workers)")
     p.add_argument("--params", default="params.yaml")
 
     p = command("evaluate-external", _evaluate_external, EXTERNAL_HELP, "a trained model on a Cohen-layout folder")

@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse
 
 from deepcovid.errors import InputError
 
@@ -236,56 +237,58 @@ def _int_taps(n_in: int, n_out: int, kernel: str) -> tuple[np.ndarray, np.ndarra
 
 
 @functools.lru_cache(maxsize=256)
-def _int_matrix(n_in: int, n_out: int, kernel: str) -> np.ndarray:
-    """``(n_out, n_in)`` float64 matrix of the fixed-point taps (integers, repeated taps of the
-    clipped edge summed)."""
+def _int_matrix(n_in: int, n_out: int, kernel: str) -> scipy.sparse.csr_array:
+    """``(n_out, n_in)`` sparse matrix of the fixed-point taps (repeated taps of the clipped edge
+    summed): row ``i`` holds the integer weights output sample ``i`` takes from the input. Stored
+    as float64 (twice as fast as int64 in SciPy's products) holding integers: see :func:`resize_uint8`."""
     idx, wi = _int_taps(n_in, n_out, kernel)
-    m = np.zeros((n_out, n_in), dtype=np.float64)
-    np.add.at(m, (np.repeat(np.arange(n_out), idx.shape[1]), idx.ravel()), wi.ravel().astype(np.float64))
-    m.setflags(write=False)
+    rows = np.repeat(np.arange(n_out), idx.shape[1])
+    m = scipy.sparse.coo_array((wi.ravel().astype(np.float64), (rows, idx.ravel())), shape=(n_out, n_in)).tocsr()
+    m.sum_duplicates()
     return m
 
 
-def resize_uint8_crops(img: np.ndarray, boxes, width: int, height: int, kernel: str = "bicubic") -> np.ndarray:
-    """``(len(boxes), height, width)`` uint8: each ``img[top:bottom, left:right]`` of ``boxes``
-    (``(top, bottom, left, right)``) resized as :func:`resize_uint8` resizes it, byte for byte.
-
-    For many small crops (the duplicates' 28 thumbnails of a 256-pixel image): the two passes are
-    matrix products in float64 (BLAS) of integers, every product and partial sum an integer below
-    2 ** 34 (255 x 4096 x 1.25, times 4096 x 1.25 again), exactly representable, so any summation
-    order or fused multiply-add gives the exact integers of the tap sums (tested against them);
-    boxes that share their columns share the horizontal pass. Dense matrices cost the input size
-    times the output size: for one large image :func:`resize_uint8` is the faster."""
-    if img.dtype != np.uint8 or img.ndim != 2:
-        raise TypeError(f"resize_uint8_crops needs a 2-D uint8 array, got {img.dtype} {img.shape}")
-    a = img.astype(np.float64)
-    rows: dict[tuple[int, int], np.ndarray] = {}
-    out = np.empty((len(boxes), height, width), dtype=np.float64)
-    for k, (top, bottom, left, right) in enumerate(boxes):
-        if (left, right) not in rows:
-            rows[left, right] = a[:, left:right] @ _int_matrix(right - left, width, kernel).T
-        out[k] = _int_matrix(bottom - top, height, kernel) @ rows[left, right][top:bottom]
+def _finish(acc: np.ndarray) -> np.ndarray:
+    """uint8 of the integer sums of both passes (weights ``2 ** _PREC`` each): one rounding."""
     half = 1 << (2 * _PREC - 1)
-    return np.clip((out.astype(np.int64) + half) >> (2 * _PREC), 0, 255).astype(np.uint8)
+    return np.clip((acc.astype(np.int64) + half) >> (2 * _PREC), 0, 255).astype(np.uint8)
 
 
 def resize_uint8(img: np.ndarray, width: int, height: int, kernel: str = "bicubic") -> np.ndarray:
     """Resize a uint8 image (H x W or H x W x C), antialiased, in integer arithmetic:
-    weights in 12-bit fixed point, sums in int64 (exact in any order), one rounding at
-    the end. The role of Pillow's 8-bit ``resize``, with no platform-dependent step."""
+    weights in 12-bit fixed point, integer sums (exact in any order), one rounding at
+    the end. The role of Pillow's 8-bit ``resize``, with no platform-dependent step.
+
+    Each pass is a product with a sparse matrix of the taps (:func:`_int_matrix`), in float64 of
+    integers: every product and partial sum is an integer below 2 ** 35 (255 x 4096 x 1.25, times
+    4096 x 1.25 again), exactly representable, so any order of the sums or a fused multiply-add
+    gives the exact integers of the tap sums (tested against them)."""
     if img.dtype != np.uint8:
         raise TypeError(f"resize_uint8 needs a uint8 array, got {img.dtype}")
-    a = img.astype(np.int64)
-    for axis, n_out in ((1, width), (0, height)):
-        idx, wi = _int_taps(a.shape[axis], n_out, kernel)
-        acc = np.zeros(a.shape[:axis] + (n_out,) + a.shape[axis + 1 :], dtype=np.int64)
-        shape = [1] * a.ndim
-        shape[axis] = n_out
-        for j in range(idx.shape[1]):
-            acc += np.take(a, idx[:, j], axis=axis) * wi[:, j].reshape(shape)
-        a = acc
-    half = 1 << (2 * _PREC - 1)
-    return np.clip((a + half) >> (2 * _PREC), 0, 255).astype(np.uint8)
+    h, w = img.shape[:2]
+    rest = img.shape[2:]
+    a = img.astype(np.float64).reshape(h, -1)
+    a = _int_matrix(h, height, kernel) @ a  # (height, w * C)
+    a = np.ascontiguousarray(a.reshape(height, w, -1).transpose(1, 0, 2)).reshape(w, -1)
+    a = _int_matrix(w, width, kernel) @ a  # (width, height * C)
+    return _finish(a.reshape(width, height, -1).transpose(1, 0, 2).reshape((height, width) + rest))
+
+
+def resize_uint8_crops(img: np.ndarray, boxes, width: int, height: int, kernel: str = "bicubic") -> np.ndarray:
+    """``(len(boxes), height, width)`` uint8: each ``img[top:bottom, left:right]`` of ``boxes``
+    (``(top, bottom, left, right)``) resized as :func:`resize_uint8` resizes it, byte for byte
+    (the same integer sums). For many small crops (the duplicates' 28 thumbnails of a
+    256-pixel image): boxes that share their columns share the horizontal pass."""
+    if img.dtype != np.uint8 or img.ndim != 2:
+        raise TypeError(f"resize_uint8_crops needs a 2-D uint8 array, got {img.dtype} {img.shape}")
+    a = np.ascontiguousarray(img.T).astype(np.float64)  # (W, H): the horizontal pass on rows
+    columns: dict[tuple[int, int], np.ndarray] = {}
+    out = np.empty((len(boxes), height, width), dtype=np.float64)
+    for k, (top, bottom, left, right) in enumerate(boxes):
+        if (left, right) not in columns:  # (H, width)
+            columns[left, right] = np.ascontiguousarray((_int_matrix(right - left, width, kernel) @ a[left:right]).T)
+        out[k] = _int_matrix(bottom - top, height, kernel) @ columns[left, right][top:bottom]
+    return _finish(out)
 
 
 def draw_polylines(shape: tuple[int, int], lines, value: float = 1.0) -> np.ndarray:

@@ -10,6 +10,7 @@ were checked by eye: docs/audit.md, "Duplicates").
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,26 @@ def test_equalise_is_twice_the_average_rank_minus_one():
     np.testing.assert_array_equal(dup.equalise(thumb).ravel(), want)
     # any increasing change of grey values gives the same equalised thumbnail
     np.testing.assert_array_equal(dup.equalise(thumb), dup.equalise((thumb.astype(int) * 3 + 7).astype(np.uint8)))
+    # a stack: each thumbnail on its own histogram
+    stack = np.stack([thumb, 255 - thumb, np.zeros_like(thumb), np.full_like(thumb, 255)])
+    np.testing.assert_array_equal(dup.equalise(stack), np.stack([dup.equalise(t) for t in stack]))
+    assert set(np.unique(dup.equalise(stack[2]))) == {4096}
+
+
+def test_low_frequencies_are_the_exact_integers_at_the_extremes():
+    """The float64 (BLAS) DCT gives the exact integer products up to the largest magnitudes a
+    thumbnail can take (2 ** 13, equalised or centred), including inputs that follow the signs of
+    the DCT's rows, where the sums pass 2 ** 50."""
+    sign = np.sign(dup._DCT)
+    inputs = [np.full((2, 64, 64), 8192), np.full((2, 64, 64), -8192)]
+    inputs += [np.broadcast_to(8192 * np.outer(sign[k], sign[v]), (2, 64, 64)) for k in range(16) for v in range(16)]
+    inputs.append(np.random.default_rng(1).integers(-8192, 8193, (2, 64, 64)))
+    largest = 0
+    for x in inputs:
+        exact = [[int(v) for v in (dup._DCT @ t.astype(object) @ dup._DCT.T).ravel()[1:]] for t in x]
+        largest = max(largest, max(abs(v) for row in exact for v in row))
+        assert dup._low_frequencies(np.asarray(x, dtype=np.int64)).tolist() == exact
+    assert largest > 2**50
 
 
 def test_integer_hash_matches_a_float_dct_reference():
@@ -121,32 +142,32 @@ def _copies(image: Image.Image) -> dict[str, Image.Image]:
     }
 
 
-def test_hashing_workers_run_with_one_blas_thread(tmp_path, monkeypatch):
-    """OpenBLAS's own threads on top of the hashing threads made the stage several times slower on a
-    busy machine (bench/busy_machine.py): inside the workers BLAS has one thread, and after the
-    stream it has its threads back."""
-    from threadpoolctl import threadpool_info, threadpool_limits
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
 
-    def blas_threads():
-        return {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+    return sorted({d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"})
 
-    seen = []
-    real = dup.thumbnails
 
-    def spy(gray):
-        seen.append(blas_threads())
-        return real(gray)
+def _report_blas_threads(path, max_pixels):
+    """Stands in for the reading of one file: reports the BLAS threads of the process it runs in."""
+    return None, f"{os.getpid()} {_blas_threads()}"
 
-    monkeypatch.setattr(dup, "thumbnails", spy)
-    paths = []
-    for i in range(4):
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (80, 90), dtype=np.uint8)).save(paths[-1])
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_hashing_workers_run_with_one_blas_thread(tmp_path, monkeypatch, workers):
+    """OpenBLAS's own threads on top of the hashing workers made the stage several times slower on a
+    busy machine (bench/busy_machine.py): where the files are read BLAS has one thread (in worker
+    processes, or in this one for ``workers=1``), and after the stream this process has its threads back."""
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setattr(dup, "_thumbnails_of_file", _report_blas_threads)
     with threadpool_limits(2, user_api="blas"):  # as on any machine with 2 cores or more
-        assert blas_threads() == {2}
-        thumbs, errors = dup.read_thumbnails(paths, workers=2)
-        assert blas_threads() == {2}
-    assert not errors and len(seen) == 4 and all(s == {1} for s in seen), seen
+        assert _blas_threads() == [2]
+        seen = [err for _, _, err in dup._thumbnail_stream([str(tmp_path / f"{i}.png") for i in range(6)], workers)]
+        assert _blas_threads() == [2]
+    pids = {s.split()[0] for s in seen}
+    assert len(seen) == 6 and all(s.endswith(" [1]") for s in seen), seen
+    assert (str(os.getpid()) in pids) == (workers == 1), seen
 
 
 def test_transformed_copies_of_real_xrays_are_found_and_nothing_else(shared_data, tmp_path):

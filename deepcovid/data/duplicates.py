@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +35,7 @@ from deepcovid.data import hamming
 from deepcovid.data.images import ImageReadError, read_image
 from deepcovid.data.sources import image_path, read_sources
 from deepcovid.errors import InputError, MissingInputError
+from deepcovid.runner import die_with_parent
 
 log = logging.getLogger("duplicates")
 
@@ -70,14 +72,20 @@ def _dct_matrix() -> np.ndarray:
 
 
 _DCT = _dct_matrix()
+_DCT_FLOAT = _DCT.astype(np.float64)  # the same integers, for BLAS (see _low_frequencies)
 
 
 def equalise(thumb: np.ndarray) -> np.ndarray:
     """Twice the mid-rank of each pixel among the thumbnail's pixels (uint16): the same for any
-    monotonic change of contrast, brightness or gamma."""
-    counts = np.bincount(thumb.ravel(), minlength=256)
-    below = np.cumsum(counts) - counts
-    return (2 * below[thumb] + counts[thumb]).astype(np.uint16)
+    monotonic change of contrast, brightness or gamma. A stack ``(..., 64, 64)`` is equalised
+    thumbnail by thumbnail."""
+    thumb = np.asarray(thumb)
+    flat = thumb.reshape(-1, thumb.shape[-2] * thumb.shape[-1])
+    offsets = 256 * np.arange(len(flat))[:, None]  # one histogram per thumbnail, in one count
+    counts = np.bincount((flat + offsets).ravel(), minlength=256 * len(flat)).reshape(len(flat), 256)
+    below = np.cumsum(counts, axis=1) - counts
+    ranked = np.take_along_axis(2 * below + counts, flat.astype(np.intp), axis=1)
+    return ranked.astype(np.uint16).reshape(thumb.shape)
 
 
 def thumbnails(gray: np.ndarray) -> np.ndarray:
@@ -95,7 +103,7 @@ def thumbnails(gray: np.ndarray) -> np.ndarray:
         box = (int(h * top), h - int(h * bottom), int(w * left), w - int(w * right))
         boxes.append(box if box[0] < box[1] and box[2] < box[3] else (0, h, 0, w))  # an empty crop: the whole
     resized = portable.resize_uint8_crops(np.ascontiguousarray(gray), boxes, _THUMB, _THUMB)
-    return np.stack([equalise(t) for t in resized])
+    return equalise(resized)
 
 
 def read_thumbnails(
@@ -115,34 +123,52 @@ def read_thumbnails(
     return thumbs, errors
 
 
+def _thumbnails_of_file(path, max_pixels: int | None) -> tuple[np.ndarray | None, str]:
+    """(thumbnails, "") of one image file, or (None, the reason it cannot be read)."""
+    try:
+        image = read_image(path, grayscale=True, max_pixels=max_pixels)
+        return thumbnails(np.asarray(image.convert("L"))), ""
+    except ImageReadError as exc:
+        return None, exc.reason
+
+
+def _start_worker(parent: int) -> None:
+    die_with_parent(parent)
+    # one BLAS thread in each worker: OpenBLAS's own threads on top of ours, on a machine with
+    # other work, made hashing several times slower (bench/busy_machine.py)
+    threadpool_limits(1, user_api="blas")
+
+
 def _thumbnail_stream(paths: Sequence, workers: int, max_pixels: int | None = None):
-    """``(index, thumbnails or None, error)`` for each file, in order, ``workers`` at a time;
-    images above ``max_pixels`` (``preprocess.max_pixels``; None: Pillow's limit) are refused
-    from their header, before decoding."""
-
-    def one(i):
-        try:
-            image = read_image(paths[i], grayscale=True, max_pixels=max_pixels)
-            return i, thumbnails(np.asarray(image.convert("L"))), ""
-        except ImageReadError as exc:
-            return i, None, exc.reason
-
-    # one BLAS thread in each worker: OpenBLAS's own threads on top of ours, on a machine with other
-    # work, made hashing several times slower (bench/busy_machine.py)
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        # at most a few images decoded ahead of the consumer: memory does not grow with the set
-        window = 4 * max(1, workers)
-        pending = [pool.submit(one, i) for i in range(min(window, len(paths)))]
-        for i in tqdm(range(len(paths)), desc="thumbnails", mininterval=2):
+    """``(index, thumbnails or None, error)`` for each file, in order, decoded in ``workers``
+    processes (none for 1: in this one); images above ``max_pixels`` (``preprocess.max_pixels``;
+    None: Pillow's limit) are refused from their header, before decoding. At most a few images
+    are decoded ahead of the consumer: memory does not grow with the set."""
+    progress = tqdm(range(len(paths)), desc="thumbnails", mininterval=2)
+    if workers <= 1 or len(paths) <= 1:
+        with threadpool_limits(1, user_api="blas"):
+            for i in progress:
+                yield (i, *_thumbnails_of_file(paths[i], max_pixels))
+        return
+    with ProcessPoolExecutor(max_workers=workers, initializer=_start_worker, initargs=(os.getpid(),)) as pool:
+        window = 4 * workers
+        pending = [pool.submit(_thumbnails_of_file, paths[i], max_pixels) for i in range(min(window, len(paths)))]
+        for i in progress:
             result = pending.pop(0).result()
             if i + window < len(paths):
-                pending.append(pool.submit(one, i + window))
-            yield result
+                pending.append(pool.submit(_thumbnails_of_file, paths[i + window], max_pixels))
+            yield (i, *result)
 
 
 def _low_frequencies(thumbs: np.ndarray) -> np.ndarray:
-    """``(..., 255)`` int64: the 16 x 16 lowest fixed-point DCT coefficients but the constant one."""
-    low = _DCT @ thumbs.astype(np.int64) @ _DCT.T
+    """``(..., 255)`` int64: the 16 x 16 lowest fixed-point DCT coefficients but the constant one,
+    of thumbnails with values of at most 2 ** 13 in magnitude (equalised, or centred on a mean).
+
+    Computed in float64 by BLAS, exactly: the DCT's entries and the thumbnails' values are
+    integers of at most 2 ** 13, so every product and partial sum of the first product is an
+    integer of at most 64 x 2 ** 26 = 2 ** 32 and of the second at most 2 ** 51 < 2 ** 53, all
+    representable: any summation order or fused multiply-add gives the exact integers."""
+    low = (_DCT_FLOAT @ thumbs.astype(np.float64) @ _DCT_FLOAT.T).astype(np.int64)
     return low.reshape(low.shape[:-2] + (-1,))[..., 1:]
 
 
