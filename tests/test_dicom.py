@@ -65,7 +65,7 @@ def test_voi_lut_sequence_is_preferred_to_the_window(tmp_path):
         write_dicom(tmp_path / "l.dcm", pixels, bits_stored=12, voi_lut=([4096, 0, 10], lut), window=(100.0, 10.0))
     )
     want = np.round(np.asarray(lut)[pixels] * 255 / 1023).astype(int)
-    assert np.abs(np.asarray(image).astype(int) - want).max() <= 1
+    np.testing.assert_array_equal(np.asarray(image).astype(int), want)  # the LUT's range is 0 to 2**10 - 1
 
 
 def test_monochrome1_is_inverted(tmp_path):
@@ -105,8 +105,8 @@ def test_header_notes(tmp_path):
     "make, reason",
     [
         (
-            lambda p: write_dicom(p, np.stack([chest()] * 3), bits_stored=12, frames=3),
-            r"multi-frame DICOM \(3 frames\)",
+            lambda p: write_dicom(p, np.stack([chest()] * 2), bits_stored=12, frames=2),
+            r"multi-frame DICOM \(2 frames\)",
         ),
         (lambda p: write_dicom(p, chest(), bits_stored=12, pixel_data=False), "without pixel data"),
         (lambda p: write_dicom(p, chest(), bits_stored=12, photometric="PALETTE COLOR"), "PALETTE COLOR"),
@@ -157,3 +157,87 @@ def test_the_pipeline_reader_gives_rgb_and_notes(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3))
     colour = read_image(write_dicom(tmp_path / "c.dcm", rgb, photometric="RGB", bits_stored=8), grayscale=False)
     np.testing.assert_array_equal(np.asarray(colour), rgb.astype(np.uint8))
+
+
+def test_a_window_needs_both_centre_and_width_and_the_first_of_several_is_used(tmp_path):
+    pixels = chest(bits=12)
+    only_centre = write_dicom(tmp_path / "c.dcm", pixels, bits_stored=12, WindowCenter=1000.0)
+    np.testing.assert_array_equal(np.asarray(D.read_dicom(only_centre)[0]), _full_range(pixels))
+    two = write_dicom(
+        tmp_path / "2.dcm", pixels, bits_stored=12, WindowCenter=[1500.0, 500.0], WindowWidth=[2000.0, 200.0]
+    )
+    got = np.asarray(D.read_dicom(two)[0]).astype(int)
+    assert np.abs(got - _linear_window(pixels.astype(np.float64), 1500.0, 2000.0).astype(int)).max() <= 1
+
+
+def test_a_16_bit_rgb_file_is_refused(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 4096, (20, 30, 3))
+    path = write_dicom(tmp_path / "rgb16.dcm", rgb, photometric="RGB", bits_stored=12)
+    with pytest.raises(D.DicomError, match="not 8-bit RGB"):
+        D.read_dicom(path)
+
+
+def test_the_budget_is_checked_on_the_header_alone(tmp_path, monkeypatch):
+    """The data set the budget is checked on was read without its pixel data."""
+    seen = []
+    real = D.check_budget
+    monkeypatch.setattr(D, "check_budget", lambda ds, budget: seen.append("PixelData" in ds) or real(ds, budget))
+    D.read_dicom(write_dicom(tmp_path / "a.dcm", chest(), bits_stored=12))
+    assert seen == [False]
+
+
+def test_pillows_limit_switched_off_leaves_the_budget_given(monkeypatch):
+    monkeypatch.setattr(D.Image, "MAX_IMAGE_PIXELS", None)
+    assert D.pixel_budget(1000) == 1000
+
+
+class _NoPixels:
+    """A data set whose pixel data cannot be decoded; ``file_meta`` only when given."""
+
+    def __init__(self, exc, syntax=None):
+        self.exc = exc
+        if syntax is not None:
+            self.file_meta = {"TransferSyntaxUID": syntax}
+
+    @property
+    def pixel_array(self):
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "ds, reason",
+    [
+        (_NoPixels(ValueError("first line\nsecond line")), r"cannot decode the pixel data \(None\): first line$"),
+        (_NoPixels(ValueError()), r"cannot decode the pixel data \(None\): ValueError$"),
+        (_NoPixels(RuntimeError("x"), syntax="1.2.3"), r"cannot decode the pixel data \(1.2.3\): x$"),
+    ],
+)
+def test_undecodable_pixels_give_the_syntax_and_the_first_line_of_the_reason(ds, reason):
+    with pytest.raises(D.DicomError, match=reason):
+        D._pixels(ds)
+
+
+@pytest.mark.parametrize(
+    "exc, reason", [(ValueError("first line\nsecond line"), "first line"), (ValueError(), "ValueError")]
+)
+def test_errors_of_each_step_give_the_first_line_of_the_reason_and_the_file(tmp_path, monkeypatch, exc, reason):
+    import pydicom.pixels
+
+    path = write_dicom(tmp_path / "a.dcm", chest(), bits_stored=12)
+
+    def fail(*args, **kwargs):
+        raise exc
+
+    steps = [
+        (D, "_dataset", "not a readable DICOM file: "),
+        (pydicom.pixels, "apply_modality_lut", "invalid DICOM image attributes: "),
+        # after the data set was read: the exception's type, then its first line (here none)
+        (D, "header_notes", "invalid DICOM data: ValueError:" + ("" if reason == "ValueError" else f" {reason}")),
+    ]
+    for owner, name, prefix in steps:
+        with monkeypatch.context() as m:
+            m.setattr(owner, name, fail)
+            with pytest.raises(D.DicomError) as caught:
+                D.read_dicom(path)
+        want = prefix if name == "header_notes" else prefix + reason
+        assert caught.value.reason.strip() == want and str(path) in str(caught.value), (name, str(caught.value))

@@ -127,3 +127,79 @@ def test_synthetic_masks_are_indexed_for_both_layouts(tmp_path):
     assert a["lung"][1] == cohen / "annotations/m/x_lung.png" and a["lesion"][1] == cohen / "annotations/m/x_lesion.png"
     b = annotation_index(chex)[chex / "train/p1/s1/v.jpg"]
     assert b["lung"][1] == chex / "m/l.png"
+
+
+def test_boxes_are_scaled_and_rounded_to_pixels_by_hand():
+    from deepcovid.explain.regions import _box_mask
+
+    want = np.zeros((40, 40), bool)
+    want[11:31, 5:15] = True  # x 10.4 -> 5.2 -> 5, 30.4 -> 15; y 5.6 -> 11.2 -> 11, 15.6 -> 31.2 -> 31
+    np.testing.assert_array_equal(_box_mask([[10.4, 5.6, 20, 10]], (0.5, 2.0), (40, 40), None), want)
+    # no scale given: from the recorded size (80 x 20) to the file's (40 x 40)
+    np.testing.assert_array_equal(_box_mask([[10.4, 5.6, 20, 10]], None, (40, 40), (80, 20)), want)
+    edge = _box_mask([[-4, -2, 10, 6], [35, 35, 20, 20]], (1.0, 1.0), (40, 40), None)
+    assert edge[:4, :6].all() and edge[35:, 35:].all() and edge.sum() == 4 * 6 + 5 * 5
+    with pytest.raises(ImageReadError, match=r"no usable image size \(\(0, 20\)\)"):
+        _box_mask([[1, 1, 2, 2]], None, (40, 40), (0, 20))
+
+
+def test_a_mask_is_the_pixels_from_128_up(tmp_path):
+    from deepcovid.explain.regions import _load_mask
+
+    path = tmp_path / "m.png"
+    Image.fromarray(np.array([[0, 127, 128, 255]], np.uint8)).save(path)
+    assert _load_mask(path, (4, 1)).tolist() == [[False, False, True, True]]
+    path.write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match="mask m.png cannot be read"):
+        _load_mask(path, (4, 1))
+
+
+def test_coco_lung_boxes_by_hand(tmp_path):
+    """Lung categories by name (any case), other categories ignored; an image without lung boxes or
+    with a malformed box is unusable; the scale from scale_factors.csv where the recorded size is
+    the original's, refused where it is not; no scale (recorded size kept) without a factors row."""
+    root = tmp_path / "cohen"
+    (root / "annotations").mkdir(parents=True)
+    coco = {
+        "categories": [{"id": 1, "name": "Left Lung"}, {"id": 2, "name": "heart"}],
+        "images": [
+            {"id": 10, "file_name": "a.png", "width": 200, "height": 100},
+            {"id": 11, "file_name": "b.png", "width": 200, "height": 100},
+            {"id": 12, "file_name": "c.png", "width": 300, "height": 100},
+            {"id": 13, "file_name": "d.png", "width": 50, "height": 60},
+            {"id": 14, "file_name": "e.png", "width": 50, "height": 60},
+        ],
+        "annotations": [
+            {"image_id": 10, "category_id": 1, "bbox": [1, 2, 3, 4]},
+            {"image_id": 10, "category_id": 2, "bbox": [9, 9, 9, 9]},
+            {"image_id": 11, "category_id": 2, "bbox": [9, 9, 9, 9]},
+            {"image_id": 12, "category_id": 1, "bbox": [1, 2, 3, 4]},
+            {"image_id": 13, "category_id": 1, "bbox": [5, 6, 7, 8]},
+            {"image_id": 14, "category_id": 1, "bbox": [5, 6, 7]},
+        ],
+    }
+    (root / "annotations" / "imageannotation_ai_lung_bounding_boxes.json").write_text(json.dumps(coco))
+    (root / "annotations" / "scale_factors.csv").write_text(
+        "filename,original_width,original_height,new_width,new_height\na.png,200,100,50,40\nc.png,200,100,50,40\n"
+    )
+    index = annotation_index(root)
+    images = root / "images"
+    assert index[images / "a.png"]["lung"] == ("boxes", [[1, 2, 3, 4]], "bounding boxes", (0.25, 0.4), (200, 100))
+    assert index[images / "b.png"]["lung"] == ("unusable", "lung boxes missing or malformed", "bounding boxes")
+    assert index[images / "c.png"]["lung"][0] == "unusable" and "300x100" in index[images / "c.png"]["lung"][1]
+    assert index[images / "d.png"]["lung"] == ("boxes", [[5, 6, 7, 8]], "bounding boxes", None, (50, 60))
+    assert index[images / "e.png"]["lung"][0] == "unusable"
+
+
+def test_lungvae_masks_are_found_by_the_image_stem(tmp_path):
+    root = tmp_path / "cohen"
+    (root / "annotations" / "lungVAE-masks").mkdir(parents=True)
+    (root / "images").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (root / "images" / name).write_bytes(b"x")
+    for name in ("a_mask.png", "zz_mask.png"):
+        (root / "annotations" / "lungVAE-masks" / name).write_bytes(b"x")
+    index = annotation_index(root)
+    assert index == {
+        root / "images" / "a.jpg": {"lung": ("mask", root / "annotations/lungVAE-masks/a_mask.png", "lungVAE mask")}
+    }

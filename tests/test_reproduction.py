@@ -182,3 +182,66 @@ def test_ci_scripts_keep_every_metrics_file_the_check_compares():
         text = script.read_text()
         missing = [name for name in METRIC_FILES if f"metrics/{name}" not in text]
         assert not missing, f"{script.relative_to(REPO)} does not copy {missing}"
+
+
+def test_lock_outputs_reads_every_hash_kind_and_refuses_other_files():
+    import pytest
+
+    from deepcovid.checks.reproduction import lock_outputs
+    from deepcovid.errors import InputError
+
+    lock = {
+        "stages": {
+            "a": {"outs": [{"path": "x", "md5": "m", "size": 3, "nfiles": 2}, {"path": "y", "hash": "h"}]},
+            "b": {"outs": [{"path": "z", "etag": "e", "size": 1}]},
+            "c": {"cmd": "no outputs"},
+        }
+    }
+    assert lock_outputs(lock) == {"a": {"x": "m:3:2", "y": "h::"}, "b": {"z": "e:1:"}, "c": {}}
+    for bad in ({"schema": "2.0"}, {"stages": ["a"]}, ["stages"]):
+        with pytest.raises(InputError, match="not a dvc.lock file"):
+            lock_outputs(bad)
+    assert compare_outputs(_lock(fetch="a"), _lock(fetch="a", split="b"), ["split"]) == [
+        "split: not in the committed dvc.lock"
+    ]
+    committed, rebuilt = _lock(fetch="a"), _lock(fetch="a")
+    rebuilt["stages"]["fetch"]["outs"].append({"path": "data/extra", "md5": "q"})
+    assert compare_outputs(committed, rebuilt, ["fetch"]) == ["fetch: data/extra differs (committed None, rebuilt q::)"]
+
+
+def test_the_most_specific_tolerance_applies_and_the_boundary_is_inclusive():
+    tol = {"*": 0.5, "test.*": 0.1, "test.auc": 0.01, "test.skip": None}
+    rows = {
+        r["metric"]: r
+        for r in compare_metrics(
+            {"test": {"auc": 0.5, "sens": 0.5, "skip": 1.0}, "other": 1.0},
+            {"test": {"auc": 0.51, "sens": 0.65, "skip": 9.0}, "other": 1.4},
+            tol,
+        )
+    }
+    assert set(rows) == {"test.auc", "test.sens", "other"}
+    assert rows["test.auc"]["tolerance"] == 0.01 and rows["test.auc"]["status"] == "ok"  # exactly at it
+    assert rows["test.sens"]["tolerance"] == 0.1 and rows["test.sens"]["status"] == "FAIL"
+    assert rows["other"]["tolerance"] == 0.5 and rows["other"]["status"] == "ok"
+    nan = compare_metrics({"test": {"auc": float("nan")}}, {"test": {"auc": float("nan")}}, tol)
+    assert nan[0]["status"] == "ok" and nan[0]["difference"] == 0.0
+    just_over = compare_metrics({"test": {"auc": 0.5}}, {"test": {"auc": 0.5 + 0.01 + 1e-9}}, tol)
+    assert just_over[0]["status"] == "FAIL"
+
+
+def test_unreadable_inputs_are_named(tmp_path):
+    import pytest
+
+    from deepcovid.checks.reproduction import _load
+    from deepcovid.errors import InputError, MissingInputError
+
+    with pytest.raises(MissingInputError, match=r"nope.json: metrics file not found"):
+        _load(tmp_path / "nope.json", "metrics file")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"bad.json: not a valid metrics file \(JSONDecodeError\)"):
+        _load(tmp_path / "bad.json", "metrics file")
+    (tmp_path / "bad.lock").write_text("a: [b\n")
+    with pytest.raises(InputError, match=r"bad.lock: not a valid dvc.lock \(\w*Error\)"):
+        _load(tmp_path / "bad.lock", "dvc.lock")
+    (tmp_path / "good.lock").write_text("stages: {}\n")
+    assert _load(tmp_path / "good.lock", "dvc.lock") == {"stages": {}}
