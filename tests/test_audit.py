@@ -363,3 +363,156 @@ def test_run_audit_reads_its_files_as_the_stage_does(tmp_path):
             ci_method="wilson",
             alpha=0.05,
         )
+
+
+def _separable(n_groups=24, per_group=3, seed=0):
+    """Features that carry a 0/1 target a little (overlapping), in groups of ``per_group`` images."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), per_group)
+    target = (groups % 2).astype(int)
+    features = rng.normal(size=(len(groups), 4)) + 0.8 * target[:, None]
+    return features, target, groups
+
+
+def test_grouped_scores_are_an_independent_standardised_logistic_regression_per_fold():
+    """The folds, the head (standardised, C = 1) and the scores of an independent
+    StratifiedGroupKFold loop written here, to the last bit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    features, target, groups = _separable()
+    want = np.full(len(target), np.nan)
+    for train, test in StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=7).split(features, target, groups):
+        scaler = StandardScaler().fit(features[train])
+        head = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(features[train]), target[train])
+        want[test] = head.predict_proba(scaler.transform(features[test]))[:, 1]
+    got = A.grouped_oof_scores(features.astype(np.float32), target, groups, 3, 7)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # float32 input read as float64
+    np.testing.assert_array_equal(A.grouped_oof_scores(features, target, groups, 3, 7), want)
+
+
+def test_readability_boundaries_and_its_alpha():
+    features, target, groups = _separable(n_groups=4, per_group=3)  # 6 images, 2 patients per class
+    at_minimum = A.readability(features, target, groups, folds=5, seed=0, min_per_class=6)
+    assert "skipped" not in at_minimum and at_minimum["folds"] == 2  # exactly the minimum; 2 patients
+    assert "skipped" in A.readability(features, target, groups, folds=5, seed=0, min_per_class=7)
+    features, target, groups = _separable()
+    wide = A.readability(features, target, groups, folds=3, seed=0, min_per_class=1, alpha=0.5)
+    from deepcovid.evaluation.delong import auc_delong
+
+    r = auc_delong(target, A.grouped_oof_scores(features, target, groups, 3, 0), alpha=0.5)
+    assert (wide["auc"], wide["auc_low"], wide["auc_high"]) == (r["auc"], r["low"], r["high"])
+
+
+def test_stratum_metrics_use_the_given_interval_method_and_alpha_and_the_minimum_inclusively():
+    from deepcovid.evaluation.delong import auc_delong
+    from deepcovid.evaluation.proportions import proportion_ci
+
+    y = np.array([1, 1, 1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.4, 0.7, 0.2, 0.6, 0.1, 0.3])
+    out = A.stratum_metrics(y, s, 0.5, "jeffreys", 0.3, min_per_class=3)
+    r = auc_delong(y, s, alpha=0.3)
+    assert (out["auc"], out["auc_low"], out["auc_high"]) == (r["auc"], r["low"], r["high"])
+    assert (out["sensitivity_low"], out["sensitivity_high"]) == proportion_ci(2, 3, method="jeffreys", alpha=0.3)
+    assert (out["specificity_low"], out["specificity_high"]) == proportion_ci(3, 4, method="jeffreys", alpha=0.3)
+    assert "auc" not in A.stratum_metrics(y, s, 0.5, "jeffreys", 0.3, min_per_class=4)
+
+
+def test_baselines_use_the_given_alpha_and_readability_needs_a_lower_bound_above_the_flag():
+    from deepcovid.evaluation.delong import auc_delong, delong_paired_test
+
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
+    model = np.array([0.9, 0.8, 0.4, 0.7, 0.3, 0.5, 0.1, 0.2, 0.6])
+    base = np.array([0.6, 0.4, 0.5, 0.9, 0.5, 0.3, 0.4, 0.7, 0.2])
+    got = A.baseline_against_model(y, model, base, alpha=0.4)
+    b, p = auc_delong(y, base, alpha=0.4), delong_paired_test(y, model, base, alpha=0.4)
+    assert (got["auc_low"], got["auc_high"]) == (b["low"], b["high"])
+    assert (got["difference_low"], got["difference_high"], got["p_value"]) == (p["low"], p["high"], p["p_value"])
+    assert A._readable({"negatives": {"auc_low": 0.6}}, 0.6) is False
+    assert A._readable({"negatives": {"auc_low": 0.61}, "positives": {"skipped": "x"}}, 0.6) is True
+    assert A._readable({"positives": {"skipped": "x"}}, 0.6) is False
+
+
+def test_image_statistics_thresholds_frame_and_percentiles_by_hand():
+    g = np.zeros((64, 48), np.uint8)
+    g[:, :] = np.arange(48)[None, :] * 5  # columns 0, 5, 10, ... 235
+    g[10:20, 10:20] = 250
+    stats = dict(zip(A.STYLE_FEATURES, A.image_statistics(g, 480, 640)))
+    x = g.astype(np.float64)
+    assert stats["dark"] == 2 / 48  # the columns of 0 and of exactly 5 count
+    assert stats["bright"] == 100 / 3072  # exactly 250 counts
+    frame = 3  # min(64, 48) // 16
+    border = np.concatenate([x[:frame].ravel(), x[-frame:].ravel(), x[:, :frame].ravel(), x[:, -frame:].ravel()])
+    assert stats["border"] == border.mean()
+    assert stats["gradient"] == (np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2
+    for name, q in zip(("p01", "p05", "p25", "p50", "p75", "p95", "p99"), (1, 5, 25, 50, 75, 95, 99)):
+        assert stats[name] == np.percentile(x, q), name
+    assert (stats["width"], stats["height"], stats["aspect"]) == (480.0, 640.0, 0.75)
+
+
+def test_cached_statistics_and_features_keep_ids_as_text(tmp_path):
+    """Image ids such as "007" or "NA" are names, not numbers or missing values."""
+    ids = ["007", "NA", "b"]
+    cache = tmp_path / "pre"
+    (cache / "images").mkdir(parents=True)
+    rows = []
+    for k, image_id in enumerate(ids):
+        Image.fromarray(np.full((8, 8, 3), 40 * (k + 1), np.uint8)).save(cache / "images" / f"{k}.png")
+        rows.append({"image_id": image_id, "cache_path": f"images/{k}.png", "width": 10 + k, "height": 20})
+    pd.DataFrame(rows).to_csv(cache / "index.csv", index=False)
+    stats = A.load_statistics(cache, ["b", "007", "NA"])
+    assert stats[:, A.STYLE_FEATURES.index("mean")].tolist() == [120.0, 40.0, 80.0]
+    assert A.load_statistics(cache, []).shape == (0, len(A.STYLE_FEATURES))
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    np.save(feats / "features.npy", np.arange(8, dtype=np.float32).reshape(4, 2))
+    pd.DataFrame({"image_id": ["007", "007_aug", "NA", "b"], "parent": ["", "007", "", ""]}).to_csv(
+        feats / "index.csv", index=False
+    )
+    got = A.load_features(feats, ["b", "NA", "007"])
+    assert got.dtype == np.float64 and got.tolist() == [[6.0, 7.0], [4.0, 5.0], [0.0, 1.0]]
+
+
+def test_the_verdict_text_in_full():
+    """The paragraph the card and metrics/audit.json carry, every clause, for all flags and none."""
+    base = {"model_auc": 0.81234, "auc": 0.7, "difference": 0.11234, "difference_low": -0.05, "difference_high": 0.3}
+    style = {"auc": 0.75, "difference": 0.06, "difference_low": -0.1, "difference_high": 0.2}
+    result = {
+        "flags": {k: True for k in ("source_is_label", "image_shows_source", "image_shows_view")}
+        | {"metadata_rivals_model": True, "style_rivals_model": True},
+        "metadata_baseline": base,
+        "style_baseline": style,
+        "settings": {"metadata": ["source", "view"]},
+    }
+    assert A.verdict(result) == (
+        "Shortcut risk: every COVID-19 image comes from one source and every other image from another, so the "
+        "source alone separates the classes and the AUC cannot show that the model reads disease; the image "
+        "source can be read from the image features within a class; the view (PA / AP) can be read from the "
+        "image features within a class; the model (AUC 0.812) does not clearly beat a classifier that sees only "
+        "source and view (AUC 0.700; difference +0.112 [-0.050, +0.300]); the model does not clearly beat a "
+        "classifier that sees only image statistics (intensity distribution, border, sharpness, image size; AUC "
+        "0.750; difference +0.060 [-0.100, +0.200])."
+    )
+    result["flags"] = {k: False for k in result["flags"]}
+    assert A.verdict(result) == (
+        "No shortcut flagged: source and view are not readable within a class and the model beats the "
+        "metadata-only baseline (AUC 0.812 vs 0.700) and the image-statistics baseline."
+    )
+    flags = A.flags(
+        {
+            "source_readability": {"negatives": {"auc_low": 0.9}},
+            "view_readability": {"negatives": {"skipped": "x"}},
+            "metadata_baseline": {"model_clearly_better": True},
+        },
+        0.6,
+        source_is_label=False,
+    )
+    assert flags == {
+        "image_shows_source": True,
+        "image_shows_view": False,
+        "metadata_rivals_model": False,
+        "style_rivals_model": False,
+        "source_is_label": False,
+        "any": True,
+    }
