@@ -516,3 +516,52 @@ def test_the_verdict_text_in_full():
         "source_is_label": False,
         "any": True,
     }
+
+
+def test_audit_reads_source_and_view_within_each_class_on_the_right_rows():
+    """Each readability section is readability() on the rows it names: the positives' main source
+    against the rest, PA against AP (other views left out), over all images, the negatives and the
+    positives; the strata of the test split in sorted order; messages of refused inputs."""
+    rng = np.random.default_rng(3)
+    patients = np.repeat(np.arange(40), 2)
+    label = (patients < 20).astype(int)
+    source = np.where(
+        label == 1, np.where(patients % 5 == 0, "other", "cohen"), np.where(patients % 3 == 0, "cohen", "chexpert")
+    )
+    view = np.array(["PA", "AP", "LL", "AP supine"])[np.arange(80) % 4]
+    split = np.where(patients % 4 == 0, "test", np.where(patients % 4 == 1, "val", "train"))
+    split[patients % 4 == 2] = "test"
+    table = pd.DataFrame(
+        {
+            "source": source,
+            "view": view,
+            "label": label.astype(str),
+            "split": split,
+            "split_group": patients.astype(str),
+            "score": rng.random(80),
+        }
+    )
+    features = rng.normal(size=(80, 3)) + 0.7 * (source == "cohen")[:, None]
+    kw = dict(folds=3, seed=5, min_per_class=2)
+    out = A.audit(table, features, 0.5, flag_auc=0.6, metadata=["source", "view"], alpha=0.3, **kw)
+    assert out["settings"]["source_tested"] == "cohen"
+    is_cohen, is_pa, other = (source == "cohen").astype(int), (view == "PA").astype(int), view == "LL"
+    for name, rows in (("all", label >= 0), ("negatives", label == 0), ("positives", label == 1)):
+        assert out["source_readability"][name] == A.readability(
+            features[rows], is_cohen[rows], patients.astype(str)[rows], alpha=0.3, **kw
+        ), name
+        keep = rows & ~other
+        assert out["view_readability"][name] == A.readability(
+            features[keep], is_pa[keep], patients.astype(str)[keep], alpha=0.3, **kw
+        ), name
+    assert list(out["by_source"]) == ["chexpert", "cohen", "other"] and list(out["by_view"]) == ["AP", "PA"]
+    with pytest.raises(A.AuditError, match="audit table lacks score, split_group"):
+        A.audit(table.drop(columns=["score", "split_group"]), features, 0.5, flag_auc=0.6, metadata=[], **kw)
+    with pytest.raises(A.AuditError, match="training split holds one class only: no metadata baseline"):
+        A.metadata_scores(table[table["label"] == "1"], table, ["source"])
+    with pytest.raises(A.AuditError, match="training split holds one class only: no style baseline"):
+        A.style_scores(features[:5], np.ones(5), features)
+    with pytest.raises(A.AuditError, match=r"features \(80\), target \(3\) and groups \(80\) differ in length"):
+        A.grouped_oof_scores(features, label[:3], patients, 3, 0)
+    with pytest.raises(A.AuditError, match="a training fold holds one class only"):
+        A.grouped_oof_scores(features[:6], np.array([1, 1, 1, 1, 0, 0]), np.array([0, 0, 1, 1, 2, 2]), 3, 0)
