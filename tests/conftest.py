@@ -105,7 +105,27 @@ def tiny_trained(tmp_path_factory, worker_id) -> Path:
 PIPELINE_FIXTURES = {"tiny_data", "tiny_trained"}
 
 
+#: The longest modules (a minute or more with their fixtures), run first: under `--dist loadscope`
+#: modules are handed out in collection order, and one of these last keeps a worker busy alone.
+LONGEST_FIRST = (
+    "test_dvc_experiments.py",
+    "test_audit.py",
+    "test_training.py",
+    "test_train_stage.py",
+    "test_explain_occlusion.py",
+    "test_cross_cpu.py",
+    "test_hostile_input.py",
+    "test_repeats.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.pipeline)
+
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order

@@ -107,13 +107,14 @@ def _stage_processes(stage: str, root: Path) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        try:  # the command line first: the other two reads only for a stage's processes
+            if not any(arg.endswith(script) for arg in (entry / "cmdline").read_bytes().split(b"\0")):
+                continue
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
             cwd = os.readlink(entry / "cwd")
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if state != "Z" and cwd == here and any(arg.endswith(script) for arg in cmdline):
+        if state != "Z" and cwd == here:
             found.append(int(entry.name))
     return sorted(found)
 
