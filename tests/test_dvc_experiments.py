@@ -144,6 +144,19 @@ def _writing(folders: list[Path]) -> bool:
     return any(TEMPORARY.match(name) for folder in folders if folder.is_dir() for name in os.listdir(folder))
 
 
+def _start_repro(dvc, root, env, stage) -> subprocess.Popen:
+    """`dvc repro -f -s STAGE` started in its own session (the tests signal dvc alone or its group)."""
+    return subprocess.Popen(
+        [dvc, "repro", "-f", "-s", stage],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def _kill_while_writing(pid: int, folders: list[Path], extra_slices: int) -> bool:
     """Let the stage run in 1 ms slices (stopped between them, SIGSTOP/SIGCONT) until its temporary
     output exists, then ``extra_slices`` more, and SIGKILL it (while stopped: the moment is exact).
@@ -174,15 +187,7 @@ def test_sigterm_to_dvc_alone_stops_the_stage_and_its_workers(project, stage):
     root, env = project
     dvc = str(BIN / "dvc")
     lock = (root / "dvc.lock").read_text()
-    repro = subprocess.Popen(
-        [dvc, "repro", "-f", "-s", stage],
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    repro = _start_repro(dvc, root, env, stage)
     try:
         deadline = time.monotonic() + 120
         while not _stage_processes(stage, root) and repro.poll() is None and time.monotonic() < deadline:
@@ -206,19 +211,10 @@ def test_sigterm_to_dvc_alone_stops_the_stage_and_its_workers(project, stage):
     assert _stale(root, env) == set()
 
 
-@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to find the stage processes")
 def _repro_and_kill(dvc, root, env, stage, folders, extra) -> tuple[bool, int]:
     """`dvc repro -f -s STAGE`, its stage SIGKILLed ``extra`` 1 ms slices after its temporary output
     appears; (whether it was killed, dvc's exit status)."""
-    repro = subprocess.Popen(
-        [dvc, "repro", "-f", "-s", stage],
-        cwd=root,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    repro = _start_repro(dvc, root, env, stage)
     killed, deadline = False, time.monotonic() + 300
     try:
         while repro.poll() is None and time.monotonic() < deadline:
@@ -233,6 +229,7 @@ def _repro_and_kill(dvc, root, env, stage, folders, extra) -> tuple[bool, int]:
             os.killpg(repro.pid, signal.SIGKILL)
 
 
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to find the stage processes")
 def test_sigkill_each_stage_under_dvc_repro_then_rerun(project):
     """For each stage: `dvc repro -f -s STAGE`, and SIGKILL the stage process at a random moment
     while it writes its outputs (a random number, 0 to 20, of 1 ms run slices after its temporary
