@@ -213,6 +213,24 @@ class Preprocess(Section):
     # width x height (x frames) of a source image, read from its header before any pixel is
     # decoded; at most Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS)
     max_pixels: Annotated[Int, Field(ge=65_536, le=89_478_485)]
+    lungs: Literal["none", "crop", "mask"]  # what the segment stage's lung masks do to the image
+    lung_margin: Annotated[Number, Field(ge=0, le=0.5)]
+
+
+def _unet_widths(value: tuple) -> tuple:
+    if value[-1] > value[0]:
+        raise ValueError("the last (output block) width must not exceed the first")
+    return value
+
+
+class Segment(Section):
+    size: Annotated[Int, Field(ge=32, le=512, multiple_of=16)]  # four 2x poolings
+    features: Annotated[tuple[Annotated[Int, Field(ge=1, le=512)], ...], Field(min_length=6, max_length=6)]
+    epochs: Annotated[Int, Field(ge=1, le=100_000)]
+    batch_size: Annotated[Int, Field(ge=1, le=MAX_BATCH)]
+    lr: Annotated[Number, Field(gt=0, le=1)]
+    max_train_images: Annotated[Int, Field(ge=1, le=MAX_COUNT)]
+    threshold: Annotated[Number, Field(gt=0, lt=1)]
 
 
 class Augment(Section):
@@ -339,6 +357,7 @@ class Params(Section):
     negatives: Negatives
     duplicates: Duplicates
     split: Split
+    segment: Segment
     preprocess: Preprocess
     augment: Augment
     model: Literal[ARCHITECTURES]  # type: ignore[valid-type]

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from deepcovid.errors import InputError, OutputError
+from deepcovid.errors import InputError, MissingInputError, OutputError
 
 #: The OS errors of an output that a user fixes (space, a read-only or foreign folder, a quota).
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG})
@@ -184,6 +184,16 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike, stage: str = "the stage that writes it"):
+    """A JSON input; missing or invalid: one line naming the file (and ``stage``, to run)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MissingInputError(f"{path} not found: run {stage} first") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
 
 
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:

@@ -2,7 +2,7 @@
 images, with how much of each map lands on the lungs and lesions, and a randomised-weights check.
 
     python stages/explain.py models data/manifest.csv data/preprocessed data/predictions.csv \
-        metrics/evaluate.json data/raw data/explain metrics/explain.json plots/explain
+        metrics/evaluate.json data/raw data/lungs data/explain metrics/explain.json plots/explain
 """
 
 import argparse
@@ -21,6 +21,7 @@ def main() -> None:
         ("predictions", "scores (train stage)"),
         ("evaluation", "evaluate.json: the operating point"),
         ("raw", "raw sources (annotations)"),
+        ("lungs", "lung masks (segment stage): where preprocess.lungs crop cut"),
         ("out", "output: maps and index folder"),
         ("metrics", "output: metrics (JSON)"),
         ("plots", "output: one figure per image (folder)"),
@@ -38,6 +39,7 @@ def main() -> None:
         predictions=args.predictions,
         evaluation=args.evaluation,
         raw=args.raw,
+        lungs=args.lungs,
         out=args.out,
         metrics=args.metrics,
         plots=args.plots,

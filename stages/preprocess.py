@@ -1,7 +1,8 @@
-"""Stage preprocess: decode every image once (any mode, 8 or 16 bit) into a square 8-bit RGB cache;
-unreadable files are listed in rejected.csv with the reason.
+"""Stage preprocess: decode every image once (any mode, 8 or 16 bit) into a square 8-bit RGB cache,
+cropped to the lungs or blacked out around them when preprocess.lungs says so (the segment stage's
+masks); unreadable files are listed in rejected.csv with the reason.
 
-    python stages/preprocess.py data/raw data/manifest.csv data/preprocessed
+    python stages/preprocess.py data/raw data/manifest.csv data/lungs data/preprocessed
 """
 
 import argparse
@@ -15,6 +16,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("raw", help="raw data folder (fetch stage)")
     ap.add_argument("manifest", help="manifest.csv (split stage)")
+    ap.add_argument("lungs", help="lung mask folder (segment stage)")
     ap.add_argument("out", help="output folder: images/, index.csv, rejected.csv, report.json")
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
@@ -29,6 +31,9 @@ def main() -> None:
             grayscale=cfg.grayscale,
             workers=cfg.workers,
             max_pixels=cfg.max_pixels,
+            lungs=cfg.lungs,
+            lung_margin=cfg.lung_margin,
+            lungs_dir=args.lungs,
         )
 
 

@@ -71,6 +71,7 @@ TINY_TRAINED_STAGES = [
     "negatives",
     "duplicates",
     "split",
+    "segment",
     "preprocess",
     "augment",
     "featurize",

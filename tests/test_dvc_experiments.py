@@ -86,7 +86,7 @@ def test_changing_model_reruns_only_model_stages(project):
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
         stale = _stale(root, env)
         assert MODEL_STAGES <= stale
-        data_stages = {"fetch", "filter", "negatives", "duplicates", "split", "preprocess", "augment"}
+        data_stages = {"fetch", "filter", "negatives", "duplicates", "split", "segment", "preprocess", "augment"}
         assert not (stale & data_stages), f"data stages would re-run: {stale & data_stages}"
         dry = _sh([str(BIN / "dvc"), "repro", "--dry"], root, env)
         assert "Running stage 'featurize'" in dry and "Running stage 'fetch'" not in dry

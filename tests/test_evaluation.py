@@ -512,7 +512,9 @@ def test_dvc_plots_render(tmp_path, planted):
     (tmp_path / "plots" / "explain").mkdir()  # the explain stage's figures: two stand-ins
     for name in ("00_top.png", "01_false_positive.png"):
         Image.new("RGB", (8, 8)).save(tmp_path / "plots" / "explain" / name)
-    expected_images = {"plots/figures": 5, "plots/explain": 2}
+    (tmp_path / "plots" / "segment").mkdir()  # the segment stage's figure: a stand-in
+    Image.new("RGB", (8, 8)).save(tmp_path / "plots" / "segment" / "masks.png")
+    expected_images = {"plots/figures": 5, "plots/explain": 2, "plots/segment": 1}
     dvc = shutil.which("dvc", path=str(Path(PY).parent)) or "dvc"
     subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=ENV)
     proc = subprocess.run([dvc, "plots", "show", "--json"], cwd=tmp_path, capture_output=True, text=True, env=ENV)

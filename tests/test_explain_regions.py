@@ -130,7 +130,7 @@ def test_synthetic_masks_are_indexed_for_both_layouts(tmp_path):
 
 
 def test_boxes_are_scaled_and_rounded_to_pixels_by_hand():
-    from deepcovid.explain.regions import _box_mask
+    from deepcovid.data.annotations import box_mask as _box_mask
 
     want = np.zeros((40, 40), bool)
     want[11:31, 5:15] = True  # x 10.4 -> 5.2 -> 5, 30.4 -> 15; y 5.6 -> 11.2 -> 11, 15.6 -> 31.2 -> 31
@@ -144,7 +144,7 @@ def test_boxes_are_scaled_and_rounded_to_pixels_by_hand():
 
 
 def test_a_mask_is_the_pixels_from_128_up(tmp_path):
-    from deepcovid.explain.regions import _load_mask
+    from deepcovid.data.annotations import load_mask as _load_mask
 
     path = tmp_path / "m.png"
     Image.fromarray(np.array([[0, 127, 128, 255]], np.uint8)).save(path)

@@ -15,6 +15,7 @@ LAYERS = [
     ("config", "runner"),
     ("synthetic",),
     ("data",),
+    ("segment",),
     ("model",),
     ("evaluation",),
     ("explain",),

@@ -74,6 +74,8 @@ def test_dvc_dag(tmp_path):
         ("negatives", "duplicates"),
         ("duplicates", "split"),
         ("split", "preprocess"),
+        ("split", "segment"),
+        ("segment", "preprocess"),
         ("preprocess", "augment"),
     ]:
         assert edge in edges, out
@@ -87,7 +89,7 @@ def test_dvc_dag(tmp_path):
 # on data/fetch_params.json, rewritten first as `dvc exp run` would). Nothing else runs.
 
 # the stages that read each parameter
-SEED = {"negatives", "split", "augment", "featurize", "train", "evaluate", "explain", "audit", "repeats"}
+SEED = {"negatives", "split", "segment", "augment", "featurize", "train", "evaluate", "explain", "audit", "repeats"}
 TRAIN_INPUT = {"featurize", "train"}  # model, weights, train.mode, image_size, device, feature_batch_size
 CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stages to re-run)
     ("synthetic", {"seed": 7}, {"fetch_params", "fetch", *SEED}),
@@ -110,7 +112,9 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"duplicates.workers": 1}, {"duplicates"}),
     ("synthetic", {"preprocess.cache_size": 300}, {"preprocess", "train"}),
     ("synthetic", {"preprocess.workers": 1}, {"preprocess", "train"}),
-    ("synthetic", {"preprocess.max_pixels": 40_000_000}, {"duplicates", "preprocess", "train"}),
+    ("synthetic", {"preprocess.max_pixels": 40_000_000}, {"duplicates", "segment", "preprocess", "train"}),
+    ("synthetic", {"preprocess.lungs": "mask"}, {"preprocess", "train"}),
+    ("synthetic", {"segment.epochs": 3}, {"segment"}),
     ("synthetic", {"augment.copies": 2}, {"augment", "train", "card"}),
     ("synthetic", {"augment.elastic_alpha": 1.5}, {"augment", "train"}),
     ("synthetic", {"model": "densenet161"}, {*TRAIN_INPUT, "repeats"}),

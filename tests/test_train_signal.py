@@ -118,6 +118,8 @@ def planted(tmp_path_factory) -> Path:
             i += 1
     pd.DataFrame(rows).to_csv(ws / "data/manifest.csv", index=False)
     pd.DataFrame(index).to_csv(cache / "index.csv", index=False)
+    report = {"cache_size": SIZE, "resize": "stretch", "grayscale": True, "decoded": len(index), "rejected": 0}
+    (cache / "report.json").write_text(json.dumps(report))  # as preprocess writes it (lungs: none)
     return ws
 
 

@@ -141,4 +141,7 @@ TINY = {
     "train.image_size": 64,
     "train.epochs": 3,
     "train.num_workers": 0,
+    "segment.size": 32,
+    "segment.epochs": 2,
+    "segment.max_train_images": 24,
 }

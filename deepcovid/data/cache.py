@@ -1,4 +1,5 @@
-"""The preprocess stage: decode every manifest image once into a square 8-bit RGB PNG cache."""
+"""The preprocess stage: decode every manifest image once into a square 8-bit RGB PNG cache
+(cropped to the lungs or blacked out around them with the segment stage's masks, ``preprocess.lungs``)."""
 
 from __future__ import annotations
 
@@ -11,51 +12,81 @@ import pandas as pd
 from tqdm import tqdm
 
 from deepcovid import files
-from deepcovid.data.images import ImageReadError, read_image, resize_square
+from deepcovid.data.images import ImageReadError, read_image
+from deepcovid.data.lungs import apply_lungs, read_mask
 from deepcovid.data.sources import image_path, read_sources
 from deepcovid.runner import die_with_parent
 
 log = logging.getLogger("preprocess")
 
 
-def _job(roots, raw_dir, out_dir: Path, source: str, relpath: str, cache_path: str, *settings):
+def _job(roots, raw_dir, out_dir: Path, source: str, relpath: str, cache_path: str, mask, *settings):
     """One decode job; a path that leads outside the source or the cache carries its reason instead."""
     try:
-        return (image_path(roots, source, relpath, raw_dir), files.inside(out_dir, cache_path), *settings)
+        return (image_path(roots, source, relpath, raw_dir), files.inside(out_dir, cache_path), mask, *settings)
     except files.UnsafePathError as exc:
-        return (None, str(exc), *settings)
+        return (None, str(exc), mask, *settings)
 
 
 def _process(job):
-    src, dst, size, mode, grayscale, max_pixels = job
+    src, dst, mask_path, size, mode, grayscale, max_pixels, lungs, margin, mask_size = job
     if src is None:
         return None, None, dst
     try:
         img = read_image(src, grayscale=grayscale, max_pixels=max_pixels)
+        mask = None if lungs == "none" else read_mask(mask_path, mask_size)
+        out = apply_lungs(img, mask, lungs=lungs, margin=margin, cache_size=size, resize=mode)
     except ImageReadError as exc:
         return None, None, exc.reason
     width, height = img.size
-    out = resize_square(img, size, mode)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     out.save(dst, format="PNG", optimize=False, compress_level=3)
     return width, height, ""
 
 
+def _lung_masks(lungs_dir, manifest: pd.DataFrame) -> tuple[list, int, str]:
+    """Each manifest image's mask file from the segment stage (None where it has none), the masks'
+    size and the segmenter's SHA-256."""
+    lungs_dir = Path(lungs_dir)
+    report = files.read_json(lungs_dir / "report.json", "the segment stage")
+    index = pd.read_csv(lungs_dir / "index.csv", dtype=str, keep_default_na=False)
+    paths = {i: p for i, p in zip(index["image_id"], index["mask_path"]) if p}
+    masks = [files.inside(lungs_dir, paths[i]) if i in paths else None for i in manifest["image_id"]]
+    return masks, int(report["size"]), str(report["segmenter_sha256"])
+
+
 def build_cache(
-    raw_dir, manifest_csv, out_dir, *, cache_size: int, resize: str, grayscale: bool, workers: int, max_pixels: int
+    raw_dir,
+    manifest_csv,
+    out_dir,
+    *,
+    cache_size: int,
+    resize: str,
+    grayscale: bool,
+    workers: int,
+    max_pixels: int,
+    lungs: str = "none",
+    lung_margin: float = 0.0,
+    lungs_dir=None,
 ) -> dict:
     """Write ``images/<image_id>.png``, ``index.csv``, ``rejected.csv`` (with the reason) and
     ``report.json`` into the new folder ``out_dir``; returns the report. Images above
     ``max_pixels`` are refused from their header, before decoding, so that the stage's memory
-    is bounded by ``workers`` x the budget."""
+    is bounded by ``workers`` x the budget. With ``lungs`` crop or mask, the segment stage's
+    folder ``lungs_dir`` gives each image's lung mask (:func:`deepcovid.data.lungs.apply_lungs`);
+    an image without lungs found is rejected."""
     out_dir = Path(out_dir)
     roots = read_sources(raw_dir)
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
     rel = [f"images/{i}.png" for i in manifest["image_id"]]
+    masks, mask_size, segmenter = [None] * len(manifest), 0, ""
+    if lungs != "none":
+        masks, mask_size, segmenter = _lung_masks(lungs_dir, manifest)
     out_dir.mkdir()
+    settings = (cache_size, resize, grayscale, max_pixels, lungs, lung_margin, mask_size)
     jobs = [
-        _job(roots, raw_dir, out_dir, s, r, p, cache_size, resize, grayscale, max_pixels)
-        for s, r, p in zip(manifest["source"], manifest["relpath"], rel)
+        _job(roots, raw_dir, out_dir, s, r, p, m, *settings)
+        for s, r, p, m in zip(manifest["source"], manifest["relpath"], rel, masks)
     ]
     with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         results = list(tqdm(pool.map(_process, jobs, chunksize=8), total=len(jobs), desc="preprocess", mininterval=2))
@@ -70,6 +101,8 @@ def build_cache(
         "cache_size": cache_size,
         "resize": resize,
         "grayscale": grayscale,
+        # recorded only when used: the paper's cache (lungs: none) keeps its bytes
+        **({"lungs": lungs, "lung_margin": lung_margin, "segmenter_sha256": segmenter} if lungs != "none" else {}),
         "decoded": int(len(index)),
         "rejected": int(len(rejected)),
     }

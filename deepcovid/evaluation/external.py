@@ -75,7 +75,7 @@ def evaluate_external(
     from deepcovid.evaluation.evaluate import evaluate
     from deepcovid.evaluation.predictions import operating_point
     from deepcovid.evaluation.report import OutputPaths, write_outputs
-    from deepcovid.model.inference import load_model, score_files
+    from deepcovid.model.inference import load_model, load_segmenter, score_files
 
     model, record = load_model(models)
     if threshold is None:
@@ -85,7 +85,9 @@ def evaluate_external(
     table, rejected = folder_table(folder, frontal_views)
     if table.empty:
         raise InputError(f"{folder}: no frontal X-ray with a finding in metadata.csv")
-    scores, errors = score_files(model, record, list(table["path"]), batch_size)
+    scores, errors = score_files(
+        model, record, list(table["path"]), batch_size, segmenter=load_segmenter(models, record)
+    )
     unreadable = pd.DataFrame({"image_id": table["image_id"].iloc[list(errors)], "reason": list(errors.values())})
     rejected = pd.concat([rejected, unreadable], ignore_index=True)
     table = table.assign(score=scores, split="test").dropna(subset=["score"]).reset_index(drop=True)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from deepcovid import config, files
 from deepcovid.data.images import ImageReadError
+from deepcovid.data.lungs import read_mask
 from deepcovid.data.sources import read_sources, source_root
 from deepcovid.evaluation.predictions import operating_point
 from deepcovid.explain.figures import occlusion_figure
@@ -27,7 +28,7 @@ from deepcovid.explain.occlusion import ExplainError, Occluder, baseline
 from deepcovid.explain.regions import Regions, annotation_index, load_regions, mass_inside, pointing_hit
 from deepcovid.model.architectures import split_backbone_head
 from deepcovid.model.datasets import load_table
-from deepcovid.model.inference import covid_probability, load_model, prepare
+from deepcovid.model.inference import covid_probability, load_model, load_segmenter, prepare
 from deepcovid.model.presets import eval_transform
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,21 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def _crop_masks(lungs, prep: dict):
+    """image id -> the keyword arguments of :func:`load_regions` that cut its annotations as
+    preprocess cut the image (``preprocess.lungs: crop``; nothing otherwise)."""
+    if prep.get("lungs", "none") != "crop":
+        return lambda image_id: {}
+    report = files.read_json(Path(lungs) / "report.json", "the segment stage")
+    index = pd.read_csv(Path(lungs) / "index.csv", dtype=str, keep_default_na=False).set_index("image_id")
+
+    def crop_of(image_id: str) -> dict:
+        mask = read_mask(files.inside(lungs, index.loc[image_id, "mask_path"]), int(report["size"]))
+        return {"lung_mask": mask, "lungs": ("crop", float(prep["lung_margin"]))}
+
+    return crop_of
+
+
 def run_explain(
     cfg: config.Explain,
     *,
@@ -121,6 +137,7 @@ def run_explain(
     predictions,
     evaluation,
     raw,
+    lungs,
     out: str | os.PathLike,
     metrics: str | os.PathLike,
     plots: str | os.PathLike,
@@ -155,6 +172,7 @@ def run_explain(
         runtime=cfg.runtime,
     )
     sources = read_sources(raw)
+    crop_of = _crop_masks(lungs, prep)
     annotations: dict[str, dict] = {}
     rows, rejected, arrays = [], [], {"pixel": [], "scores": [], "random_pixel": [], "lung": [], "lesion": []}
     with files.atomic_path(out) as tmp_out, files.atomic_path(plots) as tmp_plots:
@@ -182,6 +200,7 @@ def run_explain(
                         cache_size=int(prep["cache_size"]),
                         resize=prep["resize"],
                         image_size=size,
+                        **crop_of(item.image_id),
                     )
                 except ImageReadError as exc:
                     rejected.append((item.image_id, f"annotation not used: {exc}"))
@@ -249,6 +268,7 @@ def explain_images(
     settings recorded in ``models``/model.json), write ``<stem>_occlusion.png`` under ``out``
     and return ``(path, score, figure or the reason it failed)``."""
     model, record = load_model(models)
+    segmenter = load_segmenter(models, record)
     if cfg.fill == "mean":
         raise ExplainError("fill 'mean' needs the training images: use the explain stage, or fill zero or blur")
     occluder = Occluder(
@@ -266,7 +286,7 @@ def explain_images(
     results = []
     for path in paths:
         try:
-            image = prepare(path, record)[None]
+            image = prepare(path, record, segmenter=segmenter)[None]
         except ImageReadError as exc:
             results.append((path, None, f"not explained: {exc.reason}"))
             continue

@@ -2,7 +2,8 @@
 
 :func:`load_model` reads the train stage's folder (``model.pt``, ``model.json``);
 :func:`score_files` decodes each file as the preprocess stage does (the settings recorded in
-``model.json``), applies the evaluation transform and returns the COVID-19 probability
+``model.json``; with ``preprocess.lungs`` crop or mask, the lung mask of the segmenter it records,
+:func:`load_segmenter`), applies the evaluation transform and returns the COVID-19 probability
 (:func:`covid_probability`, the score every stage reports). Used by ``deepcovid predict``,
 ``deepcovid explain`` and ``deepcovid evaluate-external``.
 """
@@ -18,12 +19,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deepcovid.data.images import ImageReadError, read_image, resize_square
+from deepcovid.data.images import ImageReadError, read_image
+from deepcovid.data.lungs import apply_lungs
 from deepcovid.errors import MissingInputError
 from deepcovid.files import sha256_file
 from deepcovid.model.architectures import ModelError
 from deepcovid.model.presets import eval_transform
 from deepcovid.model.weights import load_trained
+from deepcovid.segment.network import Segmenter
+from deepcovid.segment.network import load_segmenter as _load_segmenter
 
 #: What a non-finite model output is reported as (a row's error, never a score).
 NON_FINITE = "the model gave a non-finite score (NaN or infinity) for this image"
@@ -88,18 +92,43 @@ def model_sha256(models: str | os.PathLike) -> str:
     return read_record(models / "model.json", models / "model.pt")["model_sha256"]
 
 
-def prepare(path: str | os.PathLike, record: dict, notes: list[str] | None = None) -> torch.Tensor:
+def load_segmenter(models: str | os.PathLike, record: dict) -> Segmenter | None:
+    """The lung segmenter a model was trained with (``models/segment``, checked against the SHA-256
+    that ``model.json`` records), or None for a model of ``preprocess.lungs: none``."""
+    prep = record.get("preprocessing", {})
+    if prep.get("lungs", "none") == "none":
+        return None
+    if "segmenter_sha256" not in prep:
+        raise ModelError("model.json: preprocess.lungs is set but no segmenter_sha256 is recorded: train again")
+    return _load_segmenter(Path(models) / "segment", prep["segmenter_sha256"])
+
+
+def prepare(
+    path: str | os.PathLike, record: dict, notes: list[str] | None = None, segmenter: Segmenter | None = None
+) -> torch.Tensor:
     """The model input of one image file (3 x size x size), as the pipeline prepares it:
-    decoded and cached (:func:`~deepcovid.data.images.resize_square`), then the evaluation
-    transform. Raises :class:`~deepcovid.data.images.ImageReadError`. ``notes``, when given,
-    receives warnings: the DICOM header's (a lateral view, ...) and an image smaller than the
-    model input."""
+    decoded and cached (:func:`~deepcovid.data.lungs.apply_lungs`: with a model of
+    ``preprocess.lungs`` crop or mask, the ``segmenter``'s lung mask first), then the evaluation
+    transform. Raises :class:`~deepcovid.data.images.ImageReadError` (also when no lungs are
+    found). ``notes``, when given, receives warnings: the DICOM header's (a lateral view, ...) and
+    an image smaller than the model input."""
     prep = record["preprocessing"]
     size = int(record["train"]["image_size"])
+    lungs = prep.get("lungs", "none")
+    if lungs != "none" and segmenter is None:
+        raise ModelError(f"the model was trained on images with preprocess.lungs {lungs!r}: its segmenter is needed")
     image = read_image(path, grayscale=prep["grayscale"], notes=notes, max_pixels=prep["max_pixels"])
     if notes is not None and min(image.size) < size:
         notes.append(f"image {image.size[0]}x{image.size[1]} px, smaller than the model input ({size} px): upscaled")
-    cached = resize_square(image, int(prep["cache_size"]), prep["resize"])
+    mask = None if lungs == "none" else segmenter.mask(image)
+    cached = apply_lungs(
+        image,
+        mask,
+        lungs=lungs,
+        margin=float(prep.get("lung_margin", 0.0)),
+        cache_size=int(prep["cache_size"]),
+        resize=prep["resize"],
+    )
     return eval_transform(prep, size)(cached)
 
 
@@ -112,11 +141,13 @@ def score_files(
     *,
     device: torch.device | None = None,
     warnings: dict[int, str] | None = None,
+    segmenter: Segmenter | None = None,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """COVID-19 probabilities of image files (NaN for the unreadable ones) and
     ``{index: reason}`` for those (a non-finite model output is such a reason, never a score). The batches
     run on ``device`` (the model must be there; default CPU); ``warnings``, when given, receives
-    ``{index: "; "-joined notes}`` of the files :func:`prepare` had a warning for."""
+    ``{index: "; "-joined notes}`` of the files :func:`prepare` had a warning for; ``segmenter``:
+    :func:`load_segmenter`'s, for a model trained with lung masks."""
     scores = np.full(len(paths), np.nan)
     errors: dict[int, str] = {}
     model = model.eval()
@@ -127,7 +158,9 @@ def score_files(
         for i in range(start, min(start + batch_size, len(paths))):
             notes: list[str] = []
             try:
-                batch.append(prepare(paths[i], record, notes=notes if warnings is not None else None))
+                batch.append(
+                    prepare(paths[i], record, notes=notes if warnings is not None else None, segmenter=segmenter)
+                )
                 where.append(i)
             except ImageReadError as exc:
                 errors[i] = exc.reason

@@ -27,6 +27,12 @@ class DeepCovidModel(PythonModel):
 
         # the state_dict must be the file model.json records (SHA-256), loaded as trained (no new head)
         self.model, self.record = load_files(context.artifacts["state_dict"], context.artifacts["model_json"])
+        lungs = self.record["preprocessing"].get("lungs", "none")
+        if lungs != "none":  # the logged model carries no segmenter: refused rather than scored without one
+            raise InputError(
+                f"this model was trained on images with preprocess.lungs {lungs!r} and the MLflow model does not "
+                f"carry its lung segmenter: score with `deepcovid predict --models <the models folder>`"
+            )
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from deepcovid.model.inference import score_files

@@ -21,7 +21,7 @@ import pandas as pd
 from deepcovid.data.dicom import is_dicom
 from deepcovid.errors import InputError
 from deepcovid.model.environment import resolve_device
-from deepcovid.model.inference import load_model, score_files
+from deepcovid.model.inference import load_model, load_segmenter, score_files
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,15 @@ def predict_files(
     model, record = load_model(models)
     dev = resolve_device(device)
     warnings: dict[int, str] = {}
-    scores, errors = score_files(model.to(dev), record, list(paths), batch_size, device=dev, warnings=warnings)
+    scores, errors = score_files(
+        model.to(dev),
+        record,
+        list(paths),
+        batch_size,
+        device=dev,
+        warnings=warnings,
+        segmenter=load_segmenter(models, record),
+    )
     scored = ~np.isnan(scores)
     return pd.DataFrame(
         {

@@ -147,6 +147,21 @@ def _train_full(
     return model, history, best_epoch, scores
 
 
+def _lung_record(cache, prep: config.Preprocess) -> dict:
+    """What the cached images saw of the lungs (preprocess.lungs), as model.json records it, checked
+    against the cache's own report: a new image is then prepared the same way (with the same segmenter)."""
+    report = files.read_json(Path(cache) / "report.json", "the preprocess stage")
+    used = report.get("lungs", "none")
+    if used != prep.lungs:
+        raise StateError(
+            f"{cache}: its images were cached with preprocess.lungs {used!r}, the parameters say {prep.lungs!r}: "
+            f"rerun the preprocess stage (dvc repro)"
+        )
+    if used == "none":
+        return {"lungs": "none"}
+    return {"lungs": used, "lung_margin": report["lung_margin"], "segmenter_sha256": report["segmenter_sha256"]}
+
+
 def run_training(
     params: config.Params,
     *,
@@ -175,6 +190,7 @@ def run_training(
 
     if rank0 and use_mlflow:  # a store that cannot be opened fails now, in one line, not after training
         tracking.open_store(params.mlflow.experiment, params.mlflow.tracking_uri)
+    lungs = _lung_record(cache, params.preprocess)  # a cache of other settings fails now, not after training
     seed_everything(seed)  # and deterministic algorithms
     environment = compute_environment()
     log.info("compute environment: %s", ", ".join(f"{k}={v}" for k, v in environment.items()))
@@ -255,6 +271,7 @@ def run_training(
                 "resize": params.preprocess.resize,
                 "grayscale": params.preprocess.grayscale,
                 "max_pixels": params.preprocess.max_pixels,
+                **lungs,
             },
             "weights": provenance,
             "train": cfg.as_dict(),
