@@ -7,6 +7,7 @@
     deepcovid duplicates FOLDER... --out duplicates.csv       # near-duplicate radiographs
     deepcovid evaluate-external FOLDER --model models --out-dir DIR   # a trained model on other data
     deepcovid predict FILE_OR_FOLDER... --model models [--out scores.csv] [--explain DIR]   # new X-rays
+    deepcovid mitigation --study DIR --out-dir OUT [--report-only]   # the pre-declared mitigation study
 
 Errors a user can fix are printed in one line (exit status 2), see :func:`deepcovid.runner.run`.
 """
@@ -55,6 +56,21 @@ def _check_reproduction(args) -> int:
     return check_reproduction(
         load_config(args.params).reproduction, args.committed_lock, args.lock, args.committed_metrics, args.metrics
     )
+
+
+def _mitigation(args) -> int:
+    from deepcovid.config import load_config
+    from deepcovid.evaluation import mitigation
+
+    params = load_config(args.params)
+    study = params.mitigation
+    if not args.report_only:
+        mitigation.run_study(
+            args.study, params_path=args.params, variants=study.variants, external_sources=study.external_sources
+        )
+    table = mitigation.write_study(args.study, study.variants, study.baseline, args.out_dir, params.evaluate.alpha)
+    print(mitigation.study_markdown(table), end="")
+    return 0
 
 
 def _duplicates(args) -> int:
@@ -281,6 +297,21 @@ metrics/evaluate.json, plus predictions.csv and rejected.csv (rows left out, wit
 """
 
 
+MITIGATION_HELP = """\
+The pre-declared mitigation study (params.yaml section `mitigation`), in the current DVC project:
+
+    deepcovid mitigation --study study --out-dir reports/public/mitigation
+
+Runs `dvc repro` twice per variant (its parameter overrides): internal (the configuration as is)
+and external (mitigation.external_sources held out), every variant's parameters validated first,
+keeping each run's metrics and predictions under STUDY/<variant>/<run>/ (a run already there is
+not run again; params.yaml is restored at the end). Then writes table.md, table.csv, study.json
+and external_auc.png under OUT_DIR: internal and external AUC, the repeated splits' spread, the
+audit, the heatmaps, and paired DeLong tests against the baseline (Holm-adjusted). --report-only
+writes the report from an existing STUDY folder.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="deepcovid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -291,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=text, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(handler=handler)
         return p
+
+    p = command("mitigation", _mitigation, MITIGATION_HELP, "the pre-declared mitigation study")
+    p.add_argument("--study", required=True, help="folder of the study's runs (created; reused to resume)")
+    p.add_argument("--out-dir", required=True, help="folder for table.md, table.csv, study.json, external_auc.png")
+    p.add_argument("--report-only", action="store_true", help="only write the report from STUDY's runs")
+    p.add_argument("--params", default="params.yaml")
 
     p = command("compare", _compare, COMPARE_HELP, "models side by side with paired AUC tests")
     p.add_argument(

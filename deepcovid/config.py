@@ -215,6 +215,7 @@ class Preprocess(Section):
     max_pixels: Annotated[Int, Field(ge=65_536, le=89_478_485)]
     lungs: Literal["none", "crop", "mask"]  # what the segment stage's lung masks do to the image
     lung_margin: Annotated[Number, Field(ge=0, le=0.5)]
+    intensity: Literal["none", "equalize", "clahe"]
 
 
 def _unet_widths(value: tuple) -> tuple:
@@ -258,6 +259,7 @@ class Train(Section):
     num_workers: Annotated[Int, Field(ge=0, le=MAX_WORKERS)]
     feature_batch_size: Annotated[Int, Field(ge=1, le=MAX_BATCH)]
     feature_runtime: Literal["auto", "torch", "onnxruntime"]
+    normalization: Literal["backbone", "imagenet"]
     shuffle_labels: StrictBool
     class_weight: Literal["none", "balanced"]
     checkpoint_dir: str = Field(min_length=1)
@@ -340,6 +342,20 @@ class Regression(Section):
         return self
 
 
+class Mitigation(Section):
+    """The pre-declared mitigation study (``deepcovid mitigation``): variants as parameter overrides."""
+
+    baseline: str
+    external_sources: list[Source] = Field(min_length=1)
+    variants: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], dict[str, Any]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _baseline(self):
+        if self.baseline not in self.variants:
+            raise _located("baseline", f"{self.baseline!r} is not among the variants ({', '.join(self.variants)})")
+        return self
+
+
 class Reproduction(Section):
     exact_stages: list[str]
     tolerances: dict[str, Tolerance | None]
@@ -369,6 +385,7 @@ class Params(Section):
     audit: Audit
     repeats: Repeats
     regression: Regression
+    mitigation: Mitigation
     reproduction: Reproduction
 
     @model_validator(mode="after")

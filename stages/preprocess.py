@@ -34,6 +34,7 @@ def main() -> None:
             lungs=cfg.lungs,
             lung_margin=cfg.lung_margin,
             lungs_dir=args.lungs,
+            intensity=cfg.intensity,
         )
 
 

@@ -1100,6 +1100,13 @@ FREE_MAPPINGS = {
     ("regression", "tolerances"),
     ("regression", "tolerances", "test"),
     ("reproduction", "tolerances"),
+    ("mitigation", "variants"),  # names of variants, and each variant's overrides (checked when run)
+    ("mitigation", "variants", "baseline"),
+    ("mitigation", "variants", "lungs_crop"),
+    ("mitigation", "variants", "lungs_mask"),
+    ("mitigation", "variants", "equalize"),
+    ("mitigation", "variants", "imagenet_norm"),
+    ("mitigation", "variants", "lungs_mask_equalize"),
 }
 # parameters checked together: an error may name another parameter of the same group
 CROSS = [

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from deepcovid import portable
 from deepcovid.data import lungs
@@ -149,3 +149,41 @@ def test_segment_input_is_the_exact_grey_resize():
     image = _image(70, 50, seed=3)
     expected = portable.resize_uint8(np.asarray(image.convert("L")), 24, 24)
     np.testing.assert_array_equal(lungs.segment_input(image, 24), expected)
+
+
+def test_equalise_none_equalize_and_clahe():
+    from skimage.exposure import equalize_adapthist
+
+    rng = np.random.default_rng(5)
+    grey = np.clip(rng.normal(90, 20, (40, 40)), 0, 255).astype(np.uint8)
+    cached = Image.fromarray(grey, "L").convert("RGB")
+    assert lungs.equalise(cached, "none") is cached
+    out = np.asarray(lungs.equalise(cached, "equalize"))
+    assert (out[..., 0] == out[..., 1]).all() and (out[..., 0] == out[..., 2]).all()
+    np.testing.assert_array_equal(out[..., 0], np.asarray(ImageOps.equalize(Image.fromarray(grey, "L"))))
+    assert out.min() < 10 and out.max() > 245  # spread over the whole range
+    clahe = np.asarray(lungs.equalise(cached, "clahe"))[..., 0]
+    np.testing.assert_array_equal(clahe, np.round(equalize_adapthist(grey, clip_limit=0.01) * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="unknown intensity mode"):
+        lungs.equalise(cached, "gamma")
+
+
+def test_equalise_inside_the_lungs_uses_their_histogram_and_keeps_the_rest_black():
+    grey = np.zeros((128, 128), np.uint8)  # (Pillow's equalisation needs more than 255 pixels)
+    grey[32:96, 32:96] = np.arange(64 * 64).reshape(64, 64) % 40 + 100  # a narrow range inside
+    inside = np.zeros((128, 128), bool)
+    inside[32:96, 32:96] = True
+    out = np.asarray(lungs.equalise(Image.fromarray(grey, "L").convert("RGB"), "equalize", inside))[..., 0]
+    assert (out[~inside] == 0).all()
+    assert out[inside].min() < 20 and out[inside].max() > 235  # stretched by the lungs' own histogram
+    plain = np.asarray(lungs.equalise(Image.fromarray(grey, "L").convert("RGB"), "equalize"))[..., 0]
+    assert not np.array_equal(plain[inside], out[inside])  # the black outside would have shifted it
+
+
+def test_apply_passes_the_dilated_lungs_to_the_equalisation():
+    image = Image.fromarray(np.random.default_rng(2).integers(60, 120, (64, 64, 3), dtype=np.uint8), "RGB")
+    mask = _box_mask(16, 4, 12, 4, 12)
+    out = np.asarray(
+        lungs.apply_lungs(image, mask, lungs="mask", margin=0.0, cache_size=32, resize="stretch", intensity="equalize")
+    )
+    assert (out[:8] == 0).all() and out[8:24, 8:24].max() > 240

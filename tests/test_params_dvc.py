@@ -124,6 +124,8 @@ CASES = [  # (dataset of the committed lock, {dotted parameter: new value}, stag
     ("synthetic", {"train.device": "cpu-test"}, TRAIN_INPUT),
     ("synthetic", {"train.feature_batch_size": 7}, TRAIN_INPUT),
     ("synthetic", {"train.feature_runtime": "torch"}, TRAIN_INPUT),
+    ("synthetic", {"train.normalization": "imagenet"}, TRAIN_INPUT),
+    ("synthetic", {"preprocess.intensity": "clahe"}, {"preprocess", "train"}),
     ("synthetic", {"train.epochs": 3}, {"train", "repeats"}),
     ("synthetic", {"train.lr": 0.5}, {"train", "repeats"}),
     ("synthetic", {"train.shuffle_labels": operator.not_}, {"train", "repeats"}),

@@ -181,22 +181,32 @@ def _predict(ws, paths, out):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("lungs", ["mask", "crop"])
-def test_a_model_trained_on_lung_images_scores_new_files_as_the_pipeline_did(tiny_trained, tmp_path, lungs):
+VARIANTS = {  # the study's kinds of variant: lungs, intensity, normalisation, and combinations
+    "mask+equalize": {"preprocess.lungs": "mask", "preprocess.intensity": "equalize"},
+    "crop": {"preprocess.lungs": "crop"},
+    "clahe": {"preprocess.intensity": "clahe"},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_model_trained_on_changed_inputs_scores_new_files_as_the_pipeline_did(tiny_trained, tmp_path, variant):
     from deepcovid.data.sources import image_path, read_sources
 
+    overrides = VARIANTS[variant]
     ws = tmp_path / "ws"
     shutil.copytree(tiny_trained, ws)
-    override_params(ws / "params.yaml", ws / "params.yaml", {"preprocess.lungs": lungs})
-    proc = run_stage(ws, "train", check=False, args=("--no-mlflow",))  # the cache is still of lungs: none
-    assert proc.returncode == 2 and "cached with preprocess.lungs 'none'" in proc.stderr.splitlines()[-1]
-    for stage in ("preprocess", "augment", "featurize", "evaluate"):
-        if stage == "evaluate":
-            run_stage(ws, "train", args=("--no-mlflow",))
-        run_stage(ws, stage)
+    override_params(ws / "params.yaml", ws / "params.yaml", overrides)
+    proc = run_stage(ws, "train", check=False, args=("--no-mlflow",))  # the cache and features are the old ones
+    stale = "preprocess.intensity 'none'" if variant == "clahe" else "preprocess.lungs 'none'"
+    assert proc.returncode == 2 and f"cached with {stale}" in proc.stderr.splitlines()[-1], proc.stderr[-500:]
+    for stage in ("preprocess", "augment", "featurize", "train", "evaluate"):
+        run_stage(ws, stage, args=("--no-mlflow",) if stage == "train" else ())
     prep = json.loads((ws / "models/model.json").read_text())["preprocessing"]
-    segment = json.loads((ws / "models/segment/segment.json").read_text())
-    assert prep["lungs"] == lungs and prep["segmenter_sha256"] == segment["segment_sha256"]
+    assert prep["lungs"] == overrides.get("preprocess.lungs", "none")
+    assert prep["intensity"] == overrides.get("preprocess.intensity", "none")
+    if prep["lungs"] != "none":
+        segment = json.loads((ws / "models/segment/segment.json").read_text())
+        assert prep["segmenter_sha256"] == segment["segment_sha256"]
     pred = pd.read_csv(ws / "data/predictions.csv", dtype={"image_id": str})
     pred = pred[pred["split"] == "test"].reset_index(drop=True)
     manifest = read(ws / "data/manifest.csv").set_index("image_id")
@@ -210,9 +220,28 @@ def test_a_model_trained_on_lung_images_scores_new_files_as_the_pipeline_did(tin
     assert proc.returncode == 0, proc.stderr
     got = pd.read_csv(out, keep_default_na=False)
     np.testing.assert_allclose(got["score"].astype(float), pred["score"], atol=1e-6, rtol=0)
-    # the same cache as the pipeline's: and without it the images would score otherwise
+    # the changed preparation matters: the plain model's scores of the same images differ
     plain = pd.read_csv(tiny_trained / "data/predictions.csv", dtype={"image_id": str}).set_index("image_id")
     assert np.abs(plain.loc[pred["image_id"], "score"].to_numpy() - pred["score"].to_numpy()).max() > 1e-3
-    shutil.rmtree(ws / "models/segment")
-    proc = _predict(ws, paths[:1], out)
-    assert proc.returncode == 2 and "run the segment stage" in proc.stderr.splitlines()[-1]
+    if prep["lungs"] != "none":
+        shutil.rmtree(ws / "models/segment")
+        proc = _predict(ws, paths[:1], out)
+        assert proc.returncode == 2 and "run the segment stage" in proc.stderr.splitlines()[-1]
+
+
+def test_normalisation_is_the_backbones_or_imagenets_and_features_of_the_other_are_refused(tiny_trained, tmp_path):
+    from deepcovid.model.architectures import ModelError, preprocessing
+
+    assert preprocessing("efficientnet_lite0")["mean"] == [127 / 255] * 3
+    assert preprocessing("efficientnet_lite0", "imagenet")["mean"] == [0.485, 0.456, 0.406]
+    assert preprocessing("efficientnet_lite0", "imagenet")["std"] == [0.229, 0.224, 0.225]
+    assert preprocessing("resnet18", "imagenet") == preprocessing("resnet18")  # torchvision's own is ImageNet's
+    with pytest.raises(ModelError, match="unknown normalization"):
+        preprocessing("resnet18", "zscore")
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_trained, ws)
+    meta = json.loads((ws / "data/features/meta.json").read_text())
+    meta["preprocessing"]["mean"] = [0.5, 0.5, 0.5]  # features of another normalisation
+    (ws / "data/features/meta.json").write_text(json.dumps(meta))
+    proc = run_stage(ws, "train", check=False, args=("--no-mlflow",))
+    assert proc.returncode == 2 and "another input normalisation" in proc.stderr.splitlines()[-1]

@@ -29,13 +29,13 @@ def _job(roots, raw_dir, out_dir: Path, source: str, relpath: str, cache_path: s
 
 
 def _process(job):
-    src, dst, mask_path, size, mode, grayscale, max_pixels, lungs, margin, mask_size = job
+    src, dst, mask_path, size, mode, grayscale, max_pixels, lungs, margin, mask_size, intensity = job
     if src is None:
         return None, None, dst
     try:
         img = read_image(src, grayscale=grayscale, max_pixels=max_pixels)
         mask = None if lungs == "none" else read_mask(mask_path, mask_size)
-        out = apply_lungs(img, mask, lungs=lungs, margin=margin, cache_size=size, resize=mode)
+        out = apply_lungs(img, mask, lungs=lungs, margin=margin, cache_size=size, resize=mode, intensity=intensity)
     except ImageReadError as exc:
         return None, None, exc.reason
     width, height = img.size
@@ -68,13 +68,14 @@ def build_cache(
     lungs: str = "none",
     lung_margin: float = 0.0,
     lungs_dir=None,
+    intensity: str = "none",
 ) -> dict:
     """Write ``images/<image_id>.png``, ``index.csv``, ``rejected.csv`` (with the reason) and
     ``report.json`` into the new folder ``out_dir``; returns the report. Images above
     ``max_pixels`` are refused from their header, before decoding, so that the stage's memory
     is bounded by ``workers`` x the budget. With ``lungs`` crop or mask, the segment stage's
     folder ``lungs_dir`` gives each image's lung mask (:func:`deepcovid.data.lungs.apply_lungs`);
-    an image without lungs found is rejected."""
+    an image without lungs found is rejected. ``intensity``: ``preprocess.intensity``."""
     out_dir = Path(out_dir)
     roots = read_sources(raw_dir)
     manifest = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
@@ -83,7 +84,7 @@ def build_cache(
     if lungs != "none":
         masks, mask_size, segmenter = _lung_masks(lungs_dir, manifest)
     out_dir.mkdir()
-    settings = (cache_size, resize, grayscale, max_pixels, lungs, lung_margin, mask_size)
+    settings = (cache_size, resize, grayscale, max_pixels, lungs, lung_margin, mask_size, intensity)
     jobs = [
         _job(roots, raw_dir, out_dir, s, r, p, m, *settings)
         for s, r, p, m in zip(manifest["source"], manifest["relpath"], rel, masks)
@@ -103,6 +104,7 @@ def build_cache(
         "grayscale": grayscale,
         # recorded only when used: the paper's cache (lungs: none) keeps its bytes
         **({"lungs": lungs, "lung_margin": lung_margin, "segmenter_sha256": segmenter} if lungs != "none" else {}),
+        **({"intensity": intensity} if intensity != "none" else {}),
         "decoded": int(len(index)),
         "rejected": int(len(rejected)),
     }

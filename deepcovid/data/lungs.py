@@ -1,11 +1,14 @@
-"""Lung masks at the segmenter's resolution and what preprocess does with them (``preprocess.lungs``).
+"""Lung masks at the segmenter's resolution and what preprocess does with them (``preprocess.lungs``),
+then the grey level's equalisation (``preprocess.intensity``).
 
 A lung mask is a ``size`` x ``size`` boolean array over the whole raw image, stretched (the
 segment stage's resolution, ``segment.size``). From it, ``crop`` cuts the raw image to the lungs'
 bounding box grown by ``preprocess.lung_margin`` (a fraction of the image's side), ``mask`` keeps
 the cached image only inside the lungs (the mask dilated by the same margin) and fills the rest
-with black, ``none`` ignores it. Everything here is integer arithmetic (exact on every CPU), so
-preprocess writes the same bytes everywhere given the same masks.
+with black, ``none`` ignores it. Everything here but CLAHE is integer arithmetic (exact on every
+CPU), so preprocess writes the same bytes everywhere given the same masks. ``equalize`` is Pillow's
+histogram equalisation (integer; over the lungs only with ``lungs: mask``), ``clahe``
+scikit-image's contrast-limited adaptive equalisation (floating point, rounded to 8 bits).
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy import ndimage
 
 from deepcovid import portable
 from deepcovid.data.images import ImageReadError, letterbox, resize_square
 
 LUNG_MODES = ("none", "crop", "mask")
+INTENSITY_MODES = ("none", "equalize", "clahe")
+CLAHE_CLIP = 0.01  # scikit-image's default clip limit
 # A predicted mask covering less than this fraction of the image finds no lungs: the image is
 # refused (a lateral view, a CT slice, not a chest X-ray) instead of being cropped to noise.
 MIN_LUNG_FRACTION = 0.02
@@ -109,21 +114,49 @@ def mask_to_cache(mask: np.ndarray, width: int, height: int, cache_size: int, re
     return out
 
 
+def equalise(cached: Image.Image, mode: str, inside: np.ndarray | None = None) -> Image.Image:
+    """``preprocess.intensity`` on a cached RGB image: its grey level equalised (``equalize``, over
+    ``inside`` only when given, the rest left black) or CLAHE'd, replicated to three channels."""
+    if mode not in INTENSITY_MODES:
+        raise ValueError(f"unknown intensity mode {mode!r}; valid: {', '.join(INTENSITY_MODES)}")
+    if mode == "none":
+        return cached
+    grey = cached.convert("L")
+    if mode == "equalize":
+        region = None if inside is None else Image.fromarray(np.where(inside, 255, 0).astype(np.uint8), "L")
+        out = np.asarray(ImageOps.equalize(grey, mask=region))
+    else:
+        from skimage.exposure import equalize_adapthist
+
+        out = np.round(equalize_adapthist(np.asarray(grey), clip_limit=CLAHE_CLIP) * 255).astype(np.uint8)
+    if inside is not None:
+        out = np.where(inside, out, 0).astype(np.uint8)
+    return Image.fromarray(out, "L").convert("RGB")
+
+
 def apply_lungs(
-    image: Image.Image, mask: np.ndarray | None, *, lungs: str, margin: float, cache_size: int, resize: str
+    image: Image.Image,
+    mask: np.ndarray | None,
+    *,
+    lungs: str,
+    margin: float,
+    cache_size: int,
+    resize: str,
+    intensity: str = "none",
 ) -> Image.Image:
     """The cached square of a decoded raw ``image`` under ``preprocess.lungs`` (``mask``: its lung
-    mask from the segmenter; unused and may be None for ``none``)."""
+    mask from the segmenter; unused and may be None for ``none``), then ``preprocess.intensity``."""
     if lungs not in LUNG_MODES:
         raise ValueError(f"unknown lungs mode {lungs!r}; valid: {', '.join(LUNG_MODES)}")
     if lungs == "none":
-        return resize_square(image, cache_size, resize)
+        return equalise(resize_square(image, cache_size, resize), intensity)
     check_found(mask)
     if lungs == "crop":
-        return resize_square(image.crop(crop_box(mask, *image.size, margin)), cache_size, resize)
+        return equalise(resize_square(image.crop(crop_box(mask, *image.size, margin)), cache_size, resize), intensity)
     cached = np.array(resize_square(image, cache_size, resize))
-    cached[~mask_to_cache(dilate(mask, margin), *image.size, cache_size, resize)] = 0
-    return Image.fromarray(cached, "RGB")
+    inside = mask_to_cache(dilate(mask, margin), *image.size, cache_size, resize)
+    cached[~inside] = 0
+    return equalise(Image.fromarray(cached, "RGB"), intensity, inside)
 
 
 def write_mask(path: str | Path, mask: np.ndarray) -> None:

@@ -254,9 +254,10 @@ def split_backbone_head(model: nn.Module, name: str) -> tuple[nn.Module, nn.Modu
     return backbone, head
 
 
-def preprocessing(name: str) -> dict:
+def preprocessing(name: str, normalization: str = "backbone") -> dict:
     """The input each pretrained network expects: ``{"input_size", "mean", "std",
-    "interpolation"}`` (mean/std for tensors scaled to 0..1, RGB order).
+    "interpolation"}`` (mean/std for tensors scaled to 0..1, RGB order). ``normalization``
+    ``imagenet`` replaces the network's own mean / std by ImageNet's (``train.normalization``).
 
     ``input_size`` is the resolution the ImageNet weights were trained at, for the record;
     the pipeline resizes to its ``train.image_size`` parameter whatever the network.
@@ -278,6 +279,10 @@ def preprocessing(name: str) -> dict:
     """
     spec = get_spec(name)
     mean, std, interpolation = spec.preprocessing
+    if normalization == "imagenet":
+        mean, std = _IMAGENET_MEAN, _IMAGENET_STD
+    elif normalization != "backbone":
+        raise ModelError(f"unknown normalization {normalization!r}: backbone or imagenet")
     return {
         "input_size": spec.input_size,
         "mean": list(mean),

@@ -151,7 +151,7 @@ def featurize(
         backbone, _ = split_backbone_head(model, name)
         device = resolve_device(params.train.device)
         table = load_table(manifest, cache, augmented)
-        prep = preprocessing(name)
+        prep = preprocessing(name, params.train.normalization)
         dataset = ImageDataset(table["file"], table["label"], eval_transform(prep, size))
         runtime = resolve_runtime(params.train.feature_runtime, device)
         feats = extract_features(

@@ -128,6 +128,7 @@ def prepare(
         margin=float(prep.get("lung_margin", 0.0)),
         cache_size=int(prep["cache_size"]),
         resize=prep["resize"],
+        intensity=prep.get("intensity", "none"),
     )
     return eval_transform(prep, size)(cached)
 

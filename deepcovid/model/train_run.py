@@ -50,6 +50,11 @@ def _train_last_layer(model, params: config.Params, parts: dict, features: Path,
     if meta.get("skipped") or meta.get("model") != name or meta.get("image_size") != cfg.image_size:
         raise StateError(f"{features} does not hold {name} features at {cfg.image_size}px: run dvc repro featurize")
     backbone, head = split_backbone_head(model, name)
+    if meta.get("preprocessing") != preprocessing(name, cfg.normalization):
+        raise StateError(
+            f"{features} was computed with another input normalisation than train.normalization="
+            f"{cfg.normalization}: run dvc repro featurize"
+        )
     if state_digest(backbone) != meta["backbone_sha256"]:
         raise StateError(f"{features} was computed with other backbone weights than weights={params.weights}")
     feats = torch.from_numpy(np.load(features / "features.npy"))
@@ -93,7 +98,7 @@ def _train_full(
 ):
     """Fine-tune end to end with a checkpoint; return (model, history, best epoch, scores)."""
     name, cfg = params.model, params.train
-    prep, size = preprocessing(name), cfg.image_size
+    prep, size = preprocessing(name, cfg.normalization), cfg.image_size
     evaluate = eval_transform(prep, size)
     train_set = ImageDataset(
         parts["train"]["file"], parts["train"]["label"], train_transform(prep, size, params.augment)
@@ -151,15 +156,17 @@ def _lung_record(cache, prep: config.Preprocess) -> dict:
     """What the cached images saw of the lungs (preprocess.lungs), as model.json records it, checked
     against the cache's own report: a new image is then prepared the same way (with the same segmenter)."""
     report = files.read_json(Path(cache) / "report.json", "the preprocess stage")
-    used = report.get("lungs", "none")
-    if used != prep.lungs:
-        raise StateError(
-            f"{cache}: its images were cached with preprocess.lungs {used!r}, the parameters say {prep.lungs!r}: "
-            f"rerun the preprocess stage (dvc repro)"
-        )
-    if used == "none":
-        return {"lungs": "none"}
-    return {"lungs": used, "lung_margin": report["lung_margin"], "segmenter_sha256": report["segmenter_sha256"]}
+    for key in ("lungs", "intensity"):
+        used, said = report.get(key, "none"), getattr(prep, key)
+        if used != said:
+            raise StateError(
+                f"{cache}: its images were cached with preprocess.{key} {used!r}, the parameters say {said!r}: "
+                f"rerun the preprocess stage (dvc repro)"
+            )
+    record = {"lungs": prep.lungs, "intensity": prep.intensity}
+    if prep.lungs != "none":
+        record.update(lung_margin=report["lung_margin"], segmenter_sha256=report["segmenter_sha256"])
+    return record
 
 
 def run_training(
@@ -253,7 +260,7 @@ def run_training(
     log.info(
         "best epoch %d; val AUC %s, test AUC %s; %.1f s", best_epoch, results["val_auc"], results["test_auc"], seconds
     )
-    prep = preprocessing(name)
+    prep = preprocessing(name, cfg.normalization)
     models = Path(models)  # model.pt and model.json are DVC outputs of their own (the model card sits beside)
     models.mkdir(parents=True, exist_ok=True)
     with files.atomic_path(models / "model.pt") as tmp:
