@@ -66,10 +66,22 @@ def _mitigation(args) -> int:
     study = params.mitigation
     if not args.report_only:
         mitigation.run_study(
-            args.study, params_path=args.params, variants=study.variants, external_sources=study.external_sources
+            args.study,
+            params_path=args.params,
+            variants=study.variants,
+            external_sources=study.external_sources,
+            quick=args.quick,
         )
     table = mitigation.write_study(args.study, study.variants, study.baseline, args.out_dir, params.evaluate.alpha)
     print(mitigation.study_markdown(table), end="")
+    if args.baseline:
+        tolerance = params.regression.flat_tolerances()["test.auc"]
+        failures, lines = mitigation.regressions(table, args.baseline, tolerance)
+        print("\n".join(lines))
+        if failures:
+            print("mitigation: regression against " + args.baseline + ":\n  " + "\n  ".join(failures))
+            return 1
+        print(f"mitigation: no number worse than {args.baseline} by more than {tolerance} (regression.tolerances)")
     return 0
 
 
@@ -308,7 +320,10 @@ keeping each run's metrics and predictions under STUDY/<variant>/<run>/ (a run a
 not run again; params.yaml is restored at the end). Then writes table.md, table.csv, study.json
 and external_auc.png under OUT_DIR: internal and external AUC, the repeated splits' spread, the
 audit, the heatmaps, and paired DeLong tests against the baseline (Holm-adjusted). --report-only
-writes the report from an existing STUDY folder.
+writes the report from an existing STUDY folder. --baseline FILE (a committed study.json) exits 1
+when a variant's internal, external or repeated-splits AUC is worse than there by more than
+regression.tolerances test.auc. --quick stops every run at evaluate (internal and external AUC,
+no repeated splits, audit or heatmaps): what CI runs.
 """
 
 
@@ -327,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True, help="folder of the study's runs (created; reused to resume)")
     p.add_argument("--out-dir", required=True, help="folder for table.md, table.csv, study.json, external_auc.png")
     p.add_argument("--report-only", action="store_true", help="only write the report from STUDY's runs")
+    p.add_argument("--quick", action="store_true", help="every run only up to evaluate: the AUCs, as CI checks them")
+    p.add_argument(
+        "--baseline", help="a committed study.json: fail (exit 1) when an AUC fell below it (regression.tolerances)"
+    )
     p.add_argument("--params", default="params.yaml")
 
     p = command("compare", _compare, COMPARE_HELP, "models side by side with paired AUC tests")

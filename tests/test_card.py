@@ -165,3 +165,14 @@ def test_unreadable_json_is_one_clear_error(tmp_path, bad):
     (tmp_path / "x.json").write_text(bad)
     with pytest.raises(C.CardError, match="x.json: not valid JSON"):
         C._read_json(tmp_path / "x.json")
+
+
+def test_the_card_says_what_the_images_went_through():
+    inputs = _inputs()
+    assert "lungs:" not in C.model_card(**inputs) and "intensity:" not in C.model_card(**inputs)
+    inputs["model_json"]["preprocessing"].update(
+        lungs="mask", lung_margin=0.05, segmenter_sha256="ab" * 32, intensity="equalize"
+    )
+    text = C.model_card(**inputs)
+    assert "lungs: `mask` (margin 0.05) with the segmenter `models/segment` (SHA-256 `abababababababab...`)" in text
+    assert "intensity: `equalize`." in text

@@ -124,7 +124,7 @@ with open("runs.log", "a") as log:
     log.write(json.dumps(seen) + "\\n")
 Path("metrics").mkdir(exist_ok=True)
 Path("metrics/evaluate.json").write_text(json.dumps({"lungs": p["preprocess"]["lungs"]}))
-if p["preprocess"]["intensity"] == "equalize" and p["split"]["external_sources"] and len(sys.argv) > 1:
+if p["preprocess"]["intensity"] == "equalize" and p["split"]["external_sources"] and "fail" in sys.argv:
     sys.exit(3)
 """
 
@@ -197,3 +197,52 @@ def test_the_declared_study_is_valid_and_the_cli_reports_an_existing_study(tmp_p
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "| lungs_mask (`preprocess.lungs=mask`)" in proc.stdout and (tmp_path / "out/table.md").is_file()
+
+
+def test_ci_fails_when_a_variants_auc_falls_below_the_committed_report(tmp_path):
+    study, _ = _study(tmp_path / "study")
+    table = M.write_study(study, VARIANTS, "baseline", tmp_path / "out")
+    failures, lines = M.regressions(table, tmp_path / "out/study.json", 0.03)
+    assert failures == [] and len(lines) == 3 * len(M.CHECKED)
+    worse = table.copy()
+    worse.loc[worse["variant"] == "equalize", "external_auc"] -= 0.05
+    worse.loc[worse["variant"] == "baseline", "internal_auc"] -= 0.02  # within the tolerance
+    failures, _ = M.regressions(worse, tmp_path / "out/study.json", 0.03)
+    assert len(failures) == 1 and failures[0].startswith("equalize.external_auc") and "worse by more" in failures[0]
+    better = table.copy()
+    better["external_auc"] += 0.2
+    assert M.regressions(better, tmp_path / "out/study.json", 0.03)[0] == []
+    fewer = table[table["variant"] != "equalize"]
+    assert M.regressions(fewer, tmp_path / "out/study.json", 0.03)[0] == ["equalize: not run"]
+
+
+def test_a_quick_study_stops_every_run_at_evaluate_and_ci_compares_what_it_computed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["dataset"] = "public"
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    Path("fake.py").write_text(FAKE_REPRO)
+    import subprocess
+
+    commands, real_run = [], subprocess.run
+
+    def record(command, check=False):
+        commands.append(command[2:])  # after `dvc repro`
+        return real_run([sys.executable, "fake.py"], check=check)
+
+    monkeypatch.setattr(subprocess, "run", record)
+    M.run_study("study", variants=VARIANTS, external_sources=["actualmed"], quick=True)
+    assert commands == [["evaluate"]] * 6
+    commands.clear()
+    M.run_study("study", variants=VARIANTS, external_sources=["actualmed"])  # a full study over the quick one
+    assert commands == [[]] * 3  # the internal runs again, to the end; the external ones are the same
+    study, _ = _study(tmp_path / "full")
+    full = M.write_study(study, VARIANTS, "baseline", tmp_path / "out")
+    for name in VARIANTS:  # a quick study's internal runs have no audit, heatmaps or repeats
+        for rel in ("audit.json", "explain.json", "repeats.json"):
+            (study / name / "internal/metrics" / rel).unlink()
+    quick = M.study_table(study, VARIANTS, "baseline")
+    assert quick["repeats_auc_mean"].isna().all() and quick["lung_mass"].isna().all()
+    assert list(quick["external_auc"]) == list(full["external_auc"])
+    failures, lines = M.regressions(quick, tmp_path / "out/study.json", 0.03)
+    assert failures == [] and len(lines) == 2 * len(VARIANTS)  # internal and external AUC only

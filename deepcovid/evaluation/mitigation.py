@@ -75,8 +75,11 @@ def variant_row(folder: Path) -> dict:
     """The study's numbers of one variant's two runs (the audit, repeats and heatmaps of the internal one)."""
     internal, external = folder / "internal" / "metrics", folder / "external" / "metrics"
     ev_in, ev_ex = _json(internal / "evaluate.json"), _json(external / "evaluate.json")
-    audit, explain = _json(internal / "audit.json"), _json(internal / "explain.json")
-    repeats = _json(internal / "repeats.json")
+    # a quick run (deepcovid mitigation --quick) stops at evaluate: no audit, heatmaps or repeats
+    audit, explain, repeats = (
+        _json(internal / name) if (internal / name).is_file() else {}
+        for name in ("audit.json", "explain.json", "repeats.json")
+    )
     return {
         "internal_auc": _get(ev_in, "test", "auc"),
         "internal_auc_low": _get(ev_in, "test", "auc_low"),
@@ -269,13 +272,15 @@ def run_study(
     variants: dict,
     external_sources: list[str],
     repro=None,
+    quick: bool = False,
 ) -> None:
     """Run every variant twice (``internal``, ``external``) with ``dvc repro`` in the current DVC
     project, keeping each run's outputs (:data:`KEPT`) under ``study/<variant>/<run>``. All the runs'
     parameters are validated first; params.yaml is restored at the end. Runs that already have their
     outputs in ``study`` are not run again (an interrupted study resumes). ``repro``: the command
     that runs the pipeline (default ``dvc repro``; the external run stops at ``evaluate``, what the
-    report reads of it)."""
+    report reads of it). ``quick``: the internal runs stop at ``evaluate`` too (the AUCs only, no
+    repeated splits, audit or heatmaps: what CI checks)."""
     import shutil
     import subprocess
 
@@ -292,23 +297,55 @@ def run_study(
         for run in RUNS  # the split changes once: the segmenter is trained twice, not per variant
         for name, overrides in variants.items()
     ]
-    repro = repro or [dvc_binary(), "repro"]
     try:
         for run, name, params in plan:
             target = study / name / run
-            if (target / "done").is_file():
+            done = target / "done"  # what the kept run was: "quick" (internal, up to evaluate) or "full"
+            if done.is_file() and (quick or done.read_text(encoding="utf-8") == "full"):
                 continue
             files.write_text(params_path, yaml.safe_dump(params, sort_keys=False))
-            proc = subprocess.run(repro, check=False)
+            until = ["evaluate"] if run == "external" or quick else []
+            command = [*repro, *until] if repro else [dvc_binary(), "repro", *until]
+            proc = subprocess.run(command, check=False)
             if proc.returncode != 0:
-                raise InputError(
-                    f"mitigation: the {run} run of variant {name!r} failed ({' '.join(repro)}: exit {proc.returncode})"
-                )
+                failed = f"{' '.join(command)}: exit {proc.returncode}"
+                raise InputError(f"mitigation: the {run} run of variant {name!r} failed ({failed})")
             shutil.rmtree(target, ignore_errors=True)
-            for rel in KEPT[run]:
+            for rel in KEPT["external" if until else run]:
                 if Path(rel).is_file():
                     (target / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(rel, target / rel)
-            (target / "done").write_text("")
+            done.write_text("quick" if quick and run == "internal" else "full", encoding="utf-8")
     finally:
         files.write_text(params_path, original)
+
+
+# --------------------------------------------------------------------------- regression check
+
+#: The study's numbers CI holds against the committed report (higher is better).
+CHECKED = ("internal_auc", "external_auc", "repeats_auc_mean")
+
+
+def regressions(table: pd.DataFrame, baseline_json: str | Path, tolerance: float) -> tuple[list[str], list[str]]:
+    """``(failures, lines)``: each variant's :data:`CHECKED` number against the committed report's
+    ``study.json``; a failure is a number more than ``tolerance`` below it, or a variant missing from
+    one side. A number this study did not compute (``--quick``: no repeated splits) is not compared."""
+    committed = {row["variant"]: row for row in _json(Path(baseline_json))["rows"]}
+    failures, lines = [], []
+    now = {row["variant"]: row for row in json.loads(table.to_json(orient="records"))}
+    for name in sorted(set(committed) | set(now), key=lambda v: (v not in now, v)):
+        if name not in now or name not in committed:
+            failures.append(f"{name}: {'not in the committed report' if name in now else 'not run'}")
+            continue
+        for key in CHECKED:
+            old, new = committed[name].get(key), now[name].get(key)
+            if new is None:
+                continue
+            if old is None:
+                failures.append(f"{name}.{key}: {new:.4f}, but the committed report has none")
+                continue
+            line = f"{name}.{key}: {new:.4f} (committed {old:.4f}, {new - old:+.4f})"
+            lines.append(line)
+            if new < old - tolerance:
+                failures.append(line + f": worse by more than {tolerance}")
+    return failures, lines
