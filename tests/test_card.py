@@ -169,7 +169,9 @@ def test_unreadable_json_is_one_clear_error(tmp_path, bad):
 
 def test_the_card_says_what_the_images_went_through():
     inputs = _inputs()
-    assert "lungs:" not in C.model_card(**inputs) and "intensity:" not in C.model_card(**inputs)
+    plain = C.model_card(**inputs)
+    assert "with the segmenter" not in plain and "intensity:" not in plain
+    assert "This model was trained with `preprocess.lungs: none`." in plain  # beside the study's findings
     inputs["model_json"]["preprocessing"].update(
         lungs="mask", lung_margin=0.05, segmenter_sha256="ab" * 32, intensity="equalize"
     )
