@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from deepcovid import files
 from deepcovid.data.images import ImageReadError, read_image
-from deepcovid.data.lungs import apply_lungs, read_mask
+from deepcovid.data.lungs import apply_lungs, mask_files, read_mask
 from deepcovid.data.sources import image_path, read_sources
 from deepcovid.runner import die_with_parent
 
@@ -47,12 +47,8 @@ def _process(job):
 def _lung_masks(lungs_dir, manifest: pd.DataFrame) -> tuple[list, int, str]:
     """Each manifest image's mask file from the segment stage (None where it has none), the masks'
     size and the segmenter's SHA-256."""
-    lungs_dir = Path(lungs_dir)
-    report = files.read_json(lungs_dir / "report.json", "the segment stage")
-    index = pd.read_csv(lungs_dir / "index.csv", dtype=str, keep_default_na=False)
-    paths = {i: p for i, p in zip(index["image_id"], index["mask_path"]) if p}
-    masks = [files.inside(lungs_dir, paths[i]) if i in paths else None for i in manifest["image_id"]]
-    return masks, int(report["size"]), str(report["segmenter_sha256"])
+    paths, size, segmenter = mask_files(lungs_dir)
+    return [paths.get(i) for i in manifest["image_id"]], size, segmenter
 
 
 def build_cache(

@@ -159,6 +159,20 @@ def apply_lungs(
     return equalise(Image.fromarray(cached, "RGB"), intensity, inside)
 
 
+def mask_files(lungs_dir: str | Path) -> tuple[dict[str, Path], int, str]:
+    """The segment stage's folder: image id -> its mask file (images it could not read have none),
+    the masks' size and the segmenter's SHA-256."""
+    import pandas as pd
+
+    from deepcovid import files
+
+    lungs_dir = Path(lungs_dir)
+    report = files.read_json(lungs_dir / "report.json", "the segment stage")
+    index = pd.read_csv(lungs_dir / "index.csv", dtype=str, keep_default_na=False)
+    paths = {i: files.inside(lungs_dir, p) for i, p in zip(index["image_id"], index["mask_path"]) if p}
+    return paths, int(report["size"]), str(report["segmenter_sha256"])
+
+
 def write_mask(path: str | Path, mask: np.ndarray) -> None:
     """A mask as a 0/255 grey PNG."""
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L").save(path, format="PNG", compress_level=6)

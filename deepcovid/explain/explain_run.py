@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from deepcovid import config, files
 from deepcovid.data.images import ImageReadError
-from deepcovid.data.lungs import read_mask
+from deepcovid.data.lungs import mask_files, read_mask
 from deepcovid.data.sources import read_sources, source_root
 from deepcovid.evaluation.predictions import operating_point
 from deepcovid.explain.figures import occlusion_figure
@@ -117,11 +117,12 @@ def _crop_masks(lungs, prep: dict):
     preprocess cut the image (``preprocess.lungs: crop``; nothing otherwise)."""
     if prep.get("lungs", "none") != "crop":
         return lambda image_id: {}
-    report = files.read_json(Path(lungs) / "report.json", "the segment stage")
-    index = pd.read_csv(Path(lungs) / "index.csv", dtype=str, keep_default_na=False).set_index("image_id")
+    paths, size, _ = mask_files(lungs)
 
     def crop_of(image_id: str) -> dict:
-        mask = read_mask(files.inside(lungs, index.loc[image_id, "mask_path"]), int(report["size"]))
+        if image_id not in paths:
+            raise ImageReadError("the segment stage wrote no lung mask for it")
+        mask = read_mask(paths[image_id], size)
         return {"lung_mask": mask, "lungs": ("crop", float(prep["lung_margin"]))}
 
     return crop_of
