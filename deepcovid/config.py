@@ -134,6 +134,7 @@ class SyntheticCohen(Section):
         NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else _fail("must lie within [0, 1]"))
     ]
     style_shift: Annotated[Number, Field(ge=0)]
+    marker: Fraction
 
 
 class SyntheticChexpert(Section):
@@ -150,6 +151,7 @@ class SyntheticChexpert(Section):
         NumberPair, AfterValidator(lambda v: v if 0 <= v[0] and v[1] <= 1 else _fail("must lie within [0, 1]"))
     ]
     style_shift: Annotated[Number, Field(ge=0)]
+    marker: Fraction
 
 
 class Synthetic(Section):

@@ -1117,6 +1117,7 @@ CROSS = [
     {"fetch.cohen.url", "fetch.cohen.commit", "fetch.cohen.method", "fetch.cohen.local_dir"},
     {"fetch.actualmed.url", "fetch.actualmed.commit", "fetch.actualmed.method", "fetch.actualmed.local_dir"},
     {"regression.tolerances", "regression.lower_is_better"},
+    {"mitigation.baseline", "mitigation.variants"},  # the baseline names one of the variants
 ]
 
 

@@ -224,6 +224,47 @@ def test_style_shift_keeps_content(tmp_path):
         assert ib.mean() < ia.mean() - 5 and ib.std() < ia.std()
 
 
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_marker_tags_a_bottom_corner_outside_the_lungs_and_changes_nothing_else(tmp_path, share):
+    """``marker``: the source's tag (Cohen bottom left, CheXpert bottom right) on that share of the
+    X-rays, never on a CT, never in a lung mask; every other pixel, mask and row as without it."""
+    base = cohen_cfg(covid_patients=4, other_patients=2, ct_rows=2, size_range=[128, 200])
+    syn.generate_cohen(tmp_path / "a", base, 3)
+    syn.generate_cohen(tmp_path / "b", {**base, "marker": share}, 3)
+    x = chexpert_cfg(train_patients=6, valid_patients=0)
+    syn.generate_chexpert(tmp_path / "xa", x, 3)
+    syn.generate_chexpert(tmp_path / "xb", {**x, "marker": share}, 3)
+    pairs = []
+    for name, modality in pd.read_csv(tmp_path / "a" / "metadata.csv", dtype=str)[["filename", "modality"]].values:
+        lung = f"annotations/synthetic-masks/{Path(name).stem}_lung.png"
+        pairs.append(("cohen", modality, tmp_path / "a" / "images" / name, tmp_path / "b" / "images" / name, lung))
+    for rel in pd.read_csv(tmp_path / "xa" / "CheXpert-v1.0-small" / "train.csv", dtype=str)["Path"]:
+        lung = f"CheXpert-v1.0-small/synthetic-masks/{rel[len('CheXpert-v1.0-small/') : -4]}_lung.png"
+        pairs.append(("chexpert", "X-ray", tmp_path / "xa" / rel, tmp_path / "xb" / rel, lung))
+    tagged = {"cohen": 0, "chexpert": 0}
+    for source, modality, a, b, lung in pairs:
+        ia = np.asarray(Image.open(a).convert("L"), dtype=int)
+        ib = np.asarray(Image.open(b).convert("L"), dtype=int)
+        changed = np.abs(ia - ib) > 12  # JPEG re-encoding spreads a few levels around the tag
+        if not changed.any():
+            continue
+        assert modality == "X-ray"
+        tagged[source] += 1
+        rows, cols = np.nonzero(changed)
+        h, w = ia.shape
+        assert rows.min() >= 0.85 * h
+        assert cols.max() < 0.25 * w if source == "cohen" else cols.min() > 0.75 * w
+        root = tmp_path / ("a" if source == "cohen" else "xa")
+        assert not (changed & (np.asarray(Image.open(root / lung)) > 0)).any()
+    xrays = {s: sum(1 for p in pairs if p[0] == s and p[1] == "X-ray") for s in tagged}
+    if share == 1.0:
+        assert tagged == xrays
+    else:
+        assert all(0 < tagged[s] < xrays[s] for s in tagged), (tagged, xrays)
+    for truth in ("annotations/synthetic_truth.csv",):
+        assert (tmp_path / "a" / truth).read_bytes() == (tmp_path / "b" / truth).read_bytes()
+
+
 # --- CheXpert -------------------------------------------------------------------------------
 
 

@@ -110,6 +110,25 @@ def _save(gray: np.ndarray, path: Path, fmt: str = "JPEG", mode: str = "L", tint
         img.save(path, "PNG", compress_level=1, optimize=False)
 
 
+def _tag(image: np.ndarray, source: str, share: float, rng: pm.Rng) -> np.ndarray:
+    """``image`` with the source's burned-in tag (a white label with two dark lines of "text") in
+    a bottom corner, Cohen's on the left, CheXpert's on the right, with probability ``share``.
+    The corner lies below every generated lung (their lowest row is at 81% of the height), so the
+    tag is never in a lung mask. ``rng`` is the image's own tag stream: the rest of the image
+    draws nothing from it, so a tagged image is its untagged twin plus the tag."""
+    if share <= 0 or rng.random() >= share:
+        return image
+    h, w = image.shape
+    y0, y1, width = round(0.9 * h), round(0.97 * h), round(0.16 * w)
+    x0 = round(0.03 * w) if source == "cohen" else w - round(0.03 * w) - width
+    out = image.copy()
+    out[y0:y1, x0 : x0 + width] = 245
+    for k in (1, 2):  # two lines of "text"
+        y = y0 + k * (y1 - y0) // 3
+        out[y : y + max(1, (y1 - y0) // 8), x0 + width // 8 : x0 + width - width // 8] = 20
+    return out
+
+
 def _save_masks(root: Path, folder: str, stem: str, rad: Radiograph) -> list[str]:
     rels = [f"{folder}/{stem}_lung.png", f"{folder}/{stem}_lesion.png"]
     for rel, mask in zip(rels, (rad.lung_mask, rad.lesion_mask)):
@@ -183,6 +202,8 @@ def generate_cohen(root: Path, cfg: dict, seed: int) -> dict:
         aspect = 1.0 if modality == "CT" else pm.exp(irng.uniform(pm.log(0.8), pm.log(1.3)))
         h, w = (side, max(8, round(side / aspect))) if aspect >= 1 else (max(8, round(side * aspect)), side)
         rad = render(irng, h, w, [info["drawn"]], sev, view, ("cohen", float(cfg["style_shift"])))
+        if modality == "X-ray":
+            rad = rad._replace(image=_tag(rad.image, "cohen", float(cfg["marker"]), _rng(seed, 3, i)))
         fmt, mode, ext = _COHEN_FORMATS[fmts[i]]
         tint = tuple(irng.uniform(0.9, 1.0, size=3).tolist()) if mode[:3] == "RGB" and irng.random() < 0.2 else None
         name = f"synth-{pids[p]}-{i:04d}-{dict(L='L', Axial='CT').get(view, view.replace(' Supine', 'S'))}{ext}"
@@ -368,7 +389,7 @@ def _chexpert_image(root: Path, cfg: dict, seed: int, im: dict) -> list:
         "L" if lateral else im["AP/PA"],
         ("chexpert", float(cfg["style_shift"])),
     )
-    _save(rad.image, root / im["Path"])
+    _save(_tag(rad.image, "chexpert", float(cfg["marker"]), _rng(seed, 4, im["index"])), root / im["Path"])
     masks = _save_masks(root, f"{_CHEX}/synthetic-masks", im["Path"][len(_CHEX) + 1 : -4], rad)
     return [
         im["Path"],
