@@ -110,6 +110,7 @@ PIPELINE_FIXTURES = {"tiny_data", "tiny_trained"}
 #: modules are handed out in collection order, and one of these last keeps a worker busy alone.
 LONGEST_FIRST = (
     "test_dvc_experiments.py",
+    "test_planted_tag.py",
     "test_audit.py",
     "test_training.py",
     "test_train_stage.py",

@@ -1,5 +1,8 @@
-"""DVC end to end on a tiny configuration, in a scratch git repository:
-`dvc repro` builds everything, `dvc status` is then clean, and changing `model` (as
+"""DVC end to end on a tiny configuration, in a scratch git repository: the data stages' outputs
+come from the tests' shared tiny pipeline (`tiny_trained`: the same parameters, its stages run outside
+DVC) and are recorded with `dvc commit`, `dvc repro` builds the rest, `dvc status` is then clean
+(the SIGKILL test below reruns every data stage under DVC and must find the same outputs), and
+changing `model` (as
 `dvc exp run -S model=...` does) re-runs only the stages that depend on the model. Every data
 stage and the training, SIGKILLed at a random point under `dvc repro` and rerun, gives the
 uninterrupted run's outputs and leaves no temporary files and no orphan processes."""
@@ -20,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workspace import REPO, TINY
+from workspace import REPO, TINY, stage_outputs
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -34,8 +37,22 @@ def _sh(cmd, cwd, env):
     return proc.stdout
 
 
+#: Run by the shared tiny pipeline with this project's parameters: their outputs are copied, not rebuilt.
+SEEDED_STAGES = [
+    "fetch_params",
+    "fetch",
+    "filter",
+    "negatives",
+    "duplicates",
+    "split",
+    "segment",
+    "preprocess",
+    "augment",
+]
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, tiny_trained):
     root = tmp_path_factory.mktemp("project")
     for item in ("dvc.yaml", "params.yaml", "stages", "deepcovid", "curation", ".dvcignore"):
         src = REPO / item
@@ -61,6 +78,12 @@ def project(tmp_path_factory):
     (root / ".gitignore").write_text("__pycache__/\nmlflow.db\nmlartifacts/\ncheckpoints/\n")
     _sh(git + ["add", "-A"], root, env)
     _sh(git + ["commit", "-qm", "init"], root, env)
+    for stage in SEEDED_STAGES:
+        for rel in stage_outputs(stage):
+            src, dst = tiny_trained / rel, root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+    _sh([str(BIN / "dvc"), "commit", "-f", *SEEDED_STAGES], root, env)
     _sh([str(BIN / "dvc"), "repro"], root, env)
     return root, env
 

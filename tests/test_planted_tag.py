@@ -39,11 +39,12 @@ MODEL = ["preprocess", "augment", "featurize", "train", "evaluate", "audit"]
 def _reversed_folder(root: Path, seed: int) -> Path:
     """A Cohen-layout folder: COVID-19 images without the tag, every other finding with it."""
     cfg = load_config(REPO / "params.yaml").synthetic.cohen.model_dump()
-    cfg.update(covid_patients=40, other_patients=40, ct_rows=0, lateral_fraction=0.0)
+    cfg.update(ct_rows=0, lateral_fraction=0.0)
     parts = []
     for marker, keep_covid in ((0.0, True), (1.0, False)):
         src = root / f"generated-{marker}"
-        generate_cohen(src, {**cfg, "marker": marker}, seed)
+        counts = {"covid_patients": 40 * keep_covid, "other_patients": 40 * (not keep_covid)}
+        generate_cohen(src, {**cfg, **counts, "marker": marker}, seed)
         meta = pd.read_csv(src / "metadata.csv", dtype=str, keep_default_na=False)
         covid = meta["finding"].str.contains("COVID-19")
         meta = meta[covid if keep_covid else ~covid & ~meta["finding"].isin(["", "todo"])].copy()
