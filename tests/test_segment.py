@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -199,8 +201,13 @@ def test_a_model_trained_on_changed_inputs_scores_new_files_as_the_pipeline_did(
     proc = run_stage(ws, "train", check=False, args=("--no-mlflow",))  # the cache and features are the old ones
     stale = "preprocess.intensity 'none'" if variant == "clahe" else "preprocess.lungs 'none'"
     assert proc.returncode == 2 and f"cached with {stale}" in proc.stderr.splitlines()[-1], proc.stderr[-500:]
+    mlflow = variant == "crop"  # one variant logs and registers its model (with the segmenter) in MLflow
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for stage in ("preprocess", "augment", "featurize", "train", "evaluate"):
-        run_stage(ws, stage, args=("--no-mlflow",) if stage == "train" else ())
+        if stage == "train" and mlflow:
+            run_stage(ws, stage, env={"MLFLOW_TRACKING_URI": uri})
+        else:
+            run_stage(ws, stage, args=("--no-mlflow",) if stage == "train" else ())
     prep = json.loads((ws / "models/model.json").read_text())["preprocessing"]
     assert prep["lungs"] == overrides.get("preprocess.lungs", "none")
     assert prep["intensity"] == overrides.get("preprocess.intensity", "none")
@@ -220,6 +227,26 @@ def test_a_model_trained_on_changed_inputs_scores_new_files_as_the_pipeline_did(
     assert proc.returncode == 0, proc.stderr
     got = pd.read_csv(out, keep_default_na=False)
     np.testing.assert_allclose(got["score"].astype(float), pred["score"], atol=1e-6, rtol=0)
+    if mlflow:  # the registered model carries its segmenter and scores the files alike, nothing unpickled
+        script = (
+            "import json, pickle, sys\n"
+            "def refuse(*a, **k):\n    raise AssertionError('unpickling attempted')\n"
+            "pickle.load = pickle.loads = refuse\n"
+            "import mlflow\n"
+            "mlflow.set_tracking_uri(sys.argv[1])\n"
+            "model = mlflow.pyfunc.load_model('models:/deep-covid-resnet18/latest')\n"
+            "print(json.dumps(model.predict(sys.argv[2:])['score'].tolist()))\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script, uri, *map(str, paths)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+        np.testing.assert_allclose(loaded, pred["score"], atol=1e-6, rtol=0)
     # the changed preparation matters: the plain model's scores of the same images differ
     plain = pd.read_csv(tiny_trained / "data/predictions.csv", dtype={"image_id": str}).set_index("image_id")
     assert np.abs(plain.loc[pred["image_id"], "score"].to_numpy() - pred["score"].to_numpy()).max() > 1e-3

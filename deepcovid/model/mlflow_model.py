@@ -9,7 +9,8 @@ that ``model.json`` records, and the architecture and preprocessing come from ``
     scores = model.predict(["xray.png", "study.dcm"])   # COVID-19 probabilities
 
 Input: image file paths (a list, or a DataFrame whose first column holds them); each file is prepared
-exactly as the pipeline prepares its own images (:func:`deepcovid.model.inference.prepare`).
+exactly as the pipeline prepares its own images (:func:`deepcovid.model.inference.prepare`; a model
+trained with ``preprocess.lungs`` crop or mask carries its lung segmenter, checked on loading).
 Output: a DataFrame with the column ``score``. For research only: not for clinical diagnosis.
 """
 
@@ -27,18 +28,22 @@ class DeepCovidModel(PythonModel):
 
         # the state_dict must be the file model.json records (SHA-256), loaded as trained (no new head)
         self.model, self.record = load_files(context.artifacts["state_dict"], context.artifacts["model_json"])
-        lungs = self.record["preprocessing"].get("lungs", "none")
-        if lungs != "none":  # the logged model carries no segmenter: refused rather than scored without one
-            raise InputError(
-                f"this model was trained on images with preprocess.lungs {lungs!r} and the MLflow model does not "
-                f"carry its lung segmenter: score with `deepcovid predict --models <the models folder>`"
-            )
+        prep, self.segmenter = self.record["preprocessing"], None
+        if prep.get("lungs", "none") != "none":  # the lung segmenter logged beside it, the one model.json names
+            if "segmenter" not in context.artifacts:  # never scored without one
+                raise InputError(
+                    f"this model was trained on images with preprocess.lungs {prep['lungs']!r} and the MLflow model "
+                    f"does not carry its lung segmenter: score with `deepcovid predict --models <the models folder>`"
+                )
+            from deepcovid.model.inference import load_segmenter
+
+            self.segmenter = load_segmenter("", self.record, folder=context.artifacts["segmenter"])
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from deepcovid.model.inference import score_files
 
         paths = list(model_input.iloc[:, 0]) if isinstance(model_input, pd.DataFrame) else list(model_input)
-        scores, errors = score_files(self.model, self.record, paths, batch_size=8)
+        scores, errors = score_files(self.model, self.record, paths, batch_size=8, segmenter=self.segmenter)
         if errors:
             i = min(errors)
             raise InputError(f"{paths[i]}: {errors[i]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))

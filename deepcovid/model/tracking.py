@@ -146,12 +146,16 @@ def registered_name(architecture: str) -> str:
     return f"deep-covid-{architecture}"
 
 
-def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plot, model_json, model_pt) -> None:
+def finish_training_run(
+    metrics: dict, environment: dict, seconds: float, *, plot, model_json, model_pt, segmenter=None
+) -> None:
     """Log the numeric metrics (the environment is logged as parameters), the wall time, the
     loss curve, model.json and the model, and register the model; end the run.
 
     The model is logged as MLflow "model from code": a state_dict (``model_pt``) and
-    ``model.json``, loaded without unpickling anything, by :mod:`deepcovid.model.mlflow_loader`,
+    ``model.json`` (with a model of ``preprocess.lungs`` crop or mask, the ``segmenter`` folder too:
+    its weights and record, checked on loading against model.json's digest), loaded without
+    unpickling anything, by :mod:`deepcovid.model.mlflow_loader`,
     which imports the installed deepcovid package (no copy of the package is logged); registered as
     :func:`registered_name`. The run is tagged with the state_dict's SHA-256 (``model_sha256``) so later
     stages find it (the model card)."""
@@ -192,6 +196,12 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
     ]
     if record["architecture"].startswith("efficientnet_lite"):
         requirements.append("efficientnet-lite-pytorch==0.1.0")
+    artifacts = {"state_dict": os.path.relpath(model_pt), "model_json": os.path.relpath(model_json)}
+    if segmenter is not None:
+        import monai
+
+        artifacts["segmenter"] = os.path.relpath(segmenter)
+        requirements.append(f"monai=={monai.__version__}")
     # No absolute path of this checkout in what is logged: artifacts relative to the working
     # directory, the loader from a temporary copy (MLflow records the loader's resolved path).
     # No code_paths: loading imports the installed deepcovid package, not a copy stored in the artifact.
@@ -201,7 +211,7 @@ def finish_training_run(metrics: dict, environment: dict, seconds: float, *, plo
         mlflow.pyfunc.log_model(
             name="model",
             python_model=str(staging / loader.name),
-            artifacts={"state_dict": os.path.relpath(model_pt), "model_json": os.path.relpath(model_json)},
+            artifacts=artifacts,
             signature=signature,
             pip_requirements=requirements,
             registered_model_name=registered_name(record["architecture"]),

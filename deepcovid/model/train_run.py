@@ -296,6 +296,13 @@ def run_training(
     )
     files.write_json(metrics, results)
     if run is not None:
+        segmenter = models / "segment" if params.preprocess.lungs != "none" else None
         tracking.finish_training_run(
-            results, environment, seconds, plot=plot, model_json=models / "model.json", model_pt=models / "model.pt"
+            results,
+            environment,
+            seconds,
+            plot=plot,
+            model_json=models / "model.json",
+            model_pt=models / "model.pt",
+            segmenter=segmenter,
         )
