@@ -63,23 +63,6 @@ def cfg():
     return EvalConfig.from_config(load_config(REPO_ROOT / "params.yaml"))
 
 
-#: The tiny synthetic pipeline trained up to evaluate (ResNet18, random weights, no MLflow): shared
-#: by the tests of the data stages, predict, evaluate-external, explain and the repeats stage.
-TINY_TRAINED_STAGES = [
-    "fetch",
-    "filter",
-    "negatives",
-    "duplicates",
-    "split",
-    "segment",
-    "preprocess",
-    "augment",
-    "featurize",
-    "train",
-    "evaluate",
-]
-
-
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory, worker_id) -> Path:
     """Built once per test run: under pytest-xdist the first worker that needs it builds it in the
@@ -87,7 +70,7 @@ def tiny_trained(tmp_path_factory, worker_id) -> Path:
     must not change its files (copy it first: :func:`workspace.copy_without`)."""
     from filelock import FileLock
 
-    from workspace import TINY, make_workspace, run_stage
+    from workspace import TINY, TINY_TRAINED_STAGES, make_workspace, run_stage
 
     shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
     root, done = shared / "tiny-trained", shared / "tiny-trained.done"

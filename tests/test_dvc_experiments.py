@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workspace import REPO, TINY, stage_outputs
+from workspace import REPO, TINY, TINY_DATA_STAGES, stage_outputs
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -35,20 +35,6 @@ def _sh(cmd, cwd, env):
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return proc.stdout
-
-
-#: Run by the shared tiny pipeline with this project's parameters: their outputs are copied, not rebuilt.
-SEEDED_STAGES = [
-    "fetch_params",
-    "fetch",
-    "filter",
-    "negatives",
-    "duplicates",
-    "split",
-    "segment",
-    "preprocess",
-    "augment",
-]
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +64,12 @@ def project(tmp_path_factory, tiny_trained):
     (root / ".gitignore").write_text("__pycache__/\nmlflow.db\nmlartifacts/\ncheckpoints/\n")
     _sh(git + ["add", "-A"], root, env)
     _sh(git + ["commit", "-qm", "init"], root, env)
-    for stage in SEEDED_STAGES:
+    for stage in TINY_DATA_STAGES:
         for rel in stage_outputs(stage):
             src, dst = tiny_trained / rel, root / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-    _sh([str(BIN / "dvc"), "commit", "-f", *SEEDED_STAGES], root, env)
+    _sh([str(BIN / "dvc"), "commit", "-f", *TINY_DATA_STAGES], root, env)
     _sh([str(BIN / "dvc"), "repro"], root, env)
     return root, env
 

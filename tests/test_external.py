@@ -14,7 +14,7 @@ from deepcovid.config import ConfigError, read_yaml, validate
 from deepcovid.data.split import SplitError, check_no_leak, make_split
 from deepcovid.evaluation.evaluate import COMPACT_KEYS, evaluate, operating_summary
 from deepcovid.evaluation.external import folder_table
-from workspace import REPO, read, run_python
+from workspace import REPO, evaluate_external, read
 
 FRONTAL = ["PA", "AP", "AP Supine", "AP semi erect", "AP erect"]
 
@@ -177,31 +177,9 @@ def test_scoring_files_reproduces_the_pipeline_predictions(trained):
     np.testing.assert_allclose(scores, pred["score"].to_numpy(), atol=1e-6, rtol=0)
 
 
-def _evaluate_external(folder, trained, out, timeout):
-    """`python -m deepcovid evaluate-external FOLDER` with the tiny pipeline's model, evaluation and params."""
-    return run_python(
-        [
-            "-m",
-            "deepcovid",
-            "evaluate-external",
-            str(folder),
-            "--model",
-            str(trained / "models"),
-            "--evaluation",
-            str(trained / "metrics/evaluate.json"),
-            "--out-dir",
-            str(out),
-            "--params",
-            str(trained / "params.yaml"),
-        ],
-        cwd=REPO,
-        timeout=timeout,
-    )
-
-
 def test_evaluate_external_cli_on_the_real_actualmed_folder(trained, shared_data, tmp_path):
     out = tmp_path / "actualmed-eval"
-    proc = _evaluate_external(shared_data / "actualmed", trained, out, timeout=600)
+    proc = evaluate_external(shared_data / "actualmed", trained, out, timeout=600)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "evaluate.json").read_text())
     threshold = json.loads((trained / "metrics/evaluate.json").read_text())["test"]["threshold"]
@@ -212,5 +190,5 @@ def test_evaluate_external_cli_on_the_real_actualmed_folder(trained, shared_data
     assert len(pred) == 44 and pred["score"].between(0, 1).all()
     assert (out / "plots" / "figures" / "roc.png").is_file() and (out / "thresholds.csv").is_file()
     assert "external test AUC" in proc.stdout
-    missing = _evaluate_external(tmp_path / "nowhere", trained, out, timeout=120)
+    missing = evaluate_external(tmp_path / "nowhere", trained, out, timeout=120)
     assert missing.returncode == 2 and "nowhere" in missing.stderr.strip().splitlines()[-1]

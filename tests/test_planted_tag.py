@@ -18,7 +18,7 @@ import pytest
 from deepcovid.config import load_config
 from deepcovid.evaluation.mitigation import paired_against
 from deepcovid.synthetic import generate_cohen
-from workspace import REPO, TINY, copy_without, make_workspace, override_params, run_python, run_stage
+from workspace import REPO, TINY, copy_without, evaluate_external, make_workspace, override_params, run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -60,13 +60,7 @@ def _reversed_folder(root: Path, seed: int) -> Path:
 
 def _external(ws: Path, folder: Path) -> dict:
     out = ws / "external-eval"
-    proc = run_python(
-        ["-m", "deepcovid", "evaluate-external", str(folder), "--model", str(ws / "models")]
-        + ["--evaluation", str(ws / "metrics/evaluate.json"), "--out-dir", str(out)]
-        + ["--params", str(ws / "params.yaml")],
-        cwd=REPO,
-        timeout=600,
-    )
+    proc = evaluate_external(folder, ws, out)
     assert proc.returncode == 0, proc.stderr
     scores = pd.read_csv(out / "predictions.csv").set_index("image_id")[["label", "score"]]
     return {**json.loads((out / "evaluate.json").read_text())["test"], "scores": scores}

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -21,7 +19,7 @@ from deepcovid.data.lungs import mask_at, read_mask, segment_input
 from deepcovid.files import sha256_file
 from deepcovid.segment import network
 from deepcovid.segment.training import dice, fit
-from workspace import REPO, override_params, read, run_python, run_stage
+from workspace import REPO, override_params, read, registry_scores, run_python, run_stage
 
 # ------------------------------------------------------------------------------------------ Dice
 
@@ -228,24 +226,7 @@ def test_a_model_trained_on_changed_inputs_scores_new_files_as_the_pipeline_did(
     got = pd.read_csv(out, keep_default_na=False)
     np.testing.assert_allclose(got["score"].astype(float), pred["score"], atol=1e-6, rtol=0)
     if mlflow:  # the registered model carries its segmenter and scores the files alike, nothing unpickled
-        script = (
-            "import json, pickle, sys\n"
-            "def refuse(*a, **k):\n    raise AssertionError('unpickling attempted')\n"
-            "pickle.load = pickle.loads = refuse\n"
-            "import mlflow\n"
-            "mlflow.set_tracking_uri(sys.argv[1])\n"
-            "model = mlflow.pyfunc.load_model('models:/deep-covid-resnet18/latest')\n"
-            "print(json.dumps(model.predict(sys.argv[2:])['score'].tolist()))\n"
-        )
-        proc = subprocess.run(
-            [sys.executable, "-c", script, uri, *map(str, paths)],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+        loaded = registry_scores(uri, "models:/deep-covid-resnet18/latest", paths, tmp_path)
         np.testing.assert_allclose(loaded, pred["score"], atol=1e-6, rtol=0)
     # the changed preparation matters: the plain model's scores of the same images differ
     plain = pd.read_csv(tiny_trained / "data/predictions.csv", dtype={"image_id": str}).set_index("image_id")

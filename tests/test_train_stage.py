@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from workspace import copy_without, error_line, override_params, read, run_stage
+from workspace import copy_without, error_line, override_params, read, registry_scores, run_stage
 
 # the tests' model, whatever params.yaml's default: random init (offline, fast)
 MODEL = {"model": "resnet18", "weights": "none"}
@@ -100,29 +100,12 @@ def test_last_layer_outputs_and_mlflow(tiny_data, tmp_path):
     rows = manifest.set_index("image_id")
     roots = read_sources(ws / "data/raw")
     paths = [str(image_path(roots, rows.loc[i, "source"], rows.loc[i, "relpath"], ws / "data/raw")) for i in test_ids]
-    script = (
-        "import json, pickle, sys\n"
-        "def refuse(*a, **k):\n    raise AssertionError('unpickling attempted')\n"
-        "pickle.load = pickle.loads = refuse\n"
-        "import mlflow\n"
-        "mlflow.set_tracking_uri(sys.argv[1])\n"
-        "model = mlflow.pyfunc.load_model('models:/deep-covid-resnet18/latest')\n"
-        "print(json.dumps(model.predict(sys.argv[2:])['score'].tolist()))\n"
-    )
+    loaded = registry_scores(f"sqlite:///{db}", "models:/deep-covid-resnet18/latest", paths, tmp_path)
+    want = pred.set_index("image_id").loc[test_ids, "score"].astype(float).tolist()
+    assert loaded == pytest.approx(want, abs=1e-6)
     import subprocess
     import sys
 
-    proc = subprocess.run(
-        [sys.executable, "-c", script, f"sqlite:///{db}", *paths],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
-    want = pred.set_index("image_id").loc[test_ids, "score"].astype(float).tolist()
-    assert loaded == pytest.approx(want, abs=1e-6)
     listing = (
         "import json, sys\nfrom pathlib import Path\nimport mlflow\nmlflow.set_tracking_uri(sys.argv[1])\n"
         "from mlflow.artifacts import download_artifacts\n"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +17,31 @@ import yaml
 from stage_server import StageServer
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+_REGISTRY_SCORES = (
+    "import json, pickle, sys\n"
+    "def refuse(*a, **k):\n    raise AssertionError('unpickling attempted')\n"
+    "pickle.load = pickle.loads = refuse\n"
+    "import mlflow\n"
+    "mlflow.set_tracking_uri(sys.argv[1])\n"
+    "model = mlflow.pyfunc.load_model(sys.argv[2])\n"
+    "print(json.dumps(model.predict(sys.argv[3:])['score'].tolist()))\n"
+)
+
+
+def registry_scores(tracking_uri: str, model_uri: str, paths, cwd: Path) -> list[float]:
+    """The scores of image files by an MLflow model (``models:/NAME/latest``) loaded as a user would,
+    in a new Python process where unpickling raises."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _REGISTRY_SCORES, tracking_uri, model_uri, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def override_params(source: Path, target: Path, overrides: dict) -> None:
@@ -82,6 +109,28 @@ def run_python(
     return proc
 
 
+def evaluate_external(folder, trained: Path, out: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m deepcovid evaluate-external FOLDER` with the workspace ``trained``'s model, evaluation, params."""
+    return run_python(
+        [
+            "-m",
+            "deepcovid",
+            "evaluate-external",
+            str(folder),
+            "--model",
+            str(trained / "models"),
+            "--evaluation",
+            str(trained / "metrics/evaluate.json"),
+            "--out-dir",
+            str(out),
+            "--params",
+            str(trained / "params.yaml"),
+        ],
+        cwd=REPO,
+        timeout=timeout,
+    )
+
+
 def run_stage(
     ws: Path, stage: str, check: bool = True, args: tuple = (), env: dict | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess:
@@ -145,3 +194,22 @@ TINY = {
     "segment.epochs": 2,
     "segment.max_train_images": 24,
 }
+
+#: The tiny synthetic pipeline trained up to evaluate (``tiny_trained`` in conftest.py: ResNet18, random
+#: weights, no MLflow), shared by the tests of the data stages, predict, evaluate-external, explain,
+#: the repeats stage and the DVC project. Its fetch runs fetch_params first (:func:`run_stage`).
+TINY_TRAINED_STAGES = [
+    "fetch",
+    "filter",
+    "negatives",
+    "duplicates",
+    "split",
+    "segment",
+    "preprocess",
+    "augment",
+    "featurize",
+    "train",
+    "evaluate",
+]
+#: Its stages that do not depend on the model: the same outputs for any ``model`` and ``weights``.
+TINY_DATA_STAGES = ["fetch_params", *TINY_TRAINED_STAGES[: TINY_TRAINED_STAGES.index("featurize")]]

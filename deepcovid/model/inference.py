@@ -92,17 +92,20 @@ def model_sha256(models: str | os.PathLike) -> str:
     return read_record(models / "model.json", models / "model.pt")["model_sha256"]
 
 
-def load_segmenter(
-    models: str | os.PathLike, record: dict, folder: str | os.PathLike | None = None
-) -> Segmenter | None:
-    """The lung segmenter a model was trained with (``folder``, by default ``models/segment``, checked
-    against the SHA-256 that ``model.json`` records), or None for a model of ``preprocess.lungs: none``."""
+def load_segmenter(models: str | os.PathLike, record: dict) -> Segmenter | None:
+    """The lung segmenter a model was trained with (``models/segment``, checked against the SHA-256
+    that ``model.json`` records), or None for a model of ``preprocess.lungs: none``."""
+    return segmenter_from(Path(models) / "segment", record)
+
+
+def segmenter_from(folder: str | os.PathLike, record: dict) -> Segmenter | None:
+    """:func:`load_segmenter` from the segmenter's own ``folder`` (e.g. an MLflow model's artifact)."""
     prep = record.get("preprocessing", {})
     if prep.get("lungs", "none") == "none":
         return None
     if "segmenter_sha256" not in prep:
         raise ModelError("model.json: preprocess.lungs is set but no segmenter_sha256 is recorded: train again")
-    return _load_segmenter(Path(models) / "segment" if folder is None else folder, prep["segmenter_sha256"])
+    return _load_segmenter(folder, prep["segmenter_sha256"])
 
 
 def prepare(

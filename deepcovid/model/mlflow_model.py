@@ -35,9 +35,9 @@ class DeepCovidModel(PythonModel):
                     f"this model was trained on images with preprocess.lungs {prep['lungs']!r} and the MLflow model "
                     f"does not carry its lung segmenter: score with `deepcovid predict --models <the models folder>`"
                 )
-            from deepcovid.model.inference import load_segmenter
+            from deepcovid.model.inference import segmenter_from
 
-            self.segmenter = load_segmenter("", self.record, folder=context.artifacts["segmenter"])
+            self.segmenter = segmenter_from(context.artifacts["segmenter"], self.record)
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         from deepcovid.model.inference import score_files
